@@ -1,0 +1,250 @@
+//! The collections of one node and the data directory that holds them.
+//!
+//! Layout: `data_dir/LOCK`, and `data_dir/collections/<name>/collection.json` plus
+//! `data_dir/collections/<name>/shards/<n>/` for each local shard copy.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fs4::fs_std::FileExt;
+use parking_lot::RwLock;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::schema::{validate_collection_name, CollectionSchema};
+use crate::shard::{Op, Shard, ShardConfig, ShardStats};
+
+/// Settings of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub data_dir: PathBuf,
+    pub shard: ShardConfig,
+}
+
+/// Why one document of a batch was refused.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DocumentError {
+    pub id: String,
+    pub code: String,
+    pub message: String,
+}
+
+/// A collection held by this node. On a single node all of its data lives in one local shard
+/// copy; `schema.shards` governs how a cluster splits it.
+pub struct Collection {
+    schema: Arc<CollectionSchema>,
+    shard: Shard,
+    dir: PathBuf,
+}
+
+impl Collection {
+    pub fn name(&self) -> &str {
+        &self.schema.name
+    }
+
+    pub fn schema(&self) -> &Arc<CollectionSchema> {
+        &self.schema
+    }
+
+    pub fn shard(&self) -> &Shard {
+        &self.shard
+    }
+
+    pub fn stats(&self) -> ShardStats {
+        let mut stats = self.shard.stats();
+        stats.size_bytes = crate::shard::dir_size(&self.dir);
+        stats
+    }
+
+    /// Validates documents; valid ones become upserts, invalid ones are reported per id.
+    pub fn prepare_upserts(&self, documents: &[Value]) -> (Vec<Op>, Vec<DocumentError>) {
+        let mut ops = Vec::with_capacity(documents.len());
+        let mut errors = Vec::new();
+        for doc in documents {
+            match self.schema.prepare_document(doc) {
+                Ok(prepared) => ops.push(Op::Upsert(prepared)),
+                Err(e) => {
+                    let id = match &e {
+                        Error::InvalidDocument { id, .. } => id.clone(),
+                        _ => String::new(),
+                    };
+                    let message = match &e {
+                        Error::InvalidDocument { message, .. } => message.clone(),
+                        other => other.to_string(),
+                    };
+                    errors.push(DocumentError {
+                        id,
+                        code: e.code().to_string(),
+                        message,
+                    });
+                }
+            }
+        }
+        (ops, errors)
+    }
+}
+
+/// The node's collections.
+pub struct Engine {
+    config: EngineConfig,
+    collections: RwLock<BTreeMap<String, Arc<Collection>>>,
+    _lock: File,
+}
+
+fn write_schema(path: &Path, schema: &CollectionSchema) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(schema).expect("schema serializes");
+    fs::write(path, bytes)
+        .and_then(|_| File::open(path)?.sync_all())
+        .map_err(|e| Error::io(path, e))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+impl Engine {
+    /// Locks the data directory and opens every collection in it.
+    pub fn open(config: EngineConfig) -> Result<Engine> {
+        let root = &config.data_dir;
+        let collections_dir = root.join("collections");
+        fs::create_dir_all(&collections_dir).map_err(|e| Error::io(&collections_dir, e))?;
+        let lock_path = root.join("LOCK");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io(&lock_path, e))?;
+        match lock.try_lock_exclusive() {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(Error::DataDirLocked {
+                    path: root.clone(),
+                    reason: "another process holds LOCK".into(),
+                })
+            }
+            Err(e) => {
+                return Err(Error::DataDirLocked {
+                    path: root.clone(),
+                    reason: e.to_string(),
+                })
+            }
+        }
+        let engine = Engine {
+            config,
+            collections: RwLock::new(BTreeMap::new()),
+            _lock: lock,
+        };
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&collections_dir).map_err(|e| Error::io(&collections_dir, e))? {
+            let entry = entry.map_err(|e| Error::io(&collections_dir, e))?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with('.') {
+                // Leftovers of an interrupted create or delete.
+                let _ = fs::remove_dir_all(entry.path());
+                continue;
+            }
+            names.push(name);
+        }
+        for name in names {
+            let dir = collections_dir.join(&name);
+            let schema_path = dir.join("collection.json");
+            let bytes = fs::read(&schema_path).map_err(|e| Error::io(&schema_path, e))?;
+            let schema = CollectionSchema::from_json(&bytes).map_err(|e| Error::Corrupt {
+                path: schema_path.clone(),
+                message: e.to_string(),
+            })?;
+            let collection = engine.open_collection(dir, schema)?;
+            engine.collections.write().insert(name, collection);
+        }
+        Ok(engine)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+
+    fn collections_dir(&self) -> PathBuf {
+        self.config.data_dir.join("collections")
+    }
+
+    fn open_collection(&self, dir: PathBuf, schema: CollectionSchema) -> Result<Arc<Collection>> {
+        let schema = Arc::new(schema);
+        let shard = Shard::open(&dir.join("shards").join("0"), schema.clone(), self.config.shard.clone())?;
+        Ok(Arc::new(Collection { schema, shard, dir }))
+    }
+
+    /// Creates a collection. Creating one that exists with an identical schema is a no-op
+    /// that returns `false`; a different schema is refused.
+    pub fn create_collection(&self, schema: CollectionSchema) -> Result<(Arc<Collection>, bool)> {
+        schema.validate()?;
+        let mut collections = self.collections.write();
+        if let Some(existing) = collections.get(&schema.name) {
+            return if **existing.schema() == schema {
+                Ok((existing.clone(), false))
+            } else {
+                Err(Error::CollectionExists(schema.name))
+            };
+        }
+        let root = self.collections_dir();
+        let staging = root.join(format!(".creating-{}", schema.name));
+        let _ = fs::remove_dir_all(&staging);
+        fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+        write_schema(&staging.join("collection.json"), &schema)?;
+        let dir = root.join(&schema.name);
+        fs::rename(&staging, &dir).map_err(|e| Error::io(&dir, e))?;
+        sync_dir(&root)?;
+        let collection = self.open_collection(dir, schema)?;
+        collections.insert(collection.name().to_string(), collection.clone());
+        Ok((collection, true))
+    }
+
+    /// Removes a collection and all of its data.
+    pub fn delete_collection(&self, name: &str) -> Result<()> {
+        validate_collection_name(name)?;
+        let collection = self
+            .collections
+            .write()
+            .remove(name)
+            .ok_or_else(|| Error::CollectionNotFound(name.to_string()))?;
+        collection.shard.close()?;
+        let root = self.collections_dir();
+        let trash = root.join(format!(".deleting-{name}"));
+        let _ = fs::remove_dir_all(&trash);
+        fs::rename(&collection.dir, &trash).map_err(|e| Error::io(&collection.dir, e))?;
+        sync_dir(&root)?;
+        fs::remove_dir_all(&trash).map_err(|e| Error::io(&trash, e))?;
+        Ok(())
+    }
+
+    pub fn collection(&self, name: &str) -> Result<Arc<Collection>> {
+        validate_collection_name(name)?;
+        self.collections
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::CollectionNotFound(name.to_string()))
+    }
+
+    pub fn collections(&self) -> Vec<Arc<Collection>> {
+        self.collections.read().values().cloned().collect()
+    }
+
+    /// Checkpoints and closes every collection.
+    pub fn close(&self) -> Result<()> {
+        let collections: Vec<_> = std::mem::take(&mut *self.collections.write()).into_values().collect();
+        let mut first_error = None;
+        for c in collections {
+            if let Err(e) = c.shard.close() {
+                tracing::error!(collection = c.name(), error = %e, "closing collection failed");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}

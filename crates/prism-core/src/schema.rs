@@ -1,0 +1,622 @@
+//! Collection schemas: field types and options, validation, the tantivy schema they map to, and
+//! validation of incoming documents against them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tantivy::schema::{
+    DateOptions, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, FAST,
+    INDEXED, STORED, STRING,
+};
+
+use crate::error::{Error, Result};
+
+/// Longest collection name accepted; names become directory names.
+pub const MAX_COLLECTION_NAME_LEN: usize = 64;
+/// Longest document id accepted, in bytes.
+pub const MAX_ID_LEN: usize = 512;
+/// Largest vector dimension accepted.
+pub const MAX_VECTOR_DIMENSION: usize = 4096;
+
+/// Names of the internal tantivy fields. User field names may not start with `_`.
+pub mod internal {
+    pub const ID: &str = "_id";
+    pub const KEY: &str = "_key";
+    pub const VECTORS: &str = "_vec";
+    pub const SOURCE: &str = "_source";
+}
+
+/// The type of a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldType {
+    Text,
+    Keyword,
+    I64,
+    U64,
+    F64,
+    Bool,
+    Date,
+    Vector,
+}
+
+/// Distance function of a vector field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Distance {
+    #[default]
+    Cosine,
+    Dot,
+    L2,
+}
+
+/// One field of a collection, as the user declares it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldDef {
+    #[serde(rename = "type")]
+    pub field_type: FieldType,
+    /// Searchable. Default true.
+    #[serde(default = "default_true")]
+    pub indexed: bool,
+    /// Returned in results. Default true.
+    #[serde(default = "default_true")]
+    pub stored: bool,
+    /// Column-oriented, for aggregations and sorting. Default true for keyword, numeric, bool
+    /// and date fields, false for text and vector fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast: Option<bool>,
+    /// Text analyzer: `en` (default: lower case, English stop words and stemming), `en_stem`
+    /// (no stop words), `default` (lower case only), `whitespace`, `raw`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analyzer: Option<String>,
+    /// Vector fields: number of dimensions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimension: Option<usize>,
+    /// Vector fields: distance function.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distance: Option<Distance>,
+    /// Vector fields: HNSW graph degree. Default 16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub m: Option<usize>,
+    /// Vector fields: HNSW build-time candidate list size. Default 200.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ef_construction: Option<usize>,
+    /// Vector fields: HNSW search-time candidate list size. Default 64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ef_search: Option<usize>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_one() -> u32 {
+    1
+}
+
+/// Resolved HNSW parameters of a vector field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VectorParams {
+    pub dimension: usize,
+    pub distance: Distance,
+    pub m: usize,
+    pub ef_construction: usize,
+    pub ef_search: usize,
+}
+
+impl FieldDef {
+    pub fn is_fast(&self) -> bool {
+        self.fast.unwrap_or(!matches!(
+            self.field_type,
+            FieldType::Text | FieldType::Vector
+        ))
+    }
+
+    pub fn analyzer(&self) -> &str {
+        self.analyzer.as_deref().unwrap_or("en")
+    }
+
+    /// HNSW parameters, for vector fields.
+    pub fn vector_params(&self) -> Option<VectorParams> {
+        (self.field_type == FieldType::Vector).then(|| VectorParams {
+            dimension: self.dimension.unwrap_or(0),
+            distance: self.distance.unwrap_or_default(),
+            m: self.m.unwrap_or(16),
+            ef_construction: self.ef_construction.unwrap_or(200),
+            ef_search: self.ef_search.unwrap_or(64),
+        })
+    }
+}
+
+/// A collection's schema and settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectionSchema {
+    pub name: String,
+    pub fields: BTreeMap<String, FieldDef>,
+    /// Number of shards the collection is split into. Default 1.
+    #[serde(default = "default_one")]
+    pub shards: u32,
+    /// Copies of each shard in a cluster. Default 1.
+    #[serde(default = "default_one")]
+    pub replication_factor: u32,
+    /// Schema version, raised by every accepted change.
+    #[serde(default = "default_one")]
+    pub version: u32,
+}
+
+/// Text analyzers a text field may name.
+pub const ANALYZERS: &[&str] = &["en", "en_stem", "default", "whitespace", "raw"];
+
+/// Checks that a collection name is safe to use as a directory name and in URLs.
+pub fn validate_collection_name(name: &str) -> Result<()> {
+    let fail = |reason: &str| {
+        Err(Error::InvalidCollectionName {
+            name: name.chars().take(80).collect(),
+            reason: reason.to_string(),
+        })
+    };
+    if name.is_empty() {
+        return fail("the name is empty");
+    }
+    if name.len() > MAX_COLLECTION_NAME_LEN {
+        return fail(&format!(
+            "the name is {} characters long; the limit is {MAX_COLLECTION_NAME_LEN}",
+            name.len()
+        ));
+    }
+    let mut chars = name.chars();
+    let first = chars.next().unwrap_or('_');
+    if !first.is_ascii_alphanumeric() {
+        return fail("the name must start with a letter or digit");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return fail("use only letters, digits, '_' and '-'");
+    }
+    Ok(())
+}
+
+fn validate_field_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidSchema(format!(
+            "field name {name:?} is invalid: use 1-128 letters, digits, '_' or '-', not starting with '_'"
+        )))
+    }
+}
+
+impl CollectionSchema {
+    /// Parses a schema from JSON, reporting serde's message (unknown types, typos) clearly.
+    pub fn from_json(body: &[u8]) -> Result<Self> {
+        let schema: Self =
+            serde_json::from_slice(body).map_err(|e| Error::InvalidSchema(e.to_string()))?;
+        schema.validate()?;
+        Ok(schema)
+    }
+
+    /// Parses a schema from YAML (the `--schemas-dir` format).
+    pub fn from_yaml(text: &str) -> Result<Self> {
+        let schema: Self =
+            serde_yaml::from_str(text).map_err(|e| Error::InvalidSchema(e.to_string()))?;
+        schema.validate()?;
+        Ok(schema)
+    }
+
+    /// Checks every rule a schema must satisfy before a collection is created from it.
+    pub fn validate(&self) -> Result<()> {
+        validate_collection_name(&self.name)?;
+        if self.fields.is_empty() {
+            return Err(Error::InvalidSchema("a collection needs at least one field".into()));
+        }
+        if self.fields.len() > 1000 {
+            return Err(Error::InvalidSchema("at most 1000 fields are allowed".into()));
+        }
+        if !(1..=1024).contains(&self.shards) {
+            return Err(Error::InvalidSchema("shards must be between 1 and 1024".into()));
+        }
+        if !(1..=16).contains(&self.replication_factor) {
+            return Err(Error::InvalidSchema(
+                "replication_factor must be between 1 and 16".into(),
+            ));
+        }
+        for (name, def) in &self.fields {
+            validate_field_name(name)?;
+            let bad = |msg: String| Err(Error::InvalidSchema(format!("field {name:?}: {msg}")));
+            let vector_only = def.dimension.is_some()
+                || def.distance.is_some()
+                || def.m.is_some()
+                || def.ef_construction.is_some()
+                || def.ef_search.is_some();
+            if def.field_type != FieldType::Vector && vector_only {
+                return bad("dimension, distance, m, ef_construction and ef_search apply to vector fields only".into());
+            }
+            if def.analyzer.is_some() && def.field_type != FieldType::Text {
+                return bad("analyzer applies to text fields only".into());
+            }
+            if !ANALYZERS.contains(&def.analyzer()) {
+                return bad(format!(
+                    "unknown analyzer {:?}; choose one of {ANALYZERS:?}",
+                    def.analyzer()
+                ));
+            }
+            if let Some(p) = def.vector_params() {
+                if def.dimension.is_none() {
+                    return bad("vector fields need a dimension".into());
+                }
+                if !(1..=MAX_VECTOR_DIMENSION).contains(&p.dimension) {
+                    return bad(format!("dimension must be between 1 and {MAX_VECTOR_DIMENSION}"));
+                }
+                if !(2..=128).contains(&p.m) {
+                    return bad("m must be between 2 and 128".into());
+                }
+                if !(1..=4096).contains(&p.ef_construction) || !(1..=4096).contains(&p.ef_search) {
+                    return bad("ef_construction and ef_search must be between 1 and 4096".into());
+                }
+                if def.fast == Some(true) {
+                    return bad("vector fields cannot be fast".into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Vector fields in name order, with their parameters.
+    pub fn vector_fields(&self) -> impl Iterator<Item = (&str, VectorParams)> {
+        self.fields
+            .iter()
+            .filter_map(|(n, d)| d.vector_params().map(|p| (n.as_str(), p)))
+    }
+
+    /// Indexed text fields, the default targets of a query string.
+    pub fn text_fields(&self) -> Vec<&str> {
+        self.fields
+            .iter()
+            .filter(|(_, d)| d.field_type == FieldType::Text && d.indexed)
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+
+    /// The tantivy schema this collection's shards use.
+    pub fn tantivy_schema(&self) -> Schema {
+        let mut b = Schema::builder();
+        b.add_text_field(internal::ID, STRING | STORED);
+        b.add_u64_field(internal::KEY, INDEXED | FAST);
+        b.add_text_field(internal::VECTORS, STRING);
+        b.add_text_field(internal::SOURCE, STORED);
+        for (name, def) in &self.fields {
+            match def.field_type {
+                FieldType::Text | FieldType::Keyword => {
+                    let (tokenizer, record) = if def.field_type == FieldType::Text {
+                        (def.analyzer(), IndexRecordOption::WithFreqsAndPositions)
+                    } else {
+                        ("raw", IndexRecordOption::Basic)
+                    };
+                    let mut opts = TextOptions::default();
+                    if def.indexed {
+                        opts = opts.set_indexing_options(
+                            TextFieldIndexing::default()
+                                .set_tokenizer(tokenizer)
+                                .set_index_option(record),
+                        );
+                    }
+                    if def.is_fast() {
+                        opts = opts.set_fast("raw");
+                    }
+                    b.add_text_field(name, opts);
+                }
+                FieldType::I64 | FieldType::U64 | FieldType::F64 | FieldType::Bool => {
+                    let mut opts = NumericOptions::default();
+                    if def.indexed {
+                        opts = opts.set_indexed();
+                    }
+                    if def.is_fast() {
+                        opts = opts.set_fast();
+                    }
+                    match def.field_type {
+                        FieldType::I64 => b.add_i64_field(name, opts),
+                        FieldType::U64 => b.add_u64_field(name, opts),
+                        FieldType::F64 => b.add_f64_field(name, opts),
+                        _ => b.add_bool_field(name, opts),
+                    };
+                }
+                FieldType::Date => {
+                    let mut opts = DateOptions::default();
+                    if def.indexed {
+                        opts = opts.set_indexed();
+                    }
+                    if def.is_fast() {
+                        opts = opts.set_fast();
+                    }
+                    b.add_date_field(name, opts);
+                }
+                FieldType::Vector => {}
+            }
+        }
+        b.build()
+    }
+
+    /// Validates one incoming document and splits it into the parts the log stores.
+    pub fn prepare_document(&self, doc: &Value) -> Result<PreparedDoc> {
+        let obj = doc.as_object().ok_or_else(|| Error::InvalidDocument {
+            id: String::new(),
+            message: "a document must be a JSON object with \"id\" and \"fields\"".into(),
+        })?;
+        let id = match obj.get("id") {
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_ID_LEN => s.clone(),
+            Some(Value::String(_)) => {
+                return Err(Error::InvalidDocument {
+                    id: String::new(),
+                    message: format!("\"id\" must be 1 to {MAX_ID_LEN} bytes long"),
+                })
+            }
+            Some(Value::Number(n)) => n.to_string(),
+            Some(_) => {
+                return Err(Error::InvalidDocument {
+                    id: String::new(),
+                    message: "\"id\" must be a string".into(),
+                })
+            }
+            None => {
+                return Err(Error::InvalidDocument {
+                    id: String::new(),
+                    message: "the document has no \"id\"".into(),
+                })
+            }
+        };
+        let invalid = |message: String| Error::InvalidDocument {
+            id: id.clone(),
+            message,
+        };
+        for key in obj.keys() {
+            if key != "id" && key != "fields" {
+                return Err(invalid(format!(
+                    "unexpected key {key:?}: a document is {{\"id\": ..., \"fields\": {{...}}}}"
+                )));
+            }
+        }
+        let fields = match obj.get("fields") {
+            Some(Value::Object(f)) => f,
+            None => return Err(invalid("the document has no \"fields\" object".into())),
+            Some(_) => return Err(invalid("\"fields\" must be a JSON object".into())),
+        };
+        let mut source = Map::new();
+        let mut vectors = Vec::new();
+        for (name, value) in fields {
+            let def = self.fields.get(name).ok_or_else(|| {
+                invalid(format!(
+                    "field {name:?} is not in the schema of collection {:?}",
+                    self.name
+                ))
+            })?;
+            if value.is_null() {
+                continue;
+            }
+            if let Some(params) = def.vector_params() {
+                vectors.push((name.clone(), parse_vector(name, value, &params).map_err(invalid)?));
+            } else {
+                check_value(name, def.field_type, value).map_err(invalid)?;
+                source.insert(name.clone(), value.clone());
+            }
+        }
+        Ok(PreparedDoc {
+            id,
+            source,
+            vectors,
+        })
+    }
+}
+
+/// A validated document: its id, its non-vector fields, and its vectors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreparedDoc {
+    pub id: String,
+    #[serde(with = "json_map")]
+    pub source: Map<String, Value>,
+    pub vectors: Vec<(String, Vec<f32>)>,
+}
+
+/// serde_json values cannot pass through non-self-describing codecs, so the map travels as text.
+mod json_map {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_json::{Map, Value};
+
+    pub fn serialize<S: Serializer>(map: &Map<String, Value>, s: S) -> Result<S::Ok, S::Error> {
+        let text = serde_json::to_string(map).map_err(serde::ser::Error::custom)?;
+        s.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Map<String, Value>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        serde_json::from_str(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+fn parse_vector(name: &str, value: &Value, params: &VectorParams) -> Result<Vec<f32>, String> {
+    let arr = value
+        .as_array()
+        .ok_or_else(|| format!("field {name:?} must be an array of numbers"))?;
+    if arr.len() != params.dimension {
+        return Err(format!(
+            "field {name:?} expects {} dimensions, got {}",
+            params.dimension,
+            arr.len()
+        ));
+    }
+    let mut out = Vec::with_capacity(arr.len());
+    for (i, v) in arr.iter().enumerate() {
+        let x = v
+            .as_f64()
+            .ok_or_else(|| format!("field {name:?}: element {i} is not a number"))?;
+        let x = x as f32;
+        if !x.is_finite() {
+            return Err(format!(
+                "field {name:?}: element {i} is not a finite 32-bit float"
+            ));
+        }
+        out.push(x);
+    }
+    if params.distance == Distance::Cosine && out.iter().all(|x| *x == 0.0) {
+        return Err(format!(
+            "field {name:?}: a zero vector has no cosine distance to anything"
+        ));
+    }
+    Ok(out)
+}
+
+fn check_value(name: &str, ty: FieldType, value: &Value) -> Result<(), String> {
+    if let Value::Array(items) = value {
+        for item in items {
+            if item.is_array() {
+                return Err(format!("field {name:?}: nested arrays are not allowed"));
+            }
+            check_value(name, ty, item)?;
+        }
+        return Ok(());
+    }
+    let ok = match ty {
+        FieldType::Text | FieldType::Keyword => value.is_string(),
+        FieldType::I64 => value.as_i64().is_some(),
+        FieldType::U64 => value.as_u64().is_some(),
+        FieldType::F64 => value.as_f64().is_some_and(f64::is_finite),
+        FieldType::Bool => value.is_boolean(),
+        FieldType::Date => return parse_date(value).map(|_| ()).map_err(|e| format!("field {name:?}: {e}")),
+        FieldType::Vector => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        let expected = match ty {
+            FieldType::Text | FieldType::Keyword => "a string",
+            FieldType::I64 => "a signed 64-bit integer",
+            FieldType::U64 => "an unsigned 64-bit integer",
+            FieldType::F64 => "a finite number",
+            FieldType::Bool => "true or false",
+            _ => "a value",
+        };
+        Err(format!("field {name:?} must be {expected}, got {value}"))
+    }
+}
+
+/// A date is an RFC 3339 string or whole seconds since the Unix epoch.
+pub fn parse_date(value: &Value) -> Result<tantivy::DateTime, String> {
+    match value {
+        Value::String(s) => time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .map(tantivy::DateTime::from_utc)
+            .map_err(|e| format!("{s:?} is not an RFC 3339 date: {e}")),
+        Value::Number(n) => n
+            .as_i64()
+            .map(tantivy::DateTime::from_timestamp_secs)
+            .ok_or_else(|| format!("{n} is not whole seconds since the epoch")),
+        other => Err(format!("a date must be an RFC 3339 string or epoch seconds, got {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn articles() -> CollectionSchema {
+        CollectionSchema::from_json(
+            br#"{"name":"articles","fields":{"title":{"type":"text"},"tag":{"type":"keyword"},
+            "year":{"type":"i64","fast":true},
+            "embedding":{"type":"vector","dimension":3,"distance":"cosine"}}}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn issue_example_schema_parses_with_defaults() {
+        let s = articles();
+        assert_eq!(s.shards, 1);
+        assert_eq!(s.replication_factor, 1);
+        let p = s.fields["embedding"].vector_params().unwrap();
+        assert_eq!((p.dimension, p.m, p.ef_construction, p.ef_search), (3, 16, 200, 64));
+        assert!(s.fields["tag"].is_fast());
+        assert!(!s.fields["title"].is_fast());
+    }
+
+    #[test]
+    fn collection_names_are_safe() {
+        for bad in ["", "../x", "a/b", ".hidden", "x y", &"a".repeat(300), "_x"] {
+            assert!(validate_collection_name(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["a", "articles", "my-coll_2", &"a".repeat(64)] {
+            validate_collection_name(good).unwrap();
+        }
+    }
+
+    #[test]
+    fn bad_schemas_are_refused_with_reasons() {
+        let cases = [
+            (r#"{"name":"x","fields":{"a":{"type":"blob"}}}"#, "unknown variant"),
+            (r#"{"name":"x","fields":{}}"#, "at least one field"),
+            (r#"{"name":"x","fields":{"v":{"type":"vector"}}}"#, "need a dimension"),
+            (r#"{"name":"x","fields":{"v":{"type":"vector","dimension":0}}}"#, "dimension must be"),
+            (r#"{"name":"x","fields":{"a":{"type":"text","dimension":3}}}"#, "vector fields only"),
+            (r#"{"name":"x","fields":{"_a":{"type":"text"}}}"#, "not starting with '_'"),
+            (r#"{"name":"x","fields":{"a":{"type":"text","analyzer":"klingon"}}}"#, "unknown analyzer"),
+            (r#"{"name":"x","fields":{"a":{"type":"text","tpyo":1}}}"#, "unknown field"),
+            (r#"{"name":"x","shards":0,"fields":{"a":{"type":"text"}}}"#, "shards"),
+        ];
+        for (body, needle) in cases {
+            let err = CollectionSchema::from_json(body.as_bytes()).unwrap_err().to_string();
+            assert!(err.contains(needle), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn documents_are_validated_per_field() {
+        let s = articles();
+        let ok = s
+            .prepare_document(&json!({"id":"a","fields":{"title":"t","year":2020,"embedding":[1,0,0]}}))
+            .unwrap();
+        assert_eq!(ok.vectors, vec![("embedding".to_string(), vec![1.0, 0.0, 0.0])]);
+        assert!(!ok.source.contains_key("embedding"));
+        let cases = [
+            (json!({"fields":{"title":"t"}}), "no \"id\""),
+            (json!({"id":"","fields":{}}), "1 to 512"),
+            (json!({"id":"a","fields":{"embedding":[1,0]}}), "expects 3 dimensions, got 2"),
+            (json!({"id":"a","fields":{"embedding":[0,0,0]}}), "zero vector"),
+            (json!({"id":"a","fields":{"embedding":["x",0,0]}}), "not a number"),
+            (json!({"id":"a","fields":{"year":"old"}}), "signed 64-bit"),
+            (json!({"id":"a","fields":{"nope":1}}), "not in the schema"),
+            (json!({"id":"a","fields":[]}), "must be a JSON object"),
+        ];
+        for (doc, needle) in cases {
+            let err = s.prepare_document(&doc).unwrap_err().to_string();
+            assert!(err.contains(needle), "{doc}: {err}");
+        }
+    }
+
+    #[test]
+    fn prepared_docs_survive_the_binary_log_codec() {
+        let s = articles();
+        let doc = s
+            .prepare_document(&json!({"id":"a","fields":{"title":"héllo","tag":["x","y"],"embedding":[0.5,1,2]}}))
+            .unwrap();
+        let bytes = postcard::to_stdvec(&doc).unwrap();
+        let back: PreparedDoc = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, doc);
+    }
+
+    #[test]
+    fn dates_accept_rfc3339_and_epoch_seconds() {
+        assert_eq!(
+            parse_date(&json!("1970-01-01T00:01:00Z")).unwrap(),
+            parse_date(&json!(60)).unwrap()
+        );
+        assert!(parse_date(&json!("yesterday")).is_err());
+    }
+}

@@ -1,0 +1,274 @@
+//! A shard copy: a deterministic state machine fed by its log.
+//!
+//! The copy holds a tantivy index (text, keyword, numeric fields and the stored source), one
+//! HNSW index per vector field, and the index of the last log entry each of them applied. A
+//! single writer thread owns the log and the index writer: it appends each group of waiting
+//! writes with one fsync (group commit), applies them, and acknowledges them. Every refresh
+//! interval it commits tantivy with the applied index in the commit payload (a checkpoint) and
+//! reloads the searcher; less often it saves the vector indexes (a second checkpoint). Restart
+//! replays the log from the lower checkpoint; each component skips what it already holds.
+
+mod ops;
+mod query;
+mod writer;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Sender, TrySendError};
+use parking_lot::{Mutex, RwLock};
+use serde_json::{Map, Value};
+use tantivy::schema::Field;
+use tantivy::{Index, IndexReader, ReloadPolicy};
+use tokio::sync::{oneshot, watch};
+
+pub use self::ops::{version_key, Op, MAX_OPS_PER_ENTRY};
+use self::query::LiveKeys;
+use crate::error::{Error, Result};
+use crate::schema::{internal, CollectionSchema, PreparedDoc};
+use crate::search::{SearchRequest, SearchResponse};
+use crate::vector::VectorIndex;
+
+/// Tunables of a shard copy. Defaults suit a laptop and a small server alike.
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    /// How often new writes become searchable. Default 1 s.
+    pub refresh_interval: Duration,
+    /// How often the vector indexes are saved when they changed. Default 10 s. Replay after a
+    /// crash re-inserts at most this much work.
+    pub vector_checkpoint_interval: Duration,
+    /// Size at which a log segment is closed and a new one begun. Default 64 MiB.
+    pub log_segment_bytes: u64,
+    /// Memory the tantivy index writer may buffer. Default 128 MiB.
+    pub writer_memory_bytes: usize,
+    /// Writes that may wait for the writer thread before new ones are refused. Default 4096.
+    pub write_queue_len: usize,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        ShardConfig {
+            refresh_interval: Duration::from_secs(1),
+            vector_checkpoint_interval: Duration::from_secs(10),
+            log_segment_bytes: 64 << 20,
+            writer_memory_bytes: 128 << 20,
+            write_queue_len: 4096,
+        }
+    }
+}
+
+/// Tantivy field handles of the internal and user fields.
+pub(crate) struct Fields {
+    pub id: Field,
+    pub key: Field,
+    pub vectors: Field,
+    pub source: Field,
+    pub user: HashMap<String, Field>,
+}
+
+/// State shared by the writer thread and readers.
+pub(crate) struct Shared {
+    pub schema: Arc<CollectionSchema>,
+    pub fields: Fields,
+    pub index: Index,
+    pub reader: IndexReader,
+    pub vectors: BTreeMap<String, VectorIndex>,
+    /// Highest log index whose effects are searchable.
+    pub visible: watch::Sender<u64>,
+    /// Writes applied but not yet searchable, for real-time GET: `None` marks a delete.
+    pub unrefreshed: RwLock<HashMap<String, Option<(u64, Arc<PreparedDoc>)>>>,
+    pub live_keys: Mutex<Option<Arc<LiveKeys>>>,
+    pub dir: PathBuf,
+}
+
+pub(crate) enum Command {
+    Write {
+        ops: Vec<Op>,
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    Refresh {
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<Result<()>>,
+    },
+}
+
+/// A stored document as GET returns it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StoredDocument {
+    pub id: String,
+    pub fields: Map<String, Value>,
+}
+
+/// Counts and sizes of a shard copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ShardStats {
+    pub num_docs: u64,
+    pub size_bytes: u64,
+    /// Highest log index searchable.
+    pub visible_index: u64,
+}
+
+/// A shard copy on this node.
+pub struct Shard {
+    shared: Arc<Shared>,
+    commands: Sender<Command>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Shard {
+    /// Opens the shard in `dir`, creating it if empty, and replays its log.
+    pub fn open(dir: &Path, schema: Arc<CollectionSchema>, config: ShardConfig) -> Result<Shard> {
+        let (shared, state) = writer::recover(dir, schema, &config)?;
+        let (tx, rx) = crossbeam_channel::bounded(config.write_queue_len);
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("shard-writer-{}", shared.schema.name))
+            .spawn(move || writer::run(state, thread_shared, rx, config))
+            .map_err(|e| Error::io(dir, e))?;
+        Ok(Shard {
+            shared,
+            commands: tx,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub fn schema(&self) -> &Arc<CollectionSchema> {
+        &self.shared.schema
+    }
+
+    fn send(&self, command: Command) -> Result<()> {
+        self.commands.try_send(command).map_err(|e| match e {
+            TrySendError::Full(_) => Error::Overloaded,
+            TrySendError::Disconnected(_) => Error::ShuttingDown,
+        })
+    }
+
+    /// Queues a batch of operations. The returned receiver yields the log index once the
+    /// entry is durable and applied.
+    pub fn submit(&self, ops: Vec<Op>) -> Result<oneshot::Receiver<Result<u64>>> {
+        if ops.len() > MAX_OPS_PER_ENTRY {
+            return Err(Error::InvalidRequest(format!(
+                "at most {MAX_OPS_PER_ENTRY} operations per request"
+            )));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Write { ops, reply })?;
+        Ok(rx)
+    }
+
+    /// Writes and waits (blocking) for durability. For tools and tests outside a runtime.
+    pub fn write_blocking(&self, ops: Vec<Op>) -> Result<u64> {
+        self.submit(ops)?
+            .blocking_recv()
+            .map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Asks for a refresh now; the receiver yields the index that became visible.
+    pub fn request_refresh(&self) -> Result<oneshot::Receiver<Result<u64>>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Refresh { reply })?;
+        Ok(rx)
+    }
+
+    /// Refreshes and waits (blocking).
+    pub fn refresh_blocking(&self) -> Result<u64> {
+        self.request_refresh()?
+            .blocking_recv()
+            .map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// A receiver of the highest searchable log index, to wait on with `wait_for`.
+    pub fn visible_index(&self) -> watch::Receiver<u64> {
+        self.shared.visible.subscribe()
+    }
+
+    /// Runs a search against the last refreshed state.
+    pub fn search(&self, request: &SearchRequest) -> Result<SearchResponse> {
+        query::search(&self.shared, request)
+    }
+
+    /// The current version of a document, including writes not yet refreshed.
+    pub fn get(&self, id: &str) -> Result<Option<StoredDocument>> {
+        query::get(&self.shared, id)
+    }
+
+    pub fn stats(&self) -> ShardStats {
+        ShardStats {
+            num_docs: self.shared.reader.searcher().num_docs(),
+            size_bytes: dir_size(&self.shared.dir),
+            visible_index: *self.shared.visible.borrow(),
+        }
+    }
+
+    /// The vector index of a field, for benchmarks and diagnostics.
+    pub fn vector_index(&self, field: &str) -> Option<&VectorIndex> {
+        self.shared.vectors.get(field)
+    }
+
+    /// Flushes everything to a checkpoint and stops the writer thread.
+    pub fn close(&self) -> Result<()> {
+        let Some(thread) = self.thread.lock().take() else {
+            return Ok(());
+        };
+        let (reply, rx) = oneshot::channel();
+        // A blocking send: shutdown must not be refused because the queue is full.
+        let sent = self.commands.send(Command::Shutdown { reply }).is_ok();
+        let result = if sent {
+            rx.blocking_recv().unwrap_or(Err(Error::ShuttingDown))
+        } else {
+            Ok(())
+        };
+        let _ = thread.join();
+        result
+    }
+}
+
+impl Drop for Shard {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::error!(error = %e, "closing shard failed");
+        }
+    }
+}
+
+pub(crate) fn open_reader(index: &Index) -> Result<IndexReader> {
+    Ok(index
+        .reader_builder()
+        .reload_policy(ReloadPolicy::Manual)
+        .try_into()?)
+}
+
+pub(crate) fn resolve_fields(schema: &tantivy::schema::Schema, user: &CollectionSchema) -> Fields {
+    let get = |name: &str| schema.get_field(name).expect("field built from the same schema");
+    Fields {
+        id: get(internal::ID),
+        key: get(internal::KEY),
+        vectors: get(internal::VECTORS),
+        source: get(internal::SOURCE),
+        user: user
+            .fields
+            .keys()
+            .filter_map(|n| schema.get_field(n).ok().map(|f| (n.clone(), f)))
+            .collect(),
+    }
+}
+
+/// Bytes used by all files under `dir`.
+pub fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    for entry in entries.flatten() {
+        match entry.metadata() {
+            Ok(m) if m.is_dir() => total += dir_size(&entry.path()),
+            Ok(m) => total += m.len(),
+            Err(_) => {}
+        }
+    }
+    total
+}

@@ -1,0 +1,436 @@
+//! Search and real-time GET over a shard copy's last refreshed state.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{Map, Value};
+use tantivy::aggregation::agg_req::Aggregations;
+use tantivy::aggregation::{AggContextParams, AggregationCollector, AggregationLimitsGuard};
+use tantivy::collector::{Collector, Count, SegmentCollector, TopDocs};
+use tantivy::columnar::Column;
+use tantivy::query::{AllQuery, BooleanQuery, ConstScoreQuery, Occur, Query, QueryParser, TermQuery};
+use tantivy::schema::{Field, IndexRecordOption, Value as _};
+use tantivy::snippet::SnippetGenerator;
+use tantivy::{DocAddress, DocId, Score, Searcher, SegmentOrdinal, SegmentReader, TantivyDocument, Term};
+
+use super::Shared;
+use crate::error::{Error, Result};
+use crate::schema::{internal, FieldType};
+use crate::search::{HighlightRequest, Hit, SearchRequest, SearchResponse, VectorQuery};
+use crate::vector::{similarity, VectorIndex};
+
+/// Below this many allowed candidates a filtered vector search is computed exactly: a graph
+/// walk restricted to so few nodes would miss neighbours.
+const EXACT_SEARCH_THRESHOLD: usize = 2_000;
+
+/// The live document versions of one searcher generation: version key → address.
+pub(crate) struct LiveKeys {
+    generation: u64,
+    by_key: HashMap<u64, DocAddress>,
+}
+
+/// Collects (version key, address) of matching documents.
+struct KeyCollector;
+
+struct KeySegmentCollector {
+    segment: SegmentOrdinal,
+    keys: Column<u64>,
+    out: Vec<(u64, DocAddress)>,
+}
+
+impl Collector for KeyCollector {
+    type Fruit = Vec<(u64, DocAddress)>;
+    type Child = KeySegmentCollector;
+
+    fn for_segment(&self, segment: SegmentOrdinal, reader: &SegmentReader) -> tantivy::Result<Self::Child> {
+        Ok(KeySegmentCollector {
+            segment,
+            keys: reader.fast_fields().u64(internal::KEY)?,
+            out: Vec::new(),
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(&self, fruits: Vec<Self::Fruit>) -> tantivy::Result<Self::Fruit> {
+        Ok(fruits.into_iter().flatten().collect())
+    }
+}
+
+impl SegmentCollector for KeySegmentCollector {
+    type Fruit = Vec<(u64, DocAddress)>;
+
+    fn collect(&mut self, doc: DocId, _score: Score) {
+        if let Some(key) = self.keys.first(doc) {
+            self.out.push((key, DocAddress::new(self.segment, doc)));
+        }
+    }
+
+    fn harvest(self) -> Self::Fruit {
+        self.out
+    }
+}
+
+fn live_keys(shared: &Shared, searcher: &Searcher) -> Result<Arc<LiveKeys>> {
+    let generation = searcher.generation().generation_id();
+    let mut cache = shared.live_keys.lock();
+    if let Some(live) = cache.as_ref().filter(|l| l.generation == generation) {
+        return Ok(live.clone());
+    }
+    let by_key = searcher.search(&AllQuery, &KeyCollector)?.into_iter().collect();
+    let live = Arc::new(LiveKeys { generation, by_key });
+    *cache = Some(live.clone());
+    Ok(live)
+}
+
+fn invalid_query(e: impl std::fmt::Display) -> Error {
+    Error::InvalidQuery(e.to_string())
+}
+
+/// Maps tantivy's errors at query time: a bad request is the caller's fault, I/O is ours.
+fn query_error(e: tantivy::TantivyError) -> Error {
+    use tantivy::TantivyError as T;
+    match e {
+        T::InvalidArgument(_) | T::SchemaError(_) | T::FieldNotFound(_) | T::AggregationError(_) => {
+            Error::InvalidQuery(e.to_string())
+        }
+        other => Error::Tantivy(other),
+    }
+}
+
+struct Plan<'a> {
+    text: Option<Box<dyn Query>>,
+    filter: Option<Box<dyn Query>>,
+    vector: Option<(&'a str, &'a VectorIndex, Vec<f32>)>,
+}
+
+fn parser(shared: &Shared, fields: &[&str]) -> Result<QueryParser> {
+    let mut targets = Vec::new();
+    for name in fields {
+        let def = shared.schema.fields.get(*name).ok_or_else(|| {
+            Error::InvalidQuery(format!("field {name:?} is not in the schema"))
+        })?;
+        if !matches!(def.field_type, FieldType::Text | FieldType::Keyword) || !def.indexed {
+            return Err(Error::InvalidQuery(format!(
+                "field {name:?} is not an indexed text or keyword field"
+            )));
+        }
+        targets.push(shared.fields.user[*name]);
+    }
+    Ok(QueryParser::for_index(&shared.index, targets))
+}
+
+fn plan<'a>(shared: &'a Shared, request: &'a SearchRequest) -> Result<Plan<'a>> {
+    let text_fields = shared.schema.text_fields();
+    let text = match request.query.as_deref().map(str::trim) {
+        Some(q) if !q.is_empty() => {
+            let fields: Vec<&str> = match &request.fields {
+                Some(f) if !f.is_empty() => f.iter().map(String::as_str).collect(),
+                _ => text_fields.clone(),
+            };
+            if fields.is_empty() {
+                return Err(Error::InvalidQuery(
+                    "the collection has no indexed text field to search; name fields with \"fields\" or use a filter".into(),
+                ));
+            }
+            Some(parser(shared, &fields)?.parse_query(q).map_err(invalid_query)?)
+        }
+        _ => None,
+    };
+    let filter = match request.filter.as_deref().map(str::trim) {
+        Some(f) if !f.is_empty() => Some(
+            parser(shared, &text_fields)?
+                .parse_query(f)
+                .map_err(|e| Error::InvalidQuery(format!("filter: {e}")))?,
+        ),
+        _ => None,
+    };
+    let vector = match &request.vector {
+        None => None,
+        Some(vq) => {
+            let (field, values) = match vq {
+                VectorQuery::Field { field, values } => (field.as_str(), values),
+                VectorQuery::Values(values) => {
+                    let mut names = shared.vectors.keys();
+                    match (names.next(), names.next()) {
+                        (Some(only), None) => (only.as_str(), values),
+                        (None, _) => {
+                            return Err(Error::InvalidQuery(
+                                "the collection has no vector field".into(),
+                            ))
+                        }
+                        _ => {
+                            return Err(Error::InvalidQuery(
+                                "the collection has several vector fields: use {\"field\": ..., \"values\": [...]}".into(),
+                            ))
+                        }
+                    }
+                }
+            };
+            let (name, index) = shared.vectors.get_key_value(field).ok_or_else(|| {
+                Error::InvalidQuery(format!("{field:?} is not a vector field"))
+            })?;
+            let dim = index.params().dimension;
+            if values.len() != dim {
+                return Err(Error::InvalidQuery(format!(
+                    "vector for {field:?} must have {dim} dimensions, got {}",
+                    values.len()
+                )));
+            }
+            let values: Vec<f32> = values.iter().map(|v| *v as f32).collect();
+            if values.iter().any(|v| !v.is_finite()) {
+                return Err(Error::InvalidQuery("vector values must be finite 32-bit floats".into()));
+            }
+            Some((name.as_str(), index, values))
+        }
+    };
+    Ok(Plan { text, filter, vector })
+}
+
+/// `query AND filter`, where the filter adds nothing to the score.
+fn with_filter(query: Box<dyn Query>, filter: &Option<Box<dyn Query>>) -> Box<dyn Query> {
+    match filter {
+        None => query,
+        Some(f) => Box::new(BooleanQuery::new(vec![
+            (Occur::Must, query),
+            (Occur::Must, Box::new(ConstScoreQuery::new(f.box_clone(), 0.0))),
+        ])),
+    }
+}
+
+fn has_vector(shared: &Shared, field: &str) -> Box<dyn Query> {
+    Box::new(TermQuery::new(
+        Term::from_field_text(shared.fields.vectors, field),
+        IndexRecordOption::Basic,
+    ))
+}
+
+pub(crate) fn search(shared: &Shared, request: &SearchRequest) -> Result<SearchResponse> {
+    let started = Instant::now();
+    request.validate()?;
+    let plan = plan(shared, request)?;
+    let searcher = shared.reader.searcher();
+    let aggs = match &request.aggregations {
+        None => None,
+        Some(v) => Some(
+            serde_json::from_value::<Aggregations>(v.clone())
+                .map_err(|e| Error::InvalidQuery(format!("aggregations: {e}")))?,
+        ),
+    };
+    let agg_collector = aggs.map(|a| {
+        AggregationCollector::from_aggs(
+            a,
+            AggContextParams::new(AggregationLimitsGuard::default(), shared.index.tokenizers().clone()),
+        )
+    });
+    // The query whose matches `total` counts and aggregations run over.
+    let matching: Box<dyn Query> = match (&plan.text, &plan.vector) {
+        (Some(t), None) => t.box_clone(),
+        (None, Some((field, _, _))) => has_vector(shared, field),
+        (Some(t), Some((field, _, _))) => Box::new(BooleanQuery::new(vec![
+            (Occur::Should, t.box_clone()),
+            (Occur::Should, Box::new(ConstScoreQuery::new(has_vector(shared, field), 0.0))),
+        ])),
+        (None, None) => Box::new(AllQuery),
+    };
+    let matching = with_filter(matching, &plan.filter);
+    let window = request.offset + request.limit;
+
+    let (total, aggregations, ranked): (u64, _, Vec<(DocAddress, f32)>) = match &plan.vector {
+        None => {
+            let top = TopDocs::with_limit(request.limit.max(1))
+                .and_offset(request.offset)
+                .order_by_score();
+            let (top, count, aggs) = searcher
+                .search(matching.as_ref(), &(top, Count, agg_collector))
+                .map_err(query_error)?;
+            let ranked = if request.limit == 0 { Vec::new() } else { top.into_iter().map(|(s, a)| (a, s)).collect() };
+            (count as u64, aggs, ranked)
+        }
+        Some((_, vindex, values)) => {
+            let (count, aggs) = searcher
+                .search(matching.as_ref(), &(Count, agg_collector))
+                .map_err(query_error)?;
+            let live = live_keys(shared, &searcher)?;
+            let candidates = if plan.text.is_some() { request.rank_window() } else { window };
+            let vector_hits = vector_search(&searcher, &live, vindex, values, candidates, &plan.filter)?;
+            let vector_list: Vec<(DocAddress, f32)> = vector_hits
+                .into_iter()
+                .filter_map(|(key, distance)| {
+                    live.by_key
+                        .get(&key)
+                        .map(|addr| (*addr, similarity(vindex.params().distance, distance)))
+                })
+                .collect();
+            let fused = match &plan.text {
+                None => vector_list,
+                Some(text) => {
+                    let text_query = with_filter(text.box_clone(), &plan.filter);
+                    let text_list: Vec<(DocAddress, f32)> = searcher
+                        .search(text_query.as_ref(), &TopDocs::with_limit(request.rank_window()).order_by_score())
+                        .map_err(query_error)?
+                        .into_iter()
+                        .map(|(s, a)| (a, s))
+                        .collect();
+                    let strategy = request.hybrid.clone().unwrap_or_default();
+                    strategy.fuse(&text_list, &vector_list)
+                }
+            };
+            let ranked = fused.into_iter().skip(request.offset).take(request.limit).collect();
+            (count as u64, aggs, ranked)
+        }
+    };
+
+    let highlighters = highlighters(shared, &searcher, request, plan.text.as_deref())?;
+    let mut results = Vec::with_capacity(ranked.len());
+    for (address, score) in ranked {
+        let doc: TantivyDocument = searcher.doc(address)?;
+        results.push(hit_from_document(shared, &doc, score, &highlighters));
+    }
+    let aggregations = match aggregations {
+        Some(a) => Some(serde_json::to_value(a).map_err(invalid_query)?),
+        None => None,
+    };
+    Ok(SearchResponse {
+        results,
+        total,
+        latency_ms: started.elapsed().as_millis() as u64,
+        aggregations,
+    })
+}
+
+/// The nearest `k` live versions that pass the filter, as (key, distance).
+fn vector_search(
+    searcher: &Searcher,
+    live: &LiveKeys,
+    index: &VectorIndex,
+    values: &[f32],
+    k: usize,
+    filter: &Option<Box<dyn Query>>,
+) -> Result<Vec<(u64, f32)>> {
+    match filter {
+        None => index.search(values, k, |key| live.by_key.contains_key(&key)),
+        Some(f) => {
+            let allowed: HashSet<u64> = searcher
+                .search(f.as_ref(), &KeyCollector)
+                .map_err(query_error)?
+                .into_iter()
+                .map(|(key, _)| key)
+                .collect();
+            if allowed.len() <= EXACT_SEARCH_THRESHOLD.max(k) {
+                Ok(index.exact_search(values, k, allowed.into_iter()))
+            } else {
+                index.search(values, k, |key| allowed.contains(&key))
+            }
+        }
+    }
+}
+
+type Highlighters = Vec<(String, SnippetGenerator)>;
+
+fn highlighters(
+    shared: &Shared,
+    searcher: &Searcher,
+    request: &SearchRequest,
+    text: Option<&dyn Query>,
+) -> Result<Highlighters> {
+    let (Some(h), Some(text)) = (&request.highlight, text) else {
+        return Ok(Vec::new());
+    };
+    let (names, max_chars): (Vec<String>, usize) = match h {
+        HighlightRequest::Enabled(false) => return Ok(Vec::new()),
+        HighlightRequest::Enabled(true) => (
+            shared.schema.text_fields().into_iter().map(String::from).collect(),
+            150,
+        ),
+        HighlightRequest::Fields { fields, max_chars } => (fields.clone(), *max_chars),
+    };
+    let mut out = Vec::new();
+    for name in names {
+        let field: Field = match shared.schema.fields.get(&name) {
+            Some(def) if def.field_type == FieldType::Text && def.indexed => shared.fields.user[&name],
+            _ => {
+                return Err(Error::InvalidQuery(format!(
+                    "cannot highlight {name:?}: it is not an indexed text field"
+                )))
+            }
+        };
+        let mut generator = SnippetGenerator::create(searcher, text, field).map_err(query_error)?;
+        generator.set_max_num_chars(max_chars);
+        out.push((name, generator));
+    }
+    Ok(out)
+}
+
+fn source_of(shared: &Shared, doc: &TantivyDocument) -> (String, Map<String, Value>) {
+    let id = doc
+        .get_first(shared.fields.id)
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string();
+    let fields = doc
+        .get_first(shared.fields.source)
+        .and_then(|v| v.as_str())
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default();
+    (id, fields)
+}
+
+fn hit_from_document(shared: &Shared, doc: &TantivyDocument, score: f32, highlighters: &Highlighters) -> Hit {
+    let (id, fields) = source_of(shared, doc);
+    let mut highlights = Map::new();
+    for (name, generator) in highlighters {
+        let texts: Vec<&str> = match fields.get(name) {
+            Some(Value::String(s)) => vec![s.as_str()],
+            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
+            _ => continue,
+        };
+        for text in texts {
+            let snippet = generator.snippet(text);
+            if !snippet.highlighted().is_empty() {
+                highlights.insert(name.clone(), Value::String(snippet.to_html()));
+                break;
+            }
+        }
+    }
+    Hit {
+        id,
+        score,
+        fields,
+        highlights: (!highlights.is_empty()).then_some(highlights),
+    }
+}
+
+pub(crate) fn get(shared: &Shared, id: &str) -> Result<Option<super::StoredDocument>> {
+    if let Some(pending) = shared.unrefreshed.read().get(id) {
+        return Ok(pending.as_ref().map(|(_, doc)| {
+            let mut fields = Map::new();
+            for (name, value) in &doc.source {
+                if shared.schema.fields.get(name).is_some_and(|d| d.stored) {
+                    fields.insert(name.clone(), value.clone());
+                }
+            }
+            for (name, values) in &doc.vectors {
+                fields.insert(name.clone(), Value::from(values.clone()));
+            }
+            super::StoredDocument { id: doc.id.clone(), fields }
+        }));
+    }
+    let searcher = shared.reader.searcher();
+    let query = TermQuery::new(Term::from_field_text(shared.fields.id, id), IndexRecordOption::Basic);
+    let hits = searcher.search(&query, &KeyCollector)?;
+    let Some((key, address)) = hits.into_iter().next() else {
+        return Ok(None);
+    };
+    let doc: TantivyDocument = searcher.doc(address)?;
+    let (id, mut fields) = source_of(shared, &doc);
+    for (name, index) in &shared.vectors {
+        if let Some(values) = index.get(key) {
+            fields.insert(name.clone(), Value::from(values));
+        }
+    }
+    Ok(Some(super::StoredDocument { id, fields }))
+}

@@ -1,0 +1,478 @@
+//! The writer side of a shard copy: recovery, the group-commit loop, apply, checkpoints.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tantivy::directory::MmapDirectory;
+use tantivy::schema::Field;
+use tantivy::{Index, IndexWriter, TantivyDocument, Term};
+use tokio::sync::{oneshot, watch};
+
+use super::ops::{self, version_key, Op};
+use super::{open_reader, resolve_fields, Command, Shared, ShardConfig};
+use crate::error::{Error, Result};
+use crate::log::ShardLog;
+use crate::schema::{parse_date, CollectionSchema, FieldType, PreparedDoc};
+use crate::vector::VectorIndex;
+
+/// The tantivy commit payload: the checkpoint of the text index.
+#[derive(Debug, Serialize, Deserialize)]
+struct TextCheckpoint {
+    applied_index: u64,
+}
+
+/// The most writes combined into one fsync.
+const MAX_GROUP: usize = 1024;
+
+/// State owned by the writer thread alone: the log and the state machine it feeds.
+pub(crate) struct WriterState {
+    log: ShardLog,
+    machine: StateMachine,
+}
+
+/// The components of a shard copy and how far each has applied the log. Raft's state machine
+/// will wrap exactly this.
+pub(crate) struct StateMachine {
+    writer: IndexWriter,
+    /// Last entry applied to all components.
+    applied: u64,
+    /// Last entry included in the durable tantivy commit.
+    text_checkpoint: u64,
+    /// Last entry included in the saved vector indexes (`u64::MAX` without vector fields).
+    vector_checkpoint: u64,
+    /// Current version key of each document that has vectors.
+    vector_keys: HashMap<String, u64>,
+    /// Old versions to tombstone in the vector indexes once the searcher no longer sees them.
+    pending_removals: Vec<u64>,
+    vectors_saved_at: Instant,
+}
+
+fn vectors_dir(dir: &Path) -> PathBuf {
+    dir.join("vectors")
+}
+
+fn vector_checkpoint_dir(dir: &Path, index: u64) -> PathBuf {
+    vectors_dir(dir).join(format!("ckpt-{index:020}"))
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, bytes)
+        .and_then(|_| fs::File::open(&tmp)?.sync_all())
+        .and_then(|_| fs::rename(&tmp, path))
+        .map_err(|e| Error::io(path, e))?;
+    if let Some(parent) = path.parent() {
+        fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(parent, e))?;
+    }
+    Ok(())
+}
+
+/// Opens every component of the shard and replays the log past its checkpoints.
+pub(crate) fn recover(
+    dir: &Path,
+    schema: Arc<CollectionSchema>,
+    config: &ShardConfig,
+) -> Result<(Arc<Shared>, WriterState)> {
+    let started = Instant::now();
+    let index_dir = dir.join("index");
+    fs::create_dir_all(&index_dir).map_err(|e| Error::io(&index_dir, e))?;
+    let mmap = MmapDirectory::open(&index_dir)
+        .map_err(|e| Error::io(&index_dir, std::io::Error::other(e.to_string())))?;
+    let index = Index::open_or_create(mmap, schema.tantivy_schema())?;
+    crate::analysis::register(index.tokenizers());
+    let text_checkpoint = match index.load_metas()?.payload {
+        Some(p) => {
+            serde_json::from_str::<TextCheckpoint>(&p)
+                .map_err(|e| Error::Corrupt {
+                    path: index_dir.clone(),
+                    message: format!("bad commit payload {p:?}: {e}"),
+                })?
+                .applied_index
+        }
+        None => 0,
+    };
+
+    let (vectors, vector_keys, vector_checkpoint) = load_vectors(dir, &schema)?;
+    let (log, _recovery) = ShardLog::open(&dir.join("log"), config.log_segment_bytes)?;
+    let newest_checkpoint = text_checkpoint.max(if vectors.is_empty() { 0 } else { vector_checkpoint });
+    if log.last_index() < newest_checkpoint {
+        return Err(Error::Corrupt {
+            path: dir.join("log"),
+            message: format!(
+                "the log ends at entry {} but a checkpoint covers entry {newest_checkpoint}; the log was lost or replaced. Restore the shard directory from a backup",
+                log.last_index()
+            ),
+        });
+    }
+
+    let writer: IndexWriter = index.writer(config.writer_memory_bytes)?;
+    let reader = open_reader(&index)?;
+    let tantivy_schema = index.schema();
+    let fields = resolve_fields(&tantivy_schema, &schema);
+    let (visible, _) = watch::channel(text_checkpoint);
+    let shared = Arc::new(Shared {
+        schema,
+        fields,
+        index,
+        reader,
+        vectors,
+        visible,
+        unrefreshed: RwLock::new(HashMap::new()),
+        live_keys: Mutex::new(None),
+        dir: dir.to_path_buf(),
+    });
+    let mut machine = StateMachine {
+        applied: text_checkpoint.min(vector_checkpoint),
+        writer,
+        text_checkpoint,
+        vector_checkpoint,
+        vector_keys,
+        pending_removals: Vec::new(),
+        vectors_saved_at: Instant::now(),
+    };
+
+    let mut replayed = 0u64;
+    log.read_from(machine.applied + 1, |entry| {
+        let ops = ops::decode(&entry.payload)?;
+        machine.apply(&shared, entry.index, &ops, false)?;
+        replayed += 1;
+        Ok(())
+    })?;
+    if replayed > 0 {
+        machine.refresh(&shared)?;
+        machine.save_vectors(&shared)?;
+    }
+    shared.visible.send_replace(machine.text_checkpoint);
+    let state = WriterState { log, machine };
+    tracing::info!(
+        shard = %dir.display(),
+        text_checkpoint,
+        vector_checkpoint = if shared.vectors.is_empty() { None } else { Some(vector_checkpoint) },
+        replayed,
+        ms = started.elapsed().as_millis() as u64,
+        "shard opened"
+    );
+    Ok((shared, state))
+}
+
+type LoadedVectors = (BTreeMap<String, VectorIndex>, HashMap<String, u64>, u64);
+
+fn load_vectors(dir: &Path, schema: &CollectionSchema) -> Result<LoadedVectors> {
+    let params: Vec<_> = schema.vector_fields().map(|(n, p)| (n.to_string(), p)).collect();
+    if params.is_empty() {
+        return Ok((BTreeMap::new(), HashMap::new(), u64::MAX));
+    }
+    let pointer = vectors_dir(dir).join("CHECKPOINT");
+    let checkpoint = match fs::read_to_string(&pointer) {
+        Ok(text) => Some(text.trim().parse::<u64>().map_err(|e| Error::Corrupt {
+            path: pointer.clone(),
+            message: e.to_string(),
+        })?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::io(&pointer, e)),
+    };
+    let Some(checkpoint) = checkpoint else {
+        let mut indexes = BTreeMap::new();
+        for (name, p) in params {
+            indexes.insert(name, VectorIndex::new(p)?);
+        }
+        return Ok((indexes, HashMap::new(), 0));
+    };
+    let ckpt_dir = vector_checkpoint_dir(dir, checkpoint);
+    let mut indexes = BTreeMap::new();
+    for (name, p) in params {
+        let path = ckpt_dir.join(format!("{name}.usearch"));
+        let index = if path.exists() {
+            VectorIndex::load(p, &path)?
+        } else {
+            // A field added after this checkpoint: it starts empty.
+            VectorIndex::new(p)?
+        };
+        indexes.insert(name, index);
+    }
+    let keys_path = ckpt_dir.join("keys.bin");
+    let bytes = fs::read(&keys_path).map_err(|e| Error::io(&keys_path, e))?;
+    let keys = postcard::from_bytes(&bytes).map_err(|e| Error::Corrupt {
+        path: keys_path,
+        message: e.to_string(),
+    })?;
+    Ok((indexes, keys, checkpoint))
+}
+
+impl StateMachine {
+    /// Applies one entry to each component that has not applied it yet.
+    pub(crate) fn apply(&mut self, shared: &Shared, index: u64, ops: &[Op], live: bool) -> Result<()> {
+        let to_text = index > self.text_checkpoint;
+        let to_vectors = !shared.vectors.is_empty() && index > self.vector_checkpoint;
+        for (position, op) in ops.iter().enumerate() {
+            let key = version_key(index, position);
+            let id = op.id();
+            if to_text {
+                self.writer
+                    .delete_term(Term::from_field_text(shared.fields.id, id));
+                if let Op::Upsert(doc) = op {
+                    self.writer.add_document(build_document(shared, key, doc)?)?;
+                }
+            }
+            if to_vectors {
+                let old = match op {
+                    Op::Upsert(doc) if !doc.vectors.is_empty() => {
+                        self.vector_keys.insert(id.to_string(), key)
+                    }
+                    _ => self.vector_keys.remove(id),
+                };
+                if let Some(old) = old {
+                    self.pending_removals.push(old);
+                }
+                if let Op::Upsert(doc) = op {
+                    for (field, values) in &doc.vectors {
+                        if let Some(vi) = shared.vectors.get(field) {
+                            vi.add(key, values)?;
+                        }
+                    }
+                }
+            }
+        }
+        if live {
+            let mut overlay = shared.unrefreshed.write();
+            for op in ops {
+                let value = match op {
+                    Op::Upsert(doc) => Some((index, Arc::new(doc.clone()))),
+                    Op::Delete(_) => None,
+                };
+                overlay.insert(op.id().to_string(), value);
+            }
+        }
+        self.applied = self.applied.max(index);
+        Ok(())
+    }
+
+    /// Commits the text index with the applied index as payload, reloads the searcher, and
+    /// retires vectors of replaced versions.
+    pub(crate) fn refresh(&mut self, shared: &Shared) -> Result<u64> {
+        if self.applied > self.text_checkpoint || !self.pending_removals.is_empty() {
+            if self.applied > self.text_checkpoint {
+                let mut commit = self.writer.prepare_commit()?;
+                let payload = serde_json::to_string(&TextCheckpoint {
+                    applied_index: self.applied,
+                })
+                .expect("checkpoint serializes");
+                commit.set_payload(&payload);
+                commit.commit()?;
+                self.text_checkpoint = self.applied;
+            }
+            shared.reader.reload()?;
+            // The new searcher no longer sees the old versions, so their vectors can go.
+            for key in self.pending_removals.drain(..) {
+                for vi in shared.vectors.values() {
+                    vi.remove(key)?;
+                }
+            }
+            shared.unrefreshed.write().clear();
+        }
+        shared.visible.send_replace(self.text_checkpoint);
+        Ok(self.text_checkpoint)
+    }
+
+    /// Saves every vector index and the key map as one checkpoint, then drops older ones.
+    pub(crate) fn save_vectors(&mut self, shared: &Shared) -> Result<()> {
+        if shared.vectors.is_empty() || self.vector_checkpoint == self.applied {
+            self.vectors_saved_at = Instant::now();
+            return Ok(());
+        }
+        let started = Instant::now();
+        let root = shared.dir.join("vectors");
+        let target = vector_checkpoint_dir(&shared.dir, self.applied);
+        let _ = fs::remove_dir_all(&target);
+        fs::create_dir_all(&target).map_err(|e| Error::io(&target, e))?;
+        for (name, vi) in &shared.vectors {
+            let path = target.join(format!("{name}.usearch"));
+            vi.save(&path)?;
+            fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io(&path, e))?;
+        }
+        let keys = postcard::to_stdvec(&self.vector_keys).expect("key map serializes");
+        write_atomically(&target.join("keys.bin"), &keys)?;
+        write_atomically(&root.join("CHECKPOINT"), self.applied.to_string().as_bytes())?;
+        self.vector_checkpoint = self.applied;
+        self.vectors_saved_at = Instant::now();
+        // Older checkpoints are no longer needed.
+        if let Ok(entries) = fs::read_dir(&root) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() && path != target {
+                    let _ = fs::remove_dir_all(&path);
+                }
+            }
+        }
+        tracing::debug!(index = self.applied, ms = started.elapsed().as_millis() as u64, "vector checkpoint saved");
+        Ok(())
+    }
+
+    /// The entry through which every component's checkpoint has passed.
+    fn checkpointed_through(&self) -> u64 {
+        self.text_checkpoint.min(self.vector_checkpoint)
+    }
+}
+
+fn build_document(shared: &Shared, key: u64, doc: &PreparedDoc) -> Result<TantivyDocument> {
+    let fields = &shared.fields;
+    let mut out = TantivyDocument::default();
+    out.add_text(fields.id, &doc.id);
+    out.add_u64(fields.key, key);
+    for (name, _) in &doc.vectors {
+        out.add_text(fields.vectors, name);
+    }
+    let mut stored = serde_json::Map::new();
+    for (name, value) in &doc.source {
+        let Some(def) = shared.schema.fields.get(name) else {
+            continue;
+        };
+        if def.stored {
+            stored.insert(name.clone(), value.clone());
+        }
+        if let Some(&field) = fields.user.get(name) {
+            add_values(&mut out, field, def.field_type, value).map_err(|message| {
+                Error::InvalidDocument {
+                    id: doc.id.clone(),
+                    message,
+                }
+            })?;
+        }
+    }
+    out.add_text(
+        fields.source,
+        serde_json::to_string(&stored).expect("JSON map serializes"),
+    );
+    Ok(out)
+}
+
+fn add_values(doc: &mut TantivyDocument, field: Field, ty: FieldType, value: &Value) -> Result<(), String> {
+    match value {
+        Value::Array(items) => {
+            for item in items {
+                add_values(doc, field, ty, item)?;
+            }
+        }
+        Value::Null => {}
+        _ => match ty {
+            FieldType::Text | FieldType::Keyword => doc.add_text(field, value.as_str().unwrap_or_default()),
+            FieldType::I64 => doc.add_i64(field, value.as_i64().ok_or("not an i64")?),
+            FieldType::U64 => doc.add_u64(field, value.as_u64().ok_or("not a u64")?),
+            FieldType::F64 => doc.add_f64(field, value.as_f64().ok_or("not an f64")?),
+            FieldType::Bool => doc.add_bool(field, value.as_bool().ok_or("not a bool")?),
+            FieldType::Date => doc.add_date(field, parse_date(value)?),
+            FieldType::Vector => {}
+        },
+    }
+    Ok(())
+}
+
+/// The writer thread: group commit, apply, periodic refresh and checkpoints.
+pub(crate) fn run(mut state: WriterState, shared: Arc<Shared>, commands: Receiver<Command>, config: ShardConfig) {
+    let mut next_refresh = Instant::now() + config.refresh_interval;
+    let mut deferred: Vec<Command> = Vec::new();
+    loop {
+        let command = match deferred.pop() {
+            Some(c) => Ok(c),
+            None => commands.recv_timeout(next_refresh.saturating_duration_since(Instant::now())),
+        };
+        match command {
+            Ok(Command::Write { ops, reply }) => {
+                let mut group = vec![(ops, reply)];
+                while group.len() < MAX_GROUP {
+                    match commands.try_recv() {
+                        Ok(Command::Write { ops, reply }) => group.push((ops, reply)),
+                        Ok(other) => {
+                            deferred.push(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                state.write_group(&shared, group);
+            }
+            Ok(Command::Refresh { reply }) => {
+                let _ = reply.send(state.machine.refresh(&shared));
+                next_refresh = Instant::now() + config.refresh_interval;
+            }
+            Ok(Command::Shutdown { reply }) => {
+                let result = state.shutdown(&shared);
+                let _ = reply.send(result);
+                return;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                if let Err(e) = state.shutdown(&shared) {
+                    tracing::error!(error = %e, "final checkpoint failed; the log still holds every write");
+                }
+                return;
+            }
+        }
+        if Instant::now() >= next_refresh {
+            if let Err(e) = state.background_checkpoint(&shared, &config) {
+                tracing::error!(error = %e, shard = %shared.dir.display(), "refresh failed; writes stay durable in the log and will be retried");
+            }
+            next_refresh = Instant::now() + config.refresh_interval;
+        }
+    }
+}
+
+impl WriterState {
+    fn write_group(&mut self, shared: &Shared, group: Vec<(Vec<Op>, oneshot::Sender<Result<u64>>)>) {
+        let payloads: Vec<Vec<u8>> = group.iter().map(|(ops, _)| ops::encode(ops)).collect();
+        let first = match self.log.append(&payloads) {
+            Ok(first) => first,
+            Err(e) => {
+                tracing::error!(error = %e, "log append failed; the writes were not acknowledged");
+                let message = e.to_string();
+                for (_, reply) in group {
+                    let _ = reply.send(Err(Error::Corrupt {
+                        path: shared.dir.join("log"),
+                        message: message.clone(),
+                    }));
+                }
+                return;
+            }
+        };
+        for (i, (ops, reply)) in group.into_iter().enumerate() {
+            let index = first + i as u64;
+            let result = self.machine.apply(shared, index, &ops, true).map(|_| index);
+            if let Err(e) = &result {
+                // The entry is durable; replay will apply it once the cause is fixed.
+                tracing::error!(error = %e, index, "applying a durable log entry failed");
+            }
+            let _ = reply.send(result);
+        }
+    }
+
+    fn background_checkpoint(&mut self, shared: &Shared, config: &ShardConfig) -> Result<()> {
+        self.machine.refresh(shared)?;
+        if self.machine.vectors_saved_at.elapsed() >= config.vector_checkpoint_interval {
+            self.machine.save_vectors(shared)?;
+        }
+        self.log.purge_through(self.machine.checkpointed_through())?;
+        Ok(())
+    }
+
+    /// Takes final checkpoints and waits for background merges, which hold files open.
+    fn shutdown(self, shared: &Shared) -> Result<()> {
+        let WriterState { mut log, mut machine } = self;
+        machine.refresh(shared)?;
+        machine.save_vectors(shared)?;
+        log.purge_through(machine.checkpointed_through())?;
+        machine.writer.wait_merging_threads()?;
+        Ok(())
+    }
+}
+

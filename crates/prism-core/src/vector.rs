@@ -1,0 +1,255 @@
+//! The vector index of one field in one shard copy: an HNSW graph (usearch) keyed by the
+//! document version key. Deletes are tombstones in the graph; keys that are no longer live are
+//! also excluded at search time by the caller's filter.
+
+use std::path::Path;
+
+use parking_lot::Mutex;
+use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
+
+use crate::error::{Error, Result};
+use crate::schema::{Distance, VectorParams};
+
+/// An HNSW index over f32 vectors of one dimension and distance.
+pub struct VectorIndex {
+    params: VectorParams,
+    index: Index,
+    /// Slots ever used, live or tombstoned; usearch never reuses a removed slot.
+    slots: Mutex<usize>,
+}
+
+fn options(params: &VectorParams) -> IndexOptions {
+    IndexOptions {
+        dimensions: params.dimension,
+        metric: match params.distance {
+            Distance::Cosine => MetricKind::Cos,
+            Distance::Dot => MetricKind::IP,
+            Distance::L2 => MetricKind::L2sq,
+        },
+        quantization: ScalarKind::F32,
+        connectivity: params.m,
+        expansion_add: params.ef_construction,
+        expansion_search: params.ef_search,
+        multi: false,
+    }
+}
+
+fn vector_err(e: impl std::fmt::Display) -> Error {
+    Error::Vector(e.to_string())
+}
+
+impl VectorIndex {
+    /// Creates an empty index.
+    pub fn new(params: VectorParams) -> Result<Self> {
+        let index = Index::new(&options(&params)).map_err(vector_err)?;
+        index.reserve(1024).map_err(vector_err)?;
+        Ok(VectorIndex {
+            params,
+            index,
+            slots: Mutex::new(0),
+        })
+    }
+
+    /// Loads an index saved by [`VectorIndex::save`].
+    pub fn load(params: VectorParams, path: &Path) -> Result<Self> {
+        let path_str = path.to_string_lossy();
+        let meta = Index::metadata(&path_str).map_err(vector_err)?;
+        if meta.dimensions as usize != params.dimension {
+            return Err(Error::Corrupt {
+                path: path.to_path_buf(),
+                message: format!(
+                    "vector index has {} dimensions, the schema says {}",
+                    meta.dimensions, params.dimension
+                ),
+            });
+        }
+        let index = Index::new(&options(&params)).map_err(vector_err)?;
+        index.load(&path_str).map_err(vector_err)?;
+        let slots = (meta.count_present + meta.count_deleted) as usize;
+        index
+            .reserve((slots * 2).max(1024))
+            .map_err(vector_err)?;
+        index.change_expansion_search(params.ef_search);
+        Ok(VectorIndex {
+            params,
+            index,
+            slots: Mutex::new(slots),
+        })
+    }
+
+    /// Writes the whole index to `path`.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        self.index
+            .save(&path.to_string_lossy())
+            .map_err(vector_err)
+    }
+
+    pub fn params(&self) -> &VectorParams {
+        &self.params
+    }
+
+    /// Number of live vectors.
+    pub fn len(&self) -> usize {
+        self.index.size()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds a vector under `key`, growing the graph's capacity as needed.
+    pub fn add(&self, key: u64, vector: &[f32]) -> Result<()> {
+        {
+            let mut slots = self.slots.lock();
+            if *slots + 1 > self.index.capacity() {
+                self.index
+                    .reserve((self.index.capacity() * 2).max(1024))
+                    .map_err(vector_err)?;
+            }
+            *slots += 1;
+        }
+        self.index.add(key, vector).map_err(vector_err)
+    }
+
+    /// Tombstones `key`; a missing key is not an error.
+    pub fn remove(&self, key: u64) -> Result<()> {
+        self.index.remove(key).map(|_| ()).map_err(vector_err)
+    }
+
+    /// The stored vector of `key`.
+    pub fn get(&self, key: u64) -> Option<Vec<f32>> {
+        let mut out = vec![0f32; self.params.dimension];
+        match self.index.get(key, &mut out) {
+            Ok(n) if n > 0 => Some(out),
+            _ => None,
+        }
+    }
+
+    /// Sets the search-time candidate list size.
+    pub fn set_ef_search(&self, ef: usize) {
+        self.index.change_expansion_search(ef);
+    }
+
+    /// Approximate k nearest neighbours among keys accepted by `allow`, best first, as
+    /// (key, distance).
+    pub fn search(&self, query: &[f32], k: usize, allow: impl Fn(u64) -> bool) -> Result<Vec<(u64, f32)>> {
+        if k == 0 || self.is_empty() {
+            return Ok(Vec::new());
+        }
+        let matches = self
+            .index
+            .filtered_search(query, k, allow)
+            .map_err(vector_err)?;
+        Ok(matches.keys.into_iter().zip(matches.distances).collect())
+    }
+
+    /// Exact distances from `query` to each of `keys` (those present), best first, top `k`.
+    /// Used when a filter leaves so few candidates that a graph walk would miss them.
+    pub fn exact_search(&self, query: &[f32], k: usize, keys: impl Iterator<Item = u64>) -> Vec<(u64, f32)> {
+        let mut scored: Vec<(u64, f32)> = keys
+            .filter_map(|key| self.get(key).map(|v| (key, self.distance(query, &v))))
+            .collect();
+        scored.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+        scored.truncate(k);
+        scored
+    }
+
+    /// The distance usearch reports for this metric.
+    pub fn distance(&self, a: &[f32], b: &[f32]) -> f32 {
+        distance(self.params.distance, a, b)
+    }
+}
+
+/// Distance as usearch defines it: cosine `1 - cos`, dot `1 - a·b`, l2 squared Euclidean.
+pub fn distance(kind: Distance, a: &[f32], b: &[f32]) -> f32 {
+    match kind {
+        Distance::Cosine => {
+            let (mut dot, mut na, mut nb) = (0f32, 0f32, 0f32);
+            for (x, y) in a.iter().zip(b) {
+                dot += x * y;
+                na += x * x;
+                nb += y * y;
+            }
+            if na == 0.0 || nb == 0.0 {
+                1.0
+            } else {
+                1.0 - dot / (na.sqrt() * nb.sqrt())
+            }
+        }
+        Distance::Dot => 1.0 - a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>(),
+        Distance::L2 => a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum(),
+    }
+}
+
+/// Turns a distance into a score where higher is better: cosine similarity, dot product, or
+/// `1 / (1 + l2²)` as Elasticsearch does.
+pub fn similarity(kind: Distance, distance: f32) -> f32 {
+    match kind {
+        Distance::Cosine | Distance::Dot => 1.0 - distance,
+        Distance::L2 => 1.0 / (1.0 + distance),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(distance: Distance) -> VectorParams {
+        VectorParams {
+            dimension: 4,
+            distance,
+            m: 16,
+            ef_construction: 64,
+            ef_search: 64,
+        }
+    }
+
+    #[test]
+    fn nearest_neighbour_respects_filter_and_removal() {
+        let idx = VectorIndex::new(params(Distance::L2)).unwrap();
+        for i in 0..2000u64 {
+            let x = i as f32;
+            idx.add(i, &[x, 0.0, 0.0, 1.0]).unwrap();
+        }
+        let hits = idx.search(&[10.2, 0.0, 0.0, 1.0], 3, |_| true).unwrap();
+        assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), vec![10, 11, 9]);
+        idx.remove(10).unwrap();
+        let hits = idx.search(&[10.2, 0.0, 0.0, 1.0], 3, |k| k % 2 == 1).unwrap();
+        assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), vec![11, 9, 13]);
+        assert_eq!(idx.get(10), None);
+        assert_eq!(idx.get(11), Some(vec![11.0, 0.0, 0.0, 1.0]));
+    }
+
+    #[test]
+    fn save_and_load_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.usearch");
+        let idx = VectorIndex::new(params(Distance::Cosine)).unwrap();
+        for i in 0..100u64 {
+            idx.add(i, &[1.0, i as f32, 0.5, 0.0]).unwrap();
+        }
+        idx.remove(5).unwrap();
+        idx.save(&path).unwrap();
+        let back = VectorIndex::load(params(Distance::Cosine), &path).unwrap();
+        assert_eq!(back.len(), 99);
+        assert_eq!(back.get(7), idx.get(7));
+        back.add(1000, &[0.0, 0.0, 1.0, 0.0]).unwrap();
+        assert_eq!(back.search(&[0.0, 0.0, 1.0, 0.0], 1, |_| true).unwrap()[0].0, 1000);
+    }
+
+    #[test]
+    fn exact_distances_match_the_graph() {
+        let idx = VectorIndex::new(params(Distance::Cosine)).unwrap();
+        let vs: Vec<[f32; 4]> = (0..50).map(|i| [1.0, (i as f32).sin(), (i as f32).cos(), 0.3]).collect();
+        for (i, v) in vs.iter().enumerate() {
+            idx.add(i as u64, v).unwrap();
+        }
+        let q = [0.2, 0.9, -0.1, 0.4];
+        let exact = idx.exact_search(&q, 5, 0..50);
+        let approx = idx.search(&q, 5, |_| true).unwrap();
+        assert_eq!(exact.iter().map(|h| h.0).collect::<Vec<_>>(), approx.iter().map(|h| h.0).collect::<Vec<_>>());
+        for (e, a) in exact.iter().zip(&approx) {
+            assert!((e.1 - a.1).abs() < 1e-4);
+        }
+    }
+}
