@@ -23,21 +23,19 @@ pub enum ApiError {
         message: String,
     },
     /// Nothing listening at the base URL.
-    Connect { url: String },
-    Timeout { url: String },
+    Connect {
+        url: String,
+    },
+    Timeout {
+        url: String,
+    },
     /// Any other transport failure.
     Transport(reqwest::Error),
     /// A 2xx answer whose body is not what the API documents.
-    Decode { what: String, detail: String },
-}
-
-impl ApiError {
-    pub fn status(&self) -> Option<StatusCode> {
-        match self {
-            ApiError::Server { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
+    Decode {
+        what: String,
+        detail: String,
+    },
 }
 
 impl fmt::Display for ApiError {
@@ -91,7 +89,6 @@ pub struct CollectionSummary {
 
 #[derive(Debug, Deserialize)]
 pub struct CollectionInfo {
-    pub name: String,
     pub schema: Schema,
 }
 
@@ -201,7 +198,10 @@ impl Client {
             .header(CONTENT_TYPE, "application/x-ndjson")
             .body(ndjson);
         let value = self.send(request, &url)?;
-        decode(value, &format!("POST /collections/{collection}/documents/bulk"))
+        decode(
+            value,
+            &format!("POST /collections/{collection}/documents/bulk"),
+        )
     }
 
     pub fn search(&self, collection: &str, request: &SearchRequest) -> Result<Value, ApiError> {
@@ -226,9 +226,7 @@ impl Client {
     fn send(&self, request: RequestBuilder, url: &Url) -> Result<Value, ApiError> {
         let response = request.send().map_err(|err| self.transport_error(err))?;
         let status = response.status();
-        let body = response
-            .bytes()
-            .map_err(|err| self.transport_error(err))?;
+        let body = response.bytes().map_err(|err| self.transport_error(err))?;
         if !status.is_success() {
             return Err(server_error(status, &body));
         }
@@ -270,7 +268,10 @@ fn server_error(status: StatusCode, body: &[u8]) -> ApiError {
     let text = String::from_utf8_lossy(body);
     let text = text.trim();
     let message = if text.is_empty() {
-        status.canonical_reason().unwrap_or("no response body").to_string()
+        status
+            .canonical_reason()
+            .unwrap_or("no response body")
+            .to_string()
     } else {
         crate::output::truncate(text, 300)
     };
@@ -290,7 +291,13 @@ mod tests {
         let body = br#"{"error":{"code":"collection_not_found","message":"no collection `x`"}}"#;
         let err = server_error(StatusCode::NOT_FOUND, body);
         assert_eq!(err.to_string(), "collection_not_found: no collection `x`");
-        assert_eq!(err.status(), Some(StatusCode::NOT_FOUND));
+        assert!(matches!(
+            err,
+            ApiError::Server {
+                status: StatusCode::NOT_FOUND,
+                ..
+            }
+        ));
     }
 
     #[test]

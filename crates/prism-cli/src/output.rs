@@ -98,7 +98,10 @@ pub fn write_search(out: &mut impl Write, response: &SearchResponse) -> io::Resu
     )
 }
 
-pub fn write_collections(out: &mut impl Write, collections: &[CollectionSummary]) -> io::Result<()> {
+pub fn write_collections(
+    out: &mut impl Write,
+    collections: &[CollectionSummary],
+) -> io::Result<()> {
     if collections.is_empty() {
         return writeln!(out, "no collections");
     }
@@ -173,7 +176,12 @@ mod tests {
             r#"embedding=[9 numbers] tags=["a","b"] title="line one\nline two" year=2001"#
         );
         assert!(preview_fields(fields.as_object().unwrap(), 20).ends_with('…'));
-        assert_eq!(preview_fields(fields.as_object().unwrap(), 20).chars().count(), 20);
+        assert_eq!(
+            preview_fields(fields.as_object().unwrap(), 20)
+                .chars()
+                .count(),
+            20
+        );
     }
 
     #[test]

@@ -1,1 +1,133 @@
-fn main() {}
+//! `prism-server`: one Prism node. Reads its configuration, opens the data directory, creates
+//! collections from `--schemas-dir`, and serves the HTTP API until SIGINT or SIGTERM.
+
+mod config;
+mod error;
+mod http;
+mod metrics;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Parser;
+use prism_core::engine::{Engine, EngineConfig};
+use prism_core::schema::CollectionSchema;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("PRISM_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = config::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: config::Cli) -> anyhow::Result<()> {
+    let config = config::load(&cli, |k| std::env::var(k).ok())?;
+    let metrics = metrics::install()?;
+    let data_dir = config.storage.data_dir.clone();
+    let engine_config = EngineConfig {
+        data_dir: data_dir.clone(),
+        shard: config.storage.shard_config(),
+    };
+    let opened = Instant::now();
+    let engine = tokio::task::spawn_blocking(move || Engine::open(engine_config))
+        .await?
+        .with_context(|| format!("cannot open data directory {}", data_dir.display()))?;
+    let engine = Arc::new(engine);
+    tracing::info!(
+        data_dir = %data_dir.display(),
+        collections = engine.collections().len(),
+        ms = opened.elapsed().as_millis() as u64,
+        "data directory opened"
+    );
+    if let Some(dir) = &config.storage.schemas_dir {
+        let engine = engine.clone();
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || load_schemas(&engine, &dir)).await??;
+    }
+
+    let listener = tokio::net::TcpListener::bind(&config.server.bind_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}; is another server using it? choose another with --port", config.server.bind_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "prism-server listening");
+    let state = Arc::new(http::AppState {
+        engine: engine.clone(),
+        metrics: Some(metrics),
+        started: Instant::now(),
+    });
+    let app = http::router(state, config.server.max_body_bytes);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("shutting down: writing checkpoints");
+    tokio::task::spawn_blocking(move || engine.close()).await??;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Creates each collection described in `dir` (`*.yaml`, `*.yml`, `*.json`) that does not exist.
+fn load_schemas(engine: &Engine, dir: &Path) -> anyhow::Result<()> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read --schemas-dir {}", dir.display()))?;
+    let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for path in paths {
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
+        if !matches!(ext, "yaml" | "yml" | "json") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let schema = if ext == "json" {
+            CollectionSchema::from_json(text.as_bytes())
+        } else {
+            CollectionSchema::from_yaml(&text)
+        }
+        .with_context(|| format!("schema file {}", path.display()))?;
+        let name = schema.name.clone();
+        match engine.create_collection(schema) {
+            Ok((_, true)) => tracing::info!(collection = %name, file = %path.display(), "collection created from schema file"),
+            Ok((_, false)) => {}
+            Err(prism_core::Error::CollectionExists(_)) => tracing::warn!(
+                collection = %name,
+                file = %path.display(),
+                "collection exists with a different schema; keeping the existing one"
+            ),
+            Err(e) => return Err(e).with_context(|| format!("schema file {}", path.display())),
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

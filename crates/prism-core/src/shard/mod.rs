@@ -272,3 +272,6 @@ pub fn dir_size(dir: &Path) -> u64 {
     }
     total
 }
+
+#[cfg(test)]
+mod tests;

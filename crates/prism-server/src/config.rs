@@ -1,0 +1,253 @@
+//! Configuration: one typed tree read from `prism.toml`, overridden by `PRISM_*` environment
+//! variables, overridden by command-line flags. Every setting has a default; see
+//! `docs/configuration.md`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Command-line flags of `prism-server`. Each also reads a `PRISM_*` environment variable.
+#[derive(Debug, Parser, Default)]
+#[command(name = "prism-server", version, about = "Prism: hybrid BM25 + vector search server")]
+pub struct Cli {
+    /// Configuration file. Default: ./prism.toml when it exists.
+    #[arg(long, env = "PRISM_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HTTP listen host. Default 127.0.0.1.
+    #[arg(long, env = "PRISM_HOST")]
+    pub host: Option<String>,
+    /// HTTP listen port. Default 3000.
+    #[arg(long, env = "PRISM_PORT")]
+    pub port: Option<u16>,
+    /// Where collections are stored. Default ./data.
+    #[arg(long, env = "PRISM_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Directory of YAML/JSON collection schemas created at start-up when missing.
+    #[arg(long, env = "PRISM_SCHEMAS_DIR")]
+    pub schemas_dir: Option<PathBuf>,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    /// Sections of the cluster layers, accepted so that one file serves every mode.
+    pub cluster: Option<toml::Value>,
+    pub federation: Option<toml::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// HTTP listen address, `host:port`.
+    pub bind_addr: String,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind_addr: "127.0.0.1:3000".into(),
+            max_body_bytes: 100 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+    pub schemas_dir: Option<PathBuf>,
+    /// How often writes become searchable.
+    pub refresh_interval_ms: u64,
+    /// How often changed vector indexes are saved.
+    pub vector_checkpoint_interval_ms: u64,
+    /// Size of a shard log segment.
+    pub log_segment_bytes: u64,
+    /// Indexing memory per shard.
+    pub writer_memory_bytes: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            data_dir: PathBuf::from("./data"),
+            schemas_dir: None,
+            refresh_interval_ms: 1000,
+            vector_checkpoint_interval_ms: 10_000,
+            log_segment_bytes: 64 << 20,
+            writer_memory_bytes: 128 << 20,
+        }
+    }
+}
+
+impl StorageConfig {
+    pub fn shard_config(&self) -> prism_core::shard::ShardConfig {
+        prism_core::shard::ShardConfig {
+            refresh_interval: Duration::from_millis(self.refresh_interval_ms.max(1)),
+            vector_checkpoint_interval: Duration::from_millis(self.vector_checkpoint_interval_ms),
+            log_segment_bytes: self.log_segment_bytes.max(1 << 20),
+            writer_memory_bytes: self.writer_memory_bytes.max(15 << 20),
+            ..Default::default()
+        }
+    }
+}
+
+/// Reads the configuration: file, then environment, then flags.
+pub fn load(cli: &Cli, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
+    let path = match &cli.config {
+        Some(p) => Some(p.clone()),
+        None => Some(PathBuf::from("prism.toml")).filter(|p| p.exists()),
+    };
+    let mut config = match &path {
+        Some(p) => from_file(p)?,
+        None => Config::default(),
+    };
+    apply_env(&mut config, env)?;
+    apply_cli(&mut config, cli)?;
+    Ok(config)
+}
+
+fn from_file(path: &Path) -> anyhow::Result<Config> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))
+}
+
+fn parse_env<T: std::str::FromStr>(name: &str, value: &str) -> anyhow::Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    value
+        .parse()
+        .map_err(|e| anyhow::anyhow!("environment variable {name}={value:?} is invalid: {e}"))
+}
+
+/// Environment overrides for settings that have no flag of their own. Flags' variables
+/// (`PRISM_HOST`, ...) are read by clap, so they rank above the file too.
+fn apply_env(config: &mut Config, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+    if let Some(v) = env("PRISM_BIND_ADDR") {
+        config.server.bind_addr = v;
+    }
+    if let Some(v) = env("PRISM_MAX_BODY_BYTES") {
+        config.server.max_body_bytes = parse_env("PRISM_MAX_BODY_BYTES", &v)?;
+    }
+    if let Some(v) = env("PRISM_REFRESH_INTERVAL_MS") {
+        config.storage.refresh_interval_ms = parse_env("PRISM_REFRESH_INTERVAL_MS", &v)?;
+    }
+    if let Some(v) = env("PRISM_VECTOR_CHECKPOINT_INTERVAL_MS") {
+        config.storage.vector_checkpoint_interval_ms = parse_env("PRISM_VECTOR_CHECKPOINT_INTERVAL_MS", &v)?;
+    }
+    if let Some(v) = env("PRISM_WRITER_MEMORY_BYTES") {
+        config.storage.writer_memory_bytes = parse_env("PRISM_WRITER_MEMORY_BYTES", &v)?;
+    }
+    Ok(())
+}
+
+fn apply_cli(config: &mut Config, cli: &Cli) -> anyhow::Result<()> {
+    if cli.host.is_some() || cli.port.is_some() {
+        let (host, port) = split_host_port(&config.server.bind_addr)?;
+        let host = cli.host.clone().unwrap_or(host);
+        let port = cli.port.unwrap_or(port);
+        config.server.bind_addr = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+    }
+    if let Some(d) = &cli.data_dir {
+        config.storage.data_dir = d.clone();
+    }
+    if let Some(d) = &cli.schemas_dir {
+        config.storage.schemas_dir = Some(d.clone());
+    }
+    Ok(())
+}
+
+fn split_host_port(addr: &str) -> anyhow::Result<(String, u16)> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("server.bind_addr {addr:?} must be host:port"))?;
+    let port = port
+        .parse()
+        .map_err(|_| anyhow::anyhow!("server.bind_addr {addr:?} has an invalid port"))?;
+    Ok((host.trim_matches(['[', ']']).to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_without_file_env_or_flags() {
+        let dir = tempfile_dir();
+        let cli = Cli {
+            config: Some(dir.join("missing-is-not-used.toml")),
+            ..Default::default()
+        };
+        assert!(load(&cli, no_env).is_err(), "a named config file must exist");
+        let config = load(&Cli::default(), no_env).unwrap();
+        assert_eq!(config.server.bind_addr, "127.0.0.1:3000");
+        assert_eq!(config.storage.data_dir, PathBuf::from("./data"));
+        assert_eq!(config.storage.refresh_interval_ms, 1000);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("prism-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn flags_override_env_which_overrides_file() {
+        let dir = tempfile_dir();
+        let path = dir.join("prism.toml");
+        std::fs::write(
+            &path,
+            "[server]\nbind_addr = \"0.0.0.0:3000\"\n[storage]\ndata_dir = \"/file\"\nrefresh_interval_ms = 50\n[cluster]\nenabled = false\n",
+        )
+        .unwrap();
+        let env = |k: &str| match k {
+            "PRISM_REFRESH_INTERVAL_MS" => Some("200".to_string()),
+            _ => None,
+        };
+        let cli = Cli {
+            config: Some(path.clone()),
+            port: Some(4000),
+            data_dir: Some("/flag".into()),
+            ..Default::default()
+        };
+        let config = load(&cli, env).unwrap();
+        assert_eq!(config.server.bind_addr, "0.0.0.0:4000");
+        assert_eq!(config.storage.data_dir, PathBuf::from("/flag"));
+        assert_eq!(config.storage.refresh_interval_ms, 200);
+        let file_only = load(&Cli { config: Some(path), ..Default::default() }, no_env).unwrap();
+        assert_eq!(file_only.storage.refresh_interval_ms, 50);
+        assert_eq!(file_only.storage.data_dir, PathBuf::from("/file"));
+    }
+
+    #[test]
+    fn typos_in_the_file_are_reported() {
+        let dir = tempfile_dir();
+        let path = dir.join("typo.toml");
+        std::fs::write(&path, "[storage]\ndata_dri = \"x\"\n").unwrap();
+        let err = load(&Cli { config: Some(path), ..Default::default() }, no_env).unwrap_err();
+        assert!(err.to_string().contains("data_dri"), "{err}");
+    }
+
+    #[test]
+    fn bad_env_values_are_reported() {
+        let env = |k: &str| (k == "PRISM_MAX_BODY_BYTES").then(|| "lots".to_string());
+        let err = load(&Cli::default(), env).unwrap_err();
+        assert!(err.to_string().contains("PRISM_MAX_BODY_BYTES"), "{err}");
+    }
+}

@@ -1,0 +1,79 @@
+//! HTTP errors: every failure is JSON `{"error":{"code","message"}}` with a fitting status.
+//! The mapping from engine errors to statuses lives here and nowhere else.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use prism_core::Error;
+use serde_json::{json, Value};
+
+/// An error answered to an HTTP client.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub details: Option<Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+}
+
+/// The status each engine error maps to.
+pub fn status_of(error: &Error) -> StatusCode {
+    match error {
+        Error::InvalidCollectionName { .. }
+        | Error::InvalidSchema(_)
+        | Error::InvalidDocument { .. }
+        | Error::InvalidQuery(_)
+        | Error::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+        Error::CollectionNotFound(_) | Error::DocumentNotFound(_) => StatusCode::NOT_FOUND,
+        Error::CollectionExists(_) => StatusCode::CONFLICT,
+        Error::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+        Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        Error::DataDirLocked { .. }
+        | Error::Corrupt { .. }
+        | Error::Io { .. }
+        | Error::Tantivy(_)
+        | Error::Vector(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        let status = status_of(&error);
+        if status.is_server_error() {
+            tracing::error!(error = %error, "request failed");
+        }
+        ApiError::new(status, error.code(), error.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let Some(details) = self.details {
+            error["details"] = details;
+        }
+        (self.status, Json(json!({ "error": error }))).into_response()
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

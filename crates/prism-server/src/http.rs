@@ -1,0 +1,379 @@
+//! The HTTP API (`/collections/...`, `/health`, `/metrics`). Handlers parse and validate, call
+//! the engine off the async runtime, and shape the JSON the API documents.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use metrics_exporter_prometheus::PrometheusHandle;
+use prism_core::engine::{Collection, DocumentError, Engine};
+use prism_core::schema::CollectionSchema;
+use prism_core::search::SearchRequest;
+use prism_core::shard::Op;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::{ApiError, ApiResult};
+use crate::metrics;
+
+/// What every handler can reach.
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub metrics: Option<PrometheusHandle>,
+    pub started: Instant,
+}
+
+type Shared = State<Arc<AppState>>;
+
+/// The router of the single-node API.
+pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(render_metrics))
+        .route("/collections", get(list_collections))
+        .route(
+            "/collections/{name}",
+            get(get_collection).put(create_collection).delete(delete_collection),
+        )
+        .route("/collections/{name}/documents", post(index_documents))
+        .route("/collections/{name}/documents/bulk", post(bulk_documents))
+        .route(
+            "/collections/{name}/documents/{id}",
+            get(get_document).delete(delete_document),
+        )
+        .route("/collections/{name}/search", post(search))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn(metrics::track))
+        .with_state(state)
+}
+
+/// A raw request body whose rejections (too large, unreadable) are JSON errors.
+pub struct Body(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Bytes::from_request(req, state).await {
+            Ok(bytes) => Ok(Body(bytes)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the request body exceeds server.max_body_bytes; split it into smaller batches",
+            )),
+            Err(e) => Err(ApiError::bad_request("unreadable_body", e.body_text())),
+        }
+    }
+}
+
+fn parse_json(body: &[u8]) -> ApiResult<Value> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request("malformed_json", "the request body is empty; send a JSON object"));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")))
+}
+
+/// Runs blocking engine work off the async runtime.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> prism_core::Result<T> + Send + 'static) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(ApiError::from)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; see docs/api.md for the routes")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not accept that method; see docs/api.md")
+}
+
+async fn health(State(state): Shared) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_secs": state.started.elapsed().as_secs(),
+        "collections": state.engine.collections().len(),
+    }))
+}
+
+async fn render_metrics(State(state): Shared) -> Response {
+    let Some(handle) = &state.metrics else {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "metrics_disabled", "metrics are not enabled").into_response();
+    };
+    for c in state.engine.collections() {
+        let stats = c.stats();
+        let name = c.name().to_string();
+        ::metrics::gauge!(metrics::COLLECTION_DOCS, "collection" => name.clone()).set(stats.num_docs as f64);
+        ::metrics::gauge!(metrics::COLLECTION_BYTES, "collection" => name).set(stats.size_bytes as f64);
+    }
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response()
+}
+
+fn collection_summary(c: &Collection) -> Value {
+    let stats = c.stats();
+    json!({
+        "name": c.name(),
+        "num_docs": stats.num_docs,
+        "size_bytes": stats.size_bytes,
+        "shards": c.schema().shards,
+        "replication_factor": c.schema().replication_factor,
+    })
+}
+
+async fn list_collections(State(state): Shared) -> ApiResult<Json<Value>> {
+    let engine = state.engine.clone();
+    let list = blocking(move || Ok(engine.collections().iter().map(|c| collection_summary(c)).collect::<Vec<_>>())).await?;
+    Ok(Json(json!({ "collections": list })))
+}
+
+fn describe(c: &Collection) -> Value {
+    let stats = c.stats();
+    json!({
+        "name": c.name(),
+        "schema": &**c.schema(),
+        "stats": {"num_docs": stats.num_docs, "size_bytes": stats.size_bytes, "visible_log_index": stats.visible_index},
+    })
+}
+
+async fn get_collection(State(state): Shared, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    let engine = state.engine.clone();
+    blocking(move || Ok(describe(&*engine.collection(&name)?))).await.map(Json)
+}
+
+async fn create_collection(State(state): Shared, Path(name): Path<String>, Body(body): Body) -> ApiResult<Response> {
+    prism_core::schema::validate_collection_name(&name)?;
+    let mut value = parse_json(&body)?;
+    let Some(obj) = value.as_object_mut() else {
+        return Err(ApiError::bad_request("invalid_schema", "the schema must be a JSON object"));
+    };
+    match obj.get("name") {
+        None => {
+            obj.insert("name".into(), Value::String(name.clone()));
+        }
+        Some(Value::String(n)) if *n == name => {}
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_schema",
+                format!("the body names the collection {other} but the path names {name:?}"),
+            ))
+        }
+    }
+    let schema = CollectionSchema::from_json(value.to_string().as_bytes())?;
+    let engine = state.engine.clone();
+    let (collection, created) = blocking(move || engine.create_collection(schema)).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(describe(&collection))).into_response())
+}
+
+async fn delete_collection(State(state): Shared, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    let engine = state.engine.clone();
+    let deleted = name.clone();
+    blocking(move || engine.delete_collection(&name)).await?;
+    Ok(Json(json!({ "deleted": deleted })))
+}
+
+/// When a write returns relative to search visibility.
+#[derive(Debug, Deserialize, Default)]
+pub struct WriteParams {
+    /// `false` (default): once durable. `wait_for`: once a scheduled refresh made it
+    /// searchable. `true`: refresh now, then return.
+    #[serde(default)]
+    refresh: Option<String>,
+}
+
+enum Refresh {
+    No,
+    WaitFor,
+    Now,
+}
+
+fn refresh_mode(params: &WriteParams) -> ApiResult<Refresh> {
+    match params.refresh.as_deref() {
+        None | Some("false") => Ok(Refresh::No),
+        Some("wait_for") => Ok(Refresh::WaitFor),
+        Some("true") | Some("") => Ok(Refresh::Now),
+        Some(other) => Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!("refresh={other:?} is not one of false, wait_for, true"),
+        )),
+    }
+}
+
+fn collection(state: &AppState, name: &str) -> ApiResult<Arc<Collection>> {
+    Ok(state.engine.collection(name)?)
+}
+
+/// Submits operations and waits for durability, then for visibility as asked.
+async fn write(collection: &Collection, ops: Vec<Op>, refresh: Refresh) -> ApiResult<u64> {
+    let shard = collection.shard();
+    let index = shard
+        .submit(ops)?
+        .await
+        .map_err(|_| ApiError::from(prism_core::Error::ShuttingDown))??;
+    match refresh {
+        Refresh::No => {}
+        Refresh::WaitFor => {
+            let mut visible = shard.visible_index();
+            visible
+                .wait_for(|v| *v >= index)
+                .await
+                .map_err(|_| ApiError::from(prism_core::Error::ShuttingDown))?;
+        }
+        Refresh::Now => {
+            shard
+                .request_refresh()?
+                .await
+                .map_err(|_| ApiError::from(prism_core::Error::ShuttingDown))??;
+        }
+    }
+    Ok(index)
+}
+
+async fn index_batch(
+    collection: Arc<Collection>,
+    documents: Vec<Value>,
+    mut errors: Vec<DocumentError>,
+    refresh: Refresh,
+    started: Instant,
+) -> ApiResult<Json<Value>> {
+    let total = documents.len() + errors.len();
+    let (ops, doc_errors) = collection.prepare_upserts(&documents);
+    errors.extend(doc_errors);
+    if ops.is_empty() {
+        let message = match errors.first() {
+            Some(first) => format!(
+                "all {total} documents failed validation; first: {}{}",
+                if first.id.is_empty() { String::new() } else { format!("document {:?}: ", first.id) },
+                first.message
+            ),
+            None => "the request holds no documents".into(),
+        };
+        let code = if errors.is_empty() { "no_documents" } else { "invalid_documents" };
+        return Err(ApiError::bad_request(code, message).with_details(json!({ "errors": errors })));
+    }
+    let successful = ops.len();
+    write(&collection, ops, refresh).await?;
+    ::metrics::counter!(metrics::DOCS_INDEXED, "collection" => collection.name().to_string()).increment(successful as u64);
+    Ok(Json(json!({
+        "total_docs": total,
+        "successful_docs": successful,
+        "failed_docs": errors.len(),
+        "errors": errors,
+        "latency_ms": started.elapsed().as_millis() as u64,
+    })))
+}
+
+async fn index_documents(
+    State(state): Shared,
+    Path(name): Path<String>,
+    Query(params): Query<WriteParams>,
+    Body(body): Body,
+) -> ApiResult<Json<Value>> {
+    let started = Instant::now();
+    let refresh = refresh_mode(&params)?;
+    let collection = collection(&state, &name)?;
+    let value = parse_json(&body)?;
+    let documents = match value {
+        Value::Object(mut obj) => match obj.remove("documents") {
+            Some(Value::Array(docs)) => docs,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    "the body must be {\"documents\": [{\"id\": ..., \"fields\": {...}}, ...]}",
+                ))
+            }
+        },
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "the body must be a JSON object with a \"documents\" array",
+            ))
+        }
+    };
+    index_batch(collection, documents, Vec::new(), refresh, started).await
+}
+
+/// Newline-delimited JSON: one `{"id": ..., "fields": {...}}` per line. A line that is not
+/// JSON fails alone, like an invalid document.
+async fn bulk_documents(
+    State(state): Shared,
+    Path(name): Path<String>,
+    Query(params): Query<WriteParams>,
+    Body(body): Body,
+) -> ApiResult<Json<Value>> {
+    let started = Instant::now();
+    let refresh = refresh_mode(&params)?;
+    let collection = collection(&state, &name)?;
+    let (documents, errors) = tokio::task::spawn_blocking(move || {
+        let mut documents = Vec::new();
+        let mut errors = Vec::new();
+        for (n, line) in body.split(|b| *b == b'\n').enumerate() {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match serde_json::from_slice::<Value>(line) {
+                Ok(doc) => documents.push(doc),
+                Err(e) => errors.push(DocumentError {
+                    id: String::new(),
+                    code: "malformed_json".into(),
+                    message: format!("line {}: {e}", n + 1),
+                }),
+            }
+        }
+        (documents, errors)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    index_batch(collection, documents, errors, refresh, started).await
+}
+
+async fn get_document(State(state): Shared, Path((name, id)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+    let collection = collection(&state, &name)?;
+    let wanted = id.clone();
+    let doc = blocking(move || collection.shard().get(&wanted)).await?;
+    match doc {
+        Some(doc) => Ok(Json(json!({"id": doc.id, "fields": doc.fields}))),
+        None => Err(prism_core::Error::DocumentNotFound(id).into()),
+    }
+}
+
+async fn delete_document(
+    State(state): Shared,
+    Path((name, id)): Path<(String, String)>,
+    Query(params): Query<WriteParams>,
+) -> ApiResult<Json<Value>> {
+    let refresh = refresh_mode(&params)?;
+    let collection = collection(&state, &name)?;
+    let check = collection.clone();
+    let wanted = id.clone();
+    let existed = blocking(move || check.shard().get(&wanted)).await?.is_some();
+    if !existed {
+        return Err(prism_core::Error::DocumentNotFound(id).into());
+    }
+    write(&collection, vec![Op::Delete(id.clone())], refresh).await?;
+    ::metrics::counter!(metrics::DOCS_DELETED, "collection" => collection.name().to_string()).increment(1);
+    Ok(Json(json!({"deleted": id})))
+}
+
+async fn search(State(state): Shared, Path(name): Path<String>, Body(body): Body) -> ApiResult<Json<Value>> {
+    let started = Instant::now();
+    let collection = collection(&state, &name)?;
+    parse_json(&body)?;
+    let request = SearchRequest::from_json(&body)?;
+    let mut response = blocking(move || collection.shard().search(&request)).await?;
+    response.latency_ms = started.elapsed().as_millis() as u64;
+    Ok(Json(serde_json::to_value(response).expect("response serializes")))
+}

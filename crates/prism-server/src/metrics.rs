@@ -1,0 +1,44 @@
+//! Prometheus metrics: per-route request counts and latency histograms, documents indexed,
+//! and per-collection sizes sampled at scrape time.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS: &str = "prism_http_requests_total";
+pub const REQUEST_SECONDS: &str = "prism_http_request_duration_seconds";
+pub const DOCS_INDEXED: &str = "prism_documents_indexed_total";
+pub const DOCS_DELETED: &str = "prism_documents_deleted_total";
+pub const COLLECTION_DOCS: &str = "prism_collection_documents";
+pub const COLLECTION_BYTES: &str = "prism_collection_size_bytes";
+
+/// Installs the process-wide recorder and returns the handle `/metrics` renders.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(REQUEST_SECONDS.to_string()),
+            &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+        )?
+        .install_recorder()
+        .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))
+}
+
+/// Counts and times every request under its route pattern, not its concrete path, so that
+/// label cardinality stays bounded.
+pub async fn track(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!(REQUESTS, "route" => route.clone(), "method" => method.clone(), "status" => status).increment(1);
+    metrics::histogram!(REQUEST_SECONDS, "route" => route, "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
