@@ -1,1 +1,230 @@
-//! Harness for multi-process tests.
+//! Harness for multi-process tests: build and locate the real binaries, start a server on a
+//! free loopback port with its own data directory, kill it, restart it, and poll conditions
+//! with deadlines instead of sleeping.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The directory holding this build's binaries (`target/debug` or `target/release`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let deps = exe.parent().expect("deps dir");
+    deps.parent().expect("profile dir").to_path_buf()
+}
+
+/// Builds `prism-server` and `prism` once per test process (a no-op when up to date) and
+/// returns the path of `name`.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        if std::env::var_os("PRISM_SKIP_BUILD").is_some() {
+            return;
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "prism-server",
+            "-p",
+            "prism-cli",
+            "--bins",
+        ]);
+        if profile_dir().ends_with("release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "building the binaries failed");
+    });
+    let path = profile_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing; run `cargo build --bins`",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Polls `check` until it returns `Some` or the deadline passes.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running `prism-server` process.
+pub struct Server {
+    child: Option<Child>,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    env: Vec<(String, String)>,
+    pub client: reqwest::blocking::Client,
+}
+
+impl Server {
+    /// Starts a server on a fresh port over `data_dir`, with extra environment variables.
+    pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        let mut server = Server {
+            child: None,
+            port: free_port(),
+            data_dir: data_dir.to_path_buf(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            client: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        };
+        server.spawn();
+        server
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(binary("prism-server"));
+        cmd.env("PRISM_PORT", self.port.to_string())
+            .env("PRISM_DATA_DIR", &self.data_dir)
+            .env("PRISM_LOG", "warn")
+            .current_dir(self.data_dir.parent().unwrap_or(Path::new("/")))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    fn spawn(&mut self) {
+        let child = self.command().spawn().expect("start prism-server");
+        self.child = Some(child);
+        let url = self.url("/health");
+        let client = self.client.clone();
+        let child = self.child.as_mut().unwrap();
+        wait_until(
+            Duration::from_secs(60),
+            "the server to answer /health",
+            || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("prism-server exited during start-up: {status}");
+                }
+                client
+                    .get(&url)
+                    .send()
+                    .ok()
+                    .filter(|r| r.status().is_success())
+            },
+        );
+    }
+
+    /// Runs the server binary over this data directory in the foreground and returns its
+    /// exit status and stderr (for start-up failures).
+    pub fn run_second_instance(&self) -> (std::process::ExitStatus, String) {
+        let mut cmd = self.command();
+        cmd.env("PRISM_PORT", free_port().to_string())
+            .stderr(Stdio::piped());
+        let out = cmd.output().expect("run prism-server");
+        (out.status, String::from_utf8_lossy(&out.stderr).to_string())
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// SIGKILL: no shutdown hooks, no final checkpoint.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("prism-server did not stop within 30 s of SIGTERM");
+        }
+    }
+
+    /// Starts the server again on the same data directory and port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        into_parts(self.client.get(self.url(path)).send())
+    }
+
+    pub fn delete(&self, path: &str) -> (u16, Value) {
+        into_parts(self.client.delete(self.url(path)).send())
+    }
+
+    pub fn put_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.send_raw("PUT", path, body.to_string().into_bytes())
+    }
+
+    pub fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.send_raw("POST", path, body.to_string().into_bytes())
+    }
+
+    pub fn send_raw(&self, method: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        into_parts(
+            self.client
+                .request(method, self.url(path))
+                .header("content-type", "application/json")
+                .body(body)
+                .send(),
+        )
+    }
+}
+
+fn into_parts(response: reqwest::Result<reqwest::blocking::Response>) -> (u16, Value) {
+    let response = response.expect("request reached the server");
+    let status = response.status().as_u16();
+    let text = response.text().unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body)
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -8,7 +8,8 @@ use tantivy::tokenizer::{
 /// Registers Prism's analyzers (`en`) beside tantivy's built-in ones (`default`, `en_stem`,
 /// `raw`, `whitespace`).
 pub fn register(tokenizers: &TokenizerManager) {
-    let stop_words = StopWordFilter::new(Language::English).expect("tantivy ships English stop words");
+    let stop_words =
+        StopWordFilter::new(Language::English).expect("tantivy ships English stop words");
     tokenizers.register(
         "en",
         TextAnalyzer::builder(SimpleTokenizer::default())
@@ -38,7 +39,10 @@ mod tests {
 
     #[test]
     fn en_lowercases_drops_stop_words_and_stems() {
-        assert_eq!(tokens("en", "The Running of the Horses"), vec!["run", "hors"]);
+        assert_eq!(
+            tokens("en", "The Running of the Horses"),
+            vec!["run", "hors"]
+        );
         assert_eq!(tokens("en_stem", "The Horses"), vec!["the", "hors"]);
     }
 }

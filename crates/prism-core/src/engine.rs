@@ -175,7 +175,11 @@ impl Engine {
 
     fn open_collection(&self, dir: PathBuf, schema: CollectionSchema) -> Result<Arc<Collection>> {
         let schema = Arc::new(schema);
-        let shard = Shard::open(&dir.join("shards").join("0"), schema.clone(), self.config.shard.clone())?;
+        let shard = Shard::open(
+            &dir.join("shards").join("0"),
+            schema.clone(),
+            self.config.shard.clone(),
+        )?;
         Ok(Arc::new(Collection { schema, shard, dir }))
     }
 
@@ -237,7 +241,9 @@ impl Engine {
 
     /// Checkpoints and closes every collection.
     pub fn close(&self) -> Result<()> {
-        let collections: Vec<_> = std::mem::take(&mut *self.collections.write()).into_values().collect();
+        let collections: Vec<_> = std::mem::take(&mut *self.collections.write())
+            .into_values()
+            .collect();
         let mut first_error = None;
         for c in collections {
             if let Err(e) = c.shard.close() {

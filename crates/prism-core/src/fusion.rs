@@ -61,7 +61,11 @@ impl HybridStrategy {
 
     /// Fuses a text list and a vector list, each sorted best first with higher-is-better
     /// scores. Returns all documents, best first; ties break on the key for determinism.
-    pub fn fuse<K: Eq + Hash + Ord + Clone>(&self, text: &[(K, f32)], vector: &[(K, f32)]) -> Vec<(K, f32)> {
+    pub fn fuse<K: Eq + Hash + Ord + Clone>(
+        &self,
+        text: &[(K, f32)],
+        vector: &[(K, f32)],
+    ) -> Vec<(K, f32)> {
         let mut fused: HashMap<K, f32> = HashMap::new();
         match *self {
             HybridStrategy::Rrf { rrf_k } => {
@@ -90,12 +94,18 @@ impl HybridStrategy {
 
 /// Scales scores to [0, 1]; a list whose scores are all equal maps to 1.
 pub fn min_max_normalise<K: Clone>(list: &[(K, f32)]) -> Vec<(K, f32)> {
-    let (min, max) = list.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), (_, s)| {
-        (lo.min(*s), hi.max(*s))
-    });
+    let (min, max) = list
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), (_, s)| {
+            (lo.min(*s), hi.max(*s))
+        });
     list.iter()
         .map(|(k, s)| {
-            let norm = if max > min { (s - min) / (max - min) } else { 1.0 };
+            let norm = if max > min {
+                (s - min) / (max - min)
+            } else {
+                1.0
+            };
             (k.clone(), norm)
         })
         .collect()
@@ -118,7 +128,10 @@ mod tests {
         assert!((score("a") - (1.0 / 61.0 + 1.0 / 62.0)).abs() < 1e-7);
         assert!((score("b") - 1.0 / 62.0).abs() < 1e-7);
         assert!((score("c") - (1.0 / 63.0 + 1.0 / 61.0)).abs() < 1e-7);
-        assert_eq!(out.iter().map(|x| x.0).collect::<Vec<_>>(), vec!["a", "c", "b"]);
+        assert_eq!(
+            out.iter().map(|x| x.0).collect::<Vec<_>>(),
+            vec!["a", "c", "b"]
+        );
     }
 
     #[test]
@@ -137,7 +150,10 @@ mod tests {
         }
         .fuse(&text, &vector);
         // a: 0.3*1 = 0.3; b: 0.3*0.5 + 0.7*0 = 0.15; c: 0.3*0 + 0.7*1 = 0.7
-        assert_eq!(out.iter().map(|x| x.0).collect::<Vec<_>>(), vec!["c", "a", "b"]);
+        assert_eq!(
+            out.iter().map(|x| x.0).collect::<Vec<_>>(),
+            vec!["c", "a", "b"]
+        );
         assert!((out[0].1 - 0.7).abs() < 1e-6);
         assert!((out[2].1 - 0.15).abs() < 1e-6);
     }
@@ -145,9 +161,23 @@ mod tests {
     #[test]
     fn bad_parameters_are_refused() {
         assert!(HybridStrategy::Rrf { rrf_k: f32::NAN }.validate().is_err());
-        assert!(HybridStrategy::Weighted { text_weight: -1.0, vector_weight: 1.0 }.validate().is_err());
-        let parsed: HybridStrategy = serde_json::from_str(r#"{"strategy":"weighted","text_weight":0.2,"vector_weight":0.8}"#).unwrap();
-        assert_eq!(parsed, HybridStrategy::Weighted { text_weight: 0.2, vector_weight: 0.8 });
+        assert!(HybridStrategy::Weighted {
+            text_weight: -1.0,
+            vector_weight: 1.0
+        }
+        .validate()
+        .is_err());
+        let parsed: HybridStrategy = serde_json::from_str(
+            r#"{"strategy":"weighted","text_weight":0.2,"vector_weight":0.8}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            parsed,
+            HybridStrategy::Weighted {
+                text_weight: 0.2,
+                vector_weight: 0.8
+            }
+        );
         assert!(serde_json::from_str::<HybridStrategy>(r#"{"strategy":"magic"}"#).is_err());
     }
 }

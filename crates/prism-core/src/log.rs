@@ -394,10 +394,16 @@ mod tests {
         log.purge_through(6).unwrap();
         assert!(log.first_index() <= 7);
         let entries = read_all(&log, 7);
-        assert_eq!(entries.iter().map(|e| e.index).collect::<Vec<_>>(), vec![7, 8, 9, 10]);
+        assert_eq!(
+            entries.iter().map(|e| e.index).collect::<Vec<_>>(),
+            vec![7, 8, 9, 10]
+        );
         drop(log);
         let (log, _) = ShardLog::open(dir.path(), 64).unwrap();
         assert_eq!(log.last_index(), 10);
-        assert!(log.read_from(1, |_| Ok(())).is_err(), "purged entries must not read as present");
+        assert!(
+            log.read_from(1, |_| Ok(())).is_err(),
+            "purged entries must not read as present"
+        );
     }
 }

@@ -217,13 +217,19 @@ impl CollectionSchema {
     pub fn validate(&self) -> Result<()> {
         validate_collection_name(&self.name)?;
         if self.fields.is_empty() {
-            return Err(Error::InvalidSchema("a collection needs at least one field".into()));
+            return Err(Error::InvalidSchema(
+                "a collection needs at least one field".into(),
+            ));
         }
         if self.fields.len() > 1000 {
-            return Err(Error::InvalidSchema("at most 1000 fields are allowed".into()));
+            return Err(Error::InvalidSchema(
+                "at most 1000 fields are allowed".into(),
+            ));
         }
         if !(1..=1024).contains(&self.shards) {
-            return Err(Error::InvalidSchema("shards must be between 1 and 1024".into()));
+            return Err(Error::InvalidSchema(
+                "shards must be between 1 and 1024".into(),
+            ));
         }
         if !(1..=16).contains(&self.replication_factor) {
             return Err(Error::InvalidSchema(
@@ -255,7 +261,9 @@ impl CollectionSchema {
                     return bad("vector fields need a dimension".into());
                 }
                 if !(1..=MAX_VECTOR_DIMENSION).contains(&p.dimension) {
-                    return bad(format!("dimension must be between 1 and {MAX_VECTOR_DIMENSION}"));
+                    return bad(format!(
+                        "dimension must be between 1 and {MAX_VECTOR_DIMENSION}"
+                    ));
                 }
                 if !(2..=128).contains(&p.m) {
                     return bad("m must be between 2 and 128".into());
@@ -403,7 +411,10 @@ impl CollectionSchema {
                 continue;
             }
             if let Some(params) = def.vector_params() {
-                vectors.push((name.clone(), parse_vector(name, value, &params).map_err(invalid)?));
+                vectors.push((
+                    name.clone(),
+                    parse_vector(name, value, &params).map_err(invalid)?,
+                ));
             } else {
                 check_value(name, def.field_type, value).map_err(invalid)?;
                 source.insert(name.clone(), value.clone());
@@ -490,7 +501,11 @@ fn check_value(name: &str, ty: FieldType, value: &Value) -> Result<(), String> {
         FieldType::U64 => value.as_u64().is_some(),
         FieldType::F64 => value.as_f64().is_some_and(f64::is_finite),
         FieldType::Bool => value.is_boolean(),
-        FieldType::Date => return parse_date(value).map(|_| ()).map_err(|e| format!("field {name:?}: {e}")),
+        FieldType::Date => {
+            return parse_date(value)
+                .map(|_| ())
+                .map_err(|e| format!("field {name:?}: {e}"))
+        }
         FieldType::Vector => false,
     };
     if ok {
@@ -511,14 +526,18 @@ fn check_value(name: &str, ty: FieldType, value: &Value) -> Result<(), String> {
 /// A date is an RFC 3339 string or whole seconds since the Unix epoch.
 pub fn parse_date(value: &Value) -> Result<tantivy::DateTime, String> {
     match value {
-        Value::String(s) => time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-            .map(tantivy::DateTime::from_utc)
-            .map_err(|e| format!("{s:?} is not an RFC 3339 date: {e}")),
+        Value::String(s) => {
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .map(tantivy::DateTime::from_utc)
+                .map_err(|e| format!("{s:?} is not an RFC 3339 date: {e}"))
+        }
         Value::Number(n) => n
             .as_i64()
             .map(tantivy::DateTime::from_timestamp_secs)
             .ok_or_else(|| format!("{n} is not whole seconds since the epoch")),
-        other => Err(format!("a date must be an RFC 3339 string or epoch seconds, got {other}")),
+        other => Err(format!(
+            "a date must be an RFC 3339 string or epoch seconds, got {other}"
+        )),
     }
 }
 
@@ -542,7 +561,10 @@ mod tests {
         assert_eq!(s.shards, 1);
         assert_eq!(s.replication_factor, 1);
         let p = s.fields["embedding"].vector_params().unwrap();
-        assert_eq!((p.dimension, p.m, p.ef_construction, p.ef_search), (3, 16, 200, 64));
+        assert_eq!(
+            (p.dimension, p.m, p.ef_construction, p.ef_search),
+            (3, 16, 200, 64)
+        );
         assert!(s.fields["tag"].is_fast());
         assert!(!s.fields["title"].is_fast());
     }
@@ -560,18 +582,44 @@ mod tests {
     #[test]
     fn bad_schemas_are_refused_with_reasons() {
         let cases = [
-            (r#"{"name":"x","fields":{"a":{"type":"blob"}}}"#, "unknown variant"),
+            (
+                r#"{"name":"x","fields":{"a":{"type":"blob"}}}"#,
+                "unknown variant",
+            ),
             (r#"{"name":"x","fields":{}}"#, "at least one field"),
-            (r#"{"name":"x","fields":{"v":{"type":"vector"}}}"#, "need a dimension"),
-            (r#"{"name":"x","fields":{"v":{"type":"vector","dimension":0}}}"#, "dimension must be"),
-            (r#"{"name":"x","fields":{"a":{"type":"text","dimension":3}}}"#, "vector fields only"),
-            (r#"{"name":"x","fields":{"_a":{"type":"text"}}}"#, "not starting with '_'"),
-            (r#"{"name":"x","fields":{"a":{"type":"text","analyzer":"klingon"}}}"#, "unknown analyzer"),
-            (r#"{"name":"x","fields":{"a":{"type":"text","tpyo":1}}}"#, "unknown field"),
-            (r#"{"name":"x","shards":0,"fields":{"a":{"type":"text"}}}"#, "shards"),
+            (
+                r#"{"name":"x","fields":{"v":{"type":"vector"}}}"#,
+                "need a dimension",
+            ),
+            (
+                r#"{"name":"x","fields":{"v":{"type":"vector","dimension":0}}}"#,
+                "dimension must be",
+            ),
+            (
+                r#"{"name":"x","fields":{"a":{"type":"text","dimension":3}}}"#,
+                "vector fields only",
+            ),
+            (
+                r#"{"name":"x","fields":{"_a":{"type":"text"}}}"#,
+                "not starting with '_'",
+            ),
+            (
+                r#"{"name":"x","fields":{"a":{"type":"text","analyzer":"klingon"}}}"#,
+                "unknown analyzer",
+            ),
+            (
+                r#"{"name":"x","fields":{"a":{"type":"text","tpyo":1}}}"#,
+                "unknown field",
+            ),
+            (
+                r#"{"name":"x","shards":0,"fields":{"a":{"type":"text"}}}"#,
+                "shards",
+            ),
         ];
         for (body, needle) in cases {
-            let err = CollectionSchema::from_json(body.as_bytes()).unwrap_err().to_string();
+            let err = CollectionSchema::from_json(body.as_bytes())
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(needle), "{body}: {err}");
         }
     }
@@ -580,16 +628,30 @@ mod tests {
     fn documents_are_validated_per_field() {
         let s = articles();
         let ok = s
-            .prepare_document(&json!({"id":"a","fields":{"title":"t","year":2020,"embedding":[1,0,0]}}))
+            .prepare_document(
+                &json!({"id":"a","fields":{"title":"t","year":2020,"embedding":[1,0,0]}}),
+            )
             .unwrap();
-        assert_eq!(ok.vectors, vec![("embedding".to_string(), vec![1.0, 0.0, 0.0])]);
+        assert_eq!(
+            ok.vectors,
+            vec![("embedding".to_string(), vec![1.0, 0.0, 0.0])]
+        );
         assert!(!ok.source.contains_key("embedding"));
         let cases = [
             (json!({"fields":{"title":"t"}}), "no \"id\""),
             (json!({"id":"","fields":{}}), "1 to 512"),
-            (json!({"id":"a","fields":{"embedding":[1,0]}}), "expects 3 dimensions, got 2"),
-            (json!({"id":"a","fields":{"embedding":[0,0,0]}}), "zero vector"),
-            (json!({"id":"a","fields":{"embedding":["x",0,0]}}), "not a number"),
+            (
+                json!({"id":"a","fields":{"embedding":[1,0]}}),
+                "expects 3 dimensions, got 2",
+            ),
+            (
+                json!({"id":"a","fields":{"embedding":[0,0,0]}}),
+                "zero vector",
+            ),
+            (
+                json!({"id":"a","fields":{"embedding":["x",0,0]}}),
+                "not a number",
+            ),
             (json!({"id":"a","fields":{"year":"old"}}), "signed 64-bit"),
             (json!({"id":"a","fields":{"nope":1}}), "not in the schema"),
             (json!({"id":"a","fields":[]}), "must be a JSON object"),
@@ -604,7 +666,9 @@ mod tests {
     fn prepared_docs_survive_the_binary_log_codec() {
         let s = articles();
         let doc = s
-            .prepare_document(&json!({"id":"a","fields":{"title":"héllo","tag":["x","y"],"embedding":[0.5,1,2]}}))
+            .prepare_document(
+                &json!({"id":"a","fields":{"title":"héllo","tag":["x","y"],"embedding":[0.5,1,2]}}),
+            )
             .unwrap();
         let bytes = postcard::to_stdvec(&doc).unwrap();
         let back: PreparedDoc = postcard::from_bytes(&bytes).unwrap();

@@ -139,7 +139,13 @@ mod tests {
         let r = SearchRequest::from_json(br#"{"vector":[1,2.5]}"#).unwrap();
         assert_eq!(r.vector, Some(VectorQuery::Values(vec![1.0, 2.5])));
         let r = SearchRequest::from_json(br#"{"vector":{"field":"e","values":[1]}}"#).unwrap();
-        assert_eq!(r.vector, Some(VectorQuery::Field { field: "e".into(), values: vec![1.0] }));
+        assert_eq!(
+            r.vector,
+            Some(VectorQuery::Field {
+                field: "e".into(),
+                values: vec![1.0]
+            })
+        );
         assert_eq!(r.limit, 10);
     }
 
@@ -152,7 +158,12 @@ mod tests {
             br#"{"query":"x","hybrid":{"strategy":"rrf","rrf_k":-1}}"#,
         ] {
             let err = SearchRequest::from_json(body).unwrap_err();
-            assert_eq!(err.code(), "invalid_query", "{}", String::from_utf8_lossy(body));
+            assert_eq!(
+                err.code(),
+                "invalid_query",
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 }

@@ -66,9 +66,7 @@ impl VectorIndex {
         let index = Index::new(&options(&params)).map_err(vector_err)?;
         index.load(&path_str).map_err(vector_err)?;
         let slots = (meta.count_present + meta.count_deleted) as usize;
-        index
-            .reserve((slots * 2).max(1024))
-            .map_err(vector_err)?;
+        index.reserve((slots * 2).max(1024)).map_err(vector_err)?;
         index.change_expansion_search(params.ef_search);
         Ok(VectorIndex {
             params,
@@ -79,9 +77,7 @@ impl VectorIndex {
 
     /// Writes the whole index to `path`.
     pub fn save(&self, path: &Path) -> Result<()> {
-        self.index
-            .save(&path.to_string_lossy())
-            .map_err(vector_err)
+        self.index.save(&path.to_string_lossy()).map_err(vector_err)
     }
 
     pub fn params(&self) -> &VectorParams {
@@ -132,7 +128,12 @@ impl VectorIndex {
 
     /// Approximate k nearest neighbours among keys accepted by `allow`, best first, as
     /// (key, distance).
-    pub fn search(&self, query: &[f32], k: usize, allow: impl Fn(u64) -> bool) -> Result<Vec<(u64, f32)>> {
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        allow: impl Fn(u64) -> bool,
+    ) -> Result<Vec<(u64, f32)>> {
         if k == 0 || self.is_empty() {
             return Ok(Vec::new());
         }
@@ -145,7 +146,12 @@ impl VectorIndex {
 
     /// Exact distances from `query` to each of `keys` (those present), best first, top `k`.
     /// Used when a filter leaves so few candidates that a graph walk would miss them.
-    pub fn exact_search(&self, query: &[f32], k: usize, keys: impl Iterator<Item = u64>) -> Vec<(u64, f32)> {
+    pub fn exact_search(
+        &self,
+        query: &[f32],
+        k: usize,
+        keys: impl Iterator<Item = u64>,
+    ) -> Vec<(u64, f32)> {
         let mut scored: Vec<(u64, f32)> = keys
             .filter_map(|key| self.get(key).map(|v| (key, self.distance(query, &v))))
             .collect();
@@ -212,10 +218,18 @@ mod tests {
             idx.add(i, &[x, 0.0, 0.0, 1.0]).unwrap();
         }
         let hits = idx.search(&[10.2, 0.0, 0.0, 1.0], 3, |_| true).unwrap();
-        assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), vec![10, 11, 9]);
+        assert_eq!(
+            hits.iter().map(|h| h.0).collect::<Vec<_>>(),
+            vec![10, 11, 9]
+        );
         idx.remove(10).unwrap();
-        let hits = idx.search(&[10.2, 0.0, 0.0, 1.0], 3, |k| k % 2 == 1).unwrap();
-        assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), vec![11, 9, 13]);
+        let hits = idx
+            .search(&[10.2, 0.0, 0.0, 1.0], 3, |k| k % 2 == 1)
+            .unwrap();
+        assert_eq!(
+            hits.iter().map(|h| h.0).collect::<Vec<_>>(),
+            vec![11, 9, 13]
+        );
         assert_eq!(idx.get(10), None);
         assert_eq!(idx.get(11), Some(vec![11.0, 0.0, 0.0, 1.0]));
     }
@@ -234,20 +248,28 @@ mod tests {
         assert_eq!(back.len(), 99);
         assert_eq!(back.get(7), idx.get(7));
         back.add(1000, &[0.0, 0.0, 1.0, 0.0]).unwrap();
-        assert_eq!(back.search(&[0.0, 0.0, 1.0, 0.0], 1, |_| true).unwrap()[0].0, 1000);
+        assert_eq!(
+            back.search(&[0.0, 0.0, 1.0, 0.0], 1, |_| true).unwrap()[0].0,
+            1000
+        );
     }
 
     #[test]
     fn exact_distances_match_the_graph() {
         let idx = VectorIndex::new(params(Distance::Cosine)).unwrap();
-        let vs: Vec<[f32; 4]> = (0..50).map(|i| [1.0, (i as f32).sin(), (i as f32).cos(), 0.3]).collect();
+        let vs: Vec<[f32; 4]> = (0..50)
+            .map(|i| [1.0, (i as f32).sin(), (i as f32).cos(), 0.3])
+            .collect();
         for (i, v) in vs.iter().enumerate() {
             idx.add(i as u64, v).unwrap();
         }
         let q = [0.2, 0.9, -0.1, 0.4];
         let exact = idx.exact_search(&q, 5, 0..50);
         let approx = idx.search(&q, 5, |_| true).unwrap();
-        assert_eq!(exact.iter().map(|h| h.0).collect::<Vec<_>>(), approx.iter().map(|h| h.0).collect::<Vec<_>>());
+        assert_eq!(
+            exact.iter().map(|h| h.0).collect::<Vec<_>>(),
+            approx.iter().map(|h| h.0).collect::<Vec<_>>()
+        );
         for (e, a) in exact.iter().zip(&approx) {
             assert!((e.1 - a.1).abs() < 1e-4);
         }

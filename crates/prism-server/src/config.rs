@@ -10,7 +10,11 @@ use serde::Deserialize;
 
 /// Command-line flags of `prism-server`. Each also reads a `PRISM_*` environment variable.
 #[derive(Debug, Parser, Default)]
-#[command(name = "prism-server", version, about = "Prism: hybrid BM25 + vector search server")]
+#[command(
+    name = "prism-server",
+    version,
+    about = "Prism: hybrid BM25 + vector search server"
+)]
 pub struct Cli {
     /// Configuration file. Default: ./prism.toml when it exists.
     #[arg(long, env = "PRISM_CONFIG")]
@@ -116,7 +120,8 @@ pub fn load(cli: &Cli, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<C
 fn from_file(path: &Path) -> anyhow::Result<Config> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))
+    toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))
 }
 
 fn parse_env<T: std::str::FromStr>(name: &str, value: &str) -> anyhow::Result<T>
@@ -141,7 +146,8 @@ fn apply_env(config: &mut Config, env: impl Fn(&str) -> Option<String>) -> anyho
         config.storage.refresh_interval_ms = parse_env("PRISM_REFRESH_INTERVAL_MS", &v)?;
     }
     if let Some(v) = env("PRISM_VECTOR_CHECKPOINT_INTERVAL_MS") {
-        config.storage.vector_checkpoint_interval_ms = parse_env("PRISM_VECTOR_CHECKPOINT_INTERVAL_MS", &v)?;
+        config.storage.vector_checkpoint_interval_ms =
+            parse_env("PRISM_VECTOR_CHECKPOINT_INTERVAL_MS", &v)?;
     }
     if let Some(v) = env("PRISM_WRITER_MEMORY_BYTES") {
         config.storage.writer_memory_bytes = parse_env("PRISM_WRITER_MEMORY_BYTES", &v)?;
@@ -194,7 +200,10 @@ mod tests {
             config: Some(dir.join("missing-is-not-used.toml")),
             ..Default::default()
         };
-        assert!(load(&cli, no_env).is_err(), "a named config file must exist");
+        assert!(
+            load(&cli, no_env).is_err(),
+            "a named config file must exist"
+        );
         let config = load(&Cli::default(), no_env).unwrap();
         assert_eq!(config.server.bind_addr, "127.0.0.1:3000");
         assert_eq!(config.storage.data_dir, PathBuf::from("./data"));
@@ -230,7 +239,14 @@ mod tests {
         assert_eq!(config.server.bind_addr, "0.0.0.0:4000");
         assert_eq!(config.storage.data_dir, PathBuf::from("/flag"));
         assert_eq!(config.storage.refresh_interval_ms, 200);
-        let file_only = load(&Cli { config: Some(path), ..Default::default() }, no_env).unwrap();
+        let file_only = load(
+            &Cli {
+                config: Some(path),
+                ..Default::default()
+            },
+            no_env,
+        )
+        .unwrap();
         assert_eq!(file_only.storage.refresh_interval_ms, 50);
         assert_eq!(file_only.storage.data_dir, PathBuf::from("/file"));
     }
@@ -240,7 +256,14 @@ mod tests {
         let dir = tempfile_dir();
         let path = dir.join("typo.toml");
         std::fs::write(&path, "[storage]\ndata_dri = \"x\"\n").unwrap();
-        let err = load(&Cli { config: Some(path), ..Default::default() }, no_env).unwrap_err();
+        let err = load(
+            &Cli {
+                config: Some(path),
+                ..Default::default()
+            },
+            no_env,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("data_dri"), "{err}");
     }
 

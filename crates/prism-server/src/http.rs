@@ -38,7 +38,9 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/collections", get(list_collections))
         .route(
             "/collections/{name}",
-            get(get_collection).put(create_collection).delete(delete_collection),
+            get(get_collection)
+                .put(create_collection)
+                .delete(delete_collection),
         )
         .route("/collections/{name}/documents", post(index_documents))
         .route("/collections/{name}/documents/bulk", post(bulk_documents))
@@ -75,13 +77,20 @@ impl<S: Send + Sync> FromRequest<S> for Body {
 
 fn parse_json(body: &[u8]) -> ApiResult<Value> {
     if body.is_empty() {
-        return Err(ApiError::bad_request("malformed_json", "the request body is empty; send a JSON object"));
+        return Err(ApiError::bad_request(
+            "malformed_json",
+            "the request body is empty; send a JSON object",
+        ));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
+    })
 }
 
 /// Runs blocking engine work off the async runtime.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> prism_core::Result<T> + Send + 'static) -> ApiResult<T> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> prism_core::Result<T> + Send + 'static,
+) -> ApiResult<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
@@ -89,11 +98,19 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> prism_core::Result<T> +
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; see docs/api.md for the routes")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; see docs/api.md for the routes",
+    )
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not accept that method; see docs/api.md")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that method; see docs/api.md",
+    )
 }
 
 async fn health(State(state): Shared) -> Json<Value> {
@@ -107,16 +124,26 @@ async fn health(State(state): Shared) -> Json<Value> {
 
 async fn render_metrics(State(state): Shared) -> Response {
     let Some(handle) = &state.metrics else {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "metrics_disabled", "metrics are not enabled").into_response();
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics_disabled",
+            "metrics are not enabled",
+        )
+        .into_response();
     };
     for c in state.engine.collections() {
         let stats = c.stats();
         let name = c.name().to_string();
-        ::metrics::gauge!(metrics::COLLECTION_DOCS, "collection" => name.clone()).set(stats.num_docs as f64);
-        ::metrics::gauge!(metrics::COLLECTION_BYTES, "collection" => name).set(stats.size_bytes as f64);
+        ::metrics::gauge!(metrics::COLLECTION_DOCS, "collection" => name.clone())
+            .set(stats.num_docs as f64);
+        ::metrics::gauge!(metrics::COLLECTION_BYTES, "collection" => name)
+            .set(stats.size_bytes as f64);
     }
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         handle.render(),
     )
         .into_response()
@@ -135,7 +162,14 @@ fn collection_summary(c: &Collection) -> Value {
 
 async fn list_collections(State(state): Shared) -> ApiResult<Json<Value>> {
     let engine = state.engine.clone();
-    let list = blocking(move || Ok(engine.collections().iter().map(|c| collection_summary(c)).collect::<Vec<_>>())).await?;
+    let list = blocking(move || {
+        Ok(engine
+            .collections()
+            .iter()
+            .map(|c| collection_summary(c))
+            .collect::<Vec<_>>())
+    })
+    .await?;
     Ok(Json(json!({ "collections": list })))
 }
 
@@ -150,14 +184,23 @@ fn describe(c: &Collection) -> Value {
 
 async fn get_collection(State(state): Shared, Path(name): Path<String>) -> ApiResult<Json<Value>> {
     let engine = state.engine.clone();
-    blocking(move || Ok(describe(&*engine.collection(&name)?))).await.map(Json)
+    blocking(move || Ok(describe(&*engine.collection(&name)?)))
+        .await
+        .map(Json)
 }
 
-async fn create_collection(State(state): Shared, Path(name): Path<String>, Body(body): Body) -> ApiResult<Response> {
+async fn create_collection(
+    State(state): Shared,
+    Path(name): Path<String>,
+    Body(body): Body,
+) -> ApiResult<Response> {
     prism_core::schema::validate_collection_name(&name)?;
     let mut value = parse_json(&body)?;
     let Some(obj) = value.as_object_mut() else {
-        return Err(ApiError::bad_request("invalid_schema", "the schema must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "invalid_schema",
+            "the schema must be a JSON object",
+        ));
     };
     match obj.get("name") {
         None => {
@@ -174,11 +217,18 @@ async fn create_collection(State(state): Shared, Path(name): Path<String>, Body(
     let schema = CollectionSchema::from_json(value.to_string().as_bytes())?;
     let engine = state.engine.clone();
     let (collection, created) = blocking(move || engine.create_collection(schema)).await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(describe(&collection))).into_response())
 }
 
-async fn delete_collection(State(state): Shared, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+async fn delete_collection(
+    State(state): Shared,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
     let engine = state.engine.clone();
     let deleted = name.clone();
     blocking(move || engine.delete_collection(&name)).await?;
@@ -256,17 +306,26 @@ async fn index_batch(
         let message = match errors.first() {
             Some(first) => format!(
                 "all {total} documents failed validation; first: {}{}",
-                if first.id.is_empty() { String::new() } else { format!("document {:?}: ", first.id) },
+                if first.id.is_empty() {
+                    String::new()
+                } else {
+                    format!("document {:?}: ", first.id)
+                },
                 first.message
             ),
             None => "the request holds no documents".into(),
         };
-        let code = if errors.is_empty() { "no_documents" } else { "invalid_documents" };
+        let code = if errors.is_empty() {
+            "no_documents"
+        } else {
+            "invalid_documents"
+        };
         return Err(ApiError::bad_request(code, message).with_details(json!({ "errors": errors })));
     }
     let successful = ops.len();
     write(&collection, ops, refresh).await?;
-    ::metrics::counter!(metrics::DOCS_INDEXED, "collection" => collection.name().to_string()).increment(successful as u64);
+    ::metrics::counter!(metrics::DOCS_INDEXED, "collection" => collection.name().to_string())
+        .increment(successful as u64);
     Ok(Json(json!({
         "total_docs": total,
         "successful_docs": successful,
@@ -340,7 +399,10 @@ async fn bulk_documents(
     index_batch(collection, documents, errors, refresh, started).await
 }
 
-async fn get_document(State(state): Shared, Path((name, id)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+async fn get_document(
+    State(state): Shared,
+    Path((name, id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
     let collection = collection(&state, &name)?;
     let wanted = id.clone();
     let doc = blocking(move || collection.shard().get(&wanted)).await?;
@@ -359,21 +421,30 @@ async fn delete_document(
     let collection = collection(&state, &name)?;
     let check = collection.clone();
     let wanted = id.clone();
-    let existed = blocking(move || check.shard().get(&wanted)).await?.is_some();
+    let existed = blocking(move || check.shard().get(&wanted))
+        .await?
+        .is_some();
     if !existed {
         return Err(prism_core::Error::DocumentNotFound(id).into());
     }
     write(&collection, vec![Op::Delete(id.clone())], refresh).await?;
-    ::metrics::counter!(metrics::DOCS_DELETED, "collection" => collection.name().to_string()).increment(1);
+    ::metrics::counter!(metrics::DOCS_DELETED, "collection" => collection.name().to_string())
+        .increment(1);
     Ok(Json(json!({"deleted": id})))
 }
 
-async fn search(State(state): Shared, Path(name): Path<String>, Body(body): Body) -> ApiResult<Json<Value>> {
+async fn search(
+    State(state): Shared,
+    Path(name): Path<String>,
+    Body(body): Body,
+) -> ApiResult<Json<Value>> {
     let started = Instant::now();
     let collection = collection(&state, &name)?;
     parse_json(&body)?;
     let request = SearchRequest::from_json(&body)?;
     let mut response = blocking(move || collection.shard().search(&request)).await?;
     response.latency_ms = started.elapsed().as_millis() as u64;
-    Ok(Json(serde_json::to_value(response).expect("response serializes")))
+    Ok(Json(
+        serde_json::to_value(response).expect("response serializes"),
+    ))
 }

@@ -18,11 +18,16 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("PRISM_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_env("PRISM_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = config::Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -65,7 +70,12 @@ async fn run(cli: config::Cli) -> anyhow::Result<()> {
 
     let listener = tokio::net::TcpListener::bind(&config.server.bind_addr)
         .await
-        .with_context(|| format!("cannot listen on {}; is another server using it? choose another with --port", config.server.bind_addr))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {}; is another server using it? choose another with --port",
+                config.server.bind_addr
+            )
+        })?;
     tracing::info!(addr = %listener.local_addr()?, "prism-server listening");
     let state = Arc::new(http::AppState {
         engine: engine.clone(),
@@ -84,15 +94,20 @@ async fn run(cli: config::Cli) -> anyhow::Result<()> {
 
 /// Creates each collection described in `dir` (`*.yaml`, `*.yml`, `*.json`) that does not exist.
 fn load_schemas(engine: &Engine, dir: &Path) -> anyhow::Result<()> {
-    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read --schemas-dir {}", dir.display()))?;
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read --schemas-dir {}", dir.display()))?;
     let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     paths.sort();
     for path in paths {
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or_default();
         if !matches!(ext, "yaml" | "yml" | "json") {
             continue;
         }
-        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         let schema = if ext == "json" {
             CollectionSchema::from_json(text.as_bytes())
         } else {
@@ -101,7 +116,9 @@ fn load_schemas(engine: &Engine, dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("schema file {}", path.display()))?;
         let name = schema.name.clone();
         match engine.create_collection(schema) {
-            Ok((_, true)) => tracing::info!(collection = %name, file = %path.display(), "collection created from schema file"),
+            Ok((_, true)) => {
+                tracing::info!(collection = %name, file = %path.display(), "collection created from schema file")
+            }
             Ok((_, false)) => {}
             Err(prism_core::Error::CollectionExists(_)) => tracing::warn!(
                 collection = %name,
@@ -120,7 +137,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let terminate = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

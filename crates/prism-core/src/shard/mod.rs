@@ -78,7 +78,7 @@ pub(crate) struct Shared {
     /// Highest log index whose effects are searchable.
     pub visible: watch::Sender<u64>,
     /// Writes applied but not yet searchable, for real-time GET: `None` marks a delete.
-    pub unrefreshed: RwLock<HashMap<String, Option<(u64, Arc<PreparedDoc>)>>>,
+    pub unrefreshed: RwLock<HashMap<String, Option<Arc<PreparedDoc>>>>,
     pub live_keys: Mutex<Option<Arc<LiveKeys>>>,
     pub dir: PathBuf,
 }
@@ -243,7 +243,11 @@ pub(crate) fn open_reader(index: &Index) -> Result<IndexReader> {
 }
 
 pub(crate) fn resolve_fields(schema: &tantivy::schema::Schema, user: &CollectionSchema) -> Fields {
-    let get = |name: &str| schema.get_field(name).expect("field built from the same schema");
+    let get = |name: &str| {
+        schema
+            .get_field(name)
+            .expect("field built from the same schema")
+    };
     Fields {
         id: get(internal::ID),
         key: get(internal::KEY),

@@ -9,10 +9,14 @@ use tantivy::aggregation::agg_req::Aggregations;
 use tantivy::aggregation::{AggContextParams, AggregationCollector, AggregationLimitsGuard};
 use tantivy::collector::{Collector, Count, SegmentCollector, TopDocs};
 use tantivy::columnar::Column;
-use tantivy::query::{AllQuery, BooleanQuery, ConstScoreQuery, Occur, Query, QueryParser, TermQuery};
+use tantivy::query::{
+    AllQuery, BooleanQuery, ConstScoreQuery, Occur, Query, QueryParser, TermQuery,
+};
 use tantivy::schema::{Field, IndexRecordOption, Value as _};
 use tantivy::snippet::SnippetGenerator;
-use tantivy::{DocAddress, DocId, Score, Searcher, SegmentOrdinal, SegmentReader, TantivyDocument, Term};
+use tantivy::{
+    DocAddress, DocId, Score, Searcher, SegmentOrdinal, SegmentReader, TantivyDocument, Term,
+};
 
 use super::Shared;
 use crate::error::{Error, Result};
@@ -43,7 +47,11 @@ impl Collector for KeyCollector {
     type Fruit = Vec<(u64, DocAddress)>;
     type Child = KeySegmentCollector;
 
-    fn for_segment(&self, segment: SegmentOrdinal, reader: &SegmentReader) -> tantivy::Result<Self::Child> {
+    fn for_segment(
+        &self,
+        segment: SegmentOrdinal,
+        reader: &SegmentReader,
+    ) -> tantivy::Result<Self::Child> {
         Ok(KeySegmentCollector {
             segment,
             keys: reader.fast_fields().u64(internal::KEY)?,
@@ -80,7 +88,10 @@ fn live_keys(shared: &Shared, searcher: &Searcher) -> Result<Arc<LiveKeys>> {
     if let Some(live) = cache.as_ref().filter(|l| l.generation == generation) {
         return Ok(live.clone());
     }
-    let by_key = searcher.search(&AllQuery, &KeyCollector)?.into_iter().collect();
+    let by_key = searcher
+        .search(&AllQuery, &KeyCollector)?
+        .into_iter()
+        .collect();
     let live = Arc::new(LiveKeys { generation, by_key });
     *cache = Some(live.clone());
     Ok(live)
@@ -94,9 +105,10 @@ fn invalid_query(e: impl std::fmt::Display) -> Error {
 fn query_error(e: tantivy::TantivyError) -> Error {
     use tantivy::TantivyError as T;
     match e {
-        T::InvalidArgument(_) | T::SchemaError(_) | T::FieldNotFound(_) | T::AggregationError(_) => {
-            Error::InvalidQuery(e.to_string())
-        }
+        T::InvalidArgument(_)
+        | T::SchemaError(_)
+        | T::FieldNotFound(_)
+        | T::AggregationError(_) => Error::InvalidQuery(e.to_string()),
         other => Error::Tantivy(other),
     }
 }
@@ -110,9 +122,10 @@ struct Plan<'a> {
 fn parser(shared: &Shared, fields: &[&str]) -> Result<QueryParser> {
     let mut targets = Vec::new();
     for name in fields {
-        let def = shared.schema.fields.get(*name).ok_or_else(|| {
-            Error::InvalidQuery(format!("field {name:?} is not in the schema"))
-        })?;
+        let def =
+            shared.schema.fields.get(*name).ok_or_else(|| {
+                Error::InvalidQuery(format!("field {name:?} is not in the schema"))
+            })?;
         if !matches!(def.field_type, FieldType::Text | FieldType::Keyword) || !def.indexed {
             return Err(Error::InvalidQuery(format!(
                 "field {name:?} is not an indexed text or keyword field"
@@ -136,7 +149,11 @@ fn plan<'a>(shared: &'a Shared, request: &'a SearchRequest) -> Result<Plan<'a>> 
                     "the collection has no indexed text field to search; name fields with \"fields\" or use a filter".into(),
                 ));
             }
-            Some(parser(shared, &fields)?.parse_query(q).map_err(invalid_query)?)
+            Some(
+                parser(shared, &fields)?
+                    .parse_query(q)
+                    .map_err(invalid_query)?,
+            )
         }
         _ => None,
     };
@@ -170,9 +187,10 @@ fn plan<'a>(shared: &'a Shared, request: &'a SearchRequest) -> Result<Plan<'a>> 
                     }
                 }
             };
-            let (name, index) = shared.vectors.get_key_value(field).ok_or_else(|| {
-                Error::InvalidQuery(format!("{field:?} is not a vector field"))
-            })?;
+            let (name, index) = shared
+                .vectors
+                .get_key_value(field)
+                .ok_or_else(|| Error::InvalidQuery(format!("{field:?} is not a vector field")))?;
             let dim = index.params().dimension;
             if values.len() != dim {
                 return Err(Error::InvalidQuery(format!(
@@ -182,12 +200,18 @@ fn plan<'a>(shared: &'a Shared, request: &'a SearchRequest) -> Result<Plan<'a>> 
             }
             let values: Vec<f32> = values.iter().map(|v| *v as f32).collect();
             if values.iter().any(|v| !v.is_finite()) {
-                return Err(Error::InvalidQuery("vector values must be finite 32-bit floats".into()));
+                return Err(Error::InvalidQuery(
+                    "vector values must be finite 32-bit floats".into(),
+                ));
             }
             Some((name.as_str(), index, values))
         }
     };
-    Ok(Plan { text, filter, vector })
+    Ok(Plan {
+        text,
+        filter,
+        vector,
+    })
 }
 
 /// `query AND filter`, where the filter adds nothing to the score.
@@ -196,7 +220,10 @@ fn with_filter(query: Box<dyn Query>, filter: &Option<Box<dyn Query>>) -> Box<dy
         None => query,
         Some(f) => Box::new(BooleanQuery::new(vec![
             (Occur::Must, query),
-            (Occur::Must, Box::new(ConstScoreQuery::new(f.box_clone(), 0.0))),
+            (
+                Occur::Must,
+                Box::new(ConstScoreQuery::new(f.box_clone(), 0.0)),
+            ),
         ])),
     }
 }
@@ -223,7 +250,10 @@ pub(crate) fn search(shared: &Shared, request: &SearchRequest) -> Result<SearchR
     let agg_collector = aggs.map(|a| {
         AggregationCollector::from_aggs(
             a,
-            AggContextParams::new(AggregationLimitsGuard::default(), shared.index.tokenizers().clone()),
+            AggContextParams::new(
+                AggregationLimitsGuard::default(),
+                shared.index.tokenizers().clone(),
+            ),
         )
     });
     // The query whose matches `total` counts and aggregations run over.
@@ -232,7 +262,10 @@ pub(crate) fn search(shared: &Shared, request: &SearchRequest) -> Result<SearchR
         (None, Some((field, _, _))) => has_vector(shared, field),
         (Some(t), Some((field, _, _))) => Box::new(BooleanQuery::new(vec![
             (Occur::Should, t.box_clone()),
-            (Occur::Should, Box::new(ConstScoreQuery::new(has_vector(shared, field), 0.0))),
+            (
+                Occur::Should,
+                Box::new(ConstScoreQuery::new(has_vector(shared, field), 0.0)),
+            ),
         ])),
         (None, None) => Box::new(AllQuery),
     };
@@ -247,7 +280,11 @@ pub(crate) fn search(shared: &Shared, request: &SearchRequest) -> Result<SearchR
             let (top, count, aggs) = searcher
                 .search(matching.as_ref(), &(top, Count, agg_collector))
                 .map_err(query_error)?;
-            let ranked = if request.limit == 0 { Vec::new() } else { top.into_iter().map(|(s, a)| (a, s)).collect() };
+            let ranked = if request.limit == 0 {
+                Vec::new()
+            } else {
+                top.into_iter().map(|(s, a)| (a, s)).collect()
+            };
             (count as u64, aggs, ranked)
         }
         Some((_, vindex, values)) => {
@@ -255,8 +292,13 @@ pub(crate) fn search(shared: &Shared, request: &SearchRequest) -> Result<SearchR
                 .search(matching.as_ref(), &(Count, agg_collector))
                 .map_err(query_error)?;
             let live = live_keys(shared, &searcher)?;
-            let candidates = if plan.text.is_some() { request.rank_window() } else { window };
-            let vector_hits = vector_search(&searcher, &live, vindex, values, candidates, &plan.filter)?;
+            let candidates = if plan.text.is_some() {
+                request.rank_window()
+            } else {
+                window
+            };
+            let vector_hits =
+                vector_search(&searcher, &live, vindex, values, candidates, &plan.filter)?;
             let vector_list: Vec<(DocAddress, f32)> = vector_hits
                 .into_iter()
                 .filter_map(|(key, distance)| {
@@ -270,7 +312,10 @@ pub(crate) fn search(shared: &Shared, request: &SearchRequest) -> Result<SearchR
                 Some(text) => {
                     let text_query = with_filter(text.box_clone(), &plan.filter);
                     let text_list: Vec<(DocAddress, f32)> = searcher
-                        .search(text_query.as_ref(), &TopDocs::with_limit(request.rank_window()).order_by_score())
+                        .search(
+                            text_query.as_ref(),
+                            &TopDocs::with_limit(request.rank_window()).order_by_score(),
+                        )
                         .map_err(query_error)?
                         .into_iter()
                         .map(|(s, a)| (a, s))
@@ -279,7 +324,11 @@ pub(crate) fn search(shared: &Shared, request: &SearchRequest) -> Result<SearchR
                     strategy.fuse(&text_list, &vector_list)
                 }
             };
-            let ranked = fused.into_iter().skip(request.offset).take(request.limit).collect();
+            let ranked = fused
+                .into_iter()
+                .skip(request.offset)
+                .take(request.limit)
+                .collect();
             (count as u64, aggs, ranked)
         }
     };
@@ -343,7 +392,12 @@ fn highlighters(
     let (names, max_chars): (Vec<String>, usize) = match h {
         HighlightRequest::Enabled(false) => return Ok(Vec::new()),
         HighlightRequest::Enabled(true) => (
-            shared.schema.text_fields().into_iter().map(String::from).collect(),
+            shared
+                .schema
+                .text_fields()
+                .into_iter()
+                .map(String::from)
+                .collect(),
             150,
         ),
         HighlightRequest::Fields { fields, max_chars } => (fields.clone(), *max_chars),
@@ -351,7 +405,9 @@ fn highlighters(
     let mut out = Vec::new();
     for name in names {
         let field: Field = match shared.schema.fields.get(&name) {
-            Some(def) if def.field_type == FieldType::Text && def.indexed => shared.fields.user[&name],
+            Some(def) if def.field_type == FieldType::Text && def.indexed => {
+                shared.fields.user[&name]
+            }
             _ => {
                 return Err(Error::InvalidQuery(format!(
                     "cannot highlight {name:?}: it is not an indexed text field"
@@ -379,7 +435,12 @@ fn source_of(shared: &Shared, doc: &TantivyDocument) -> (String, Map<String, Val
     (id, fields)
 }
 
-fn hit_from_document(shared: &Shared, doc: &TantivyDocument, score: f32, highlighters: &Highlighters) -> Hit {
+fn hit_from_document(
+    shared: &Shared,
+    doc: &TantivyDocument,
+    score: f32,
+    highlighters: &Highlighters,
+) -> Hit {
     let (id, fields) = source_of(shared, doc);
     let mut highlights = Map::new();
     for (name, generator) in highlighters {
@@ -406,7 +467,7 @@ fn hit_from_document(shared: &Shared, doc: &TantivyDocument, score: f32, highlig
 
 pub(crate) fn get(shared: &Shared, id: &str) -> Result<Option<super::StoredDocument>> {
     if let Some(pending) = shared.unrefreshed.read().get(id) {
-        return Ok(pending.as_ref().map(|(_, doc)| {
+        return Ok(pending.as_ref().map(|doc| {
             let mut fields = Map::new();
             for (name, value) in &doc.source {
                 if shared.schema.fields.get(name).is_some_and(|d| d.stored) {
@@ -416,11 +477,17 @@ pub(crate) fn get(shared: &Shared, id: &str) -> Result<Option<super::StoredDocum
             for (name, values) in &doc.vectors {
                 fields.insert(name.clone(), Value::from(values.clone()));
             }
-            super::StoredDocument { id: doc.id.clone(), fields }
+            super::StoredDocument {
+                id: doc.id.clone(),
+                fields,
+            }
         }));
     }
     let searcher = shared.reader.searcher();
-    let query = TermQuery::new(Term::from_field_text(shared.fields.id, id), IndexRecordOption::Basic);
+    let query = TermQuery::new(
+        Term::from_field_text(shared.fields.id, id),
+        IndexRecordOption::Basic,
+    );
     let hits = searcher.search(&query, &KeyCollector)?;
     let Some((key, address)) = hits.into_iter().next() else {
         return Ok(None);

@@ -49,8 +49,10 @@ fn hybrid_returns_text_only_and_vector_only_matches_in_fusion_order() {
         .unwrap();
     shard.refresh_blocking().unwrap();
     let rrf = shard
-        .search(&request(json!({"query":"quantum","vector":[1,0,0,0],"limit":3,
-            "hybrid":{"strategy":"rrf","rrf_k":60}})))
+        .search(&request(
+            json!({"query":"quantum","vector":[1,0,0,0],"limit":3,
+            "hybrid":{"strategy":"rrf","rrf_k":60}}),
+        ))
         .unwrap();
     // Text list: [both, text-only]. Vector list: [vector-only, both]. RRF with k=60:
     // both 1/61 + 1/62, vector-only 1/61, text-only 1/62.
@@ -60,21 +62,45 @@ fn hybrid_returns_text_only_and_vector_only_matches_in_fusion_order() {
     assert!((rrf.results[2].score - 1.0 / 62.0).abs() < 1e-6);
 
     let weighted = shard
-        .search(&request(json!({"query":"quantum","vector":[1,0,0,0],"limit":3,
-            "hybrid":{"strategy":"weighted","text_weight":0.2,"vector_weight":0.8}})))
+        .search(&request(
+            json!({"query":"quantum","vector":[1,0,0,0],"limit":3,
+            "hybrid":{"strategy":"weighted","text_weight":0.2,"vector_weight":0.8}}),
+        ))
         .unwrap();
     // Vector list normalised: vector-only 1, both ~0.99, text-only 0; text list (quantum):
     // both and text-only. Expected order from the formula:
-    let text = shard.search(&request(json!({"query":"quantum","limit":10}))).unwrap();
-    let vector = shard.search(&request(json!({"vector":[1,0,0,0],"limit":10}))).unwrap();
-    let t: Vec<(String, f32)> = text.results.iter().map(|h| (h.id.clone(), h.score)).collect();
-    let v: Vec<(String, f32)> = vector.results.iter().map(|h| (h.id.clone(), h.score)).collect();
-    let expected = HybridStrategy::Weighted { text_weight: 0.2, vector_weight: 0.8 }.fuse(&t, &v);
-    assert_eq!(ids(&weighted), expected.iter().map(|e| e.0.clone()).collect::<Vec<_>>());
+    let text = shard
+        .search(&request(json!({"query":"quantum","limit":10})))
+        .unwrap();
+    let vector = shard
+        .search(&request(json!({"vector":[1,0,0,0],"limit":10})))
+        .unwrap();
+    let t: Vec<(String, f32)> = text
+        .results
+        .iter()
+        .map(|h| (h.id.clone(), h.score))
+        .collect();
+    let v: Vec<(String, f32)> = vector
+        .results
+        .iter()
+        .map(|h| (h.id.clone(), h.score))
+        .collect();
+    let expected = HybridStrategy::Weighted {
+        text_weight: 0.2,
+        vector_weight: 0.8,
+    }
+    .fuse(&t, &v);
+    assert_eq!(
+        ids(&weighted),
+        expected.iter().map(|e| e.0.clone()).collect::<Vec<_>>()
+    );
     for (hit, (_, score)) in weighted.results.iter().zip(&expected) {
         assert!((hit.score - score).abs() < 1e-6);
     }
-    assert_eq!(weighted.total, 3, "union of text matches and documents with vectors");
+    assert_eq!(
+        weighted.total, 3,
+        "union of text matches and documents with vectors"
+    );
 }
 
 #[test]
@@ -90,10 +116,14 @@ fn deleted_documents_never_appear_and_pages_stay_full() {
         .collect();
     shard.write_blocking(docs).unwrap();
     shard.refresh_blocking().unwrap();
-    let before = shard.search(&request(json!({"vector":[1,0,0,0],"limit":5}))).unwrap();
+    let before = shard
+        .search(&request(json!({"vector":[1,0,0,0],"limit":5})))
+        .unwrap();
     let nearest = before.results[0].id.clone();
     assert_eq!(nearest, "d0");
-    let text_before = shard.search(&request(json!({"query":"apple","limit":5}))).unwrap();
+    let text_before = shard
+        .search(&request(json!({"query":"apple","limit":5})))
+        .unwrap();
     let deleted: Vec<String> = ids(&before).into_iter().chain(ids(&text_before)).collect();
     shard
         .write_blocking(deleted.iter().map(|id| Op::Delete(id.clone())).collect())
@@ -119,12 +149,16 @@ fn total_equals_a_brute_force_count() {
     let dir = tempfile::tempdir().unwrap();
     let shard = open(dir.path());
     let s = schema();
-    let words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"];
+    let words = [
+        "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta",
+    ];
     let mut rng = StdRng::seed_from_u64(7);
     let mut corpus = Vec::new();
     for i in 0..3000 {
         let n = rng.gen_range(1..5);
-        let title: Vec<&str> = (0..n).map(|_| words[rng.gen_range(0..words.len())]).collect();
+        let title: Vec<&str> = (0..n)
+            .map(|_| words[rng.gen_range(0..words.len())])
+            .collect();
         let year = rng.gen_range(1990..2020);
         let tag = if i % 3 == 0 { "red" } else { "blue" };
         corpus.push((format!("d{i}"), title.join(" "), year, tag));
@@ -143,9 +177,18 @@ fn total_equals_a_brute_force_count() {
     let live: Vec<_> = corpus.iter().filter(|d| !deleted.contains(&d.0)).collect();
     for word in words {
         for (filter, pred) in [
-            (None, Box::new(|_: &(String, String, i64, &str)| true) as Box<dyn Fn(&_) -> bool>),
-            (Some("tag:red"), Box::new(|d: &(String, String, i64, &str)| d.3 == "red")),
-            (Some("year:[2000 TO 2009]"), Box::new(|d: &(String, String, i64, &str)| (2000..=2009).contains(&d.2))),
+            (
+                None,
+                Box::new(|_: &(String, String, i64, &str)| true) as Box<dyn Fn(&_) -> bool>,
+            ),
+            (
+                Some("tag:red"),
+                Box::new(|d: &(String, String, i64, &str)| d.3 == "red"),
+            ),
+            (
+                Some("year:[2000 TO 2009]"),
+                Box::new(|d: &(String, String, i64, &str)| (2000..=2009).contains(&d.2)),
+            ),
         ] {
             let expected = live
                 .iter()
@@ -166,7 +209,10 @@ fn total_equals_a_brute_force_count() {
                 })
                 .unwrap();
             let expected_vector = live.iter().filter(|d| pred(d)).count() as u64;
-            assert_eq!(vector.total, expected_vector, "vector total with {filter:?}");
+            assert_eq!(
+                vector.total, expected_vector,
+                "vector total with {filter:?}"
+            );
         }
     }
 }
@@ -178,20 +224,28 @@ fn writes_survive_reopen_and_realtime_get_sees_unrefreshed_writes() {
     {
         let shard = open(dir.path());
         shard
-            .write_blocking(vec![upsert(&s, json!({"id":"a","fields":{"title":"first","emb":[1,0,0,0]}}))])
+            .write_blocking(vec![upsert(
+                &s,
+                json!({"id":"a","fields":{"title":"first","emb":[1,0,0,0]}}),
+            )])
             .unwrap();
         let got = shard.get("a").unwrap().unwrap();
         assert_eq!(got.fields["title"], json!("first"));
         assert_eq!(got.fields["emb"], json!([1.0, 0.0, 0.0, 0.0]));
         shard
-            .write_blocking(vec![upsert(&s, json!({"id":"a","fields":{"title":"second","emb":[0,1,0,0]}}))])
+            .write_blocking(vec![upsert(
+                &s,
+                json!({"id":"a","fields":{"title":"second","emb":[0,1,0,0]}}),
+            )])
             .unwrap();
         shard.close().unwrap();
     }
     let shard = open(dir.path());
     let got = shard.get("a").unwrap().unwrap();
     assert_eq!(got.fields["title"], json!("second"));
-    let r = shard.search(&request(json!({"vector":[0,1,0,0],"limit":10}))).unwrap();
+    let r = shard
+        .search(&request(json!({"vector":[0,1,0,0],"limit":10})))
+        .unwrap();
     assert_eq!(ids(&r), vec!["a"], "the replaced vector must be gone");
     assert_eq!(r.total, 1);
 }
@@ -203,15 +257,26 @@ fn aggregations_and_highlights() {
     let s = schema();
     shard
         .write_blocking(vec![
-            upsert(&s, json!({"id":"1","fields":{"title":"red apples","tag":"fruit","year":2001}})),
-            upsert(&s, json!({"id":"2","fields":{"title":"green apples","tag":"fruit","year":2003}})),
-            upsert(&s, json!({"id":"3","fields":{"title":"apple pie","tag":"dessert","year":2010}})),
+            upsert(
+                &s,
+                json!({"id":"1","fields":{"title":"red apples","tag":"fruit","year":2001}}),
+            ),
+            upsert(
+                &s,
+                json!({"id":"2","fields":{"title":"green apples","tag":"fruit","year":2003}}),
+            ),
+            upsert(
+                &s,
+                json!({"id":"3","fields":{"title":"apple pie","tag":"dessert","year":2010}}),
+            ),
         ])
         .unwrap();
     shard.refresh_blocking().unwrap();
     let r = shard
-        .search(&request(json!({"query":"apples","limit":10,"highlight":true,
-            "aggregations":{"tags":{"terms":{"field":"tag"}},"years":{"stats":{"field":"year"}}}})))
+        .search(&request(
+            json!({"query":"apples","limit":10,"highlight":true,
+            "aggregations":{"tags":{"terms":{"field":"tag"}},"years":{"stats":{"field":"year"}}}}),
+        ))
         .unwrap();
     assert_eq!(r.total, 3);
     let aggs = r.aggregations.unwrap();
@@ -220,6 +285,8 @@ fn aggregations_and_highlights() {
     assert_eq!(aggs["years"]["count"], json!(3));
     let hl = r.results[0].highlights.as_ref().unwrap();
     assert!(hl["title"].as_str().unwrap().contains("<b>"));
-    let bad = shard.search(&request(json!({"query":"x","aggregations":{"t":{"terms":{"field":"title"}}}})));
+    let bad = shard.search(&request(
+        json!({"query":"x","aggregations":{"t":{"terms":{"field":"title"}}}}),
+    ));
     assert_eq!(bad.unwrap_err().code(), "invalid_query");
 }

@@ -16,7 +16,7 @@ use tantivy::{Index, IndexWriter, TantivyDocument, Term};
 use tokio::sync::{oneshot, watch};
 
 use super::ops::{self, version_key, Op};
-use super::{open_reader, resolve_fields, Command, Shared, ShardConfig};
+use super::{open_reader, resolve_fields, Command, ShardConfig, Shared};
 use crate::error::{Error, Result};
 use crate::log::ShardLog;
 use crate::schema::{parse_date, CollectionSchema, FieldType, PreparedDoc};
@@ -103,7 +103,11 @@ pub(crate) fn recover(
 
     let (vectors, vector_keys, vector_checkpoint) = load_vectors(dir, &schema)?;
     let (log, _recovery) = ShardLog::open(&dir.join("log"), config.log_segment_bytes)?;
-    let newest_checkpoint = text_checkpoint.max(if vectors.is_empty() { 0 } else { vector_checkpoint });
+    let newest_checkpoint = text_checkpoint.max(if vectors.is_empty() {
+        0
+    } else {
+        vector_checkpoint
+    });
     if log.last_index() < newest_checkpoint {
         return Err(Error::Corrupt {
             path: dir.join("log"),
@@ -167,7 +171,10 @@ pub(crate) fn recover(
 type LoadedVectors = (BTreeMap<String, VectorIndex>, HashMap<String, u64>, u64);
 
 fn load_vectors(dir: &Path, schema: &CollectionSchema) -> Result<LoadedVectors> {
-    let params: Vec<_> = schema.vector_fields().map(|(n, p)| (n.to_string(), p)).collect();
+    let params: Vec<_> = schema
+        .vector_fields()
+        .map(|(n, p)| (n.to_string(), p))
+        .collect();
     if params.is_empty() {
         return Ok((BTreeMap::new(), HashMap::new(), u64::MAX));
     }
@@ -210,7 +217,13 @@ fn load_vectors(dir: &Path, schema: &CollectionSchema) -> Result<LoadedVectors> 
 
 impl StateMachine {
     /// Applies one entry to each component that has not applied it yet.
-    pub(crate) fn apply(&mut self, shared: &Shared, index: u64, ops: &[Op], live: bool) -> Result<()> {
+    pub(crate) fn apply(
+        &mut self,
+        shared: &Shared,
+        index: u64,
+        ops: &[Op],
+        live: bool,
+    ) -> Result<()> {
         let to_text = index > self.text_checkpoint;
         let to_vectors = !shared.vectors.is_empty() && index > self.vector_checkpoint;
         for (position, op) in ops.iter().enumerate() {
@@ -220,7 +233,8 @@ impl StateMachine {
                 self.writer
                     .delete_term(Term::from_field_text(shared.fields.id, id));
                 if let Op::Upsert(doc) = op {
-                    self.writer.add_document(build_document(shared, key, doc)?)?;
+                    self.writer
+                        .add_document(build_document(shared, key, doc)?)?;
                 }
             }
             if to_vectors {
@@ -246,7 +260,7 @@ impl StateMachine {
             let mut overlay = shared.unrefreshed.write();
             for op in ops {
                 let value = match op {
-                    Op::Upsert(doc) => Some((index, Arc::new(doc.clone()))),
+                    Op::Upsert(doc) => Some(Arc::new(doc.clone())),
                     Op::Delete(_) => None,
                 };
                 overlay.insert(op.id().to_string(), value);
@@ -303,7 +317,10 @@ impl StateMachine {
         }
         let keys = postcard::to_stdvec(&self.vector_keys).expect("key map serializes");
         write_atomically(&target.join("keys.bin"), &keys)?;
-        write_atomically(&root.join("CHECKPOINT"), self.applied.to_string().as_bytes())?;
+        write_atomically(
+            &root.join("CHECKPOINT"),
+            self.applied.to_string().as_bytes(),
+        )?;
         self.vector_checkpoint = self.applied;
         self.vectors_saved_at = Instant::now();
         // Older checkpoints are no longer needed.
@@ -315,7 +332,11 @@ impl StateMachine {
                 }
             }
         }
-        tracing::debug!(index = self.applied, ms = started.elapsed().as_millis() as u64, "vector checkpoint saved");
+        tracing::debug!(
+            index = self.applied,
+            ms = started.elapsed().as_millis() as u64,
+            "vector checkpoint saved"
+        );
         Ok(())
     }
 
@@ -357,7 +378,12 @@ fn build_document(shared: &Shared, key: u64, doc: &PreparedDoc) -> Result<Tantiv
     Ok(out)
 }
 
-fn add_values(doc: &mut TantivyDocument, field: Field, ty: FieldType, value: &Value) -> Result<(), String> {
+fn add_values(
+    doc: &mut TantivyDocument,
+    field: Field,
+    ty: FieldType,
+    value: &Value,
+) -> Result<(), String> {
     match value {
         Value::Array(items) => {
             for item in items {
@@ -366,7 +392,9 @@ fn add_values(doc: &mut TantivyDocument, field: Field, ty: FieldType, value: &Va
         }
         Value::Null => {}
         _ => match ty {
-            FieldType::Text | FieldType::Keyword => doc.add_text(field, value.as_str().unwrap_or_default()),
+            FieldType::Text | FieldType::Keyword => {
+                doc.add_text(field, value.as_str().unwrap_or_default())
+            }
             FieldType::I64 => doc.add_i64(field, value.as_i64().ok_or("not an i64")?),
             FieldType::U64 => doc.add_u64(field, value.as_u64().ok_or("not a u64")?),
             FieldType::F64 => doc.add_f64(field, value.as_f64().ok_or("not an f64")?),
@@ -379,7 +407,12 @@ fn add_values(doc: &mut TantivyDocument, field: Field, ty: FieldType, value: &Va
 }
 
 /// The writer thread: group commit, apply, periodic refresh and checkpoints.
-pub(crate) fn run(mut state: WriterState, shared: Arc<Shared>, commands: Receiver<Command>, config: ShardConfig) {
+pub(crate) fn run(
+    mut state: WriterState,
+    shared: Arc<Shared>,
+    commands: Receiver<Command>,
+    config: ShardConfig,
+) {
     let mut next_refresh = Instant::now() + config.refresh_interval;
     let mut deferred: Vec<Command> = Vec::new();
     loop {
@@ -429,7 +462,11 @@ pub(crate) fn run(mut state: WriterState, shared: Arc<Shared>, commands: Receive
 }
 
 impl WriterState {
-    fn write_group(&mut self, shared: &Shared, group: Vec<(Vec<Op>, oneshot::Sender<Result<u64>>)>) {
+    fn write_group(
+        &mut self,
+        shared: &Shared,
+        group: Vec<(Vec<Op>, oneshot::Sender<Result<u64>>)>,
+    ) {
         let payloads: Vec<Vec<u8>> = group.iter().map(|(ops, _)| ops::encode(ops)).collect();
         let first = match self.log.append(&payloads) {
             Ok(first) => first,
@@ -461,13 +498,17 @@ impl WriterState {
         if self.machine.vectors_saved_at.elapsed() >= config.vector_checkpoint_interval {
             self.machine.save_vectors(shared)?;
         }
-        self.log.purge_through(self.machine.checkpointed_through())?;
+        self.log
+            .purge_through(self.machine.checkpointed_through())?;
         Ok(())
     }
 
     /// Takes final checkpoints and waits for background merges, which hold files open.
     fn shutdown(self, shared: &Shared) -> Result<()> {
-        let WriterState { mut log, mut machine } = self;
+        let WriterState {
+            mut log,
+            mut machine,
+        } = self;
         machine.refresh(shared)?;
         machine.save_vectors(shared)?;
         log.purge_through(machine.checkpointed_through())?;
@@ -475,4 +516,3 @@ impl WriterState {
         Ok(())
     }
 }
-
