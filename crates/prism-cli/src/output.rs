@@ -173,7 +173,7 @@ mod tests {
         let preview = preview_fields(fields.as_object().unwrap(), 200);
         assert_eq!(
             preview,
-            r#"embedding=[9 numbers] tags=["a","b"] title="line one\nline two" year=2001"#
+            r#"title="line one\nline two" year=2001 embedding=[9 numbers] tags=["a","b"]"#
         );
         assert!(preview_fields(fields.as_object().unwrap(), 20).ends_with('…'));
         assert_eq!(

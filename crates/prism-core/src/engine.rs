@@ -144,6 +144,10 @@ impl Engine {
         for entry in fs::read_dir(&collections_dir).map_err(|e| Error::io(&collections_dir, e))? {
             let entry = entry.map_err(|e| Error::io(&collections_dir, e))?;
             let name = entry.file_name().to_string_lossy().to_string();
+            if !entry.path().is_dir() {
+                tracing::warn!(path = %entry.path().display(), "ignoring a file that is not a collection directory");
+                continue;
+            }
             if name.starts_with('.') {
                 // Leftovers of an interrupted create or delete.
                 let _ = fs::remove_dir_all(entry.path());

@@ -298,7 +298,7 @@ impl CollectionSchema {
     /// The tantivy schema this collection's shards use.
     pub fn tantivy_schema(&self) -> Schema {
         let mut b = Schema::builder();
-        b.add_text_field(internal::ID, STRING | STORED);
+        b.add_text_field(internal::ID, STRING | STORED | FAST);
         b.add_u64_field(internal::KEY, INDEXED | FAST);
         b.add_text_field(internal::VECTORS, STRING);
         b.add_text_field(internal::SOURCE, STORED);

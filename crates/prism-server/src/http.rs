@@ -232,6 +232,9 @@ async fn delete_collection(
     let engine = state.engine.clone();
     let deleted = name.clone();
     blocking(move || engine.delete_collection(&name)).await?;
+    // Gauges sampled at scrape time would otherwise keep the last values forever.
+    ::metrics::gauge!(metrics::COLLECTION_DOCS, "collection" => deleted.clone()).set(0.0);
+    ::metrics::gauge!(metrics::COLLECTION_BYTES, "collection" => deleted.clone()).set(0.0);
     Ok(Json(json!({ "deleted": deleted })))
 }
 
@@ -243,6 +246,9 @@ pub struct WriteParams {
     #[serde(default)]
     refresh: Option<String>,
 }
+
+/// Longest a `refresh=wait_for` write waits for visibility after it is durable.
+const WAIT_FOR_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 enum Refresh {
     No,
@@ -277,10 +283,19 @@ async fn write(collection: &Collection, ops: Vec<Op>, refresh: Refresh) -> ApiRe
         Refresh::No => {}
         Refresh::WaitFor => {
             let mut visible = shard.visible_index();
-            visible
-                .wait_for(|v| *v >= index)
-                .await
-                .map_err(|_| ApiError::from(prism_core::Error::ShuttingDown))?;
+            let waited =
+                tokio::time::timeout(WAIT_FOR_LIMIT, visible.wait_for(|v| *v >= index)).await;
+            match waited {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return Err(prism_core::Error::ShuttingDown.into()),
+                Err(_) => {
+                    return Err(ApiError::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "refresh_timeout",
+                        format!("the write is durable (log index {index}) but no refresh made it searchable within {WAIT_FOR_LIMIT:?}; check the server log for refresh errors"),
+                    ))
+                }
+            }
         }
         Refresh::Now => {
             shard

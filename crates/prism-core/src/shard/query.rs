@@ -20,6 +20,7 @@ use tantivy::{
 
 use super::Shared;
 use crate::error::{Error, Result};
+use crate::fusion::HybridStrategy;
 use crate::schema::{internal, FieldType};
 use crate::search::{HighlightRequest, Hit, SearchRequest, SearchResponse, VectorQuery};
 use crate::vector::{similarity, VectorIndex};
@@ -321,7 +322,7 @@ pub(crate) fn search(shared: &Shared, request: &SearchRequest) -> Result<SearchR
                         .map(|(s, a)| (a, s))
                         .collect();
                     let strategy = request.hybrid.clone().unwrap_or_default();
-                    strategy.fuse(&text_list, &vector_list)
+                    fuse_by_id(&searcher, &strategy, &text_list, &vector_list)?
                 }
             };
             let ranked = fused
@@ -349,6 +350,64 @@ pub(crate) fn search(shared: &Shared, request: &SearchRequest) -> Result<SearchR
         latency_ms: started.elapsed().as_millis() as u64,
         aggregations,
     })
+}
+
+/// Fuses two lists keyed by document id, so that ties break on the id as documented, the
+/// same way on every copy and after any segment merge.
+fn fuse_by_id(
+    searcher: &Searcher,
+    strategy: &HybridStrategy,
+    text: &[(DocAddress, f32)],
+    vector: &[(DocAddress, f32)],
+) -> Result<Vec<(DocAddress, f32)>> {
+    let mut addresses: HashMap<String, DocAddress> = HashMap::new();
+    let mut keyed = |list: &[(DocAddress, f32)]| -> Result<Vec<(String, f32)>> {
+        let ids = ids_of(searcher, list.iter().map(|(a, _)| *a))?;
+        Ok(ids
+            .into_iter()
+            .zip(list)
+            .map(|(id, (address, score))| {
+                addresses.insert(id.clone(), *address);
+                (id, *score)
+            })
+            .collect())
+    };
+    let text = keyed(text)?;
+    let vector = keyed(vector)?;
+    Ok(strategy
+        .fuse(&text, &vector)
+        .into_iter()
+        .map(|(id, score)| (addresses[&id], score))
+        .collect())
+}
+
+/// Document ids from the `_id` fast column, without touching the document store.
+pub(crate) fn ids_of(
+    searcher: &Searcher,
+    addresses: impl Iterator<Item = DocAddress>,
+) -> Result<Vec<String>> {
+    let mut columns: HashMap<SegmentOrdinal, tantivy::columnar::StrColumn> = HashMap::new();
+    let mut out = Vec::new();
+    for address in addresses {
+        let column = match columns.entry(address.segment_ord) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                searcher
+                    .segment_reader(address.segment_ord)
+                    .fast_fields()
+                    .str(internal::ID)?
+                    .ok_or_else(|| Error::InvalidQuery("the _id column is missing".into()))?,
+            ),
+        };
+        let mut id = String::new();
+        if let Some(ord) = column.term_ords(address.doc_id).next() {
+            column
+                .ord_to_str(ord, &mut id)
+                .map_err(|e| Error::io(format!("segment {}", address.segment_ord), e))?;
+        }
+        out.push(id);
+    }
+    Ok(out)
 }
 
 /// The nearest `k` live versions that pass the filter, as (key, distance).

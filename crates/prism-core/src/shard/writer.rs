@@ -18,7 +18,7 @@ use tokio::sync::{oneshot, watch};
 use super::ops::{self, version_key, Op};
 use super::{open_reader, resolve_fields, Command, ShardConfig, Shared};
 use crate::error::{Error, Result};
-use crate::log::ShardLog;
+use crate::log::{ShardLog, MAX_ENTRY_BYTES};
 use crate::schema::{parse_date, CollectionSchema, FieldType, PreparedDoc};
 use crate::vector::VectorIndex;
 
@@ -35,6 +35,9 @@ const MAX_GROUP: usize = 1024;
 pub(crate) struct WriterState {
     log: ShardLog,
     machine: StateMachine,
+    /// Set when a durable entry could not be applied: memory may hold part of it, so the
+    /// shard stops writing and checkpointing until a restart replays the log.
+    failed: Option<String>,
 }
 
 /// The components of a shard copy and how far each has applied the log. Raft's state machine
@@ -52,6 +55,10 @@ pub(crate) struct StateMachine {
     /// Old versions to tombstone in the vector indexes once the searcher no longer sees them.
     pending_removals: Vec<u64>,
     vectors_saved_at: Instant,
+    /// The vector indexes changed since the last save.
+    vectors_dirty: bool,
+    /// Directory (under `vectors/`) of the files of the current vector checkpoint.
+    vector_files: Option<String>,
 }
 
 fn vectors_dir(dir: &Path) -> PathBuf {
@@ -101,7 +108,12 @@ pub(crate) fn recover(
         None => 0,
     };
 
-    let (vectors, vector_keys, vector_checkpoint) = load_vectors(dir, &schema)?;
+    let LoadedVectors {
+        indexes: vectors,
+        keys: vector_keys,
+        checkpoint: vector_checkpoint,
+        files: vector_files,
+    } = load_vectors(dir, &schema)?;
     let (log, _recovery) = ShardLog::open(&dir.join("log"), config.log_segment_bytes)?;
     let newest_checkpoint = text_checkpoint.max(if vectors.is_empty() {
         0
@@ -142,6 +154,8 @@ pub(crate) fn recover(
         vector_keys,
         pending_removals: Vec::new(),
         vectors_saved_at: Instant::now(),
+        vectors_dirty: false,
+        vector_files,
     };
 
     let mut replayed = 0u64;
@@ -156,7 +170,11 @@ pub(crate) fn recover(
         machine.save_vectors(&shared)?;
     }
     shared.visible.send_replace(machine.text_checkpoint);
-    let state = WriterState { log, machine };
+    let state = WriterState {
+        log,
+        machine,
+        failed: None,
+    };
     tracing::info!(
         shard = %dir.display(),
         text_checkpoint,
@@ -168,34 +186,61 @@ pub(crate) fn recover(
     Ok((shared, state))
 }
 
-type LoadedVectors = (BTreeMap<String, VectorIndex>, HashMap<String, u64>, u64);
+struct LoadedVectors {
+    indexes: BTreeMap<String, VectorIndex>,
+    keys: HashMap<String, u64>,
+    /// Last entry the saved indexes include; `u64::MAX` when there are no vector fields.
+    checkpoint: u64,
+    files: Option<String>,
+}
 
+/// Reads `vectors/CHECKPOINT` (`<applied index> <directory>`) and loads that checkpoint.
 fn load_vectors(dir: &Path, schema: &CollectionSchema) -> Result<LoadedVectors> {
     let params: Vec<_> = schema
         .vector_fields()
         .map(|(n, p)| (n.to_string(), p))
         .collect();
     if params.is_empty() {
-        return Ok((BTreeMap::new(), HashMap::new(), u64::MAX));
+        return Ok(LoadedVectors {
+            indexes: BTreeMap::new(),
+            keys: HashMap::new(),
+            checkpoint: u64::MAX,
+            files: None,
+        });
     }
     let pointer = vectors_dir(dir).join("CHECKPOINT");
-    let checkpoint = match fs::read_to_string(&pointer) {
-        Ok(text) => Some(text.trim().parse::<u64>().map_err(|e| Error::Corrupt {
-            path: pointer.clone(),
-            message: e.to_string(),
-        })?),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+    let corrupt = |message: String| Error::Corrupt {
+        path: pointer.clone(),
+        message,
+    };
+    let (checkpoint, files) = match fs::read_to_string(&pointer) {
+        Ok(text) => {
+            let mut parts = text.split_whitespace();
+            let index = parts
+                .next()
+                .and_then(|p| p.parse::<u64>().ok())
+                .ok_or_else(|| corrupt(format!("unreadable checkpoint pointer {text:?}")))?;
+            let files = parts
+                .next()
+                .ok_or_else(|| corrupt(format!("unreadable checkpoint pointer {text:?}")))?;
+            (index, Some(files.to_string()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, None),
         Err(e) => return Err(Error::io(&pointer, e)),
     };
-    let Some(checkpoint) = checkpoint else {
-        let mut indexes = BTreeMap::new();
+    let mut indexes = BTreeMap::new();
+    let Some(files) = files else {
         for (name, p) in params {
             indexes.insert(name, VectorIndex::new(p)?);
         }
-        return Ok((indexes, HashMap::new(), 0));
+        return Ok(LoadedVectors {
+            indexes,
+            keys: HashMap::new(),
+            checkpoint,
+            files: None,
+        });
     };
-    let ckpt_dir = vector_checkpoint_dir(dir, checkpoint);
-    let mut indexes = BTreeMap::new();
+    let ckpt_dir = vectors_dir(dir).join(&files);
     for (name, p) in params {
         let path = ckpt_dir.join(format!("{name}.usearch"));
         let index = if path.exists() {
@@ -212,7 +257,12 @@ fn load_vectors(dir: &Path, schema: &CollectionSchema) -> Result<LoadedVectors> 
         path: keys_path,
         message: e.to_string(),
     })?;
-    Ok((indexes, keys, checkpoint))
+    Ok(LoadedVectors {
+        indexes,
+        keys,
+        checkpoint,
+        files: Some(files),
+    })
 }
 
 impl StateMachine {
@@ -246,11 +296,13 @@ impl StateMachine {
                 };
                 if let Some(old) = old {
                     self.pending_removals.push(old);
+                    self.vectors_dirty = true;
                 }
                 if let Op::Upsert(doc) = op {
                     for (field, values) in &doc.vectors {
                         if let Some(vi) = shared.vectors.get(field) {
                             vi.add(key, values)?;
+                            self.vectors_dirty = true;
                         }
                     }
                 }
@@ -297,40 +349,54 @@ impl StateMachine {
         Ok(self.text_checkpoint)
     }
 
-    /// Saves every vector index and the key map as one checkpoint, then drops older ones.
+    /// Records a vector checkpoint at the applied index. The indexes are rewritten only when
+    /// they changed since the last save; otherwise the pointer alone moves forward, so that
+    /// text-only writes never cost a full vector save.
     pub(crate) fn save_vectors(&mut self, shared: &Shared) -> Result<()> {
+        self.vectors_saved_at = Instant::now();
         if shared.vectors.is_empty() || self.vector_checkpoint == self.applied {
-            self.vectors_saved_at = Instant::now();
             return Ok(());
         }
         let started = Instant::now();
-        let root = shared.dir.join("vectors");
-        let target = vector_checkpoint_dir(&shared.dir, self.applied);
-        let _ = fs::remove_dir_all(&target);
-        fs::create_dir_all(&target).map_err(|e| Error::io(&target, e))?;
-        for (name, vi) in &shared.vectors {
-            let path = target.join(format!("{name}.usearch"));
-            vi.save(&path)?;
-            fs::File::open(&path)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| Error::io(&path, e))?;
-        }
-        let keys = postcard::to_stdvec(&self.vector_keys).expect("key map serializes");
-        write_atomically(&target.join("keys.bin"), &keys)?;
+        let root = vectors_dir(&shared.dir);
+        let files = match (&self.vector_files, self.vectors_dirty) {
+            (Some(dir), false) => dir.clone(),
+            _ => {
+                let target = vector_checkpoint_dir(&shared.dir, self.applied);
+                let _ = fs::remove_dir_all(&target);
+                fs::create_dir_all(&target).map_err(|e| Error::io(&target, e))?;
+                for (name, vi) in &shared.vectors {
+                    let path = target.join(format!("{name}.usearch"));
+                    vi.save(&path)?;
+                    fs::File::open(&path)
+                        .and_then(|f| f.sync_all())
+                        .map_err(|e| Error::io(&path, e))?;
+                }
+                let keys = postcard::to_stdvec(&self.vector_keys).expect("key map serializes");
+                write_atomically(&target.join("keys.bin"), &keys)?;
+                target
+                    .file_name()
+                    .expect("checkpoint dir name")
+                    .to_string_lossy()
+                    .to_string()
+            }
+        };
         write_atomically(
             &root.join("CHECKPOINT"),
-            self.applied.to_string().as_bytes(),
+            format!("{} {files}", self.applied).as_bytes(),
         )?;
         self.vector_checkpoint = self.applied;
-        self.vectors_saved_at = Instant::now();
+        self.vectors_dirty = false;
         // Older checkpoints are no longer needed.
-        if let Ok(entries) = fs::read_dir(&root) {
-            for entry in entries.flatten() {
-                let path = entry.path();
-                if path.is_dir() && path != target {
-                    let _ = fs::remove_dir_all(&path);
+        if self.vector_files.as_deref() != Some(files.as_str()) {
+            if let Ok(entries) = fs::read_dir(&root) {
+                for entry in entries.flatten() {
+                    if entry.path().is_dir() && entry.file_name().to_string_lossy() != files {
+                        let _ = fs::remove_dir_all(entry.path());
+                    }
                 }
             }
+            self.vector_files = Some(files);
         }
         tracing::debug!(
             index = self.applied,
@@ -406,6 +472,15 @@ fn add_values(
     Ok(())
 }
 
+fn failed_error(shared: &Shared, reason: &str) -> Error {
+    Error::Corrupt {
+        path: shared.dir.clone(),
+        message: format!(
+            "the shard stopped after failing to apply {reason}; restart the node to replay its log"
+        ),
+    }
+}
+
 /// The writer thread: group commit, apply, periodic refresh and checkpoints.
 pub(crate) fn run(
     mut state: WriterState,
@@ -436,12 +511,15 @@ pub(crate) fn run(
                 state.write_group(&shared, group);
             }
             Ok(Command::Refresh { reply }) => {
-                let _ = reply.send(state.machine.refresh(&shared));
+                let result = match &state.failed {
+                    Some(reason) => Err(failed_error(&shared, reason)),
+                    None => state.machine.refresh(&shared),
+                };
+                let _ = reply.send(result);
                 next_refresh = Instant::now() + config.refresh_interval;
             }
             Ok(Command::Shutdown { reply }) => {
-                let result = state.shutdown(&shared);
-                let _ = reply.send(result);
+                let _ = reply.send(state.shutdown(&shared));
                 return;
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -461,19 +539,39 @@ pub(crate) fn run(
     }
 }
 
+type Reply = oneshot::Sender<Result<u64>>;
+
 impl WriterState {
-    fn write_group(
-        &mut self,
-        shared: &Shared,
-        group: Vec<(Vec<Op>, oneshot::Sender<Result<u64>>)>,
-    ) {
-        let payloads: Vec<Vec<u8>> = group.iter().map(|(ops, _)| ops::encode(ops)).collect();
+    fn write_group(&mut self, shared: &Shared, group: Vec<(Vec<Op>, Reply)>) {
+        if let Some(reason) = &self.failed {
+            for (_, reply) in group {
+                let _ = reply.send(Err(failed_error(shared, reason)));
+            }
+            return;
+        }
+        let mut accepted = Vec::with_capacity(group.len());
+        let mut payloads = Vec::with_capacity(group.len());
+        for (ops, reply) in group {
+            let payload = ops::encode(&ops);
+            if payload.len() > MAX_ENTRY_BYTES {
+                let _ = reply.send(Err(Error::InvalidRequest(format!(
+                    "the write encodes to {} bytes, over the {MAX_ENTRY_BYTES}-byte limit; split it",
+                    payload.len()
+                ))));
+                continue;
+            }
+            payloads.push(payload);
+            accepted.push((ops, reply));
+        }
+        if accepted.is_empty() {
+            return;
+        }
         let first = match self.log.append(&payloads) {
             Ok(first) => first,
             Err(e) => {
                 tracing::error!(error = %e, "log append failed; the writes were not acknowledged");
                 let message = e.to_string();
-                for (_, reply) in group {
+                for (_, reply) in accepted {
                     let _ = reply.send(Err(Error::Corrupt {
                         path: shared.dir.join("log"),
                         message: message.clone(),
@@ -482,18 +580,30 @@ impl WriterState {
                 return;
             }
         };
-        for (i, (ops, reply)) in group.into_iter().enumerate() {
+        for (i, (ops, reply)) in accepted.into_iter().enumerate() {
             let index = first + i as u64;
-            let result = self.machine.apply(shared, index, &ops, true).map(|_| index);
-            if let Err(e) = &result {
-                // The entry is durable; replay will apply it once the cause is fixed.
-                tracing::error!(error = %e, index, "applying a durable log entry failed");
+            if let Some(reason) = &self.failed {
+                // Durable, but applying stopped earlier in this group: replay applies it.
+                let _ = reply.send(Err(failed_error(shared, reason)));
+                continue;
             }
-            let _ = reply.send(result);
+            match self.machine.apply(shared, index, &ops, true) {
+                Ok(()) => {
+                    let _ = reply.send(Ok(index));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, index, "applying a durable log entry failed; the shard stops writing until restart");
+                    self.failed = Some(format!("entry {index}: {e}"));
+                    let _ = reply.send(Err(e));
+                }
+            }
         }
     }
 
     fn background_checkpoint(&mut self, shared: &Shared, config: &ShardConfig) -> Result<()> {
+        if self.failed.is_some() {
+            return Ok(());
+        }
         self.machine.refresh(shared)?;
         if self.machine.vectors_saved_at.elapsed() >= config.vector_checkpoint_interval {
             self.machine.save_vectors(shared)?;
@@ -508,7 +618,12 @@ impl WriterState {
         let WriterState {
             mut log,
             mut machine,
+            failed,
         } = self;
+        if let Some(reason) = failed {
+            // Checkpointing a half-applied state would make it permanent; the log replays it.
+            return Err(failed_error(shared, &reason));
+        }
         machine.refresh(shared)?;
         machine.save_vectors(shared)?;
         log.purge_through(machine.checkpointed_through())?;
