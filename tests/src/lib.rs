@@ -10,11 +10,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The directory holding this build's binaries (`target/debug` or `target/release`).
+/// The directory holding this build's binaries (`target/debug` or `target/release`): the
+/// executable's own directory for a binary, its parent for a test in `deps/`.
 fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let deps = exe.parent().expect("deps dir");
-    deps.parent().expect("profile dir").to_path_buf()
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("executable dir");
+    if dir.ends_with("deps") {
+        dir.parent().expect("profile dir").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Builds `prism-server` and `prism` once per test process (a no-op when up to date) and
@@ -150,6 +155,19 @@ impl Server {
         (out.status, String::from_utf8_lossy(&out.stderr).to_string())
     }
 
+    /// Process id of the running server.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Peak resident memory of the running server (VmHWM), in bytes.
+    pub fn peak_rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }
@@ -185,6 +203,14 @@ impl Server {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
+    }
+
+    /// Starts a stopped or killed server again and returns how long it took to answer.
+    pub fn start_again(&mut self) -> Duration {
+        assert!(self.child.is_none(), "the server is still running");
+        let started = Instant::now();
+        self.spawn();
+        started.elapsed()
     }
 
     pub fn get(&self, path: &str) -> (u16, Value) {

@@ -671,3 +671,47 @@ fn cli_imports_jsonl_and_csv_and_searches() {
     let (ok, _, stderr) = run(&["import", "-c", "missing", csv.to_str().unwrap()]);
     assert!(!ok && stderr.contains("collection_not_found"), "{stderr}");
 }
+
+/// The benchmark suite on tiny data, so that it cannot rot. Asserts that every benchmark ran
+/// and produced its figures, never what the figures are.
+#[test]
+fn benchmark_smoke_run_produces_every_table() {
+    let out = tempfile::tempdir().unwrap();
+    let result = Command::new(binary("prism-bench"))
+        .args(["--smoke", "--out"])
+        .arg(out.path())
+        .env("PRISM_SKIP_BUILD", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(
+        result.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    for title in [
+        "### Ingest",
+        "### Text search",
+        "### Vector search",
+        "### Relevance",
+        "### Restart",
+        "### Memory",
+    ] {
+        assert!(stdout.contains(title), "missing table {title}:\n{stdout}");
+    }
+    let read = |name: &str| -> Value {
+        serde_json::from_slice(&std::fs::read(out.path().join(format!("{name}.json"))).unwrap())
+            .unwrap()
+    };
+    assert!(read("ingest")["raw_tantivy_docs_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(read("text")["results"][0]["qps_ratio"].as_f64().unwrap() > 0.0);
+    let vector = read("vector");
+    assert!(
+        vector["results"][0]["results"][1]["prism"]["recall_at_10"]
+            .as_f64()
+            .unwrap()
+            > 0.9,
+        "{vector}"
+    );
+    assert_eq!(read("restart")["docs"], 3000);
+}

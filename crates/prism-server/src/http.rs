@@ -49,6 +49,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
             get(get_document).delete(delete_document),
         )
         .route("/collections/{name}/search", post(search))
+        .route("/collections/{name}/refresh", post(refresh))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -446,6 +447,19 @@ async fn delete_document(
     ::metrics::counter!(metrics::DOCS_DELETED, "collection" => collection.name().to_string())
         .increment(1);
     Ok(Json(json!({"deleted": id})))
+}
+
+/// Makes every acknowledged write searchable now, like Elasticsearch's `_refresh`.
+async fn refresh(State(state): Shared, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    let collection = collection(&state, &name)?;
+    let visible = collection
+        .shard()
+        .request_refresh()?
+        .await
+        .map_err(|_| ApiError::from(prism_core::Error::ShuttingDown))??;
+    Ok(Json(
+        json!({"collection": name, "visible_log_index": visible}),
+    ))
 }
 
 async fn search(
