@@ -31,6 +31,35 @@ pub struct Corpus {
 }
 
 impl Corpus {
+    /// The corpus repeated under new ids until it holds at least `min_docs` documents, so
+    /// that fixed costs do not dominate a throughput measurement.
+    pub fn replicated(&self, min_docs: usize) -> Corpus {
+        let copies = min_docs.div_ceil(self.docs.len().max(1)).max(1);
+        let docs = (0..copies)
+            .flat_map(|c| {
+                self.docs.iter().map(move |d| Doc {
+                    id: if c == 0 {
+                        d.id.clone()
+                    } else {
+                        format!("{}#{c}", d.id)
+                    },
+                    ..d.clone()
+                })
+            })
+            .collect();
+        Corpus {
+            name: if copies > 1 {
+                format!("{} x{copies}", self.name)
+            } else {
+                self.name.clone()
+            },
+            docs,
+            topics: Vec::new(),
+            qrels: None,
+            dim: self.dim,
+        }
+    }
+
     /// Bytes of the raw data: texts plus f32 vectors.
     pub fn raw_bytes(&self) -> u64 {
         self.docs

@@ -127,7 +127,7 @@ pub fn total(server: &Server, collection: &str) -> u64 {
 }
 
 /// Sends every request body to `path` from `clients` threads and times each; returns the
-/// latency summary and the responses in request order.
+/// latency summary and the responses in request order. A `null` body sends a GET.
 pub fn run_queries(
     server: &Server,
     path: &str,
@@ -146,10 +146,15 @@ pub fn run_queries(
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(body) = bodies.get(i) else { break };
                     let t = Instant::now();
-                    let value = client
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .body(body.to_string())
+                    let request = if body.is_null() {
+                        client.get(&url)
+                    } else {
+                        client
+                            .post(&url)
+                            .header("content-type", "application/json")
+                            .body(body.to_string())
+                    };
+                    let value = request
                         .send()
                         .and_then(|r| r.json::<Value>())
                         .unwrap_or_else(|e| json!({"error": e.to_string()}));

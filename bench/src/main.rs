@@ -108,7 +108,7 @@ fn run(args: Args) -> Result<()> {
     if wants(Bench::Ingest) {
         match &corpus {
             Ok(c) => {
-                let (t, v) = ingest::run(c)?;
+                let (t, v) = ingest::run(c, if ctx.smoke { 4000 } else { 150_000 })?;
                 if let Some(rss) = v["prism"][1]["peak_rss_bytes"].as_u64() {
                     memory.row(vec![
                         format!("ingest {} with vectors", c.name),

@@ -78,8 +78,12 @@ pub fn run(corpus: &Corpus) -> Result<(Table, Value)> {
     // Warm up caches once so that both systems run warm.
     http::run_queries(&server, "/collections/text/search", &bodies, 2)?;
     let mut prism = Vec::new();
+    let mut floor = Vec::new();
+    let health: Vec<Value> = vec![Value::Null; bodies.len()];
     for clients in [1, 2] {
         prism.push(http::run_queries(&server, "/collections/text/search", &bodies, clients)?.0);
+        // The cost of HTTP itself: the same client fetching a route that does no work.
+        floor.push(http::run_queries(&server, "/health", &health, clients)?.0);
     }
     server.stop();
     let index_dir = data.join("collections/text/shards/0/index");
@@ -104,6 +108,7 @@ pub fn run(corpus: &Corpus) -> Result<(Table, Value)> {
             "p50 ms",
             "p99 ms",
             "QPS ratio",
+            "HTTP floor QPS (GET /health)",
         ],
     );
     let mut rows = Vec::new();
@@ -118,8 +123,9 @@ pub fn run(corpus: &Corpus) -> Result<(Table, Value)> {
             f(r.p50_ms, 3),
             f(r.p99_ms, 3),
             ratio(p.qps, r.qps),
+            f(floor[i].qps, 0),
         ]);
-        rows.push(json!({"concurrency": clients, "prism_http": p, "raw_tantivy": r, "qps_ratio": p.qps / r.qps}));
+        rows.push(json!({"concurrency": clients, "prism_http": p, "raw_tantivy": r, "qps_ratio": p.qps / r.qps, "http_floor": floor[i]}));
     }
     Ok((
         table,

@@ -60,12 +60,12 @@ impl Collection {
     }
 
     /// Validates documents; valid ones become upserts, invalid ones are reported per id.
-    pub fn prepare_upserts(&self, documents: &[Value]) -> (Vec<Op>, Vec<DocumentError>) {
+    pub fn prepare_upserts(&self, documents: Vec<Value>) -> (Vec<Op>, Vec<DocumentError>) {
         let mut ops = Vec::with_capacity(documents.len());
         let mut errors = Vec::new();
         for doc in documents {
             match self.schema.prepare_document(doc) {
-                Ok(prepared) => ops.push(Op::Upsert(prepared)),
+                Ok(prepared) => ops.push(Op::Upsert(Arc::new(prepared))),
                 Err(e) => {
                     let id = match &e {
                         Error::InvalidDocument { id, .. } => id.clone(),

@@ -355,11 +355,14 @@ impl CollectionSchema {
     }
 
     /// Validates one incoming document and splits it into the parts the log stores.
-    pub fn prepare_document(&self, doc: &Value) -> Result<PreparedDoc> {
-        let obj = doc.as_object().ok_or_else(|| Error::InvalidDocument {
-            id: String::new(),
-            message: "a document must be a JSON object with \"id\" and \"fields\"".into(),
-        })?;
+    /// Takes the document by value so that field values move into the result uncopied.
+    pub fn prepare_document(&self, doc: Value) -> Result<PreparedDoc> {
+        let Value::Object(mut obj) = doc else {
+            return Err(Error::InvalidDocument {
+                id: String::new(),
+                message: "a document must be a JSON object with \"id\" and \"fields\"".into(),
+            });
+        };
         let id = match obj.get("id") {
             Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_ID_LEN => s.clone(),
             Some(Value::String(_)) => {
@@ -393,7 +396,7 @@ impl CollectionSchema {
                 )));
             }
         }
-        let fields = match obj.get("fields") {
+        let fields = match obj.remove("fields") {
             Some(Value::Object(f)) => f,
             None => return Err(invalid("the document has no \"fields\" object".into())),
             Some(_) => return Err(invalid("\"fields\" must be a JSON object".into())),
@@ -401,7 +404,7 @@ impl CollectionSchema {
         let mut source = Map::new();
         let mut vectors = Vec::new();
         for (name, value) in fields {
-            let def = self.fields.get(name).ok_or_else(|| {
+            let def = self.fields.get(&name).ok_or_else(|| {
                 invalid(format!(
                     "field {name:?} is not in the schema of collection {:?}",
                     self.name
@@ -411,13 +414,11 @@ impl CollectionSchema {
                 continue;
             }
             if let Some(params) = def.vector_params() {
-                vectors.push((
-                    name.clone(),
-                    parse_vector(name, value, &params).map_err(invalid)?,
-                ));
+                let vector = parse_vector(&name, &value, &params).map_err(invalid)?;
+                vectors.push((name, vector));
             } else {
-                check_value(name, def.field_type, value).map_err(invalid)?;
-                source.insert(name.clone(), value.clone());
+                check_value(&name, def.field_type, &value).map_err(invalid)?;
+                source.insert(name, value);
             }
         }
         Ok(PreparedDoc {
@@ -629,7 +630,7 @@ mod tests {
         let s = articles();
         let ok = s
             .prepare_document(
-                &json!({"id":"a","fields":{"title":"t","year":2020,"embedding":[1,0,0]}}),
+                json!({"id":"a","fields":{"title":"t","year":2020,"embedding":[1,0,0]}}),
             )
             .unwrap();
         assert_eq!(
@@ -657,7 +658,7 @@ mod tests {
             (json!({"id":"a","fields":[]}), "must be a JSON object"),
         ];
         for (doc, needle) in cases {
-            let err = s.prepare_document(&doc).unwrap_err().to_string();
+            let err = s.prepare_document(doc.clone()).unwrap_err().to_string();
             assert!(err.contains(needle), "{doc}: {err}");
         }
     }
@@ -667,7 +668,7 @@ mod tests {
         let s = articles();
         let doc = s
             .prepare_document(
-                &json!({"id":"a","fields":{"title":"héllo","tag":["x","y"],"embedding":[0.5,1,2]}}),
+                json!({"id":"a","fields":{"title":"héllo","tag":["x","y"],"embedding":[0.5,1,2]}}),
             )
             .unwrap();
         let bytes = postcard::to_stdvec(&doc).unwrap();

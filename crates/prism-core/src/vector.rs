@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use parking_lot::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::RwLock;
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
 use crate::error::{Error, Result};
@@ -15,7 +17,10 @@ pub struct VectorIndex {
     params: VectorParams,
     index: Index,
     /// Slots ever used, live or tombstoned; usearch never reuses a removed slot.
-    slots: Mutex<usize>,
+    slots: AtomicUsize,
+    /// Adds run concurrently under the read side; growing the capacity takes the write side,
+    /// because usearch must not reallocate while another thread inserts.
+    grow: RwLock<()>,
 }
 
 fn options(params: &VectorParams) -> IndexOptions {
@@ -46,7 +51,8 @@ impl VectorIndex {
         Ok(VectorIndex {
             params,
             index,
-            slots: Mutex::new(0),
+            slots: AtomicUsize::new(0),
+            grow: RwLock::new(()),
         })
     }
 
@@ -71,7 +77,8 @@ impl VectorIndex {
         Ok(VectorIndex {
             params,
             index,
-            slots: Mutex::new(slots),
+            slots: AtomicUsize::new(slots),
+            grow: RwLock::new(()),
         })
     }
 
@@ -93,17 +100,20 @@ impl VectorIndex {
         self.len() == 0
     }
 
-    /// Adds a vector under `key`, growing the graph's capacity as needed.
+    /// Adds a vector under `key`, growing the graph's capacity as needed. Safe to call from
+    /// several threads at once.
     pub fn add(&self, key: u64, vector: &[f32]) -> Result<()> {
-        {
-            let mut slots = self.slots.lock();
-            if *slots + 1 > self.index.capacity() {
+        let needed = self.slots.fetch_add(1, Ordering::Relaxed) + 1;
+        if needed > self.index.capacity() {
+            let _exclusive = self.grow.write();
+            let capacity = self.index.capacity();
+            if needed > capacity {
                 self.index
-                    .reserve((self.index.capacity() * 2).max(1024))
+                    .reserve((capacity * 2).max(needed).max(1024))
                     .map_err(vector_err)?;
             }
-            *slots += 1;
         }
+        let _shared = self.grow.read();
         self.index.add(key, vector).map_err(vector_err)
     }
 

@@ -1,5 +1,7 @@
 //! Log entry payloads: a batch of upserts and deletes, encoded compactly with postcard.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -13,7 +15,7 @@ const KEY_POSITION_BITS: u32 = 20;
 /// One write operation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Op {
-    Upsert(PreparedDoc),
+    Upsert(Arc<PreparedDoc>),
     Delete(String),
 }
 

@@ -18,7 +18,7 @@ fn schema() -> Arc<CollectionSchema> {
 }
 
 fn upsert(s: &CollectionSchema, doc: serde_json::Value) -> Op {
-    Op::Upsert(s.prepare_document(&doc).unwrap())
+    Op::Upsert(Arc::new(s.prepare_document(doc).unwrap()))
 }
 
 fn open(dir: &Path) -> Shard {

@@ -276,6 +276,7 @@ impl StateMachine {
     ) -> Result<()> {
         let to_text = index > self.text_checkpoint;
         let to_vectors = !shared.vectors.is_empty() && index > self.vector_checkpoint;
+        let mut inserts: Vec<(&VectorIndex, u64, &[f32])> = Vec::new();
         for (position, op) in ops.iter().enumerate() {
             let key = version_key(index, position);
             let id = op.id();
@@ -301,18 +302,21 @@ impl StateMachine {
                 if let Op::Upsert(doc) = op {
                     for (field, values) in &doc.vectors {
                         if let Some(vi) = shared.vectors.get(field) {
-                            vi.add(key, values)?;
-                            self.vectors_dirty = true;
+                            inserts.push((vi, key, values.as_slice()));
                         }
                     }
                 }
             }
         }
+        if !inserts.is_empty() {
+            self.vectors_dirty = true;
+            insert_vectors(&inserts)?;
+        }
         if live {
             let mut overlay = shared.unrefreshed.write();
             for op in ops {
                 let value = match op {
-                    Op::Upsert(doc) => Some(Arc::new(doc.clone())),
+                    Op::Upsert(doc) => Some(doc.clone()),
                     Op::Delete(_) => None,
                 };
                 overlay.insert(op.id().to_string(), value);
@@ -410,6 +414,33 @@ impl StateMachine {
     fn checkpointed_through(&self) -> u64 {
         self.text_checkpoint.min(self.vector_checkpoint)
     }
+}
+
+/// HNSW inserts dominate vector ingest, so a large batch is spread over the cores; the graph
+/// takes concurrent inserts.
+fn insert_vectors(inserts: &[(&VectorIndex, u64, &[f32])]) -> Result<()> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads < 2 || inserts.len() < 64 {
+        return inserts
+            .iter()
+            .try_for_each(|(vi, key, values)| vi.add(*key, values));
+    }
+    let chunk = inserts.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = inserts
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .try_for_each(|(vi, key, values)| vi.add(*key, values))
+                })
+            })
+            .collect();
+        workers.into_iter().try_for_each(|w| {
+            w.join()
+                .unwrap_or_else(|_| Err(Error::Vector("a vector insert thread panicked".into())))
+        })
+    })
 }
 
 fn build_document(shared: &Shared, key: u64, doc: &PreparedDoc) -> Result<TantivyDocument> {

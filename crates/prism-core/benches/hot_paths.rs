@@ -1,0 +1,94 @@
+//! Criterion micro-benchmarks of the hot paths: distance kernels, HNSW insert and search, RRF
+//! merge, and the log append with fsync. Run with `cargo bench -p prism-core`.
+
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
+use prism_core::fusion::HybridStrategy;
+use prism_core::log::ShardLog;
+use prism_core::schema::{Distance, VectorParams};
+use prism_core::vector::{distance, VectorIndex};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+fn vectors(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| (0..dim).map(|_| rng.gen_range(-1.0..1.0)).collect())
+        .collect()
+}
+
+fn distances(c: &mut Criterion) {
+    let v = vectors(2, 384, 1);
+    for kind in [Distance::Cosine, Distance::Dot, Distance::L2] {
+        c.bench_function(&format!("distance/{kind:?}/384"), |b| {
+            b.iter(|| distance(kind, black_box(&v[0]), black_box(&v[1])))
+        });
+    }
+}
+
+fn params() -> VectorParams {
+    VectorParams {
+        dimension: 128,
+        distance: Distance::Cosine,
+        m: 16,
+        ef_construction: 200,
+        ef_search: 64,
+    }
+}
+
+fn hnsw(c: &mut Criterion) {
+    let data = vectors(10_000, 128, 2);
+    let index = VectorIndex::new(params()).unwrap();
+    for (i, v) in data.iter().enumerate() {
+        index.add(i as u64, v).unwrap();
+    }
+    let queries = vectors(100, 128, 3);
+    let mut q = 0;
+    c.bench_function("hnsw/search/10k x 128/ef64/k10", |b| {
+        b.iter(|| {
+            q = (q + 1) % queries.len();
+            index.search(black_box(&queries[q]), 10, |_| true).unwrap()
+        })
+    });
+    let mut key = 1_000_000u64;
+    let extra = vectors(1000, 128, 4);
+    c.bench_function("hnsw/insert/into 10k x 128", |b| {
+        b.iter(|| {
+            key += 1;
+            index
+                .add(key, black_box(&extra[key as usize % extra.len()]))
+                .unwrap()
+        })
+    });
+}
+
+fn rrf(c: &mut Criterion) {
+    let text: Vec<(u64, f32)> = (0..100).map(|i| (i, 100.0 - i as f32)).collect();
+    let vector: Vec<(u64, f32)> = (50..150).map(|i| (i, 1.0 / i as f32)).collect();
+    let rrf = HybridStrategy::default();
+    c.bench_function("fusion/rrf/2 x 100", |b| {
+        b.iter(|| rrf.fuse(black_box(&text), black_box(&vector)))
+    });
+}
+
+fn log_append(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = ShardLog::open(dir.path(), 64 << 20).unwrap();
+    let entry = vec![7u8; 1024];
+    c.bench_function("log/append+fsync/1 x 1 KiB", |b| {
+        b.iter(|| log.append(std::slice::from_ref(&entry)).unwrap())
+    });
+    let group: Vec<Vec<u8>> = (0..32).map(|_| entry.clone()).collect();
+    c.bench_function("log/append+fsync/group of 32 x 1 KiB", |b| {
+        b.iter_batched(
+            || group.clone(),
+            |g| log.append(&g).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group! {
+    name = hot_paths;
+    config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(3));
+    targets = distances, hnsw, rrf, log_append
+}
+criterion_main!(hot_paths);
