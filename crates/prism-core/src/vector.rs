@@ -138,6 +138,11 @@ impl VectorIndex {
 
     /// Approximate k nearest neighbours among keys accepted by `allow`, best first, as
     /// (key, distance).
+    ///
+    /// Most searches allow nearly every key (only replaced or unrefreshed versions are
+    /// excluded), so the plain graph walk runs first and the allowed hits are kept; usearch's
+    /// filtered walk, which calls back into Rust for every candidate, runs only when the plain
+    /// walk cannot fill `k`.
     pub fn search(
         &self,
         query: &[f32],
@@ -146,6 +151,19 @@ impl VectorIndex {
     ) -> Result<Vec<(u64, f32)>> {
         if k == 0 || self.is_empty() {
             return Ok(Vec::new());
+        }
+        let fetch = k + k / 4 + 4;
+        let plain = self.index.search(query, fetch).map_err(vector_err)?;
+        let exhausted = plain.keys.len() < fetch;
+        let kept: Vec<(u64, f32)> = plain
+            .keys
+            .into_iter()
+            .zip(plain.distances)
+            .filter(|(key, _)| allow(*key))
+            .take(k)
+            .collect();
+        if kept.len() == k || exhausted {
+            return Ok(kept);
         }
         let matches = self
             .index
