@@ -29,7 +29,9 @@ pub fn run(docs: usize, dim: usize) -> Result<(Table, Value)> {
     };
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
-    let mut server = Server::start(&data, &[]);
+    // No vector checkpoint during the run: the SIGKILL case then replays every vector written
+    // since the clean stop, the worst case for the default 10 s checkpoint interval.
+    let mut server = Server::start(&data, &[("PRISM_VECTOR_CHECKPOINT_INTERVAL_MS", "3600000")]);
     http::create_collection(&server, "restart", dim, true, 64)?;
     let load = http::bulk_load(&server, "restart", &corpus, true, 1000, 2)?;
     let serving_rss = server.peak_rss_bytes().unwrap_or(0);

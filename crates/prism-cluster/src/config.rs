@@ -1,0 +1,281 @@
+//! Cluster and federation settings: the `[cluster]`, `[cluster.tls]`, `[cluster.health]` and
+//! `[federation.*]` sections of `prism.toml`, with the defaults of the user guide.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ClusterError, Result};
+
+/// `[cluster]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub enabled: bool,
+    /// Unique id of this node; a random UUID when empty.
+    pub node_id: String,
+    /// QUIC (UDP) listen address.
+    pub bind_addr: String,
+    /// Address other nodes use to reach this one; defaults to `bind_addr`, and is required
+    /// when `bind_addr` is a wildcard address.
+    pub advertise_addr: Option<String>,
+    pub seed_nodes: Vec<String>,
+    pub connect_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    /// Most pooled QUIC connections to other nodes.
+    pub max_connections: usize,
+    pub tls: TlsConfig,
+    pub health: HealthConfig,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            enabled: false,
+            node_id: String::new(),
+            bind_addr: "0.0.0.0:9080".into(),
+            advertise_addr: None,
+            seed_nodes: Vec::new(),
+            connect_timeout_ms: 5000,
+            request_timeout_ms: 30000,
+            max_connections: 10,
+            tls: TlsConfig::default(),
+            health: HealthConfig::default(),
+        }
+    }
+}
+
+/// `[cluster.tls]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    pub enabled: bool,
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    pub ca_cert_path: Option<PathBuf>,
+    /// Development only: accept any peer certificate. Logged as a warning at every start.
+    pub skip_verify: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            enabled: true,
+            cert_path: "./conf/tls/cluster-cert.pem".into(),
+            key_path: "./conf/tls/cluster-key.pem".into(),
+            ca_cert_path: None,
+            skip_verify: false,
+        }
+    }
+}
+
+/// `[cluster.health]`: heartbeat-based reachability, alive → suspect → dead.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    pub heartbeat_interval_ms: u64,
+    /// Missed heartbeats before a node is suspect.
+    pub failure_threshold: u32,
+    /// Time a node stays suspect before it is dead.
+    pub suspect_timeout_ms: u64,
+    pub on_node_failure: String,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            heartbeat_interval_ms: 1000,
+            failure_threshold: 3,
+            suspect_timeout_ms: 5000,
+            on_node_failure: "rebalance".into(),
+        }
+    }
+}
+
+/// `[federation]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FederationConfig {
+    pub discovery: DiscoveryConfig,
+    pub query: QueryConfig,
+}
+
+/// Where the other nodes come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiscoveryBackend {
+    #[default]
+    Static,
+    Dns,
+    Gossip,
+}
+
+/// `[federation.discovery]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    pub backend: DiscoveryBackend,
+    /// Static: node addresses; `cluster.seed_nodes` are used when this is empty.
+    pub nodes: Vec<String>,
+    /// DNS: a name with A/AAAA or SRV records (a Kubernetes headless service).
+    pub dns_name: Option<String>,
+    pub dns_refresh_interval_secs: u64,
+    pub gossip_port: u16,
+    pub gossip_seeds: Vec<String>,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig {
+            backend: DiscoveryBackend::Static,
+            nodes: Vec::new(),
+            dns_name: None,
+            dns_refresh_interval_secs: 30,
+            gossip_port: 7946,
+            gossip_seeds: Vec::new(),
+        }
+    }
+}
+
+/// `[federation.query]`: what a federated search does when shards fail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryConfig {
+    pub allow_partial_results: bool,
+    pub partial_results_timeout_ms: u64,
+    pub min_successful_shards: u32,
+    /// Vector queries fetch `k × shard_oversample` candidates from each shard.
+    pub shard_oversample: f32,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig {
+            allow_partial_results: true,
+            partial_results_timeout_ms: 5000,
+            min_successful_shards: 1,
+            shard_oversample: 2.0,
+        }
+    }
+}
+
+fn is_wildcard(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    matches!(host.trim_matches(['[', ']']), "0.0.0.0" | "::" | "")
+}
+
+impl ClusterConfig {
+    /// Checks the settings and fills the derived defaults (node id, advertise address).
+    pub fn resolve(mut self) -> Result<Self> {
+        if self.node_id.trim().is_empty() {
+            self.node_id = uuid::Uuid::new_v4().to_string();
+        }
+        match &self.advertise_addr {
+            Some(a) if is_wildcard(a) => {
+                return Err(ClusterError::Config(format!(
+                    "cluster.advertise_addr {a:?} is a wildcard address; set it to a name or address other nodes can reach"
+                )))
+            }
+            Some(_) => {}
+            None if is_wildcard(&self.bind_addr) => {
+                return Err(ClusterError::Config(format!(
+                    "cluster.advertise_addr is required when cluster.bind_addr is {:?}: other nodes cannot reach a wildcard address. Set advertise_addr = \"<this node's hostname>:{}\"",
+                    self.bind_addr,
+                    self.bind_addr.rsplit_once(':').map_or("9080", |(_, p)| p)
+                )))
+            }
+            None => self.advertise_addr = Some(self.bind_addr.clone()),
+        }
+        if self.max_connections == 0 {
+            return Err(ClusterError::Config(
+                "cluster.max_connections must be at least 1".into(),
+            ));
+        }
+        if self.tls.enabled && !self.tls.skip_verify && self.tls.ca_cert_path.is_none() {
+            return Err(ClusterError::Config(
+                "cluster.tls.ca_cert_path is required to verify peers; generate one with scripts/generate-certs.sh, or set skip_verify = true for local development".into(),
+            ));
+        }
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_user_guide() {
+        let c = ClusterConfig::default();
+        assert!(!c.enabled);
+        assert_eq!(c.bind_addr, "0.0.0.0:9080");
+        assert_eq!(
+            (
+                c.connect_timeout_ms,
+                c.request_timeout_ms,
+                c.max_connections
+            ),
+            (5000, 30000, 10)
+        );
+        assert!(c.tls.enabled && !c.tls.skip_verify);
+        assert_eq!(
+            c.tls.cert_path,
+            PathBuf::from("./conf/tls/cluster-cert.pem")
+        );
+        let q = QueryConfig::default();
+        assert!(q.allow_partial_results);
+        assert_eq!(
+            (q.partial_results_timeout_ms, q.min_successful_shards),
+            (5000, 1)
+        );
+        assert_eq!(HealthConfig::default().heartbeat_interval_ms, 1000);
+        assert_eq!(DiscoveryConfig::default().dns_refresh_interval_secs, 30);
+    }
+
+    #[test]
+    fn wildcard_bind_needs_an_advertise_address() {
+        let mut c = ClusterConfig::default();
+        c.tls.skip_verify = true;
+        let err = c.clone().resolve().unwrap_err().to_string();
+        assert!(err.contains("advertise_addr is required"), "{err}");
+        c.advertise_addr = Some("prism-node1:9080".into());
+        let resolved = c.resolve().unwrap();
+        assert!(!resolved.node_id.is_empty());
+        let mut local = ClusterConfig {
+            bind_addr: "127.0.0.1:9080".into(),
+            ..Default::default()
+        };
+        local.tls.ca_cert_path = Some("ca.pem".into());
+        assert_eq!(
+            local.resolve().unwrap().advertise_addr.as_deref(),
+            Some("127.0.0.1:9080")
+        );
+    }
+
+    #[test]
+    fn the_user_guide_example_parses() {
+        let text = r#"
+            enabled = true
+            node_id = "node-1"
+            bind_addr = "0.0.0.0:9080"
+            advertise_addr = "prism-node1:9080"
+            seed_nodes = ["prism-node2:9080", "prism-node3:9080"]
+            connect_timeout_ms = 5000
+            request_timeout_ms = 30000
+
+            [tls]
+            enabled = true
+            cert_path = "/conf/tls/node-cert.pem"
+            key_path = "/conf/tls/node-key.pem"
+            ca_cert_path = "/conf/tls/ca-cert.pem"
+            skip_verify = false
+        "#;
+        let c: ClusterConfig = toml_like(text);
+        assert_eq!(c.seed_nodes.len(), 2);
+        assert_eq!(c.resolve().unwrap().node_id, "node-1");
+    }
+
+    fn toml_like(text: &str) -> ClusterConfig {
+        toml::from_str(text).unwrap()
+    }
+}

@@ -1,0 +1,12 @@
+//! Prism Layers 2 and 3: the cluster. Layer 1 (`prism-core`) knows nothing of this crate.
+//!
+//! - [`config`]: the `[cluster]` and `[federation]` settings.
+//! - [`tls`]: mutual TLS between nodes.
+//! - [`transport`]: the QUIC endpoint, handshake and request/response calls.
+
+pub mod config;
+pub mod error;
+pub mod tls;
+pub mod transport;
+
+pub use error::{ClusterError, Result};
