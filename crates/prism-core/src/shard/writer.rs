@@ -166,8 +166,9 @@ pub(crate) fn recover(
         Ok(())
     })?;
     if replayed > 0 {
+        // Make the replayed writes searchable. The vector checkpoint waits for its interval:
+        // saving every index here would put a full rewrite on the restart path.
         machine.refresh(&shared)?;
-        machine.save_vectors(&shared)?;
     }
     shared.visible.send_replace(machine.text_checkpoint);
     let state = WriterState {
