@@ -17,6 +17,7 @@ pub mod routing;
 pub mod schema;
 pub mod search;
 pub mod shard;
+pub mod stats;
 pub mod vector;
 
 pub use error::{Error, Result};

@@ -29,6 +29,7 @@ use self::query::LiveKeys;
 use crate::error::{Error, Result};
 use crate::schema::{internal, CollectionSchema, PreparedDoc};
 use crate::search::{SearchRequest, SearchResponse};
+use crate::stats::TermStatistics;
 use crate::vector::VectorIndex;
 
 /// Tunables of a shard copy. Defaults suit a laptop and a small server alike.
@@ -188,7 +189,22 @@ impl Shard {
 
     /// Runs a search against the last refreshed state.
     pub fn search(&self, request: &SearchRequest) -> Result<SearchResponse> {
-        query::search(&self.shared, request)
+        query::search(&self.shared, request, None)
+    }
+
+    /// Runs a search scoring text with collection-wide statistics gathered from every shard
+    /// (see [`Shard::term_statistics`]), so that scores compare across shards.
+    pub fn search_with_statistics(
+        &self,
+        request: &SearchRequest,
+        global: &TermStatistics,
+    ) -> Result<SearchResponse> {
+        query::search(&self.shared, request, Some(global))
+    }
+
+    /// This shard's BM25 statistics for the terms of `request`.
+    pub fn term_statistics(&self, request: &SearchRequest) -> Result<TermStatistics> {
+        query::term_statistics(&self.shared, request)
     }
 
     /// The current version of a document, including writes not yet refreshed.

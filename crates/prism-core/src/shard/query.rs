@@ -10,7 +10,8 @@ use tantivy::aggregation::{AggContextParams, AggregationCollector, AggregationLi
 use tantivy::collector::{Collector, Count, SegmentCollector, TopDocs};
 use tantivy::columnar::Column;
 use tantivy::query::{
-    AllQuery, BooleanQuery, ConstScoreQuery, Occur, Query, QueryParser, TermQuery,
+    AllQuery, Bm25StatisticsProvider, BooleanQuery, ConstScoreQuery, Occur, Query, QueryParser,
+    TermQuery,
 };
 use tantivy::schema::{Field, IndexRecordOption, Value as _};
 use tantivy::snippet::SnippetGenerator;
@@ -23,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::fusion::HybridStrategy;
 use crate::schema::{internal, FieldType};
 use crate::search::{HighlightRequest, Hit, SearchRequest, SearchResponse, VectorQuery};
+use crate::stats::{term_key, GlobalStatistics, TermStatistics};
 use crate::vector::{similarity, VectorIndex};
 
 /// Below this many allowed candidates a filtered vector search is computed exactly: a graph
@@ -236,11 +238,59 @@ fn has_vector(shared: &Shared, field: &str) -> Box<dyn Query> {
     ))
 }
 
-pub(crate) fn search(shared: &Shared, request: &SearchRequest) -> Result<SearchResponse> {
+/// The BM25 statistics of this shard for the terms of `request`'s text query.
+pub(crate) fn term_statistics(shared: &Shared, request: &SearchRequest) -> Result<TermStatistics> {
+    let plan = plan(shared, request)?;
+    let searcher = shared.reader.searcher();
+    let schema = shared.index.schema();
+    let mut stats = TermStatistics {
+        total_docs: Bm25StatisticsProvider::total_num_docs(&searcher)?,
+        ..Default::default()
+    };
+    for name in shared.schema.text_fields() {
+        let field = shared.fields.user[name];
+        stats.field_tokens.insert(
+            name.to_string(),
+            Bm25StatisticsProvider::total_num_tokens(&searcher, field)?,
+        );
+    }
+    if let Some(text) = &plan.text {
+        let mut terms = Vec::new();
+        text.query_terms(&mut |term, _| terms.push(term.clone()));
+        for term in terms {
+            if schema
+                .get_field_entry(term.field())
+                .field_type()
+                .is_indexed()
+            {
+                stats.doc_freqs.insert(
+                    term_key(&term),
+                    Bm25StatisticsProvider::doc_freq(&searcher, &term)?,
+                );
+            }
+        }
+    }
+    Ok(stats)
+}
+
+pub(crate) fn search(
+    shared: &Shared,
+    request: &SearchRequest,
+    global: Option<&TermStatistics>,
+) -> Result<SearchResponse> {
     let started = Instant::now();
     request.validate()?;
     let plan = plan(shared, request)?;
     let searcher = shared.reader.searcher();
+    let schema = shared.index.schema();
+    let provider: Box<dyn Bm25StatisticsProvider + '_> = match global {
+        Some(stats) => Box::new(GlobalStatistics {
+            stats,
+            schema: &schema,
+            local: &searcher,
+        }),
+        None => Box::new(searcher.clone()),
+    };
     let aggs = match &request.aggregations {
         None => None,
         Some(v) => Some(
@@ -279,7 +329,11 @@ pub(crate) fn search(shared: &Shared, request: &SearchRequest) -> Result<SearchR
                 .and_offset(request.offset)
                 .order_by_score();
             let (top, count, aggs) = searcher
-                .search(matching.as_ref(), &(top, Count, agg_collector))
+                .search_with_statistics_provider(
+                    matching.as_ref(),
+                    &(top, Count, agg_collector),
+                    provider.as_ref(),
+                )
                 .map_err(query_error)?;
             let ranked = if request.limit == 0 {
                 Vec::new()
@@ -313,9 +367,10 @@ pub(crate) fn search(shared: &Shared, request: &SearchRequest) -> Result<SearchR
                 Some(text) => {
                     let text_query = with_filter(text.box_clone(), &plan.filter);
                     let text_list: Vec<(DocAddress, f32)> = searcher
-                        .search(
+                        .search_with_statistics_provider(
                             text_query.as_ref(),
                             &TopDocs::with_limit(request.rank_window()).order_by_score(),
+                            provider.as_ref(),
                         )
                         .map_err(query_error)?
                         .into_iter()

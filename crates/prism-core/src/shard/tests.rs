@@ -290,3 +290,103 @@ fn aggregations_and_highlights() {
     ));
     assert_eq!(bad.unwrap_err().code(), "invalid_query");
 }
+
+#[test]
+fn shards_scoring_with_global_statistics_rank_like_one_index() {
+    let text_schema = Arc::new(
+        CollectionSchema::from_json(
+            br#"{"name":"t","fields":{"title":{"type":"text"},"tag":{"type":"keyword"}}}"#,
+        )
+        .unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let open_at = |name: &str| {
+        Shard::open(
+            &dir.path().join(name),
+            text_schema.clone(),
+            ShardConfig::default(),
+        )
+        .unwrap()
+    };
+    let single = open_at("single");
+    let shards: Vec<Shard> = (0..3).map(|i| open_at(&format!("shard{i}"))).collect();
+    let words: Vec<String> = (0..300).map(|i| format!("w{i}")).collect();
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut per_shard: Vec<Vec<Op>> = vec![Vec::new(), Vec::new(), Vec::new()];
+    let mut all = Vec::new();
+    for i in 0..4000 {
+        let len = rng.gen_range(3..30);
+        // Zipf-like: low word numbers are common.
+        let title: Vec<&str> = (0..len)
+            .map(|_| words[(rng.gen::<f64>().powi(3) * words.len() as f64) as usize].as_str())
+            .collect();
+        let id = format!("doc-{i}");
+        let doc = json!({"id": id, "fields": {"title": title.join(" "), "tag": if i % 2 == 0 { "even" } else { "odd" }}});
+        let op = Op::Upsert(Arc::new(text_schema.prepare_document(doc).unwrap()));
+        per_shard[crate::routing::shard_for(&id, 3) as usize].push(op.clone());
+        all.push(op);
+    }
+    single.write_blocking(all).unwrap();
+    single.refresh_blocking().unwrap();
+    for (shard, ops) in shards.iter().zip(per_shard) {
+        shard.write_blocking(ops).unwrap();
+        shard.refresh_blocking().unwrap();
+    }
+    for q in 0..60 {
+        let n = rng.gen_range(1..4);
+        let query: Vec<&str> = (0..n)
+            .map(|_| words[rng.gen_range(0..60)].as_str())
+            .collect();
+        let mut request = request(json!({"query": query.join(" "), "limit": 10}));
+        if q % 3 == 0 {
+            request.filter = Some("tag:even".into());
+        }
+        let expected = single.search(&request).unwrap();
+        let stats = crate::stats::TermStatistics::sum(
+            &shards
+                .iter()
+                .map(|s| s.term_statistics(&request).unwrap())
+                .collect::<Vec<_>>(),
+        );
+        let mut merged: Vec<(String, f32)> = Vec::new();
+        let mut total = 0;
+        for shard in &shards {
+            let r = shard.search_with_statistics(&request, &stats).unwrap();
+            total += r.total;
+            merged.extend(r.results.into_iter().map(|h| (h.id, h.score)));
+        }
+        merged.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        merged.truncate(10);
+        assert_eq!(total, expected.total, "query {request:?}");
+        assert_eq!(merged.len(), expected.results.len());
+        for (got, want) in merged.iter().zip(&expected.results) {
+            assert!(
+                (got.1 - want.score).abs() <= 1e-4 * want.score.abs().max(1.0),
+                "query {:?}: {got:?} vs {} {}",
+                request.query,
+                want.id,
+                want.score
+            );
+        }
+        // Ids agree wherever scores are not tied at the cut-off.
+        let cutoff = expected.results.last().map_or(0.0, |h| h.score);
+        let strict = |hits: Vec<(String, f32)>| -> BTreeSet<String> {
+            hits.into_iter()
+                .filter(|h| h.1 > cutoff + 1e-4)
+                .map(|h| h.0)
+                .collect()
+        };
+        assert_eq!(
+            strict(merged.clone()),
+            strict(
+                expected
+                    .results
+                    .iter()
+                    .map(|h| (h.id.clone(), h.score))
+                    .collect()
+            ),
+            "query {:?}",
+            request.query
+        );
+    }
+}
