@@ -3,9 +3,15 @@
 //! - [`config`]: the `[cluster]` and `[federation]` settings.
 //! - [`tls`]: mutual TLS between nodes.
 //! - [`transport`]: the QUIC endpoint, handshake and request/response calls.
+//! - [`assignment`]: the shard → node map every node computes alike.
+//! - [`merge`]: merging shard answers; partial-result verdicts.
+//! - [`health`]: alive → suspect → dead from heartbeats.
 
+pub mod assignment;
 pub mod config;
 pub mod error;
+pub mod health;
+pub mod merge;
 pub mod tls;
 pub mod transport;
 
