@@ -22,7 +22,7 @@ fn profile_dir() -> PathBuf {
     }
 }
 
-/// Builds `prism-server` and `prism` once per test process (a no-op when up to date) and
+/// Builds `prism-server`, `prism` and `prism-bench` once per test process (a no-op when up to date) and
 /// returns the path of `name`.
 pub fn binary(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
@@ -39,6 +39,8 @@ pub fn binary(name: &str) -> PathBuf {
             "prism-server",
             "-p",
             "prism-cli",
+            "-p",
+            "prism-bench",
             "--bins",
         ]);
         if profile_dir().ends_with("release") {

@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod merge;
+pub mod rpc;
 pub mod tls;
 pub mod transport;
 

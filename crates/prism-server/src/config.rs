@@ -39,8 +39,14 @@ pub struct Cli {
 pub struct Config {
     pub server: ServerConfig,
     pub storage: StorageConfig,
-    /// Sections of the cluster layers, accepted so that one file serves every mode.
+    #[cfg(feature = "cluster")]
+    pub cluster: prism_cluster::config::ClusterConfig,
+    #[cfg(feature = "cluster")]
+    pub federation: prism_cluster::config::FederationConfig,
+    /// Accepted without the `cluster` feature so that one file serves every build.
+    #[cfg(not(feature = "cluster"))]
     pub cluster: Option<toml::Value>,
+    #[cfg(not(feature = "cluster"))]
     pub federation: Option<toml::Value>,
 }
 

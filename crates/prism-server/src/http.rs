@@ -24,6 +24,9 @@ use crate::metrics;
 /// What every handler can reach.
 pub struct AppState {
     pub engine: Arc<Engine>,
+    /// Present when `[cluster] enabled = true`.
+    #[cfg(feature = "cluster")]
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     pub metrics: Option<PrometheusHandle>,
     pub started: Instant,
 }
@@ -50,6 +53,9 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         )
         .route("/collections/{name}/search", post(search))
         .route("/collections/{name}/refresh", post(refresh))
+        .route("/cluster/health", get(cluster_health))
+        .route("/cluster/collections/{name}/search", post(cluster_search))
+        .route("/cluster/collections/{name}/documents", post(cluster_index))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -447,6 +453,59 @@ async fn delete_document(
     ::metrics::counter!(metrics::DOCS_DELETED, "collection" => collection.name().to_string())
         .increment(1);
     Ok(Json(json!({"deleted": id})))
+}
+
+#[cfg(feature = "cluster")]
+fn cluster_of(state: &AppState) -> ApiResult<Arc<crate::cluster::Cluster>> {
+    state.cluster.clone().ok_or_else(cluster_disabled)
+}
+
+fn cluster_disabled() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "cluster_disabled",
+        "cluster mode is not enabled on this node; set [cluster] enabled = true in prism.toml",
+    )
+}
+
+#[cfg(feature = "cluster")]
+async fn cluster_health(State(state): Shared) -> ApiResult<Json<Value>> {
+    Ok(Json(cluster_of(&state)?.health()))
+}
+
+#[cfg(feature = "cluster")]
+async fn cluster_search(
+    State(state): Shared,
+    Path(name): Path<String>,
+    Body(body): Body,
+) -> ApiResult<Json<Value>> {
+    prism_core::schema::validate_collection_name(&name)?;
+    Ok(Json(cluster_of(&state)?.search(&name, &body).await?))
+}
+
+#[cfg(feature = "cluster")]
+async fn cluster_index(
+    State(state): Shared,
+    Path(name): Path<String>,
+    Body(body): Body,
+) -> ApiResult<Json<Value>> {
+    prism_core::schema::validate_collection_name(&name)?;
+    Ok(Json(cluster_of(&state)?.index(&name, &body).await?))
+}
+
+#[cfg(not(feature = "cluster"))]
+async fn cluster_health() -> ApiError {
+    cluster_disabled()
+}
+
+#[cfg(not(feature = "cluster"))]
+async fn cluster_search() -> ApiError {
+    cluster_disabled()
+}
+
+#[cfg(not(feature = "cluster"))]
+async fn cluster_index() -> ApiError {
+    cluster_disabled()
 }
 
 /// Makes every acknowledged write searchable now, like Elasticsearch's `_refresh`.

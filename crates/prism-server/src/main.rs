@@ -1,6 +1,8 @@
 //! `prism-server`: one Prism node. Reads its configuration, opens the data directory, creates
 //! collections from `--schemas-dir`, and serves the HTTP API until SIGINT or SIGTERM.
 
+#[cfg(feature = "cluster")]
+mod cluster;
 mod config;
 mod error;
 mod http;
@@ -77,8 +79,20 @@ async fn run(cli: config::Cli) -> anyhow::Result<()> {
             )
         })?;
     tracing::info!(addr = %listener.local_addr()?, "prism-server listening");
+    #[cfg(feature = "cluster")]
+    let cluster = if config.cluster.enabled {
+        Some(cluster::Cluster::start(
+            config.cluster.clone(),
+            config.federation.query.clone(),
+            engine.clone(),
+        )?)
+    } else {
+        None
+    };
     let state = Arc::new(http::AppState {
         engine: engine.clone(),
+        #[cfg(feature = "cluster")]
+        cluster,
         metrics: Some(metrics),
         started: Instant::now(),
     });
