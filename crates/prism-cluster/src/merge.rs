@@ -58,11 +58,30 @@ impl ShardStatus {
 }
 
 /// Merges shard hit lists, each sorted best first and holding that shard's top
-/// `offset + limit`, into the global page: by score descending, ties on id ascending.
+/// `offset + limit`, into the global page: by score descending; ties break on the shard's
+/// position in the list, then on the hit's rank within its shard. Each shard's own order is
+/// the same for any window, so consecutive pages never overlap or skip tied hits.
 pub fn merge_hits(shards: Vec<Vec<Hit>>, offset: usize, limit: usize) -> Vec<Hit> {
-    let mut all: Vec<Hit> = shards.into_iter().flatten().collect();
-    all.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
-    all.into_iter().skip(offset).take(limit).collect()
+    let mut all: Vec<(usize, usize, Hit)> = shards
+        .into_iter()
+        .enumerate()
+        .flat_map(|(shard, hits)| {
+            hits.into_iter()
+                .enumerate()
+                .map(move |(rank, hit)| (shard, rank, hit))
+        })
+        .collect();
+    all.sort_by(|a, b| {
+        b.2.score
+            .total_cmp(&a.2.score)
+            .then(a.0.cmp(&b.0))
+            .then(a.1.cmp(&b.1))
+    });
+    all.into_iter()
+        .skip(offset)
+        .take(limit)
+        .map(|(_, _, hit)| hit)
+        .collect()
 }
 
 #[cfg(test)]
@@ -95,9 +114,16 @@ mod tests {
     }
 
     #[test]
-    fn ties_break_on_id() {
-        let merged = merge_hits(vec![vec![hit("z", 1.0)], vec![hit("m", 1.0)]], 0, 2);
-        assert_eq!(ids(&merged), vec!["m", "z"]);
+    fn ties_break_on_shard_then_rank_so_pages_never_overlap() {
+        let a = vec![hit("a-x", 1.0), hit("a-b", 1.0), hit("a-c", 1.0)];
+        let b = vec![hit("b-a", 1.0), hit("b-z", 1.0), hit("b-y", 1.0)];
+        let merged = merge_hits(vec![a.clone(), b.clone()], 0, 6);
+        assert_eq!(ids(&merged), vec!["a-x", "a-b", "a-c", "b-a", "b-z", "b-y"]);
+        // Page 1 from each shard's top 2, page 2 from each shard's top 4: no overlap, no gap.
+        let page1 = merge_hits(vec![a[..2].to_vec(), b[..2].to_vec()], 0, 2);
+        let page2 = merge_hits(vec![a.clone(), b.clone()], 2, 2);
+        assert_eq!(ids(&page1), vec!["a-x", "a-b"]);
+        assert_eq!(ids(&page2), vec!["a-c", "b-a"]);
     }
 
     #[test]

@@ -364,12 +364,21 @@ impl Transport {
                 .await
                 .map_err(|e| rpc_err(e.to_string()))
         };
-        tokio::time::timeout(timeout, attempt)
+        let result = tokio::time::timeout(timeout, attempt)
             .await
             .map_err(|_| ClusterError::Timeout {
                 peer: peer.to_string(),
                 ms: timeout.as_millis() as u64,
-            })?
+            })
+            .and_then(|r| r);
+        if result.is_err() {
+            // A restarted or unreachable peer leaves a pooled connection that would swallow
+            // every later call until QUIC's idle timeout: drop it and reconnect next time.
+            if let Some(stale) = self.pool.lock().remove(peer) {
+                stale.connection.close(3u32.into(), b"call failed");
+            }
+        }
+        result
     }
 
     /// Closes every connection and the endpoint.
