@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use futures::future::join_all;
 use parking_lot::Mutex;
 use prism_cluster::assignment::ShardMap;
-use prism_cluster::config::{ClusterConfig, QueryConfig};
+use prism_cluster::config::{ClusterConfig, DiscoveryBackend, FederationConfig, QueryConfig};
 use prism_cluster::health::{NodeState, PeerHealth};
 use prism_cluster::merge::{merge_hits, ShardFailure, ShardStatus, Verdict};
 use prism_cluster::rpc::{Request, Response};
@@ -132,10 +132,17 @@ impl Cluster {
     /// Starts the QUIC endpoint and the heartbeat loop.
     pub fn start(
         config: ClusterConfig,
-        query: QueryConfig,
+        federation: FederationConfig,
         engine: Arc<Engine>,
     ) -> anyhow::Result<Arc<Cluster>> {
         let config = config.resolve()?;
+        if federation.discovery.backend != DiscoveryBackend::Static {
+            anyhow::bail!(
+                "federation.discovery.backend = {:?} is not available in this version; use \"static\" with cluster.seed_nodes or federation.discovery.nodes",
+                federation.discovery.backend
+            );
+        }
+        let query = federation.query;
         let tls = prism_cluster::tls::load(&config.tls)?;
         let bind = config.bind_addr.parse().map_err(|e| {
             anyhow::anyhow!(
@@ -165,6 +172,7 @@ impl Cluster {
         let mut members: Vec<String> = config
             .seed_nodes
             .iter()
+            .chain(&federation.discovery.nodes)
             .cloned()
             .chain([self_addr.clone()])
             .collect();

@@ -83,7 +83,7 @@ async fn run(cli: config::Cli) -> anyhow::Result<()> {
     let cluster = if config.cluster.enabled {
         Some(cluster::Cluster::start(
             config.cluster.clone(),
-            config.federation.query.clone(),
+            config.federation.clone(),
             engine.clone(),
         )?)
     } else {
