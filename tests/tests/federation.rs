@@ -108,7 +108,7 @@ fn quick_start_partial_results_and_health_on_three_nodes() {
     std::fs::create_dir_all(&schemas).unwrap();
     std::fs::write(
         schemas.join("docs.yaml"),
-        "name: docs\nfields:\n  title: {type: text}\n",
+        "name: docs\nfields:\n  title: {type: text}\n  tag: {type: keyword}\n",
     )
     .unwrap();
     let ports: Vec<u16> = (0..3).map(|_| free_udp_port()).collect();
@@ -146,7 +146,7 @@ fn quick_start_partial_results_and_health_on_three_nodes() {
 
     // A federated index through node 3 routes by id; node 1 then finds everything.
     let docs: Vec<Value> = (2..=30)
-        .map(|i| json!({"id": format!("doc{i}"), "fields": {"title": format!("hello number {i}")}}))
+        .map(|i| json!({"id": format!("doc{i}"), "fields": {"title": format!("hello number {i}"), "tag": if i % 2 == 0 { "even" } else { "odd" }}}))
         .collect();
     let (status, indexed) = nodes[2].post_json(
         "/cluster/collections/docs/documents",
@@ -173,6 +173,16 @@ fn quick_start_partial_results_and_health_on_three_nodes() {
         },
     );
     assert_eq!(ids(&all).len(), 30);
+    // Aggregations merge the shards' intermediate results: 15 even and 14 odd tags.
+    let (_, aggs) = nodes[1].post_json(
+        "/cluster/collections/docs/search",
+        &json!({"query": "hello", "limit": 1, "aggregations": {"tags": {"terms": {"field": "tag"}}}}),
+    );
+    assert_eq!(
+        aggs["aggregations"]["tags"]["buckets"],
+        json!([{"key": "even", "doc_count": 15}, {"key": "odd", "doc_count": 14}]),
+        "{aggs}"
+    );
     // The documents really are spread over the three nodes.
     let local_counts: Vec<u64> = nodes
         .iter()

@@ -128,6 +128,36 @@ pub struct SearchResponse {
     pub latency_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregations: Option<Value>,
+    /// A shard's unfinished aggregations (postcard), for a coordinator to merge with
+    /// [`merge_aggregations`]. Only set by [`crate::shard::Shard::search_for_merge`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intermediate_aggregations: Option<Vec<u8>>,
+}
+
+/// Merges shards' intermediate aggregation results and finishes them, so that a sharded
+/// collection's aggregations equal one index's.
+pub fn merge_aggregations(request: &Value, parts: &[Vec<u8>]) -> Result<Value> {
+    use tantivy::aggregation::agg_req::Aggregations;
+    use tantivy::aggregation::intermediate_agg_result::IntermediateAggregationResults;
+    use tantivy::aggregation::AggregationLimitsGuard;
+    let aggs: Aggregations = serde_json::from_value(request.clone())
+        .map_err(|e| Error::InvalidQuery(format!("aggregations: {e}")))?;
+    let mut merged: Option<IntermediateAggregationResults> = None;
+    for part in parts {
+        let part: IntermediateAggregationResults = postcard::from_bytes(part)
+            .map_err(|e| Error::InvalidRequest(format!("undecodable shard aggregations: {e}")))?;
+        match &mut merged {
+            None => merged = Some(part),
+            Some(m) => m
+                .merge_fruits(part)
+                .map_err(|e| Error::InvalidQuery(e.to_string()))?,
+        }
+    }
+    let merged = merged.unwrap_or_default();
+    let finished = merged
+        .into_final_result(aggs, AggregationLimitsGuard::default())
+        .map_err(|e| Error::InvalidQuery(e.to_string()))?;
+    serde_json::to_value(finished).map_err(|e| Error::InvalidQuery(e.to_string()))
 }
 
 #[cfg(test)]

@@ -59,10 +59,9 @@ fn serve(engine: &Engine, node_id: &str, request: Request) -> Response {
             } => {
                 let collection = engine.collection(&collection)?;
                 let request = parse(&request)?;
-                let response = match &stats {
-                    Some(stats) => collection.shard().search_with_statistics(&request, stats)?,
-                    None => collection.shard().search(&request)?,
-                };
+                let response = collection
+                    .shard()
+                    .search_for_merge(&request, stats.as_ref())?;
                 Response::Search(serde_json::to_string(&response).expect("responses serialize"))
             }
             Request::Index {
@@ -297,12 +296,6 @@ impl Cluster {
             }
         }
         let request = SearchRequest::from_json(value.to_string().as_bytes())?;
-        if request.aggregations.is_some() {
-            return Err(ApiError::bad_request(
-                "unsupported_in_federation",
-                "federated aggregations are not available in this version; run aggregations per node with /collections/{name}/search",
-            ));
-        }
         let (offset, limit) = (request.offset, request.limit);
         let mut per_shard = request.clone();
         per_shard.offset = 0;
@@ -366,6 +359,7 @@ impl Cluster {
         });
         let answers = join_all(calls).await;
         let mut lists = Vec::new();
+        let mut partial_aggs = Vec::new();
         let mut total = 0;
         for ((shard, member), answer) in alive.into_iter().zip(answers) {
             match answer.and_then(|r| match r {
@@ -376,6 +370,7 @@ impl Cluster {
             }) {
                 Ok(r) => {
                     total += r.total;
+                    partial_aggs.extend(r.intermediate_aggregations);
                     lists.push(r.results);
                 }
                 Err(e) => failures.push(fail(shard, &member, e)),
@@ -401,13 +396,18 @@ impl Cluster {
             }
         };
         let results = merge_hits(lists, offset, limit);
-        Ok(json!({
+        let mut answer = json!({
             "results": results,
             "total": total,
-            "latency_ms": started.elapsed().as_millis() as u64,
+            "latency_ms": 0,
             "is_partial": is_partial,
             "shard_status": status,
-        }))
+        });
+        if let Some(aggs) = &request.aggregations {
+            answer["aggregations"] = prism_core::search::merge_aggregations(aggs, &partial_aggs)?;
+        }
+        answer["latency_ms"] = json!(started.elapsed().as_millis() as u64);
+        Ok(answer)
     }
 
     /// `POST /cluster/collections/{c}/documents`: each document goes to the node that owns

@@ -189,7 +189,7 @@ impl Shard {
 
     /// Runs a search against the last refreshed state.
     pub fn search(&self, request: &SearchRequest) -> Result<SearchResponse> {
-        query::search(&self.shared, request, None)
+        query::search(&self.shared, request, None, false)
     }
 
     /// Runs a search scoring text with collection-wide statistics gathered from every shard
@@ -199,7 +199,17 @@ impl Shard {
         request: &SearchRequest,
         global: &TermStatistics,
     ) -> Result<SearchResponse> {
-        query::search(&self.shared, request, Some(global))
+        query::search(&self.shared, request, Some(global), false)
+    }
+
+    /// The search a coordinator merges: scored with `global` statistics when given, with
+    /// aggregations left unfinished in `intermediate_aggregations`.
+    pub fn search_for_merge(
+        &self,
+        request: &SearchRequest,
+        global: Option<&TermStatistics>,
+    ) -> Result<SearchResponse> {
+        query::search(&self.shared, request, global, true)
     }
 
     /// This shard's BM25 statistics for the terms of `request`.

@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use serde_json::{Map, Value};
 use tantivy::aggregation::agg_req::Aggregations;
-use tantivy::aggregation::{AggContextParams, AggregationCollector, AggregationLimitsGuard};
+use tantivy::aggregation::{
+    AggContextParams, AggregationLimitsGuard, DistributedAggregationCollector,
+};
 use tantivy::collector::{Collector, Count, SegmentCollector, TopDocs};
 use tantivy::columnar::Column;
 use tantivy::query::{
@@ -277,6 +279,7 @@ pub(crate) fn search(
     shared: &Shared,
     request: &SearchRequest,
     global: Option<&TermStatistics>,
+    intermediate: bool,
 ) -> Result<SearchResponse> {
     let started = Instant::now();
     request.validate()?;
@@ -298,8 +301,10 @@ pub(crate) fn search(
                 .map_err(|e| Error::InvalidQuery(format!("aggregations: {e}")))?,
         ),
     };
-    let agg_collector = aggs.map(|a| {
-        AggregationCollector::from_aggs(
+    // Always collect unfinished results: a shard answering a coordinator ships them as they
+    // are, a local search finishes them itself (what tantivy's AggregationCollector does).
+    let agg_collector = aggs.clone().map(|a| {
+        DistributedAggregationCollector::from_aggs(
             a,
             AggContextParams::new(
                 AggregationLimitsGuard::default(),
@@ -395,15 +400,28 @@ pub(crate) fn search(
         let doc: TantivyDocument = searcher.doc(address)?;
         results.push(hit_from_document(shared, &doc, score, &highlighters));
     }
-    let aggregations = match aggregations {
-        Some(a) => Some(serde_json::to_value(a).map_err(invalid_query)?),
-        None => None,
+    let (aggregations, intermediate_aggregations) = match (aggregations, aggs) {
+        (Some(partial), Some(request)) if !intermediate => {
+            let finished = partial
+                .into_final_result(request, AggregationLimitsGuard::default())
+                .map_err(query_error)?;
+            (
+                Some(serde_json::to_value(finished).map_err(invalid_query)?),
+                None,
+            )
+        }
+        (Some(partial), Some(_)) => (
+            None,
+            Some(postcard::to_stdvec(&partial).map_err(invalid_query)?),
+        ),
+        _ => (None, None),
     };
     Ok(SearchResponse {
         results,
         total,
         latency_ms: started.elapsed().as_millis() as u64,
         aggregations,
+        intermediate_aggregations,
     })
 }
 

@@ -337,7 +337,8 @@ fn shards_scoring_with_global_statistics_rank_like_one_index() {
         let query: Vec<&str> = (0..n)
             .map(|_| words[rng.gen_range(0..60)].as_str())
             .collect();
-        let mut request = request(json!({"query": query.join(" "), "limit": 10}));
+        let mut request = request(json!({"query": query.join(" "), "limit": 10,
+            "aggregations": {"tags": {"terms": {"field": "tag"}}}}));
         if q % 3 == 0 {
             request.filter = Some("tag:even".into());
         }
@@ -350,11 +351,24 @@ fn shards_scoring_with_global_statistics_rank_like_one_index() {
         );
         let mut merged: Vec<(String, f32)> = Vec::new();
         let mut total = 0;
+        let mut partial_aggs = Vec::new();
         for shard in &shards {
-            let r = shard.search_with_statistics(&request, &stats).unwrap();
+            let r = shard.search_for_merge(&request, Some(&stats)).unwrap();
             total += r.total;
+            partial_aggs.push(r.intermediate_aggregations.unwrap());
             merged.extend(r.results.into_iter().map(|h| (h.id, h.score)));
         }
+        let aggs = crate::search::merge_aggregations(
+            request.aggregations.as_ref().unwrap(),
+            &partial_aggs,
+        )
+        .unwrap();
+        assert_eq!(
+            Some(&aggs),
+            expected.aggregations.as_ref(),
+            "terms counts of query {:?}",
+            request.query
+        );
         merged.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         merged.truncate(10);
         assert_eq!(total, expected.total, "query {request:?}");
