@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod cluster;
+
 /// The directory holding this build's binaries (`target/debug` or `target/release`): the
 /// executable's own directory for a binary, its parent for a test in `deps/`.
 fn profile_dir() -> PathBuf {

@@ -2,81 +2,11 @@
 //! with mutual TLS, each with its own `prism.toml`; then partial results and health when a
 //! node is killed.
 
-use std::net::{IpAddr, Ipv4Addr, UdpSocket};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
+use prism_tests::cluster::start_federation;
 use prism_tests::{wait_until, Server};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
 use serde_json::{json, Value};
-
-/// A CA and one node certificate for localhost/127.0.0.1, as scripts/generate-certs.sh makes.
-fn write_certs(dir: &Path) {
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let mut node = CertificateParams::new(Vec::<String>::new()).unwrap();
-    node.subject_alt_names = vec![
-        SanType::DnsName("localhost".try_into().unwrap()),
-        SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-    ];
-    let node_key = KeyPair::generate().unwrap();
-    let node_cert = node
-        .signed_by(&node_key, &Issuer::from_params(&ca, &ca_key))
-        .unwrap();
-    std::fs::write(dir.join("ca-cert.pem"), ca_cert.pem()).unwrap();
-    std::fs::write(dir.join("node-cert.pem"), node_cert.pem()).unwrap();
-    std::fs::write(dir.join("node-key.pem"), node_key.serialize_pem()).unwrap();
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn node_config(i: usize, ports: &[u16], tls: &Path) -> String {
-    let seeds: Vec<String> = ports
-        .iter()
-        .enumerate()
-        .filter(|(j, _)| *j != i)
-        .map(|(_, p)| format!("\"127.0.0.1:{p}\""))
-        .collect();
-    format!(
-        r#"[cluster]
-enabled = true
-node_id = "node-{n}"
-bind_addr = "127.0.0.1:{port}"
-seed_nodes = [{seeds}]
-connect_timeout_ms = 1000
-request_timeout_ms = 2000
-
-[cluster.tls]
-enabled = true
-cert_path = "{tls}/node-cert.pem"
-key_path = "{tls}/node-key.pem"
-ca_cert_path = "{tls}/ca-cert.pem"
-skip_verify = false
-
-[cluster.health]
-heartbeat_interval_ms = 200
-failure_threshold = 3
-suspect_timeout_ms = 1500
-
-[federation.query]
-allow_partial_results = true
-partial_results_timeout_ms = 2000
-min_successful_shards = 1
-"#,
-        n = i + 1,
-        port = ports[i],
-        seeds = seeds.join(", "),
-        tls = tls.display()
-    )
-}
 
 fn ids(response: &Value) -> Vec<String> {
     let mut ids: Vec<String> = response["results"]
@@ -101,29 +31,11 @@ fn node_state(server: &Server, node_id: &str) -> String {
 #[test]
 fn quick_start_partial_results_and_health_on_three_nodes() {
     let dir = tempfile::tempdir().unwrap();
-    let tls = dir.path().join("tls");
-    std::fs::create_dir_all(&tls).unwrap();
-    write_certs(&tls);
-    let schemas = dir.path().join("schemas");
-    std::fs::create_dir_all(&schemas).unwrap();
-    std::fs::write(
-        schemas.join("docs.yaml"),
+    let mut nodes = start_federation(
+        dir.path(),
+        3,
         "name: docs\nfields:\n  title: {type: text}\n  tag: {type: keyword}\n",
-    )
-    .unwrap();
-    let ports: Vec<u16> = (0..3).map(|_| free_udp_port()).collect();
-    let mut nodes: Vec<Server> = (0..3)
-        .map(|i| {
-            let config = dir.path().join(format!("node{}.toml", i + 1));
-            std::fs::write(&config, node_config(i, &ports, &tls)).unwrap();
-            let config = config.to_string_lossy().to_string();
-            let schemas = schemas.to_string_lossy().to_string();
-            Server::start(
-                &dir.path().join(format!("data{}", i + 1)),
-                &[("PRISM_CONFIG", &config), ("PRISM_SCHEMAS_DIR", &schemas)],
-            )
-        })
-        .collect();
+    );
 
     // 3. Index on node 1 (its local shard).
     let (status, body) = nodes[0].post_json(
@@ -283,4 +195,87 @@ fn quick_start_partial_results_and_health_on_three_nodes() {
     );
     assert_eq!(healed["total"], 30, "{healed}");
     assert_eq!(healed["is_partial"], false);
+}
+
+/// A 3-node federation and a single node over the same generated Zipf corpus of 20,000
+/// documents return the same top 10, scores within 1e-4 relative, the same `total` and the
+/// same terms-aggregation counts for 60 queries.
+#[test]
+fn federation_ranks_like_a_single_node() {
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::tempdir().unwrap();
+    let schema = "name: docs\nfields:\n  title: {type: text}\n  tag: {type: keyword}\n";
+    let nodes = start_federation(dir.path(), 3, schema);
+    let single = Server::start(&dir.path().join("single"), &[]);
+    let (status, _) = single.put_json(
+        "/collections/docs",
+        &json!({"fields": {"title": {"type": "text"}, "tag": {"type": "keyword"}}}),
+    );
+    assert_eq!(status, 201);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20);
+    let words: Vec<String> = (0..2000).map(|i| format!("w{i}")).collect();
+    let docs: Vec<Value> = (0..20_000)
+        .map(|i| {
+            let len = rng.gen_range(4..40);
+            let title: Vec<&str> = (0..len).map(|_| words[(rng.gen::<f64>().powi(4) * words.len() as f64) as usize].as_str()).collect();
+            json!({"id": format!("doc-{i}"), "fields": {"title": title.join(" "), "tag": format!("t{}", rng.gen_range(0..5))}})
+        })
+        .collect();
+    for batch in docs.chunks(2000) {
+        let body = json!({"documents": batch});
+        let (status, r) = nodes[0].post_json("/cluster/collections/docs/documents", &body);
+        assert!(status == 200 && r["failed_docs"] == 0, "{r}");
+        let (status, r) = single.post_json("/collections/docs/documents", &body);
+        assert!(status == 200 && r["failed_docs"] == 0, "{r}");
+    }
+    for node in &nodes {
+        node.post_json("/collections/docs/refresh", &json!({}));
+    }
+    single.post_json("/collections/docs/refresh", &json!({}));
+    let (_, all) = nodes[2].post_json("/cluster/collections/docs/search", &json!({"limit": 1}));
+    assert_eq!(all["total"], 20_000, "{all}");
+    for q in 0..60 {
+        let n = rng.gen_range(1..4);
+        let query: Vec<&str> = (0..n)
+            .map(|_| words[rng.gen_range(0..150)].as_str())
+            .collect();
+        let body = json!({"query": query.join(" "), "limit": 10, "aggregations": {"tags": {"terms": {"field": "tag"}}}});
+        let (_, fed) = nodes[q % 3].post_json("/cluster/collections/docs/search", &body);
+        let (_, one) = single.post_json("/collections/docs/search", &body);
+        assert_eq!(fed["total"], one["total"], "total of {body}");
+        assert_eq!(
+            fed["aggregations"], one["aggregations"],
+            "aggregations of {body}"
+        );
+        let hits = |v: &Value| -> Vec<(String, f64)> {
+            v["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| {
+                    (
+                        h["id"].as_str().unwrap().to_string(),
+                        h["score"].as_f64().unwrap(),
+                    )
+                })
+                .collect()
+        };
+        let (f, s) = (hits(&fed), hits(&one));
+        assert_eq!(f.len(), s.len(), "{body}");
+        for (a, b) in f.iter().zip(&s) {
+            assert!(
+                (a.1 - b.1).abs() <= 1e-4 * b.1.abs().max(1e-9),
+                "{body}: {a:?} vs {b:?}"
+            );
+        }
+        // Ids agree except among documents tied at the cut-off score.
+        let cutoff = s.last().map_or(0.0, |h| h.1);
+        let above = |hs: &[(String, f64)]| -> std::collections::BTreeSet<String> {
+            hs.iter()
+                .filter(|h| h.1 > cutoff * (1.0 + 1e-4))
+                .map(|h| h.0.clone())
+                .collect()
+        };
+        assert_eq!(above(&f), above(&s), "{body}");
+    }
 }
