@@ -7,6 +7,7 @@
 //! code path on tiny generated data in about half a minute, for CI.
 
 mod data;
+mod federated;
 mod http;
 mod ingest;
 mod python;
@@ -32,6 +33,7 @@ enum Bench {
     Vector,
     Relevance,
     Restart,
+    Federated,
 }
 
 #[derive(Debug, Parser)]
@@ -256,6 +258,17 @@ fn run(args: Args) -> Result<()> {
         report::write_json(&out, "restart", &v)?;
         summary["restart"] = v;
         tables.push(t);
+    }
+    if wants(Bench::Federated) {
+        match &corpus {
+            Ok(c) => {
+                let (t, v) = federated::run(c)?;
+                report::write_json(&out, "federated", &v)?;
+                summary["federated"] = v;
+                tables.push(t);
+            }
+            Err(reason) => tables.push(skipped("Federated search", reason)),
+        }
     }
     if !memory.rows.is_empty() {
         tables.push(memory);
