@@ -103,7 +103,8 @@ pub fn run(corpus: &Corpus) -> Result<(Table, Value)> {
             "p50 ms",
             "p99 ms",
             "p50 vs 1 node",
-            "identical top-10 ids",
+            "identical top-10 ids (ties may reorder)",
+            "top-10 scores within 1e-4",
             "identical total",
         ],
     );
