@@ -127,15 +127,15 @@ fn run(args: Args) -> Result<()> {
         }
     }
     if wants(Bench::Text) {
-        match &corpus {
-            Ok(c) => {
-                let (t, v) = text::run(c)?;
-                report::write_json(&out, "text", &v)?;
-                summary["text"] = v;
-                tables.push(t);
-            }
-            Err(reason) => tables.push(skipped("Text search", reason)),
-        }
+        record(
+            &mut tables,
+            &mut summary,
+            &out,
+            "text",
+            "Text search",
+            &corpus,
+            text::run,
+        )?;
     }
     if wants(Bench::Vector) {
         let mut table = Table::new(
@@ -230,15 +230,15 @@ fn run(args: Args) -> Result<()> {
         tables.push(table);
     }
     if wants(Bench::Relevance) {
-        match &corpus {
-            Ok(c) => {
-                let (t, v) = relevance::run(&ctx, c)?;
-                report::write_json(&out, "relevance", &v)?;
-                summary["relevance"] = v;
-                tables.push(t);
-            }
-            Err(reason) => tables.push(skipped("Relevance", reason)),
-        }
+        record(
+            &mut tables,
+            &mut summary,
+            &out,
+            "relevance",
+            "Relevance",
+            &corpus,
+            |c| relevance::run(&ctx, c),
+        )?;
     }
     if wants(Bench::Restart) {
         let (docs, dim) = if ctx.smoke {
@@ -260,15 +260,15 @@ fn run(args: Args) -> Result<()> {
         tables.push(t);
     }
     if wants(Bench::Federated) {
-        match &corpus {
-            Ok(c) => {
-                let (t, v) = federated::run(c)?;
-                report::write_json(&out, "federated", &v)?;
-                summary["federated"] = v;
-                tables.push(t);
-            }
-            Err(reason) => tables.push(skipped("Federated search", reason)),
-        }
+        record(
+            &mut tables,
+            &mut summary,
+            &out,
+            "federated",
+            "Federated search",
+            &corpus,
+            federated::run,
+        )?;
     }
     if !memory.rows.is_empty() {
         tables.push(memory);
@@ -276,6 +276,29 @@ fn run(args: Args) -> Result<()> {
     report::write_json(&out, "summary", &summary)?;
     for t in &tables {
         println!("{}", t.render());
+    }
+    Ok(())
+}
+
+/// Runs a benchmark that needs the corpus, writes its JSON and keeps its table; without the
+/// corpus, keeps a table that says why it was skipped.
+fn record(
+    tables: &mut Vec<Table>,
+    summary: &mut Value,
+    out: &std::path::Path,
+    name: &str,
+    title: &str,
+    corpus: &Result<data::Corpus, String>,
+    run: impl FnOnce(&data::Corpus) -> Result<(Table, Value)>,
+) -> Result<()> {
+    match corpus {
+        Ok(c) => {
+            let (table, value) = run(c)?;
+            report::write_json(out, name, &value)?;
+            summary[name] = value;
+            tables.push(table);
+        }
+        Err(reason) => tables.push(skipped(title, reason)),
     }
     Ok(())
 }
