@@ -1,6 +1,7 @@
 //! Cluster and federation settings: the `[cluster]`, `[cluster.tls]`, `[cluster.health]` and
 //! `[federation.*]` sections of `prism.toml`, with the defaults of the user guide.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -115,11 +116,14 @@ pub enum DiscoveryBackend {
 #[serde(default, deny_unknown_fields)]
 pub struct DiscoveryConfig {
     pub backend: DiscoveryBackend,
-    /// Static: node addresses; `cluster.seed_nodes` are used when this is empty.
+    /// Static: node addresses, together with `cluster.seed_nodes`.
     pub nodes: Vec<String>,
-    /// DNS: a name with A/AAAA or SRV records (a Kubernetes headless service).
+    /// DNS: a name with SRV records (first label starts with `_`) or A/AAAA records (a
+    /// Kubernetes headless service, optionally written `name:port`).
     pub dns_name: Option<String>,
     pub dns_refresh_interval_secs: u64,
+    /// DNS: "ip:port" of the DNS server to ask; the system resolver configuration when unset.
+    pub dns_server: Option<String>,
     pub gossip_port: u16,
     pub gossip_seeds: Vec<String>,
 }
@@ -131,8 +135,33 @@ impl Default for DiscoveryConfig {
             nodes: Vec::new(),
             dns_name: None,
             dns_refresh_interval_secs: 30,
+            dns_server: None,
             gossip_port: 7946,
             gossip_seeds: Vec::new(),
+        }
+    }
+}
+
+impl DiscoveryConfig {
+    /// Checks the values that do not depend on the backend.
+    pub fn validate(&self) -> Result<()> {
+        if self.dns_refresh_interval_secs == 0 {
+            return Err(ClusterError::Config(
+                "federation.discovery.dns_refresh_interval_secs must be at least 1 (seconds between DNS lookups); the default is 30".into(),
+            ));
+        }
+        self.dns_server_addr().map(|_| ())
+    }
+
+    /// `dns_server` parsed, `None` when unset (use the system resolver).
+    pub fn dns_server_addr(&self) -> Result<Option<SocketAddr>> {
+        match &self.dns_server {
+            None => Ok(None),
+            Some(s) => s.trim().parse().map(Some).map_err(|_| {
+                ClusterError::Config(format!(
+                    "federation.discovery.dns_server {s:?} is not an \"ip:port\" address (e.g. \"10.96.0.10:53\" or \"[fd00::10]:53\"); remove it to use the system resolver"
+                ))
+            }),
         }
     }
 }
@@ -146,6 +175,9 @@ pub struct QueryConfig {
     pub min_successful_shards: u32,
     /// Vector queries fetch `k × shard_oversample` candidates from each shard.
     pub shard_oversample: f32,
+    /// Collection-wide BM25 statistics kept per (collection, query); 0 disables the cache.
+    /// An entry is used only while every shard still answers from the searcher it described.
+    pub stats_cache_entries: usize,
 }
 
 impl Default for QueryConfig {
@@ -155,6 +187,7 @@ impl Default for QueryConfig {
             partial_results_timeout_ms: 5000,
             min_successful_shards: 1,
             shard_oversample: 2.0,
+            stats_cache_entries: 1024,
         }
     }
 }
@@ -273,6 +306,42 @@ mod tests {
         let c: ClusterConfig = toml_like(text);
         assert_eq!(c.seed_nodes.len(), 2);
         assert_eq!(c.resolve().unwrap().node_id, "node-1");
+    }
+
+    #[test]
+    fn discovery_keys_are_checked() {
+        let text = r#"
+            [discovery]
+            backend = "dns"
+            dns_name = "_prism._udp.prism.svc.cluster.local"
+            dns_server = "10.96.0.10:53"
+        "#;
+        let f: FederationConfig = toml::from_str(text).unwrap();
+        assert_eq!(f.discovery.backend, DiscoveryBackend::Dns);
+        assert_eq!(f.discovery.dns_refresh_interval_secs, 30);
+        assert_eq!(
+            f.discovery.dns_server_addr().unwrap(),
+            Some("10.96.0.10:53".parse().unwrap())
+        );
+        f.discovery.validate().unwrap();
+        assert_eq!(DiscoveryConfig::default().dns_server_addr().unwrap(), None);
+
+        let bad = DiscoveryConfig {
+            dns_server: Some("dns.local".into()),
+            ..Default::default()
+        };
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("dns_server") && err.contains("ip:port"),
+            "{err}"
+        );
+        let zero = DiscoveryConfig {
+            dns_refresh_interval_secs: 0,
+            ..Default::default()
+        };
+        let err = zero.validate().unwrap_err().to_string();
+        assert!(err.contains("dns_refresh_interval_secs"), "{err}");
+        assert!(toml::from_str::<FederationConfig>("[discovery]\ndns_servers = \"x\"").is_err());
     }
 
     fn toml_like(text: &str) -> ClusterConfig {

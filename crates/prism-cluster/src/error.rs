@@ -21,6 +21,8 @@ pub enum ClusterError {
     Timeout { peer: String, ms: u64 },
     #[error("request to {peer} failed: {reason}")]
     Rpc { peer: String, reason: String },
+    #[error("node discovery failed: {0}")]
+    Discovery(String),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -2,7 +2,10 @@
 //! request's offset applied globally, totals summed, and the shard status that decides
 //! between a partial answer and an error. Pure.
 
-use prism_core::search::Hit;
+use std::collections::HashMap;
+
+use prism_core::fusion::HybridStrategy;
+use prism_core::search::ShardHits;
 use serde::{Deserialize, Serialize};
 
 use crate::config::QueryConfig;
@@ -57,30 +60,93 @@ impl ShardStatus {
     }
 }
 
-/// Merges shard hit lists, each sorted best first and holding that shard's top
-/// `offset + limit`, into the global page: by score descending; ties break on the shard's
-/// position in the list, then on the hit's rank within its shard. Each shard's own order is
-/// the same for any window, so consecutive pages never overlap or skip tied hits.
-pub fn merge_hits(shards: Vec<Vec<Hit>>, offset: usize, limit: usize) -> Vec<Hit> {
-    let mut all: Vec<(usize, usize, Hit)> = shards
+/// Merges ranked lists from many shards into one, best first: by score descending; ties
+/// break on the shard's position, then on the hit's rank within its shard. Each shard's own
+/// order is the same for any window, so consecutive pages never overlap or skip tied hits.
+/// Returns (shard, id, score).
+pub fn merge_ranked<'a>(
+    lists: impl IntoIterator<Item = (usize, &'a [(String, f32)])>,
+) -> Vec<(usize, String, f32)> {
+    let mut all: Vec<(usize, usize, &String, f32)> = lists
         .into_iter()
-        .enumerate()
-        .flat_map(|(shard, hits)| {
-            hits.into_iter()
+        .flat_map(|(shard, list)| {
+            list.iter()
                 .enumerate()
-                .map(move |(rank, hit)| (shard, rank, hit))
+                .map(move |(rank, (id, score))| (shard, rank, id, *score))
         })
         .collect();
-    all.sort_by(|a, b| {
-        b.2.score
-            .total_cmp(&a.2.score)
-            .then(a.0.cmp(&b.0))
-            .then(a.1.cmp(&b.1))
-    });
+    all.sort_by(|a, b| b.3.total_cmp(&a.3).then(a.0.cmp(&b.0)).then(a.1.cmp(&b.1)));
     all.into_iter()
+        .map(|(shard, _, id, score)| (shard, id.clone(), score))
+        .collect()
+}
+
+/// How the shards ranked, hence how their lists combine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ranking {
+    /// Text, filter or match-all: one list per shard, by score.
+    Text,
+    /// Vector only: one list per shard, by similarity.
+    Vector,
+    /// Both: the merged text and vector lists, each cut to `rank_window`, fused.
+    Hybrid {
+        strategy: HybridStrategy,
+        rank_window: usize,
+    },
+}
+
+/// One hit of the final page: the shard that holds it and its global score.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PageHit {
+    pub shard: usize,
+    pub id: String,
+    pub score: f32,
+}
+
+/// The global page `[offset, offset + limit)` from the shards' query-phase answers, given as
+/// (shard, answer). Fusion runs on the merged lists, so a hybrid query ranks as it would
+/// on one index.
+pub fn merge_page(
+    shards: &[(usize, &ShardHits)],
+    ranking: &Ranking,
+    offset: usize,
+    limit: usize,
+) -> Vec<PageHit> {
+    let merged = |pick: fn(&ShardHits) -> &[(String, f32)]| {
+        merge_ranked(shards.iter().map(|(shard, hits)| (*shard, pick(hits))))
+    };
+    let ranked: Vec<(usize, String, f32)> = match ranking {
+        Ranking::Text => merged(|h| &h.text),
+        Ranking::Vector => merged(|h| &h.vector),
+        Ranking::Hybrid {
+            strategy,
+            rank_window,
+        } => {
+            let mut origin: HashMap<String, usize> = HashMap::new();
+            let mut global = |pick: fn(&ShardHits) -> &[(String, f32)]| -> Vec<(String, f32)> {
+                merged(pick)
+                    .into_iter()
+                    .take(*rank_window)
+                    .map(|(shard, id, score)| {
+                        origin.entry(id.clone()).or_insert(shard);
+                        (id, score)
+                    })
+                    .collect()
+            };
+            let text = global(|h| &h.text);
+            let vector = global(|h| &h.vector);
+            strategy
+                .fuse(&text, &vector)
+                .into_iter()
+                .map(|(id, score)| (origin[&id], id, score))
+                .collect()
+        }
+    };
+    ranked
+        .into_iter()
         .skip(offset)
         .take(limit)
-        .map(|(_, _, hit)| hit)
+        .map(|(shard, id, score)| PageHit { shard, id, score })
         .collect()
 }
 
@@ -88,42 +154,103 @@ pub fn merge_hits(shards: Vec<Vec<Hit>>, offset: usize, limit: usize) -> Vec<Hit
 mod tests {
     use super::*;
 
-    fn hit(id: &str, score: f32) -> Hit {
-        Hit {
-            id: id.into(),
-            score,
-            fields: Default::default(),
-            highlights: None,
+    fn list(items: &[(&str, f32)]) -> Vec<(String, f32)> {
+        items.iter().map(|(id, s)| (id.to_string(), *s)).collect()
+    }
+
+    fn text_hits(items: &[(&str, f32)]) -> ShardHits {
+        ShardHits {
+            text: list(items),
+            ..Default::default()
         }
     }
 
-    fn ids(hits: &[Hit]) -> Vec<&str> {
-        hits.iter().map(|h| h.id.as_str()).collect()
+    fn ids(page: &[PageHit]) -> Vec<&str> {
+        page.iter().map(|h| h.id.as_str()).collect()
     }
 
     #[test]
     fn offset_applies_to_the_merged_list_not_per_shard() {
         // Each shard sent its top offset + limit = 3.
-        let a = vec![hit("a1", 9.0), hit("a2", 5.0), hit("a3", 1.0)];
-        let b = vec![hit("b1", 8.0), hit("b2", 7.0), hit("b3", 6.0)];
+        let a = text_hits(&[("a1", 9.0), ("a2", 5.0), ("a3", 1.0)]);
+        let b = text_hits(&[("b1", 8.0), ("b2", 7.0), ("b3", 6.0)]);
+        let shards = [(0, &a), (1, &b)];
         assert_eq!(
-            ids(&merge_hits(vec![a.clone(), b.clone()], 0, 3)),
+            ids(&merge_page(&shards, &Ranking::Text, 0, 3)),
             vec!["a1", "b1", "b2"]
         );
-        assert_eq!(ids(&merge_hits(vec![a, b], 2, 1)), vec!["b2"]);
+        let page = merge_page(&shards, &Ranking::Text, 2, 1);
+        assert_eq!(
+            page,
+            vec![PageHit {
+                shard: 1,
+                id: "b2".into(),
+                score: 7.0
+            }]
+        );
     }
 
     #[test]
     fn ties_break_on_shard_then_rank_so_pages_never_overlap() {
-        let a = vec![hit("a-x", 1.0), hit("a-b", 1.0), hit("a-c", 1.0)];
-        let b = vec![hit("b-a", 1.0), hit("b-z", 1.0), hit("b-y", 1.0)];
-        let merged = merge_hits(vec![a.clone(), b.clone()], 0, 6);
+        let a = text_hits(&[("a-x", 1.0), ("a-b", 1.0), ("a-c", 1.0)]);
+        let b = text_hits(&[("b-a", 1.0), ("b-z", 1.0), ("b-y", 1.0)]);
+        let merged = merge_page(&[(0, &a), (1, &b)], &Ranking::Text, 0, 6);
         assert_eq!(ids(&merged), vec!["a-x", "a-b", "a-c", "b-a", "b-z", "b-y"]);
         // Page 1 from each shard's top 2, page 2 from each shard's top 4: no overlap, no gap.
-        let page1 = merge_hits(vec![a[..2].to_vec(), b[..2].to_vec()], 0, 2);
-        let page2 = merge_hits(vec![a.clone(), b.clone()], 2, 2);
+        let a2 = text_hits(&[("a-x", 1.0), ("a-b", 1.0)]);
+        let b2 = text_hits(&[("b-a", 1.0), ("b-z", 1.0)]);
+        let page1 = merge_page(&[(0, &a2), (1, &b2)], &Ranking::Text, 0, 2);
+        let page2 = merge_page(&[(0, &a), (1, &b)], &Ranking::Text, 2, 2);
         assert_eq!(ids(&page1), vec!["a-x", "a-b"]);
         assert_eq!(ids(&page2), vec!["a-c", "b-a"]);
+    }
+
+    #[test]
+    fn hybrid_fuses_the_merged_lists_as_one_index_would() {
+        // One index would hold text [t1 9, t2 8, t3 7, t4 6] and vector [v1 .9, t3 .8, v2 .7].
+        let a = ShardHits {
+            text: list(&[("t1", 9.0), ("t3", 7.0)]),
+            vector: list(&[("t3", 0.8)]),
+            ..Default::default()
+        };
+        let b = ShardHits {
+            text: list(&[("t2", 8.0), ("t4", 6.0)]),
+            vector: list(&[("v1", 0.9), ("v2", 0.7)]),
+            ..Default::default()
+        };
+        let strategy = HybridStrategy::Rrf { rrf_k: 60.0 };
+        let one_index = strategy.fuse(
+            &list(&[("t1", 9.0), ("t2", 8.0), ("t3", 7.0)]),
+            &list(&[("v1", 0.9), ("t3", 0.8), ("v2", 0.7)]),
+        );
+        let ranking = Ranking::Hybrid {
+            strategy,
+            rank_window: 3,
+        };
+        let page = merge_page(&[(0, &a), (1, &b)], &ranking, 0, 10);
+        let got: Vec<(String, f32)> = page.iter().map(|h| (h.id.clone(), h.score)).collect();
+        assert_eq!(got, one_index);
+        // t3 ranks first (in both lists) and is fetched from shard 0, v1 from shard 1.
+        assert_eq!((page[0].id.as_str(), page[0].shard), ("t3", 0));
+        let v1 = page.iter().find(|h| h.id == "v1").unwrap();
+        assert_eq!(v1.shard, 1);
+        // rank_window cut t4 from the text list before fusion.
+        assert!(page.iter().all(|h| h.id != "t4"));
+    }
+
+    #[test]
+    fn vector_lists_merge_by_similarity() {
+        let a = ShardHits {
+            vector: list(&[("a", 0.5), ("c", 0.1)]),
+            ..Default::default()
+        };
+        let b = ShardHits {
+            vector: list(&[("b", 0.7)]),
+            ..Default::default()
+        };
+        let page = merge_page(&[(0, &a), (2, &b)], &Ranking::Vector, 0, 2);
+        assert_eq!(ids(&page), vec!["b", "a"]);
+        assert_eq!(page[0].shard, 2);
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! The typed requests nodes send each other. Search requests and responses travel as JSON
+//! The typed requests nodes send each other. Search requests and fetched hits travel as JSON
 //! text inside the binary frame because they carry free-form JSON (aggregations, fields).
 
+use prism_core::search::ShardHits;
 use prism_core::stats::TermStatistics;
 use serde::{Deserialize, Serialize};
 
@@ -11,11 +12,19 @@ pub enum Request {
     Ping,
     /// BM25 statistics of the local shard for a search request (JSON).
     Stats { collection: String, request: String },
-    /// Search the local shard with collection-wide statistics.
+    /// The query phase: the local shard's ranked ids, scored with collection-wide statistics;
+    /// the vector list holds `vector_k` hits.
     Search {
         collection: String,
         request: String,
         stats: Option<TermStatistics>,
+        vector_k: u32,
+    },
+    /// The fetch phase: stored fields and highlights of these ids.
+    Fetch {
+        collection: String,
+        request: String,
+        ids: Vec<String>,
     },
     /// Upsert documents (a JSON array) into the local shard.
     Index {
@@ -30,9 +39,14 @@ pub enum Response {
     Pong {
         node_id: String,
     },
-    Stats(TermStatistics),
-    /// A `SearchResponse` as JSON.
-    Search(String),
+    Stats {
+        stats: TermStatistics,
+        /// The searcher generation the statistics describe.
+        generation: String,
+    },
+    Hits(ShardHits),
+    /// A JSON array with one hit or `null` per requested id, in order.
+    Fetched(String),
     /// `successful` documents written; `errors` is a JSON array of per-document errors.
     Indexed {
         successful: u64,

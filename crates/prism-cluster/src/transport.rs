@@ -19,7 +19,7 @@ use crate::tls::TlsMaterial;
 
 /// Version of the cluster protocol. Peers with another version are refused at connect, so a
 /// rolling upgrade can tell which nodes it still has to replace.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest message accepted on a stream.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 

@@ -128,10 +128,25 @@ pub struct SearchResponse {
     pub latency_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregations: Option<Value>,
-    /// A shard's unfinished aggregations (postcard), for a coordinator to merge with
-    /// [`merge_aggregations`]. Only set by [`crate::shard::Shard::search_for_merge`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+}
+
+/// A shard's answer to the query phase of a federated search: ranked ids and scores, no
+/// stored fields (the coordinator fetches those for the final page only).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShardHits {
+    /// True number of matching documents in this shard.
+    pub total: u64,
+    /// The text list (BM25 with the statistics given), or the only list of a filter or
+    /// match-all query, best first.
+    pub text: Vec<(String, f32)>,
+    /// The vector list (similarity, higher is better), best first.
+    pub vector: Vec<(String, f32)>,
+    /// Unfinished aggregations (postcard), for [`merge_aggregations`]. Always serialized:
+    /// this travels in postcard, which cannot skip fields.
     pub intermediate_aggregations: Option<Vec<u8>>,
+    /// Which searcher answered: it changes with every refresh and every reopen, so that a
+    /// coordinator can tell whether statistics it cached still describe this shard.
+    pub generation: String,
 }
 
 /// Merges shards' intermediate aggregation results and finishes them, so that a sharded

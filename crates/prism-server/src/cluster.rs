@@ -2,21 +2,24 @@
 //! behind `/cluster/...` that fans requests out to every member and merges the answers.
 //! Decisions (assignment, merging, verdicts, health states) live in `prism-cluster`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use futures::future::join_all;
-use parking_lot::Mutex;
+use futures::StreamExt;
+use parking_lot::{Mutex, RwLock};
 use prism_cluster::assignment::ShardMap;
-use prism_cluster::config::{ClusterConfig, DiscoveryBackend, FederationConfig, QueryConfig};
+use prism_cluster::config::{ClusterConfig, FederationConfig, QueryConfig};
+use prism_cluster::discovery::{self, ClusterEvent};
 use prism_cluster::health::{NodeState, PeerHealth};
-use prism_cluster::merge::{merge_hits, ShardFailure, ShardStatus, Verdict};
+use prism_cluster::merge::{merge_page, Ranking, ShardFailure, ShardStatus, Verdict};
 use prism_cluster::rpc::{Request, Response};
+use prism_cluster::stats_cache::{CachedStats, StatsCache};
 use prism_cluster::transport::{Service, Transport, TransportConfig, PROTOCOL_VERSION};
 use prism_core::engine::Engine;
-use prism_core::search::{SearchRequest, SearchResponse};
+use prism_core::search::{Hit, SearchRequest, ShardHits};
 use prism_core::stats::TermStatistics;
 use serde_json::{json, Value};
 
@@ -46,23 +49,33 @@ fn serve(engine: &Engine, node_id: &str, request: Request) -> Response {
             Request::Stats {
                 collection,
                 request,
-            } => Response::Stats(
-                engine
+            } => {
+                let (stats, generation) = engine
                     .collection(&collection)?
                     .shard()
-                    .term_statistics(&parse(&request)?)?,
-            ),
+                    .term_statistics(&parse(&request)?)?;
+                Response::Stats { stats, generation }
+            }
             Request::Search {
                 collection,
                 request,
                 stats,
+                vector_k,
+            } => Response::Hits(engine.collection(&collection)?.shard().query_phase(
+                &parse(&request)?,
+                stats.as_ref(),
+                vector_k as usize,
+            )?),
+            Request::Fetch {
+                collection,
+                request,
+                ids,
             } => {
-                let collection = engine.collection(&collection)?;
-                let request = parse(&request)?;
-                let response = collection
+                let hits = engine
+                    .collection(&collection)?
                     .shard()
-                    .search_for_merge(&request, stats.as_ref())?;
-                Response::Search(serde_json::to_string(&response).expect("responses serialize"))
+                    .fetch(&parse(&request)?, &ids)?;
+                Response::Fetched(serde_json::to_string(&hits).expect("hits serialize"))
             }
             Request::Index {
                 collection,
@@ -114,6 +127,24 @@ impl Service for NodeService {
     }
 }
 
+/// Who is in the federation right now.
+struct Membership {
+    /// Every member's address, this node's included, sorted: the shard map's input.
+    members: Vec<String>,
+    /// The address under which this node appears in `members`: its advertise address, or
+    /// the form discovery gives it (an SRV target, an IP), so that every node names it alike.
+    self_key: String,
+}
+
+type ShardAnswers = Vec<(usize, String, Result<ShardHits, String>)>;
+
+/// (member, searcher generation) of the shards that answered.
+fn generations_of(answers: &ShardAnswers) -> impl Iterator<Item = (&str, &str)> {
+    answers
+        .iter()
+        .filter_map(|(_, m, a)| a.as_ref().ok().map(|h| (m.as_str(), h.generation.as_str())))
+}
+
 /// This node's view of the federation.
 pub struct Cluster {
     transport: Arc<Transport>,
@@ -121,26 +152,22 @@ pub struct Cluster {
     config: ClusterConfig,
     query: QueryConfig,
     self_addr: String,
-    /// Every member's address, this node's included, sorted: the shard map's input.
-    members: Vec<String>,
+    membership: RwLock<Membership>,
     health: Mutex<HashMap<String, PeerHealth>>,
     node_ids: Mutex<HashMap<String, String>>,
+    stats_cache: StatsCache,
 }
 
 impl Cluster {
-    /// Starts the QUIC endpoint and the heartbeat loop.
-    pub fn start(
+    /// Starts the QUIC endpoint, takes the first member list from discovery, and starts the
+    /// heartbeat and discovery loops.
+    pub async fn start(
         config: ClusterConfig,
         federation: FederationConfig,
         engine: Arc<Engine>,
     ) -> anyhow::Result<Arc<Cluster>> {
         let config = config.resolve()?;
-        if federation.discovery.backend != DiscoveryBackend::Static {
-            anyhow::bail!(
-                "federation.discovery.backend = {:?} is not available in this version; use \"static\" with cluster.seed_nodes or federation.discovery.nodes",
-                federation.discovery.backend
-            );
-        }
+        let discovery = discovery::from_config(&config, &federation)?;
         let query = federation.query;
         let tls = prism_cluster::tls::load(&config.tls)?;
         let bind = config.bind_addr.parse().map_err(|e| {
@@ -168,45 +195,134 @@ impl Cluster {
             .advertise_addr
             .clone()
             .expect("resolved config has an advertise address");
-        let mut members: Vec<String> = config
-            .seed_nodes
-            .iter()
-            .chain(&federation.discovery.nodes)
-            .cloned()
-            .chain([self_addr.clone()])
-            .collect();
-        members.sort();
-        members.dedup();
-        let now = Instant::now();
-        let health = members
-            .iter()
-            .filter(|m| **m != self_addr)
-            .map(|m| (m.clone(), PeerHealth::new(now)))
-            .collect();
-        tracing::info!(node_id = %config.node_id, addr = %self_addr, members = members.len(), "cluster transport listening");
         let cluster = Arc::new(Cluster {
             transport,
             engine,
-            config,
+            stats_cache: StatsCache::new(query.stats_cache_entries),
             query,
+            membership: RwLock::new(Membership {
+                members: vec![self_addr.clone()],
+                self_key: self_addr.clone(),
+            }),
             self_addr,
-            members,
-            health: Mutex::new(health),
+            config,
+            health: Mutex::new(HashMap::new()),
             node_ids: Mutex::new(HashMap::new()),
+        });
+        // The first member list before serving, so that routing starts from the whole
+        // federation rather than from this node alone.
+        let first = tokio::time::timeout(
+            Duration::from_millis(cluster.config.connect_timeout_ms),
+            discovery.get_nodes(),
+        )
+        .await;
+        match first {
+            Ok(Ok(nodes)) => {
+                for node in nodes {
+                    cluster.apply(ClusterEvent::NodeJoined(node)).await;
+                }
+            }
+            Ok(Err(e)) => tracing::warn!("node discovery failed at start ({e}); starting with this node alone and retrying in the background"),
+            Err(_) => tracing::warn!("node discovery did not answer within connect_timeout_ms; starting with this node alone and retrying in the background"),
+        }
+        tracing::info!(node_id = %cluster.config.node_id, addr = %cluster.self_addr, members = cluster.members().len(), "cluster transport listening");
+        let watching = cluster.clone();
+        tokio::spawn(async move {
+            let mut events = discovery.watch();
+            while let Some(event) = events.next().await {
+                watching.apply(event).await;
+            }
         });
         let beating = cluster.clone();
         tokio::spawn(async move { beating.heartbeats().await });
         Ok(cluster)
     }
 
+    /// The members, sorted, this node included.
+    fn members(&self) -> Vec<String> {
+        self.membership.read().members.clone()
+    }
+
+    fn is_self(&self, member: &str) -> bool {
+        self.membership.read().self_key == member
+    }
+
+    /// Whether a discovered address is this node under another name.
+    async fn names_this_node(&self, address: &str) -> bool {
+        if address == self.self_addr {
+            return true;
+        }
+        let resolve = |a: String| async move {
+            tokio::time::timeout(Duration::from_secs(2), tokio::net::lookup_host(a))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|found| found.collect::<Vec<std::net::SocketAddr>>())
+                .unwrap_or_default()
+        };
+        let mine = resolve(self.self_addr.clone()).await;
+        let theirs = resolve(address.to_string()).await;
+        theirs.iter().any(|a| mine.contains(a))
+    }
+
+    /// Applies a discovery event to the membership.
+    async fn apply(&self, event: ClusterEvent) {
+        match event {
+            ClusterEvent::NodeJoined(node) | ClusterEvent::NodeUpdated(node) => {
+                if self.names_this_node(&node.address).await {
+                    self.rename_self(&node.address);
+                    return;
+                }
+                let mut membership = self.membership.write();
+                if let Err(at) = membership.members.binary_search(&node.address) {
+                    membership.members.insert(at, node.address.clone());
+                    self.health
+                        .lock()
+                        .insert(node.address.clone(), PeerHealth::new(Instant::now()));
+                    tracing::info!(address = %node.address, members = membership.members.len(), "node joined");
+                }
+            }
+            ClusterEvent::NodeLeft(address) => {
+                let mut membership = self.membership.write();
+                if address == membership.self_key {
+                    drop(membership);
+                    // Discovery lost this node's record; it stays a member under its own name.
+                    let own = self.self_addr.clone();
+                    self.rename_self(&own);
+                    return;
+                }
+                if let Ok(at) = membership.members.binary_search(&address) {
+                    membership.members.remove(at);
+                    self.health.lock().remove(&address);
+                    self.node_ids.lock().remove(&address);
+                    tracing::info!(%address, members = membership.members.len(), "node left");
+                }
+            }
+        }
+    }
+
+    /// Makes `key` the name under which this node is a member.
+    fn rename_self(&self, key: &str) {
+        let mut membership = self.membership.write();
+        if membership.self_key == key {
+            return;
+        }
+        let old = std::mem::replace(&mut membership.self_key, key.to_string());
+        membership.members.retain(|m| *m != old && m != key);
+        let at = membership.members.partition_point(|m| m.as_str() < key);
+        membership.members.insert(at, key.to_string());
+        self.health.lock().remove(key);
+        self.node_ids.lock().remove(key);
+        tracing::info!(address = %key, "this node is known to discovery under this address");
+    }
+
     async fn heartbeats(self: Arc<Self>) {
         let interval = Duration::from_millis(self.config.health.heartbeat_interval_ms.max(10));
         loop {
             let peers: Vec<String> = self
-                .members
-                .iter()
-                .filter(|m| **m != self.self_addr)
-                .cloned()
+                .members()
+                .into_iter()
+                .filter(|m| !self.is_self(m))
                 .collect();
             let pings = peers.into_iter().map(|peer| {
                 let cluster = self.clone();
@@ -219,12 +335,14 @@ impl Cluster {
                     )
                     .await;
                     if let Ok(Ok(Response::Pong { node_id })) = answer {
-                        cluster
-                            .health
-                            .lock()
-                            .entry(peer.clone())
-                            .or_insert_with(|| PeerHealth::new(Instant::now()))
-                            .heartbeat(Instant::now());
+                        if node_id == cluster.config.node_id {
+                            // A member address that reaches this very node.
+                            cluster.rename_self(&peer);
+                            return;
+                        }
+                        if let Some(h) = cluster.health.lock().get_mut(&peer) {
+                            h.heartbeat(Instant::now());
+                        }
                         cluster.node_ids.lock().insert(peer, node_id);
                     }
                 }
@@ -240,7 +358,7 @@ impl Cluster {
         request: Request,
         deadline: Duration,
     ) -> Result<Response, String> {
-        let answer = if member == self.self_addr {
+        let answer = if self.is_self(member) {
             let engine = self.engine.clone();
             let node_id = self.config.node_id.clone();
             tokio::time::timeout(
@@ -273,7 +391,8 @@ impl Cluster {
         )
     }
 
-    /// `POST /cluster/collections/{c}/search`.
+    /// `POST /cluster/collections/{c}/search`: statistics (cached), query phase on every
+    /// shard, merge, then the fetch phase for the final page only.
     pub async fn search(&self, collection: &str, body: &[u8]) -> ApiResult<Value> {
         let started = Instant::now();
         let mut value: Value = serde_json::from_slice(body).map_err(|e| {
@@ -296,90 +415,174 @@ impl Cluster {
             }
         }
         let request = SearchRequest::from_json(value.to_string().as_bytes())?;
-        let (offset, limit) = (request.offset, request.limit);
-        let mut per_shard = request.clone();
-        per_shard.offset = 0;
-        per_shard.limit = offset + limit;
-        if per_shard.vector.is_some() && per_shard.query.is_none() {
-            per_shard.limit =
-                ((per_shard.limit as f32) * query.shard_oversample.max(1.0)).ceil() as usize;
-        }
-        let per_shard_json = serde_json::to_string(&per_shard).expect("requests serialize");
-        let deadline = self.deadline();
-        let mut failures: Vec<ShardFailure> = Vec::new();
-        let fail = |shard: usize, node: &str, reason: String| ShardFailure {
-            shard: shard as u32,
-            node: node.to_string(),
-            reason,
+        let request_json = serde_json::to_string(&request).expect("requests serialize");
+        let has_text = request
+            .query
+            .as_deref()
+            .is_some_and(|q| !q.trim().is_empty());
+        let ranking = match (has_text, request.vector.is_some()) {
+            (_, false) => Ranking::Text,
+            (false, true) => Ranking::Vector,
+            (true, true) => Ranking::Hybrid {
+                strategy: request.hybrid.clone().unwrap_or_default(),
+                rank_window: request.rank_window(),
+            },
         };
+        let vector_k = match ranking {
+            Ranking::Text => 0,
+            Ranking::Vector => request.offset + request.limit,
+            Ranking::Hybrid { rank_window, .. } => rank_window,
+        };
+        let vector_k = ((vector_k as f32) * query.shard_oversample.max(1.0)).ceil() as u32;
+        let deadline = self.deadline();
+        let members = self.members();
+        let mut failures: Vec<ShardFailure> = Vec::new();
+        let mut alive: Vec<(usize, String)> = members.iter().cloned().enumerate().collect();
 
         // Phase 1: collection-wide BM25 statistics, so that every shard scores alike.
-        let mut alive: Vec<(usize, String)> = self.members.iter().cloned().enumerate().collect();
-        let mut stats = None;
-        if request.query.is_some() {
-            let calls = alive.iter().map(|(_, m)| {
-                self.call(
-                    m,
-                    Request::Stats {
-                        collection: collection.into(),
-                        request: per_shard_json.clone(),
-                    },
+        let cache_key = has_text.then(|| StatsCache::key(collection, &request));
+        let cached = cache_key.as_deref().and_then(|k| self.stats_cache.get(k));
+        let entry = match (&cache_key, cached) {
+            (None, _) => None,
+            (Some(_), Some(hit)) => Some((hit, true)),
+            (Some(_), None) => Some((
+                self.gather_statistics(
+                    collection,
+                    &request_json,
+                    &mut alive,
+                    &mut failures,
                     deadline,
                 )
-            });
-            let answers = join_all(calls).await;
-            let mut gathered = Vec::new();
-            let mut next = Vec::new();
-            for ((shard, member), answer) in alive.into_iter().zip(answers) {
-                match answer {
-                    Ok(Response::Stats(s)) => {
-                        gathered.push(s);
-                        next.push((shard, member));
-                    }
-                    Ok(other) => {
-                        failures.push(fail(shard, &member, format!("unexpected answer {other:?}")))
-                    }
-                    Err(e) => failures.push(fail(shard, &member, e)),
-                }
-            }
-            alive = next;
-            stats = Some(TermStatistics::sum(&gathered));
-        }
-        // Phase 2: each shard's top offset + limit, scored with those statistics.
-        let calls = alive.iter().map(|(_, m)| {
-            self.call(
-                m,
-                Request::Search {
-                    collection: collection.into(),
-                    request: per_shard_json.clone(),
-                    stats: stats.clone(),
-                },
+                .await,
+                false,
+            )),
+        };
+        // Phase 2: each shard's ranked ids.
+        let mut answers = self
+            .query_phase(
+                collection,
+                &request_json,
+                entry.as_ref().map(|e| &e.0),
+                vector_k,
+                &alive,
                 deadline,
             )
-        });
-        let answers = join_all(calls).await;
-        let mut lists = Vec::new();
-        let mut partial_aggs = Vec::new();
-        let mut total = 0;
-        for ((shard, member), answer) in alive.into_iter().zip(answers) {
-            match answer.and_then(|r| match r {
-                Response::Search(json) => {
-                    serde_json::from_str::<SearchResponse>(&json).map_err(|e| e.to_string())
+            .await;
+        if let (Some(key), Some((cached, from_cache))) = (&cache_key, &entry) {
+            if cached.describes(generations_of(&answers)) {
+                if !from_cache {
+                    self.stats_cache.put(key.clone(), cached.clone());
                 }
-                other => Err(format!("unexpected answer {other:?}")),
-            }) {
-                Ok(r) => {
-                    total += r.total;
-                    partial_aggs.extend(r.intermediate_aggregations);
-                    lists.push(r.results);
+            } else {
+                self.stats_cache.remove(key);
+                if *from_cache {
+                    // A shard refreshed since the statistics were cached: gather them afresh
+                    // from the shards that just answered, and ask those again.
+                    alive = answers
+                        .iter()
+                        .filter(|(_, _, a)| a.is_ok())
+                        .map(|(s, m, _)| (*s, m.clone()))
+                        .collect();
+                    let fresh = self
+                        .gather_statistics(
+                            collection,
+                            &request_json,
+                            &mut alive,
+                            &mut failures,
+                            deadline,
+                        )
+                        .await;
+                    let retried = self
+                        .query_phase(
+                            collection,
+                            &request_json,
+                            Some(&fresh),
+                            vector_k,
+                            &alive,
+                            deadline,
+                        )
+                        .await;
+                    if fresh.describes(generations_of(&retried)) {
+                        self.stats_cache.put(key.clone(), fresh);
+                    }
+                    answers.retain(|(_, _, a)| a.is_err());
+                    answers.extend(retried);
                 }
-                Err(e) => failures.push(fail(shard, &member, e)),
             }
         }
+        let mut total = 0;
+        let mut partial_aggs = Vec::new();
+        let mut hits: Vec<(usize, String, ShardHits)> = Vec::new();
+        for (shard, member, answer) in answers {
+            match answer {
+                Ok(h) => {
+                    total += h.total;
+                    partial_aggs.extend(h.intermediate_aggregations.clone());
+                    hits.push((shard, member, h));
+                }
+                Err(reason) => failures.push(ShardFailure {
+                    shard: shard as u32,
+                    node: member,
+                    reason,
+                }),
+            }
+        }
+
+        // Merge, then the fetch phase for the page.
+        let shards: Vec<(usize, &ShardHits)> = hits.iter().map(|(s, _, h)| (*s, h)).collect();
+        let page = merge_page(&shards, &ranking, request.offset, request.limit);
+        let owner_of: HashMap<usize, &str> =
+            hits.iter().map(|(s, m, _)| (*s, m.as_str())).collect();
+        let mut wanted: HashMap<usize, Vec<String>> = HashMap::new();
+        for hit in &page {
+            wanted.entry(hit.shard).or_default().push(hit.id.clone());
+        }
+        let fetches = wanted.iter().map(|(shard, ids)| {
+            let member = owner_of[shard];
+            let request = Request::Fetch {
+                collection: collection.into(),
+                request: request_json.clone(),
+                ids: ids.clone(),
+            };
+            async move {
+                let fetched = match self.call(member, request, deadline).await {
+                    Ok(Response::Fetched(json)) => {
+                        serde_json::from_str::<Vec<Option<Hit>>>(&json).map_err(|e| e.to_string())
+                    }
+                    Ok(other) => Err(format!("unexpected answer {other:?}")),
+                    Err(e) => Err(e),
+                };
+                (*shard, member.to_string(), fetched)
+            }
+        });
+        let mut documents: HashMap<String, Hit> = HashMap::new();
+        for (shard, member, fetched) in join_all(fetches).await {
+            match fetched {
+                Ok(found) => {
+                    documents.extend(found.into_iter().flatten().map(|h| (h.id.clone(), h)))
+                }
+                Err(e) => failures.push(ShardFailure {
+                    shard: shard as u32,
+                    node: member,
+                    reason: format!("fetch: {e}"),
+                }),
+            }
+        }
+        let results: Vec<Hit> = page
+            .into_iter()
+            .filter_map(|p| {
+                documents.remove(&p.id).map(|mut hit| {
+                    hit.score = p.score;
+                    hit
+                })
+            })
+            .collect();
+
         failures.sort_by_key(|f| f.shard);
+        failures.dedup_by_key(|f| f.shard);
         let status = ShardStatus {
-            total: self.members.len() as u32,
-            successful: (self.members.len() - failures.len()) as u32,
+            total: members.len() as u32,
+            successful: (members.len() - failures.len()) as u32,
             failed: failures.len() as u32,
             failures,
         };
@@ -395,7 +598,6 @@ impl Cluster {
                 .with_details(serde_json::to_value(&status).expect("status serializes")))
             }
         };
-        let results = merge_hits(lists, offset, limit);
         let mut answer = json!({
             "results": results,
             "total": total,
@@ -408,6 +610,92 @@ impl Cluster {
         }
         answer["latency_ms"] = json!(started.elapsed().as_millis() as u64);
         Ok(answer)
+    }
+
+    /// Sums the statistics of the `alive` shards; those that fail leave `alive` for
+    /// `failures`.
+    async fn gather_statistics(
+        &self,
+        collection: &str,
+        request_json: &str,
+        alive: &mut Vec<(usize, String)>,
+        failures: &mut Vec<ShardFailure>,
+        deadline: Duration,
+    ) -> CachedStats {
+        let calls = alive.iter().map(|(_, m)| {
+            self.call(
+                m,
+                Request::Stats {
+                    collection: collection.into(),
+                    request: request_json.to_string(),
+                },
+                deadline,
+            )
+        });
+        let answers = join_all(calls).await;
+        let mut gathered = Vec::new();
+        let mut generations = BTreeMap::new();
+        let mut answered = Vec::new();
+        for ((shard, member), answer) in alive.drain(..).zip(answers) {
+            match answer {
+                Ok(Response::Stats { stats, generation }) => {
+                    gathered.push(stats);
+                    generations.insert(member.clone(), generation);
+                    answered.push((shard, member));
+                }
+                Ok(other) => failures.push(ShardFailure {
+                    shard: shard as u32,
+                    node: member,
+                    reason: format!("unexpected answer {other:?}"),
+                }),
+                Err(reason) => failures.push(ShardFailure {
+                    shard: shard as u32,
+                    node: member,
+                    reason,
+                }),
+            }
+        }
+        *alive = answered;
+        CachedStats {
+            stats: TermStatistics::sum(&gathered),
+            generations,
+        }
+    }
+
+    /// Asks every `alive` shard for its ranked ids: (shard, member, answer or reason).
+    async fn query_phase(
+        &self,
+        collection: &str,
+        request_json: &str,
+        stats: Option<&CachedStats>,
+        vector_k: u32,
+        alive: &[(usize, String)],
+        deadline: Duration,
+    ) -> ShardAnswers {
+        let calls = alive.iter().map(|(_, m)| {
+            self.call(
+                m,
+                Request::Search {
+                    collection: collection.into(),
+                    request: request_json.to_string(),
+                    stats: stats.map(|s| s.stats.clone()),
+                    vector_k,
+                },
+                deadline,
+            )
+        });
+        let answers = join_all(calls).await;
+        alive
+            .iter()
+            .zip(answers)
+            .map(|((shard, member), answer)| {
+                let hits = answer.and_then(|r| match r {
+                    Response::Hits(h) => Ok(h),
+                    other => Err(format!("unexpected answer {other:?}")),
+                });
+                (*shard, member.clone(), hits)
+            })
+            .collect()
     }
 
     /// `POST /cluster/collections/{c}/documents`: each document goes to the node that owns
@@ -423,11 +711,9 @@ impl Cluster {
                 "the body must be {\"documents\": [{\"id\": ..., \"fields\": {...}}, ...]}",
             ));
         };
-        let map = ShardMap::assign(
-            self.members.iter().map(String::as_str),
-            self.members.len() as u32,
-        )
-        .expect("a cluster has at least this node");
+        let members = self.members();
+        let map = ShardMap::assign(members.iter().map(String::as_str), members.len() as u32)
+            .expect("a cluster has at least this node");
         let mut by_owner: HashMap<String, Vec<Value>> = HashMap::new();
         let mut errors: Vec<Value> = Vec::new();
         for doc in documents {
@@ -474,12 +760,16 @@ impl Cluster {
     /// `GET /cluster/health`.
     pub fn health(&self) -> Value {
         let now = Instant::now();
+        let (members, self_key) = {
+            let m = self.membership.read();
+            (m.members.clone(), m.self_key.clone())
+        };
         let health = self.health.lock();
         let ids = self.node_ids.lock();
         let mut nodes = vec![
-            json!({"address": self.self_addr, "node_id": self.config.node_id, "state": NodeState::Alive, "self": true}),
+            json!({"address": self_key, "node_id": self.config.node_id, "state": NodeState::Alive, "self": true}),
         ];
-        for member in self.members.iter().filter(|m| **m != self.self_addr) {
+        for member in members.iter().filter(|m| **m != self_key) {
             let state = health
                 .get(member)
                 .map_or(NodeState::Dead, |h| h.state(now, &self.config.health));

@@ -81,11 +81,14 @@ async fn run(cli: config::Cli) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "prism-server listening");
     #[cfg(feature = "cluster")]
     let cluster = if config.cluster.enabled {
-        Some(cluster::Cluster::start(
-            config.cluster.clone(),
-            config.federation.clone(),
-            engine.clone(),
-        )?)
+        Some(
+            cluster::Cluster::start(
+                config.cluster.clone(),
+                config.federation.clone(),
+                engine.clone(),
+            )
+            .await?,
+        )
     } else {
         None
     };

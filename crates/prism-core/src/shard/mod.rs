@@ -28,7 +28,7 @@ pub use self::ops::{version_key, Op, MAX_OPS_PER_ENTRY};
 use self::query::LiveKeys;
 use crate::error::{Error, Result};
 use crate::schema::{internal, CollectionSchema, PreparedDoc};
-use crate::search::{SearchRequest, SearchResponse};
+use crate::search::{Hit, SearchRequest, SearchResponse, ShardHits};
 use crate::stats::TermStatistics;
 use crate::vector::VectorIndex;
 
@@ -82,6 +82,8 @@ pub(crate) struct Shared {
     pub unrefreshed: RwLock<HashMap<String, Option<Arc<PreparedDoc>>>>,
     pub live_keys: Mutex<Option<Arc<LiveKeys>>>,
     pub dir: PathBuf,
+    /// Random per opening, so that searcher generations never repeat across reopens.
+    pub instance: u64,
 }
 
 pub(crate) enum Command {
@@ -189,7 +191,7 @@ impl Shard {
 
     /// Runs a search against the last refreshed state.
     pub fn search(&self, request: &SearchRequest) -> Result<SearchResponse> {
-        query::search(&self.shared, request, None, false)
+        query::search(&self.shared, request, None)
     }
 
     /// Runs a search scoring text with collection-wide statistics gathered from every shard
@@ -199,21 +201,29 @@ impl Shard {
         request: &SearchRequest,
         global: &TermStatistics,
     ) -> Result<SearchResponse> {
-        query::search(&self.shared, request, Some(global), false)
+        query::search(&self.shared, request, Some(global))
     }
 
-    /// The search a coordinator merges: scored with `global` statistics when given, with
-    /// aggregations left unfinished in `intermediate_aggregations`.
-    pub fn search_for_merge(
+    /// The query phase of a federated search: ranked ids, scored with `global` statistics
+    /// when given, aggregations unfinished; `vector_k` bounds the vector list.
+    pub fn query_phase(
         &self,
         request: &SearchRequest,
         global: Option<&TermStatistics>,
-    ) -> Result<SearchResponse> {
-        query::search(&self.shared, request, global, true)
+        vector_k: usize,
+    ) -> Result<ShardHits> {
+        query::query_phase(&self.shared, request, global, vector_k)
     }
 
-    /// This shard's BM25 statistics for the terms of `request`.
-    pub fn term_statistics(&self, request: &SearchRequest) -> Result<TermStatistics> {
+    /// The fetch phase: stored fields and highlights for `ids` (`None` for an id no longer
+    /// here). Scores are left at zero for the coordinator to fill.
+    pub fn fetch(&self, request: &SearchRequest, ids: &[String]) -> Result<Vec<Option<Hit>>> {
+        query::fetch(&self.shared, request, ids)
+    }
+
+    /// This shard's BM25 statistics for the terms of `request`, and the generation of the
+    /// searcher they describe (see [`ShardHits::generation`]).
+    pub fn term_statistics(&self, request: &SearchRequest) -> Result<(TermStatistics, String)> {
         query::term_statistics(&self.shared, request)
     }
 

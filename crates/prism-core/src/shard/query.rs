@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use serde_json::{Map, Value};
 use tantivy::aggregation::agg_req::Aggregations;
+use tantivy::aggregation::intermediate_agg_result::IntermediateAggregationResults;
 use tantivy::aggregation::{
     AggContextParams, AggregationLimitsGuard, DistributedAggregationCollector,
 };
@@ -25,7 +26,7 @@ use super::Shared;
 use crate::error::{Error, Result};
 use crate::fusion::HybridStrategy;
 use crate::schema::{internal, FieldType};
-use crate::search::{HighlightRequest, Hit, SearchRequest, SearchResponse, VectorQuery};
+use crate::search::{HighlightRequest, Hit, SearchRequest, SearchResponse, ShardHits, VectorQuery};
 use crate::stats::{term_key, GlobalStatistics, TermStatistics};
 use crate::vector::{similarity, VectorIndex};
 
@@ -241,7 +242,10 @@ fn has_vector(shared: &Shared, field: &str) -> Box<dyn Query> {
 }
 
 /// The BM25 statistics of this shard for the terms of `request`'s text query.
-pub(crate) fn term_statistics(shared: &Shared, request: &SearchRequest) -> Result<TermStatistics> {
+pub(crate) fn term_statistics(
+    shared: &Shared,
+    request: &SearchRequest,
+) -> Result<(TermStatistics, String)> {
     let plan = plan(shared, request)?;
     let searcher = shared.reader.searcher();
     let schema = shared.index.schema();
@@ -272,28 +276,35 @@ pub(crate) fn term_statistics(shared: &Shared, request: &SearchRequest) -> Resul
             }
         }
     }
-    Ok(stats)
+    Ok((stats, searcher_generation(shared, &searcher)))
 }
 
-pub(crate) fn search(
+/// The ranked lists of one search, before stored fields are loaded.
+struct Collected {
+    total: u64,
+    aggregations: Option<IntermediateAggregationResults>,
+    /// The text list, or the only list of a filter or match-all query.
+    text: Vec<(DocAddress, f32)>,
+    vector: Vec<(DocAddress, f32)>,
+}
+
+/// How many hits each list of a search holds.
+struct Windows {
+    /// Text-only searches skip this many hits in the collector.
+    text_offset: usize,
+    text_limit: usize,
+    vector_k: usize,
+}
+
+/// Runs the query: the true count, the aggregations (unfinished), and the ranked lists.
+fn collect(
     shared: &Shared,
+    searcher: &Searcher,
+    plan: &Plan<'_>,
     request: &SearchRequest,
-    global: Option<&TermStatistics>,
-    intermediate: bool,
-) -> Result<SearchResponse> {
-    let started = Instant::now();
-    request.validate()?;
-    let plan = plan(shared, request)?;
-    let searcher = shared.reader.searcher();
-    let schema = shared.index.schema();
-    let provider: Box<dyn Bm25StatisticsProvider + '_> = match global {
-        Some(stats) => Box::new(GlobalStatistics {
-            stats,
-            schema: &schema,
-            local: &searcher,
-        }),
-        None => Box::new(searcher.clone()),
-    };
+    provider: &dyn Bm25StatisticsProvider,
+    windows: Windows,
+) -> Result<Collected> {
     let aggs = match &request.aggregations {
         None => None,
         Some(v) => Some(
@@ -303,7 +314,7 @@ pub(crate) fn search(
     };
     // Always collect unfinished results: a shard answering a coordinator ships them as they
     // are, a local search finishes them itself (what tantivy's AggregationCollector does).
-    let agg_collector = aggs.clone().map(|a| {
+    let agg_collector = aggs.map(|a| {
         DistributedAggregationCollector::from_aggs(
             a,
             AggContextParams::new(
@@ -326,71 +337,135 @@ pub(crate) fn search(
         (None, None) => Box::new(AllQuery),
     };
     let matching = with_filter(matching, &plan.filter);
-    let window = request.offset + request.limit;
 
-    let (total, aggregations, ranked): (u64, _, Vec<(DocAddress, f32)>) = match &plan.vector {
-        None => {
-            let top = TopDocs::with_limit(request.limit.max(1))
-                .and_offset(request.offset)
-                .order_by_score();
-            let (top, count, aggs) = searcher
+    let Some((_, vindex, values)) = &plan.vector else {
+        let top = TopDocs::with_limit(windows.text_limit.max(1))
+            .and_offset(windows.text_offset)
+            .order_by_score();
+        let (top, count, aggregations) = searcher
+            .search_with_statistics_provider(
+                matching.as_ref(),
+                &(top, Count, agg_collector),
+                provider,
+            )
+            .map_err(query_error)?;
+        let text = if windows.text_limit == 0 {
+            Vec::new()
+        } else {
+            top.into_iter().map(|(s, a)| (a, s)).collect()
+        };
+        return Ok(Collected {
+            total: count as u64,
+            aggregations,
+            text,
+            vector: Vec::new(),
+        });
+    };
+    let (count, aggregations) = searcher
+        .search(matching.as_ref(), &(Count, agg_collector))
+        .map_err(query_error)?;
+    let live = live_keys(shared, searcher)?;
+    let vector = vector_search(
+        searcher,
+        &live,
+        vindex,
+        values,
+        windows.vector_k,
+        &plan.filter,
+    )?
+    .into_iter()
+    .filter_map(|(key, distance)| {
+        live.by_key
+            .get(&key)
+            .map(|addr| (*addr, similarity(vindex.params().distance, distance)))
+    })
+    .collect();
+    let text = match &plan.text {
+        None => Vec::new(),
+        Some(text) => {
+            let text_query = with_filter(text.box_clone(), &plan.filter);
+            searcher
                 .search_with_statistics_provider(
-                    matching.as_ref(),
-                    &(top, Count, agg_collector),
-                    provider.as_ref(),
+                    text_query.as_ref(),
+                    &TopDocs::with_limit(windows.text_limit.max(1)).order_by_score(),
+                    provider,
                 )
-                .map_err(query_error)?;
-            let ranked = if request.limit == 0 {
-                Vec::new()
-            } else {
-                top.into_iter().map(|(s, a)| (a, s)).collect()
-            };
-            (count as u64, aggs, ranked)
+                .map_err(query_error)?
+                .into_iter()
+                .map(|(s, a)| (a, s))
+                .collect()
         }
-        Some((_, vindex, values)) => {
-            let (count, aggs) = searcher
-                .search(matching.as_ref(), &(Count, agg_collector))
-                .map_err(query_error)?;
-            let live = live_keys(shared, &searcher)?;
-            let candidates = if plan.text.is_some() {
-                request.rank_window()
-            } else {
-                window
-            };
-            let vector_hits =
-                vector_search(&searcher, &live, vindex, values, candidates, &plan.filter)?;
-            let vector_list: Vec<(DocAddress, f32)> = vector_hits
-                .into_iter()
-                .filter_map(|(key, distance)| {
-                    live.by_key
-                        .get(&key)
-                        .map(|addr| (*addr, similarity(vindex.params().distance, distance)))
-                })
-                .collect();
-            let fused = match &plan.text {
-                None => vector_list,
-                Some(text) => {
-                    let text_query = with_filter(text.box_clone(), &plan.filter);
-                    let text_list: Vec<(DocAddress, f32)> = searcher
-                        .search_with_statistics_provider(
-                            text_query.as_ref(),
-                            &TopDocs::with_limit(request.rank_window()).order_by_score(),
-                            provider.as_ref(),
-                        )
-                        .map_err(query_error)?
-                        .into_iter()
-                        .map(|(s, a)| (a, s))
-                        .collect();
-                    let strategy = request.hybrid.clone().unwrap_or_default();
-                    fuse_by_id(&searcher, &strategy, &text_list, &vector_list)?
-                }
-            };
-            let ranked = fused
-                .into_iter()
-                .skip(request.offset)
-                .take(request.limit)
-                .collect();
-            (count as u64, aggs, ranked)
+    };
+    Ok(Collected {
+        total: count as u64,
+        aggregations,
+        text,
+        vector,
+    })
+}
+
+fn statistics_provider<'a>(
+    global: Option<&'a TermStatistics>,
+    schema: &'a tantivy::schema::Schema,
+    searcher: &'a Searcher,
+) -> Box<dyn Bm25StatisticsProvider + 'a> {
+    match global {
+        Some(stats) => Box::new(GlobalStatistics {
+            stats,
+            schema,
+            local: searcher,
+        }),
+        None => Box::new(searcher.clone()),
+    }
+}
+
+/// A search of this shard alone, or of this shard scored with `global` statistics.
+pub(crate) fn search(
+    shared: &Shared,
+    request: &SearchRequest,
+    global: Option<&TermStatistics>,
+) -> Result<SearchResponse> {
+    let started = Instant::now();
+    request.validate()?;
+    let plan = plan(shared, request)?;
+    let searcher = shared.reader.searcher();
+    let schema = shared.index.schema();
+    let provider = statistics_provider(global, &schema, &searcher);
+    let hybrid = plan.text.is_some() && plan.vector.is_some();
+    let windows = Windows {
+        text_offset: if plan.vector.is_some() {
+            0
+        } else {
+            request.offset
+        },
+        text_limit: if plan.vector.is_some() {
+            request.rank_window()
+        } else {
+            request.limit
+        },
+        vector_k: if hybrid {
+            request.rank_window()
+        } else {
+            request.offset + request.limit
+        },
+    };
+    let collected = collect(
+        shared,
+        &searcher,
+        &plan,
+        request,
+        provider.as_ref(),
+        windows,
+    )?;
+    let ranked: Vec<(DocAddress, f32)> = match (&plan.text, &plan.vector) {
+        (_, None) => collected.text,
+        (None, Some(_)) => page(collected.vector, request),
+        (Some(_), Some(_)) => {
+            let strategy = request.hybrid.clone().unwrap_or_default();
+            page(
+                fuse_by_id(&searcher, &strategy, &collected.text, &collected.vector)?,
+                request,
+            )
         }
     };
 
@@ -400,29 +475,118 @@ pub(crate) fn search(
         let doc: TantivyDocument = searcher.doc(address)?;
         results.push(hit_from_document(shared, &doc, score, &highlighters));
     }
-    let (aggregations, intermediate_aggregations) = match (aggregations, aggs) {
-        (Some(partial), Some(request)) if !intermediate => {
+    let aggregations = match (collected.aggregations, &request.aggregations) {
+        (Some(partial), Some(aggs)) => {
+            let aggs: Aggregations = serde_json::from_value(aggs.clone()).map_err(invalid_query)?;
             let finished = partial
-                .into_final_result(request, AggregationLimitsGuard::default())
+                .into_final_result(aggs, AggregationLimitsGuard::default())
                 .map_err(query_error)?;
-            (
-                Some(serde_json::to_value(finished).map_err(invalid_query)?),
-                None,
-            )
+            Some(serde_json::to_value(finished).map_err(invalid_query)?)
         }
-        (Some(partial), Some(_)) => (
-            None,
-            Some(postcard::to_stdvec(&partial).map_err(invalid_query)?),
-        ),
-        _ => (None, None),
+        _ => None,
     };
     Ok(SearchResponse {
         results,
-        total,
+        total: collected.total,
         latency_ms: started.elapsed().as_millis() as u64,
         aggregations,
-        intermediate_aggregations,
     })
+}
+
+fn page<T>(list: Vec<T>, request: &SearchRequest) -> Vec<T> {
+    list.into_iter()
+        .skip(request.offset)
+        .take(request.limit)
+        .collect()
+}
+
+/// The query phase of a federated search: this shard's ranked ids for a coordinator to merge,
+/// scored with `global` statistics when given. Text-only searches return the top
+/// `offset + limit`; hybrid searches both lists' top `rank_window`; vector lists hold
+/// `vector_k` hits (the coordinator's over-fetch).
+pub(crate) fn query_phase(
+    shared: &Shared,
+    request: &SearchRequest,
+    global: Option<&TermStatistics>,
+    vector_k: usize,
+) -> Result<ShardHits> {
+    request.validate()?;
+    let plan = plan(shared, request)?;
+    let searcher = shared.reader.searcher();
+    let schema = shared.index.schema();
+    let provider = statistics_provider(global, &schema, &searcher);
+    let windows = Windows {
+        text_offset: 0,
+        text_limit: if plan.vector.is_some() {
+            request.rank_window()
+        } else {
+            request.offset + request.limit
+        },
+        vector_k,
+    };
+    let collected = collect(
+        shared,
+        &searcher,
+        &plan,
+        request,
+        provider.as_ref(),
+        windows,
+    )?;
+    let keyed = |list: Vec<(DocAddress, f32)>| -> Result<Vec<(String, f32)>> {
+        let ids = ids_of(&searcher, list.iter().map(|(a, _)| *a))?;
+        Ok(ids
+            .into_iter()
+            .zip(list)
+            .map(|(id, (_, score))| (id, score))
+            .collect())
+    };
+    Ok(ShardHits {
+        total: collected.total,
+        text: keyed(collected.text)?,
+        vector: keyed(collected.vector)?,
+        intermediate_aggregations: collected
+            .aggregations
+            .filter(|_| request.aggregations.is_some())
+            .map(|partial| postcard::to_stdvec(&partial).map_err(invalid_query))
+            .transpose()?,
+        generation: searcher_generation(shared, &searcher),
+    })
+}
+
+pub(crate) fn searcher_generation(shared: &Shared, searcher: &Searcher) -> String {
+    format!(
+        "{:016x}-{}",
+        shared.instance,
+        searcher.generation().generation_id()
+    )
+}
+
+/// The fetch phase: stored fields and highlights of the given ids, from the last refreshed
+/// state. An id deleted since the query phase comes back as `None`.
+pub(crate) fn fetch(
+    shared: &Shared,
+    request: &SearchRequest,
+    ids: &[String],
+) -> Result<Vec<Option<Hit>>> {
+    let plan = plan(shared, request)?;
+    let searcher = shared.reader.searcher();
+    let highlighters = highlighters(shared, &searcher, request, plan.text.as_deref())?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let query = TermQuery::new(
+            Term::from_field_text(shared.fields.id, id),
+            IndexRecordOption::Basic,
+        );
+        let address = searcher.search(&query, &KeyCollector)?.into_iter().next();
+        out.push(match address {
+            None => None,
+            Some((_, address)) => {
+                let doc: TantivyDocument = searcher.doc(address)?;
+                Some(hit_from_document(shared, &doc, 0.0, &highlighters))
+            }
+        });
+    }
+    Ok(out)
 }
 
 /// Fuses two lists keyed by document id, so that ties break on the id as documented, the

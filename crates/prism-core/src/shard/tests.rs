@@ -346,17 +346,17 @@ fn shards_scoring_with_global_statistics_rank_like_one_index() {
         let stats = crate::stats::TermStatistics::sum(
             &shards
                 .iter()
-                .map(|s| s.term_statistics(&request).unwrap())
+                .map(|s| s.term_statistics(&request).unwrap().0)
                 .collect::<Vec<_>>(),
         );
         let mut merged: Vec<(String, f32)> = Vec::new();
         let mut total = 0;
         let mut partial_aggs = Vec::new();
         for shard in &shards {
-            let r = shard.search_for_merge(&request, Some(&stats)).unwrap();
+            let r = shard.query_phase(&request, Some(&stats), 10).unwrap();
             total += r.total;
             partial_aggs.push(r.intermediate_aggregations.unwrap());
-            merged.extend(r.results.into_iter().map(|h| (h.id, h.score)));
+            merged.extend(r.text);
         }
         let aggs = crate::search::merge_aggregations(
             request.aggregations.as_ref().unwrap(),

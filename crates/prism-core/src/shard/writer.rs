@@ -145,6 +145,7 @@ pub(crate) fn recover(
         unrefreshed: RwLock::new(HashMap::new()),
         live_keys: Mutex::new(None),
         dir: dir.to_path_buf(),
+        instance: opening_nonce(dir),
     });
     let mut machine = StateMachine {
         applied: text_checkpoint.min(vector_checkpoint),
@@ -662,4 +663,13 @@ impl WriterState {
         machine.writer.wait_merging_threads()?;
         Ok(())
     }
+}
+
+/// A value that differs between two openings of a shard, in one process or across restarts.
+fn opening_nonce(dir: &Path) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    xxhash_rust::xxh3::xxh3_64(format!("{}:{now}:{}", std::process::id(), dir.display()).as_bytes())
 }
