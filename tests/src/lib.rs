@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod cluster;
+pub mod dns;
 
 /// The directory holding this build's binaries (`target/debug` or `target/release`): the
 /// executable's own directory for a binary, its parent for a test in `deps/`.

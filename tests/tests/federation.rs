@@ -199,83 +199,184 @@ fn quick_start_partial_results_and_health_on_three_nodes() {
 
 /// A 3-node federation and a single node over the same generated Zipf corpus of 20,000
 /// documents return the same top 10, scores within 1e-4 relative, the same `total` and the
-/// same terms-aggregation counts for 60 queries.
+/// same terms-aggregation counts: for 60 text queries, 20 weighted hybrid queries and 10
+/// vector queries. Then, after more writes, cached statistics are found stale and ranking
+/// still agrees.
 #[test]
 fn federation_ranks_like_a_single_node() {
     use rand::{Rng, SeedableRng};
     let dir = tempfile::tempdir().unwrap();
-    let schema = "name: docs\nfields:\n  title: {type: text}\n  tag: {type: keyword}\n";
+    let schema = "name: docs\nfields:\n  title: {type: text}\n  tag: {type: keyword}\n  bucket: {type: keyword}\n  emb: {type: vector, dimension: 8}\n";
     let nodes = start_federation(dir.path(), 3, schema);
     let single = Server::start(&dir.path().join("single"), &[]);
     let (status, _) = single.put_json(
         "/collections/docs",
-        &json!({"fields": {"title": {"type": "text"}, "tag": {"type": "keyword"}}}),
+        &json!({"fields": {"title": {"type": "text"}, "tag": {"type": "keyword"},
+            "bucket": {"type": "keyword"}, "emb": {"type": "vector", "dimension": 8}}}),
     );
     assert_eq!(status, 201);
     let mut rng = rand::rngs::StdRng::seed_from_u64(20);
     let words: Vec<String> = (0..2000).map(|i| format!("w{i}")).collect();
-    let docs: Vec<Value> = (0..20_000)
-        .map(|i| {
-            let len = rng.gen_range(4..40);
-            let title: Vec<&str> = (0..len).map(|_| words[(rng.gen::<f64>().powi(4) * words.len() as f64) as usize].as_str()).collect();
-            json!({"id": format!("doc-{i}"), "fields": {"title": title.join(" "), "tag": format!("t{}", rng.gen_range(0..5))}})
-        })
-        .collect();
-    for batch in docs.chunks(2000) {
-        let body = json!({"documents": batch});
-        let (status, r) = nodes[0].post_json("/cluster/collections/docs/documents", &body);
-        assert!(status == 200 && r["failed_docs"] == 0, "{r}");
-        let (status, r) = single.post_json("/collections/docs/documents", &body);
-        assert!(status == 200 && r["failed_docs"] == 0, "{r}");
-    }
-    for node in &nodes {
-        node.post_json("/collections/docs/refresh", &json!({}));
-    }
-    single.post_json("/collections/docs/refresh", &json!({}));
+    let mut make_docs =
+        |range: std::ops::Range<usize>, rng: &mut rand::rngs::StdRng| -> Vec<Value> {
+            range
+                .map(|i| {
+                    let len = rng.gen_range(4..40);
+                    let title: Vec<&str> = (0..len)
+                        .map(|_| {
+                            words[(rng.gen::<f64>().powi(4) * words.len() as f64) as usize].as_str()
+                        })
+                        .collect();
+                    let emb: Vec<f32> = (0..8).map(|_| rng.gen_range(-1.0..1.0)).collect();
+                    json!({"id": format!("doc-{i}"), "fields": {"title": title.join(" "),
+                    "tag": format!("t{}", rng.gen_range(0..5)),
+                    "bucket": format!("b{}", rng.gen_range(0..20)), "emb": emb}})
+                })
+                .collect()
+        };
+    let index_everywhere = |docs: &[Value]| {
+        for batch in docs.chunks(2000) {
+            let body = json!({"documents": batch});
+            let (status, r) = nodes[0].post_json("/cluster/collections/docs/documents", &body);
+            assert!(status == 200 && r["failed_docs"] == 0, "{r}");
+            let (status, r) = single.post_json("/collections/docs/documents", &body);
+            assert!(status == 200 && r["failed_docs"] == 0, "{r}");
+        }
+        for node in &nodes {
+            node.post_json("/collections/docs/refresh", &json!({}));
+        }
+        single.post_json("/collections/docs/refresh", &json!({}));
+    };
+    let docs = make_docs(0..20_000, &mut rng);
+    index_everywhere(&docs);
     let (_, all) = nodes[2].post_json("/cluster/collections/docs/search", &json!({"limit": 1}));
     assert_eq!(all["total"], 20_000, "{all}");
-    for q in 0..60 {
+    let text_query = |rng: &mut rand::rngs::StdRng| -> Value {
         let n = rng.gen_range(1..4);
         let query: Vec<&str> = (0..n)
             .map(|_| words[rng.gen_range(0..150)].as_str())
             .collect();
-        let body = json!({"query": query.join(" "), "limit": 10, "aggregations": {"tags": {"terms": {"field": "tag"}}}});
-        let (_, fed) = nodes[q % 3].post_json("/cluster/collections/docs/search", &body);
-        let (_, one) = single.post_json("/collections/docs/search", &body);
-        assert_eq!(fed["total"], one["total"], "total of {body}");
-        assert_eq!(
-            fed["aggregations"], one["aggregations"],
-            "aggregations of {body}"
+        json!({"query": query.join(" "), "limit": 10, "aggregations": {"tags": {"terms": {"field": "tag"}}}})
+    };
+    let compare = |q: usize, body: &Value| {
+        let (_, fed) = nodes[q % 3].post_json("/cluster/collections/docs/search", body);
+        let (_, one) = single.post_json("/collections/docs/search", body);
+        assert_same_ranking(&fed, &one, body);
+    };
+    let text_queries: Vec<Value> = (0..60).map(|_| text_query(&mut rng)).collect();
+    for (q, body) in text_queries.iter().enumerate() {
+        compare(q, body);
+    }
+    // Hybrid and vector queries inside one bucket (~1,000 documents), where every shard and
+    // the single node search vectors exactly. Weighted fusion with lists longer than the
+    // bucket: fused scores do not depend on how tied text scores are ordered.
+    for q in 0..30 {
+        let emb: Vec<f32> = (0..8).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let filter = format!("bucket:b{}", rng.gen_range(0..20));
+        let body = if q < 20 {
+            let mut body = text_query(&mut rng);
+            body["vector"] = json!(emb);
+            body["filter"] = json!(filter);
+            body["hybrid"] =
+                json!({"strategy": "weighted", "text_weight": 0.6, "vector_weight": 0.4});
+            body["rank_window_size"] = json!(2000);
+            body
+        } else {
+            json!({"vector": emb, "filter": filter, "limit": 10})
+        };
+        compare(q, &body);
+    }
+    // Statistics were cached by the text queries: asking again hits the cache.
+    let cache = |result: &str| -> u64 {
+        (0..3)
+            .map(|i| {
+                metric(
+                    &nodes[i],
+                    &format!("prism_cluster_stats_cache_total{{result=\"{result}\"}}"),
+                )
+            })
+            .sum()
+    };
+    let hits_before = cache("hit");
+    for (q, body) in text_queries.iter().enumerate().take(10) {
+        compare(q, body);
+    }
+    assert!(
+        cache("hit") >= hits_before + 10,
+        "hits {} -> {}",
+        hits_before,
+        cache("hit")
+    );
+    // More documents change every shard's statistics: the cached entries are stale, are
+    // gathered afresh, and ranking still equals the single node's.
+    let stale_before = cache("stale");
+    let more = make_docs(20_000..23_000, &mut rng);
+    index_everywhere(&more);
+    for (q, body) in text_queries.iter().enumerate().take(10) {
+        compare(q, body);
+    }
+    assert!(
+        cache("stale") >= stale_before + 10,
+        "stale {} -> {}",
+        stale_before,
+        cache("stale")
+    );
+}
+
+/// The value of one Prometheus sample on a node's `/metrics` (0 when absent).
+fn metric(node: &Server, sample: &str) -> u64 {
+    let text = reqwest::blocking::get(node.url("/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(sample)
+                .map(|v| v.trim().parse::<f64>().unwrap() as u64)
+        })
+        .unwrap_or(0)
+}
+
+/// Same `total`, aggregations and top hits (scores within 1e-4 relative; ids equal except
+/// among hits tied at the cut-off score).
+fn assert_same_ranking(fed: &Value, one: &Value, body: &Value) {
+    assert_eq!(fed["is_partial"], false, "{fed}");
+    assert_eq!(fed["total"], one["total"], "total of {body}");
+    assert_eq!(
+        fed["aggregations"], one["aggregations"],
+        "aggregations of {body}"
+    );
+    let hits = |v: &Value| -> Vec<(String, f64)> {
+        v["results"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"))
+            .iter()
+            .map(|h| {
+                (
+                    h["id"].as_str().unwrap().to_string(),
+                    h["score"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let (f, s) = (hits(fed), hits(one));
+    assert_eq!(f.len(), s.len(), "{body}");
+    for (a, b) in f.iter().zip(&s) {
+        assert!(
+            (a.1 - b.1).abs() <= 1e-4 * b.1.abs().max(1e-9),
+            "{body}: {a:?} vs {b:?}"
         );
-        let hits = |v: &Value| -> Vec<(String, f64)> {
-            v["results"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|h| {
-                    (
-                        h["id"].as_str().unwrap().to_string(),
-                        h["score"].as_f64().unwrap(),
-                    )
-                })
-                .collect()
-        };
-        let (f, s) = (hits(&fed), hits(&one));
-        assert_eq!(f.len(), s.len(), "{body}");
-        for (a, b) in f.iter().zip(&s) {
-            assert!(
-                (a.1 - b.1).abs() <= 1e-4 * b.1.abs().max(1e-9),
-                "{body}: {a:?} vs {b:?}"
-            );
-        }
-        // Ids agree except among documents tied at the cut-off score.
-        let cutoff = s.last().map_or(0.0, |h| h.1);
-        let above = |hs: &[(String, f64)]| -> std::collections::BTreeSet<String> {
-            hs.iter()
-                .filter(|h| h.1 > cutoff * (1.0 + 1e-4))
-                .map(|h| h.0.clone())
-                .collect()
-        };
-        assert_eq!(above(&f), above(&s), "{body}");
+    }
+    let cutoff = s.last().map_or(0.0, |h| h.1);
+    let above = |hs: &[(String, f64)]| -> std::collections::BTreeSet<String> {
+        hs.iter()
+            .filter(|h| h.1 > cutoff * (1.0 + 1e-4))
+            .map(|h| h.0.clone())
+            .collect()
+    };
+    assert_eq!(above(&f), above(&s), "{body}");
+    // Stored fields come from the fetch phase: every hit carries its document.
+    for hit in fed["results"].as_array().unwrap() {
+        assert!(hit["fields"]["title"].is_string(), "{hit}");
     }
 }

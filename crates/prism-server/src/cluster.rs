@@ -469,7 +469,14 @@ impl Cluster {
             )
             .await;
         if let (Some(key), Some((cached, from_cache))) = (&cache_key, &entry) {
-            if cached.describes(generations_of(&answers)) {
+            let fresh = cached.describes(generations_of(&answers));
+            let result = match (from_cache, fresh) {
+                (false, _) => "miss",
+                (true, true) => "hit",
+                (true, false) => "stale",
+            };
+            metrics::counter!(crate::metrics::STATS_CACHE, "result" => result).increment(1);
+            if fresh {
                 if !from_cache {
                     self.stats_cache.put(key.clone(), cached.clone());
                 }

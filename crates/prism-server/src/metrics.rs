@@ -14,6 +14,8 @@ pub const DOCS_INDEXED: &str = "prism_documents_indexed_total";
 pub const DOCS_DELETED: &str = "prism_documents_deleted_total";
 pub const COLLECTION_DOCS: &str = "prism_collection_documents";
 pub const COLLECTION_BYTES: &str = "prism_collection_size_bytes";
+/// Federated searches by what the BM25 statistics cache gave: `hit`, `miss` or `stale`.
+pub const STATS_CACHE: &str = "prism_cluster_stats_cache_total";
 
 /// Installs the process-wide recorder and returns the handle `/metrics` renders.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
