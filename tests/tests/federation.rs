@@ -217,7 +217,7 @@ fn federation_ranks_like_a_single_node() {
     assert_eq!(status, 201);
     let mut rng = rand::rngs::StdRng::seed_from_u64(20);
     let words: Vec<String> = (0..2000).map(|i| format!("w{i}")).collect();
-    let mut make_docs =
+    let make_docs =
         |range: std::ops::Range<usize>, rng: &mut rand::rngs::StdRng| -> Vec<Value> {
             range
                 .map(|i| {

@@ -166,6 +166,14 @@ impl Transport {
                 let remote = incoming.remote_address();
                 match incoming.await {
                     Ok(connection) => transport.serve_connection(connection, service).await,
+                    // The dialer gave up (it timed out or is shutting down): not a refusal.
+                    Err(
+                        e @ (quinn::ConnectionError::ApplicationClosed(_)
+                        | quinn::ConnectionError::ConnectionClosed(_)
+                        | quinn::ConnectionError::TimedOut),
+                    ) => {
+                        tracing::debug!(%remote, error = %e, "a cluster connection ended during its handshake")
+                    }
                     // A peer without a certificate from the cluster CA ends up here.
                     Err(e) => tracing::warn!(%remote, error = %e, "refused a cluster connection"),
                 }

@@ -2,7 +2,7 @@
 //! behind `/cluster/...` that fans requests out to every member and merges the answers.
 //! Decisions (assignment, merging, verdicts, health states) live in `prism-cluster`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -316,38 +316,44 @@ impl Cluster {
         tracing::info!(address = %key, "this node is known to discovery under this address");
     }
 
+    /// Pings every peer each interval. A ping runs until the transport's own connect and
+    /// request time-outs; a peer whose last ping is still running is skipped, so that a slow
+    /// peer delays no one else and no handshake is cut short. Health follows the time of the
+    /// last answer, not the pings' outcome.
     async fn heartbeats(self: Arc<Self>) {
         let interval = Duration::from_millis(self.config.health.heartbeat_interval_ms.max(10));
+        let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
         loop {
             let peers: Vec<String> = self
                 .members()
                 .into_iter()
                 .filter(|m| !self.is_self(m))
                 .collect();
-            let pings = peers.into_iter().map(|peer| {
+            for peer in peers {
+                if !in_flight.lock().insert(peer.clone()) {
+                    continue;
+                }
                 let cluster = self.clone();
-                async move {
-                    let answer = tokio::time::timeout(
-                        interval,
-                        cluster
-                            .transport
-                            .call::<Request, Response>(&peer, &Request::Ping),
-                    )
-                    .await;
-                    if let Ok(Ok(Response::Pong { node_id })) = answer {
+                let in_flight = in_flight.clone();
+                tokio::spawn(async move {
+                    let answer = cluster
+                        .transport
+                        .call::<Request, Response>(&peer, &Request::Ping)
+                        .await;
+                    if let Ok(Response::Pong { node_id }) = answer {
                         if node_id == cluster.config.node_id {
                             // A member address that reaches this very node.
                             cluster.rename_self(&peer);
-                            return;
+                        } else {
+                            if let Some(h) = cluster.health.lock().get_mut(&peer) {
+                                h.heartbeat(Instant::now());
+                            }
+                            cluster.node_ids.lock().insert(peer.clone(), node_id);
                         }
-                        if let Some(h) = cluster.health.lock().get_mut(&peer) {
-                            h.heartbeat(Instant::now());
-                        }
-                        cluster.node_ids.lock().insert(peer, node_id);
                     }
-                }
-            });
-            join_all(pings).await;
+                    in_flight.lock().remove(&peer);
+                });
+            }
             tokio::time::sleep(interval).await;
         }
     }

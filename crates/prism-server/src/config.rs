@@ -48,6 +48,9 @@ pub struct Config {
     pub cluster: Option<toml::Value>,
     #[cfg(not(feature = "cluster"))]
     pub federation: Option<toml::Value>,
+    /// The file these settings were read from, if any.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -118,6 +121,7 @@ pub fn load(cli: &Cli, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<C
         Some(p) => from_file(p)?,
         None => Config::default(),
     };
+    config.file = path;
     apply_env(&mut config, env)?;
     apply_cli(&mut config, cli)?;
     Ok(config)

@@ -47,6 +47,12 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cli: config::Cli) -> anyhow::Result<()> {
     let config = config::load(&cli, |k| std::env::var(k).ok())?;
+    match &config.file {
+        Some(file) => tracing::info!(file = %file.display(), "configuration file read"),
+        None => tracing::info!(
+            "no configuration file (--config / PRISM_CONFIG unset, no ./prism.toml): defaults, PRISM_* variables and flags apply"
+        ),
+    }
     let metrics = metrics::install()?;
     let data_dir = config.storage.data_dir.clone();
     let engine_config = EngineConfig {
