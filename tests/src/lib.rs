@@ -35,6 +35,25 @@ pub fn binary(name: &str) -> PathBuf {
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
+        // Not the variables cargo sets for this test binary: build scripts that track one
+        // (ring's tracks CARGO_MANIFEST_DIR) would otherwise be rebuilt here, and again by
+        // the next outer `cargo`, on every run.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key.starts_with("CARGO_PKG_")
+                || key.starts_with("CARGO_BIN_")
+                || matches!(
+                    &*key,
+                    "CARGO_MANIFEST_DIR"
+                        | "CARGO_MANIFEST_PATH"
+                        | "CARGO_CRATE_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                )
+            {
+                cmd.env_remove(&*key);
+            }
+        }
         cmd.args([
             "build",
             "--quiet",
