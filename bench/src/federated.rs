@@ -49,6 +49,12 @@ pub fn run(corpus: &Corpus) -> Result<(Table, Value)> {
     let (fed, fed_answers) =
         http::run_queries(&nodes[0], "/cluster/collections/fed/search", &bodies, 1)?;
     let (one, one_answers) = http::run_queries(&single, "/collections/fed/search", &bodies, 1)?;
+    let cache = |result: &str| {
+        nodes[0].metric(&format!(
+            "prism_cluster_stats_cache_total{{result=\"{result}\"}}"
+        )) as u64
+    };
+    let (hits, misses, stale) = (cache("hit"), cache("miss"), cache("stale"));
     let ids = |v: &Value| -> Vec<String> {
         v["results"]
             .as_array()
@@ -92,7 +98,7 @@ pub fn run(corpus: &Corpus) -> Result<(Table, Value)> {
         .count();
     let mut table = Table::new(
         format!(
-            "Federated search: 3 nodes (mTLS QUIC) vs 1 node, {} ({} docs, {} queries), one client",
+            "Federated search: 3 nodes (mTLS QUIC) vs 1 node, {} ({} docs, {} queries, each run twice; statistics cache on the coordinator: {hits} hits, {misses} misses, {stale} stale), one client",
             corpus.name,
             corpus.docs.len(),
             bodies.len()
@@ -129,6 +135,6 @@ pub fn run(corpus: &Corpus) -> Result<(Table, Value)> {
     ]);
     Ok((
         table,
-        json!({"corpus": corpus.name, "queries": bodies.len(), "single": one, "federated": fed, "identical_top10": same_top10, "scores_within_1e-4": same_scores, "identical_total": same_total}),
+        json!({"corpus": corpus.name, "queries": bodies.len(), "single": one, "federated": fed, "identical_top10": same_top10, "scores_within_1e-4": same_scores, "identical_total": same_total, "stats_cache": {"hit": hits, "miss": misses, "stale": stale}}),
     ))
 }

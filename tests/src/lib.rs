@@ -136,7 +136,11 @@ impl Server {
         let mut cmd = Command::new(binary("prism-server"));
         cmd.env("PRISM_PORT", self.port.to_string())
             .env("PRISM_DATA_DIR", &self.data_dir)
-            .env("PRISM_LOG", "warn")
+            // PRISM_TEST_LOG sets the servers' log filter, e.g. "warn,prism_server::cluster=debug".
+            .env(
+                "PRISM_LOG",
+                std::env::var("PRISM_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .current_dir(self.data_dir.parent().unwrap_or(Path::new("/")))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -235,6 +239,17 @@ impl Server {
         let started = Instant::now();
         self.spawn();
         started.elapsed()
+    }
+
+    /// The value of one Prometheus sample on `/metrics`, e.g.
+    /// `prism_cluster_stats_cache_total{result="hit"}` (0 when absent).
+    pub fn metric(&self, sample: &str) -> f64 {
+        let text = reqwest::blocking::get(self.url("/metrics"))
+            .and_then(|r| r.text())
+            .unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
     }
 
     pub fn get(&self, path: &str) -> (u16, Value) {

@@ -217,23 +217,22 @@ fn federation_ranks_like_a_single_node() {
     assert_eq!(status, 201);
     let mut rng = rand::rngs::StdRng::seed_from_u64(20);
     let words: Vec<String> = (0..2000).map(|i| format!("w{i}")).collect();
-    let make_docs =
-        |range: std::ops::Range<usize>, rng: &mut rand::rngs::StdRng| -> Vec<Value> {
-            range
-                .map(|i| {
-                    let len = rng.gen_range(4..40);
-                    let title: Vec<&str> = (0..len)
-                        .map(|_| {
-                            words[(rng.gen::<f64>().powi(4) * words.len() as f64) as usize].as_str()
-                        })
-                        .collect();
-                    let emb: Vec<f32> = (0..8).map(|_| rng.gen_range(-1.0..1.0)).collect();
-                    json!({"id": format!("doc-{i}"), "fields": {"title": title.join(" "),
+    let make_docs = |range: std::ops::Range<usize>, rng: &mut rand::rngs::StdRng| -> Vec<Value> {
+        range
+            .map(|i| {
+                let len = rng.gen_range(4..40);
+                let title: Vec<&str> = (0..len)
+                    .map(|_| {
+                        words[(rng.gen::<f64>().powi(4) * words.len() as f64) as usize].as_str()
+                    })
+                    .collect();
+                let emb: Vec<f32> = (0..8).map(|_| rng.gen_range(-1.0..1.0)).collect();
+                json!({"id": format!("doc-{i}"), "fields": {"title": title.join(" "),
                     "tag": format!("t{}", rng.gen_range(0..5)),
                     "bucket": format!("b{}", rng.gen_range(0..20)), "emb": emb}})
-                })
-                .collect()
-        };
+            })
+            .collect()
+    };
     let index_everywhere = |docs: &[Value]| {
         for batch in docs.chunks(2000) {
             let body = json!({"documents": batch});
@@ -290,10 +289,9 @@ fn federation_ranks_like_a_single_node() {
     let cache = |result: &str| -> u64 {
         (0..3)
             .map(|i| {
-                metric(
-                    &nodes[i],
-                    &format!("prism_cluster_stats_cache_total{{result=\"{result}\"}}"),
-                )
+                nodes[i].metric(&format!(
+                    "prism_cluster_stats_cache_total{{result=\"{result}\"}}"
+                )) as u64
             })
             .sum()
     };
@@ -321,20 +319,6 @@ fn federation_ranks_like_a_single_node() {
         stale_before,
         cache("stale")
     );
-}
-
-/// The value of one Prometheus sample on a node's `/metrics` (0 when absent).
-fn metric(node: &Server, sample: &str) -> u64 {
-    let text = reqwest::blocking::get(node.url("/metrics"))
-        .unwrap()
-        .text()
-        .unwrap();
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(sample)
-                .map(|v| v.trim().parse::<f64>().unwrap() as u64)
-        })
-        .unwrap_or(0)
 }
 
 /// Same `total`, aggregations and top hits (scores within 1e-4 relative; ids equal except

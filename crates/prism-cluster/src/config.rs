@@ -187,7 +187,7 @@ impl Default for QueryConfig {
             partial_results_timeout_ms: 5000,
             min_successful_shards: 1,
             shard_oversample: 2.0,
-            stats_cache_entries: 1024,
+            stats_cache_entries: 10_000,
         }
     }
 }

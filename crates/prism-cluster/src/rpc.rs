@@ -1,7 +1,7 @@
 //! The typed requests nodes send each other. Search requests and fetched hits travel as JSON
 //! text inside the binary frame because they carry free-form JSON (aggregations, fields).
 
-use prism_core::search::ShardHits;
+use prism_core::search::{DocRef, ShardHits};
 use prism_core::stats::TermStatistics;
 use serde::{Deserialize, Serialize};
 
@@ -20,11 +20,13 @@ pub enum Request {
         stats: Option<TermStatistics>,
         vector_k: u32,
     },
-    /// The fetch phase: stored fields and highlights of these ids.
+    /// The fetch phase: stored fields and highlights of documents a query phase of searcher
+    /// `generation` ranked.
     Fetch {
         collection: String,
         request: String,
-        ids: Vec<String>,
+        generation: String,
+        docs: Vec<DocRef>,
     },
     /// Upsert documents (a JSON array) into the local shard.
     Index {
@@ -45,7 +47,7 @@ pub enum Response {
         generation: String,
     },
     Hits(ShardHits),
-    /// A JSON array with one hit or `null` per requested id, in order.
+    /// A JSON array with one hit per requested document, in order.
     Fetched(String),
     /// `successful` documents written; `errors` is a JSON array of per-document errors.
     Indexed {

@@ -130,22 +130,28 @@ pub struct SearchResponse {
     pub aggregations: Option<Value>,
 }
 
-/// A shard's answer to the query phase of a federated search: ranked ids and scores, no
-/// stored fields (the coordinator fetches those for the final page only).
+/// A document in one searcher generation: `segment ordinal << 32 | doc id`. Only meaningful
+/// together with [`ShardHits::generation`].
+pub type DocRef = u64;
+
+/// A shard's answer to the query phase of a federated search: ranked documents and scores,
+/// no ids and no stored fields (the coordinator fetches those for the final page only, from
+/// the same searcher, by [`DocRef`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ShardHits {
     /// True number of matching documents in this shard.
     pub total: u64,
     /// The text list (BM25 with the statistics given), or the only list of a filter or
     /// match-all query, best first.
-    pub text: Vec<(String, f32)>,
+    pub text: Vec<(DocRef, f32)>,
     /// The vector list (similarity, higher is better), best first.
-    pub vector: Vec<(String, f32)>,
+    pub vector: Vec<(DocRef, f32)>,
     /// Unfinished aggregations (postcard), for [`merge_aggregations`]. Always serialized:
     /// this travels in postcard, which cannot skip fields.
     pub intermediate_aggregations: Option<Vec<u8>>,
-    /// Which searcher answered: it changes with every refresh and every reopen, so that a
-    /// coordinator can tell whether statistics it cached still describe this shard.
+    /// Which searcher answered: it changes with every refresh and every reopen. The fetch
+    /// phase names it to read the same documents, and a coordinator compares it with the
+    /// generation of statistics it cached.
     pub generation: String,
 }
 

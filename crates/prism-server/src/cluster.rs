@@ -19,7 +19,7 @@ use prism_cluster::rpc::{Request, Response};
 use prism_cluster::stats_cache::{CachedStats, StatsCache};
 use prism_cluster::transport::{Service, Transport, TransportConfig, PROTOCOL_VERSION};
 use prism_core::engine::Engine;
-use prism_core::search::{Hit, SearchRequest, ShardHits};
+use prism_core::search::{DocRef, Hit, SearchRequest, ShardHits};
 use prism_core::stats::TermStatistics;
 use serde_json::{json, Value};
 
@@ -69,12 +69,14 @@ fn serve(engine: &Engine, node_id: &str, request: Request) -> Response {
             Request::Fetch {
                 collection,
                 request,
-                ids,
+                generation,
+                docs,
             } => {
-                let hits = engine
-                    .collection(&collection)?
-                    .shard()
-                    .fetch(&parse(&request)?, &ids)?;
+                let hits = engine.collection(&collection)?.shard().fetch(
+                    &parse(&request)?,
+                    &generation,
+                    &docs,
+                )?;
                 Response::Fetched(serde_json::to_string(&hits).expect("hits serialize"))
             }
             Request::Index {
@@ -541,39 +543,41 @@ impl Cluster {
             }
         }
 
+        let queried = started.elapsed();
         // Merge, then the fetch phase for the page.
         let shards: Vec<(usize, &ShardHits)> = hits.iter().map(|(s, _, h)| (*s, h)).collect();
         let page = merge_page(&shards, &ranking, request.offset, request.limit);
-        let owner_of: HashMap<usize, &str> =
-            hits.iter().map(|(s, m, _)| (*s, m.as_str())).collect();
-        let mut wanted: HashMap<usize, Vec<String>> = HashMap::new();
+        let answered: HashMap<usize, (&str, &str)> = hits
+            .iter()
+            .map(|(s, m, h)| (*s, (m.as_str(), h.generation.as_str())))
+            .collect();
+        let mut wanted: HashMap<usize, Vec<DocRef>> = HashMap::new();
         for hit in &page {
-            wanted.entry(hit.shard).or_default().push(hit.id.clone());
+            wanted.entry(hit.shard).or_default().push(hit.doc);
         }
-        let fetches = wanted.iter().map(|(shard, ids)| {
-            let member = owner_of[shard];
+        let fetches = wanted.into_iter().map(|(shard, docs)| {
+            let (member, generation) = answered[&shard];
             let request = Request::Fetch {
                 collection: collection.into(),
                 request: request_json.clone(),
-                ids: ids.clone(),
+                generation: generation.to_string(),
+                docs: docs.clone(),
             };
             async move {
                 let fetched = match self.call(member, request, deadline).await {
                     Ok(Response::Fetched(json)) => {
-                        serde_json::from_str::<Vec<Option<Hit>>>(&json).map_err(|e| e.to_string())
+                        serde_json::from_str::<Vec<Hit>>(&json).map_err(|e| e.to_string())
                     }
                     Ok(other) => Err(format!("unexpected answer {other:?}")),
                     Err(e) => Err(e),
                 };
-                (*shard, member.to_string(), fetched)
+                (shard, member.to_string(), docs, fetched)
             }
         });
-        let mut documents: HashMap<String, Hit> = HashMap::new();
-        for (shard, member, fetched) in join_all(fetches).await {
+        let mut documents: HashMap<(usize, DocRef), Hit> = HashMap::new();
+        for (shard, member, docs, fetched) in join_all(fetches).await {
             match fetched {
-                Ok(found) => {
-                    documents.extend(found.into_iter().flatten().map(|h| (h.id.clone(), h)))
-                }
+                Ok(found) => documents.extend(docs.into_iter().map(|d| (shard, d)).zip(found)),
                 Err(e) => failures.push(ShardFailure {
                     shard: shard as u32,
                     node: member,
@@ -584,13 +588,17 @@ impl Cluster {
         let results: Vec<Hit> = page
             .into_iter()
             .filter_map(|p| {
-                documents.remove(&p.id).map(|mut hit| {
+                documents.remove(&(p.shard, p.doc)).map(|mut hit| {
                     hit.score = p.score;
                     hit
                 })
             })
             .collect();
-
+        tracing::debug!(
+            query_us = queried.as_micros() as u64,
+            fetch_us = (started.elapsed() - queried).as_micros() as u64,
+            "federated search phases"
+        );
         failures.sort_by_key(|f| f.shard);
         failures.dedup_by_key(|f| f.shard);
         let status = ShardStatus {

@@ -25,10 +25,10 @@ use tantivy::{Index, IndexReader, ReloadPolicy};
 use tokio::sync::{oneshot, watch};
 
 pub use self::ops::{version_key, Op, MAX_OPS_PER_ENTRY};
-use self::query::LiveKeys;
+use self::query::{IdColumns, LiveKeys};
 use crate::error::{Error, Result};
 use crate::schema::{internal, CollectionSchema, PreparedDoc};
-use crate::search::{Hit, SearchRequest, SearchResponse, ShardHits};
+use crate::search::{DocRef, Hit, SearchRequest, SearchResponse, ShardHits};
 use crate::stats::TermStatistics;
 use crate::vector::VectorIndex;
 
@@ -81,6 +81,9 @@ pub(crate) struct Shared {
     /// Writes applied but not yet searchable, for real-time GET: `None` marks a delete.
     pub unrefreshed: RwLock<HashMap<String, Option<Arc<PreparedDoc>>>>,
     pub live_keys: Mutex<Option<Arc<LiveKeys>>>,
+    pub id_columns: Mutex<Option<Arc<IdColumns>>>,
+    /// The searchers of recent query phases, for their fetch phases.
+    pub recent_searchers: Mutex<std::collections::VecDeque<tantivy::Searcher>>,
     pub dir: PathBuf,
     /// Random per opening, so that searcher generations never repeat across reopens.
     pub instance: u64,
@@ -215,10 +218,15 @@ impl Shard {
         query::query_phase(&self.shared, request, global, vector_k)
     }
 
-    /// The fetch phase: stored fields and highlights for `ids` (`None` for an id no longer
-    /// here). Scores are left at zero for the coordinator to fill.
-    pub fn fetch(&self, request: &SearchRequest, ids: &[String]) -> Result<Vec<Option<Hit>>> {
-        query::fetch(&self.shared, request, ids)
+    /// The fetch phase: stored fields and highlights of documents ranked by a query phase
+    /// of searcher `generation`. Scores are left at zero for the coordinator to fill.
+    pub fn fetch(
+        &self,
+        request: &SearchRequest,
+        generation: &str,
+        docs: &[DocRef],
+    ) -> Result<Vec<Hit>> {
+        query::fetch(&self.shared, request, generation, docs)
     }
 
     /// This shard's BM25 statistics for the terms of `request`, and the generation of the

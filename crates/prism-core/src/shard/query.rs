@@ -26,7 +26,9 @@ use super::Shared;
 use crate::error::{Error, Result};
 use crate::fusion::HybridStrategy;
 use crate::schema::{internal, FieldType};
-use crate::search::{HighlightRequest, Hit, SearchRequest, SearchResponse, ShardHits, VectorQuery};
+use crate::search::{
+    DocRef, HighlightRequest, Hit, SearchRequest, SearchResponse, ShardHits, VectorQuery,
+};
 use crate::stats::{term_key, GlobalStatistics, TermStatistics};
 use crate::vector::{similarity, VectorIndex};
 
@@ -463,7 +465,13 @@ pub(crate) fn search(
         (Some(_), Some(_)) => {
             let strategy = request.hybrid.clone().unwrap_or_default();
             page(
-                fuse_by_id(&searcher, &strategy, &collected.text, &collected.vector)?,
+                fuse_by_id(
+                    shared,
+                    &searcher,
+                    &strategy,
+                    &collected.text,
+                    &collected.vector,
+                )?,
                 request,
             )
         }
@@ -532,25 +540,41 @@ pub(crate) fn query_phase(
         provider.as_ref(),
         windows,
     )?;
-    let keyed = |list: Vec<(DocAddress, f32)>| -> Result<Vec<(String, f32)>> {
-        let ids = ids_of(&searcher, list.iter().map(|(a, _)| *a))?;
-        Ok(ids
-            .into_iter()
-            .zip(list)
-            .map(|(id, (_, score))| (id, score))
-            .collect())
+    let refs = |list: Vec<(DocAddress, f32)>| -> Vec<(DocRef, f32)> {
+        list.into_iter()
+            .map(|(a, score)| (((a.segment_ord as u64) << 32) | a.doc_id as u64, score))
+            .collect()
     };
+    let generation = searcher_generation(shared, &searcher);
+    keep_for_fetch(shared, searcher.clone());
     Ok(ShardHits {
         total: collected.total,
-        text: keyed(collected.text)?,
-        vector: keyed(collected.vector)?,
+        text: refs(collected.text),
+        vector: refs(collected.vector),
         intermediate_aggregations: collected
             .aggregations
             .filter(|_| request.aggregations.is_some())
             .map(|partial| postcard::to_stdvec(&partial).map_err(invalid_query))
             .transpose()?,
-        generation: searcher_generation(shared, &searcher),
+        generation,
     })
+}
+
+/// How many recent searcher generations stay readable for fetch phases: a fetch normally
+/// follows its query phase within milliseconds, and a refresh happens at most every
+/// `refresh_interval`.
+const FETCHABLE_GENERATIONS: usize = 8;
+
+fn keep_for_fetch(shared: &Shared, searcher: Searcher) {
+    let mut recent = shared.recent_searchers.lock();
+    let id = searcher.generation().generation_id();
+    if recent.iter().any(|s| s.generation().generation_id() == id) {
+        return;
+    }
+    recent.push_back(searcher);
+    while recent.len() > FETCHABLE_GENERATIONS {
+        recent.pop_front();
+    }
 }
 
 pub(crate) fn searcher_generation(shared: &Shared, searcher: &Searcher) -> String {
@@ -561,37 +585,45 @@ pub(crate) fn searcher_generation(shared: &Shared, searcher: &Searcher) -> Strin
     )
 }
 
-/// The fetch phase: stored fields and highlights of the given ids, from the last refreshed
-/// state. An id deleted since the query phase comes back as `None`.
+/// The fetch phase: stored fields and highlights of documents the query phase ranked, read
+/// from the very searcher that ranked them.
 pub(crate) fn fetch(
     shared: &Shared,
     request: &SearchRequest,
-    ids: &[String],
-) -> Result<Vec<Option<Hit>>> {
+    generation: &str,
+    docs: &[DocRef],
+) -> Result<Vec<Hit>> {
     let plan = plan(shared, request)?;
-    let searcher = shared.reader.searcher();
+    let searcher = shared
+        .recent_searchers
+        .lock()
+        .iter()
+        .find(|s| searcher_generation(shared, s) == generation)
+        .cloned()
+        .ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "searcher generation {generation} is no longer open (more than {FETCHABLE_GENERATIONS} refreshes since the query phase); run the search again"
+            ))
+        })?;
     let highlighters = highlighters(shared, &searcher, request, plan.text.as_deref())?;
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        let query = TermQuery::new(
-            Term::from_field_text(shared.fields.id, id),
-            IndexRecordOption::Basic,
-        );
-        let address = searcher.search(&query, &KeyCollector)?.into_iter().next();
-        out.push(match address {
-            None => None,
-            Some((_, address)) => {
-                let doc: TantivyDocument = searcher.doc(address)?;
-                Some(hit_from_document(shared, &doc, 0.0, &highlighters))
+    docs.iter()
+        .map(|doc| {
+            let address = DocAddress::new((doc >> 32) as u32, *doc as u32);
+            if address.segment_ord as usize >= searcher.segment_readers().len() {
+                return Err(Error::InvalidRequest(format!(
+                    "document {doc:#x} is not in searcher generation {generation}"
+                )));
             }
-        });
-    }
-    Ok(out)
+            let stored: TantivyDocument = searcher.doc(address)?;
+            Ok(hit_from_document(shared, &stored, 0.0, &highlighters))
+        })
+        .collect()
 }
 
 /// Fuses two lists keyed by document id, so that ties break on the id as documented, the
 /// same way on every copy and after any segment merge.
 fn fuse_by_id(
+    shared: &Shared,
     searcher: &Searcher,
     strategy: &HybridStrategy,
     text: &[(DocAddress, f32)],
@@ -599,7 +631,7 @@ fn fuse_by_id(
 ) -> Result<Vec<(DocAddress, f32)>> {
     let mut addresses: HashMap<String, DocAddress> = HashMap::new();
     let mut keyed = |list: &[(DocAddress, f32)]| -> Result<Vec<(String, f32)>> {
-        let ids = ids_of(searcher, list.iter().map(|(a, _)| *a))?;
+        let ids = ids_of(shared, searcher, list.iter().map(|(a, _)| *a))?;
         Ok(ids
             .into_iter()
             .zip(list)
@@ -618,24 +650,47 @@ fn fuse_by_id(
         .collect())
 }
 
+/// The `_id` columns of one searcher generation, opened once: opening a string column loads
+/// its dictionary, which costs more than the lookups themselves.
+pub(crate) struct IdColumns {
+    generation: u64,
+    by_segment: Vec<tantivy::columnar::StrColumn>,
+}
+
+fn id_columns(shared: &Shared, searcher: &Searcher) -> Result<Arc<IdColumns>> {
+    let generation = searcher.generation().generation_id();
+    let mut cache = shared.id_columns.lock();
+    if let Some(columns) = cache.as_ref().filter(|c| c.generation == generation) {
+        return Ok(columns.clone());
+    }
+    let by_segment = searcher
+        .segment_readers()
+        .iter()
+        .map(|reader| {
+            reader
+                .fast_fields()
+                .str(internal::ID)?
+                .ok_or_else(|| Error::InvalidQuery("the _id column is missing".into()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let columns = Arc::new(IdColumns {
+        generation,
+        by_segment,
+    });
+    *cache = Some(columns.clone());
+    Ok(columns)
+}
+
 /// Document ids from the `_id` fast column, without touching the document store.
 pub(crate) fn ids_of(
+    shared: &Shared,
     searcher: &Searcher,
     addresses: impl Iterator<Item = DocAddress>,
 ) -> Result<Vec<String>> {
-    let mut columns: HashMap<SegmentOrdinal, tantivy::columnar::StrColumn> = HashMap::new();
+    let columns = id_columns(shared, searcher)?;
     let mut out = Vec::new();
     for address in addresses {
-        let column = match columns.entry(address.segment_ord) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(
-                searcher
-                    .segment_reader(address.segment_ord)
-                    .fast_fields()
-                    .str(internal::ID)?
-                    .ok_or_else(|| Error::InvalidQuery("the _id column is missing".into()))?,
-            ),
-        };
+        let column = &columns.by_segment[address.segment_ord as usize];
         let mut id = String::new();
         if let Some(ord) = column.term_ords(address.doc_id).next() {
             column

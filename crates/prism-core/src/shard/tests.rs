@@ -356,7 +356,15 @@ fn shards_scoring_with_global_statistics_rank_like_one_index() {
             let r = shard.query_phase(&request, Some(&stats), 10).unwrap();
             total += r.total;
             partial_aggs.push(r.intermediate_aggregations.unwrap());
-            merged.extend(r.text);
+            // The fetch phase names documents by the query phase's references.
+            let refs: Vec<_> = r.text.iter().map(|(doc, _)| *doc).collect();
+            let fetched = shard.fetch(&request, &r.generation, &refs).unwrap();
+            merged.extend(
+                fetched
+                    .into_iter()
+                    .zip(&r.text)
+                    .map(|(hit, (_, score))| (hit.id, *score)),
+            );
         }
         let aggs = crate::search::merge_aggregations(
             request.aggregations.as_ref().unwrap(),

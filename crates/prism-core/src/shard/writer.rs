@@ -144,6 +144,8 @@ pub(crate) fn recover(
         visible,
         unrefreshed: RwLock::new(HashMap::new()),
         live_keys: Mutex::new(None),
+        id_columns: Mutex::new(None),
+        recent_searchers: Mutex::new(Default::default()),
         dir: dir.to_path_buf(),
         instance: opening_nonce(dir),
     });
