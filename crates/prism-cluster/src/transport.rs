@@ -72,6 +72,10 @@ pub struct Transport {
     endpoint: quinn::Endpoint,
     config: TransportConfig,
     pool: Mutex<HashMap<String, Arc<PeerConnection>>>,
+    /// One dial at a time per peer: concurrent first calls share one handshake.
+    dialing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Connections from other nodes that passed TLS, for `accepted_connections`.
+    accepted: std::sync::atomic::AtomicU64,
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -143,10 +147,17 @@ impl Transport {
             endpoint,
             config,
             pool: Mutex::new(HashMap::new()),
+            dialing: Mutex::new(HashMap::new()),
+            accepted: std::sync::atomic::AtomicU64::new(0),
         });
         let accepting = transport.clone();
         tokio::spawn(async move { accepting.accept_loop(service).await });
         Ok(transport)
+    }
+
+    /// How many connections from other nodes have passed the TLS handshake.
+    pub fn accepted_connections(&self) -> u64 {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The address the endpoint is bound to.
@@ -165,7 +176,12 @@ impl Transport {
             tokio::spawn(async move {
                 let remote = incoming.remote_address();
                 match incoming.await {
-                    Ok(connection) => transport.serve_connection(connection, service).await,
+                    Ok(connection) => {
+                        transport
+                            .accepted
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        transport.serve_connection(connection, service).await
+                    }
                     // The dialer gave up (it timed out or is shutting down): not a refusal.
                     Err(
                         e @ (quinn::ConnectionError::ApplicationClosed(_)
@@ -252,11 +268,28 @@ impl Transport {
         }
     }
 
+    fn pooled(&self, peer: &str) -> Option<Arc<PeerConnection>> {
+        self.pool
+            .lock()
+            .get(peer)
+            .filter(|c| c.connection.close_reason().is_none())
+            .cloned()
+    }
+
     async fn connect(&self, peer: &str) -> Result<Arc<PeerConnection>> {
-        if let Some(existing) = self.pool.lock().get(peer) {
-            if existing.connection.close_reason().is_none() {
-                return Ok(existing.clone());
-            }
+        if let Some(existing) = self.pooled(peer) {
+            return Ok(existing);
+        }
+        let dial = self
+            .dialing
+            .lock()
+            .entry(peer.to_string())
+            .or_default()
+            .clone();
+        let _dialing = dial.lock().await;
+        // Another call may have connected while this one waited.
+        if let Some(existing) = self.pooled(peer) {
+            return Ok(existing);
         }
         let fail = |reason: String| ClusterError::Connect {
             peer: peer.to_string(),

@@ -102,6 +102,22 @@ async fn nodes_of_one_ca_call_each_other() {
         let (i, reply) = done.unwrap();
         assert_eq!(reply.unwrap(), vec![0, i]);
     }
+    assert_eq!(b.accepted_connections(), 1, "one pooled connection from a");
+    // Concurrent first calls from a new node share one handshake.
+    let c = start(
+        "c",
+        &tls::build(&node_pem(&ca), false).unwrap(),
+        PROTOCOL_VERSION,
+    );
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..10u8 {
+        let (c, to_b) = (c.clone(), to_b.clone());
+        calls.spawn(async move { c.call::<Vec<u8>, Vec<u8>>(&to_b, &vec![i]).await });
+    }
+    while let Some(done) = calls.join_next().await {
+        done.unwrap().unwrap();
+    }
+    assert_eq!(b.accepted_connections(), 2, "one more connection, from c");
 }
 
 #[tokio::test]
