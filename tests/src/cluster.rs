@@ -36,13 +36,21 @@ pub fn free_udp_port() -> u16 {
         .port()
 }
 
+/// Node `i` of a static federation: every other port is a seed.
 pub fn node_config(i: usize, ports: &[u16], tls: &Path) -> String {
     let seeds: Vec<String> = ports
         .iter()
         .enumerate()
         .filter(|(j, _)| *j != i)
-        .map(|(_, p)| format!("\"127.0.0.1:{p}\""))
+        .map(|(_, p)| format!("127.0.0.1:{p}"))
         .collect();
+    node_config_with(i, ports[i], &seeds, tls, "")
+}
+
+/// A node's `prism.toml` with short test timings; `extra` is appended (another section, such
+/// as `[federation.discovery]`).
+pub fn node_config_with(i: usize, port: u16, seeds: &[String], tls: &Path, extra: &str) -> String {
+    let seeds: Vec<String> = seeds.iter().map(|s| format!("\"{s}\"")).collect();
     format!(
         r#"[cluster]
 enabled = true
@@ -68,9 +76,9 @@ suspect_timeout_ms = 1500
 allow_partial_results = true
 partial_results_timeout_ms = 2000
 min_successful_shards = 1
-"#,
+
+{extra}"#,
         n = i + 1,
-        port = ports[i],
         seeds = seeds.join(", "),
         tls = tls.display()
     )

@@ -264,44 +264,13 @@ mod server_discovery {
     const SRV_NAME: &str = "_prism._udp.prism.test";
     const SCHEMA: &str = "name: docs\nfields:\n  title: {type: text}\n  tag: {type: keyword}\n";
 
-    /// Like `prism_tests::cluster::node_config`, but with no seeds: the members come from
-    /// the SRV records of [`SRV_NAME`] on `dns`, looked up every second.
+    /// A test node with no seeds: the members come from the SRV records of [`SRV_NAME`] on
+    /// `dns`, looked up every second.
     fn dns_node_config(i: usize, port: u16, tls: &Path, dns: SocketAddr) -> String {
-        format!(
-            r#"[cluster]
-enabled = true
-node_id = "node-{n}"
-bind_addr = "127.0.0.1:{port}"
-seed_nodes = []
-connect_timeout_ms = 1000
-request_timeout_ms = 2000
-
-[cluster.tls]
-enabled = true
-cert_path = "{tls}/node-cert.pem"
-key_path = "{tls}/node-key.pem"
-ca_cert_path = "{tls}/ca-cert.pem"
-skip_verify = false
-
-[cluster.health]
-heartbeat_interval_ms = 200
-failure_threshold = 3
-suspect_timeout_ms = 1500
-
-[federation.discovery]
-backend = "dns"
-dns_name = "{SRV_NAME}"
-dns_refresh_interval_secs = 1
-dns_server = "{dns}"
-
-[federation.query]
-allow_partial_results = true
-partial_results_timeout_ms = 2000
-min_successful_shards = 1
-"#,
-            n = i + 1,
-            tls = tls.display()
-        )
+        let discovery = format!(
+            "[federation.discovery]\nbackend = \"dns\"\ndns_name = \"{SRV_NAME}\"\ndns_refresh_interval_secs = 1\ndns_server = \"{dns}\"\n"
+        );
+        prism_tests::cluster::node_config_with(i, port, &[], tls, &discovery)
     }
 
     /// `(address, node_id, state, self)` of every node `/cluster/health` lists, sorted.
