@@ -465,7 +465,7 @@ impl Cluster {
                 false,
             )),
         };
-        // Phase 2: each shard's ranked ids.
+        // Phase 2: each shard's ranked documents.
         let mut answers = self
             .query_phase(
                 collection,
