@@ -421,36 +421,20 @@ fn statistics_provider<'a>(
     }
 }
 
-/// A search of this shard alone, or of this shard scored with `global` statistics.
-pub(crate) fn search(
-    shared: &Shared,
-    request: &SearchRequest,
+/// Validates and plans `request`, then collects its lists on the current searcher with the
+/// windows `windows` chooses for that plan.
+fn run_query<'a>(
+    shared: &'a Shared,
+    request: &'a SearchRequest,
     global: Option<&TermStatistics>,
-) -> Result<SearchResponse> {
-    let started = Instant::now();
+    windows: impl FnOnce(&Plan<'a>) -> Windows,
+) -> Result<(Plan<'a>, Searcher, Collected)> {
     request.validate()?;
     let plan = plan(shared, request)?;
     let searcher = shared.reader.searcher();
     let schema = shared.index.schema();
     let provider = statistics_provider(global, &schema, &searcher);
-    let hybrid = plan.text.is_some() && plan.vector.is_some();
-    let windows = Windows {
-        text_offset: if plan.vector.is_some() {
-            0
-        } else {
-            request.offset
-        },
-        text_limit: if plan.vector.is_some() {
-            request.rank_window()
-        } else {
-            request.limit
-        },
-        vector_k: if hybrid {
-            request.rank_window()
-        } else {
-            request.offset + request.limit
-        },
-    };
+    let windows = windows(&plan);
     let collected = collect(
         shared,
         &searcher,
@@ -459,6 +443,37 @@ pub(crate) fn search(
         provider.as_ref(),
         windows,
     )?;
+    drop(provider); // it borrows the searcher returned below
+    Ok((plan, searcher, collected))
+}
+
+/// A search of this shard alone, or of this shard scored with `global` statistics.
+pub(crate) fn search(
+    shared: &Shared,
+    request: &SearchRequest,
+    global: Option<&TermStatistics>,
+) -> Result<SearchResponse> {
+    let started = Instant::now();
+    let (plan, searcher, collected) = run_query(shared, request, global, |plan| {
+        let hybrid = plan.text.is_some() && plan.vector.is_some();
+        Windows {
+            text_offset: if plan.vector.is_some() {
+                0
+            } else {
+                request.offset
+            },
+            text_limit: if plan.vector.is_some() {
+                request.rank_window()
+            } else {
+                request.limit
+            },
+            vector_k: if hybrid {
+                request.rank_window()
+            } else {
+                request.offset + request.limit
+            },
+        }
+    })?;
     let ranked: Vec<(DocAddress, f32)> = match (&plan.text, &plan.vector) {
         (_, None) => collected.text,
         (None, Some(_)) => page(collected.vector, request),
@@ -518,12 +533,7 @@ pub(crate) fn query_phase(
     global: Option<&TermStatistics>,
     vector_k: usize,
 ) -> Result<ShardHits> {
-    request.validate()?;
-    let plan = plan(shared, request)?;
-    let searcher = shared.reader.searcher();
-    let schema = shared.index.schema();
-    let provider = statistics_provider(global, &schema, &searcher);
-    let windows = Windows {
+    let (_, searcher, collected) = run_query(shared, request, global, |plan| Windows {
         text_offset: 0,
         text_limit: if plan.vector.is_some() {
             request.rank_window()
@@ -531,15 +541,7 @@ pub(crate) fn query_phase(
             request.offset + request.limit
         },
         vector_k,
-    };
-    let collected = collect(
-        shared,
-        &searcher,
-        &plan,
-        request,
-        provider.as_ref(),
-        windows,
-    )?;
+    })?;
     let refs = |list: Vec<(DocAddress, f32)>| -> Vec<(DocRef, f32)> {
         list.into_iter()
             .map(|(a, score)| (((a.segment_ord as u64) << 32) | a.doc_id as u64, score))
