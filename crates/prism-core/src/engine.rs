@@ -22,6 +22,9 @@ use crate::shard::{Op, Shard, ShardConfig, ShardStats};
 pub struct EngineConfig {
     pub data_dir: PathBuf,
     pub shard: ShardConfig,
+    /// Most collections this node holds; a create beyond it is refused before anything is
+    /// written. The server derives it from the process limits (see [`crate::limits`]).
+    pub max_collections: usize,
 }
 
 /// Why one document of a batch was refused.
@@ -59,14 +62,19 @@ impl Collection {
         stats
     }
 
-    /// Validates documents; valid ones become upserts, invalid ones are reported per id.
-    pub fn prepare_upserts(&self, documents: Vec<Value>) -> (Vec<Op>, Vec<DocumentError>) {
+    /// Validates documents; valid ones become upserts, invalid ones are counted, and the
+    /// first [`MAX_REPORTED_ERRORS`] of them reported per id (an answer must not grow with a
+    /// hostile batch).
+    pub fn prepare_upserts(&self, documents: Vec<Value>) -> PreparedBatch {
         let mut ops = Vec::with_capacity(documents.len());
         let mut errors = Vec::new();
+        let mut failed = 0;
         for doc in documents {
             match self.schema.prepare_document(doc) {
                 Ok(prepared) => ops.push(Op::Upsert(Arc::new(prepared))),
+                Err(_) if errors.len() >= MAX_REPORTED_ERRORS => failed += 1,
                 Err(e) => {
+                    failed += 1;
                     let id = match &e {
                         Error::InvalidDocument { id, .. } => id.clone(),
                         _ => String::new(),
@@ -83,14 +91,34 @@ impl Collection {
                 }
             }
         }
-        (ops, errors)
+        PreparedBatch {
+            ops,
+            errors,
+            failed,
+        }
     }
+}
+
+/// The most per-document errors an answer reports in full; the rest are only counted.
+pub const MAX_REPORTED_ERRORS: usize = 100;
+
+/// A validated batch: the operations to write and the documents refused.
+#[derive(Debug)]
+pub struct PreparedBatch {
+    pub ops: Vec<Op>,
+    /// The first [`MAX_REPORTED_ERRORS`] refusals.
+    pub errors: Vec<DocumentError>,
+    /// How many documents were refused in all.
+    pub failed: usize,
 }
 
 /// The node's collections.
 pub struct Engine {
     config: EngineConfig,
     collections: RwLock<BTreeMap<String, Arc<Collection>>>,
+    /// Collections whose data could not be opened, with the reason. They stay on disk and
+    /// are reported; the rest of the node serves.
+    unavailable: RwLock<BTreeMap<String, String>>,
     _lock: File,
 }
 
@@ -99,6 +127,12 @@ fn write_schema(path: &Path, schema: &CollectionSchema) -> Result<()> {
     fs::write(path, bytes)
         .and_then(|_| File::open(path)?.sync_all())
         .map_err(|e| Error::io(path, e))
+}
+
+fn collection_dir_name(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default()
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -138,6 +172,7 @@ impl Engine {
         let engine = Engine {
             config,
             collections: RwLock::new(BTreeMap::new()),
+            unavailable: RwLock::new(BTreeMap::new()),
             _lock: lock,
         };
         let mut names = Vec::new();
@@ -155,18 +190,46 @@ impl Engine {
             }
             names.push(name);
         }
+        if names.len() > engine.config.max_collections {
+            tracing::warn!(
+                collections = names.len(),
+                limit = engine.config.max_collections,
+                "the data directory holds more collections than this process's limits allow; opening them all, but creates are refused"
+            );
+        }
         for name in names {
             let dir = collections_dir.join(&name);
-            let schema_path = dir.join("collection.json");
-            let bytes = fs::read(&schema_path).map_err(|e| Error::io(&schema_path, e))?;
-            let schema = CollectionSchema::from_json(&bytes).map_err(|e| Error::Corrupt {
-                path: schema_path.clone(),
-                message: e.to_string(),
-            })?;
-            let collection = engine.open_collection(dir, schema)?;
-            engine.collections.write().insert(name, collection);
+            match engine.open_existing(dir) {
+                Ok(collection) => {
+                    engine.collections.write().insert(name, collection);
+                }
+                // One bad collection never stops the node.
+                Err(e) => {
+                    tracing::error!(collection = %name, error = %e, "collection could not be opened; it is reported as unavailable and left on disk");
+                    engine.unavailable.write().insert(name, e.to_string());
+                }
+            }
         }
         Ok(engine)
+    }
+
+    fn open_existing(&self, dir: PathBuf) -> Result<Arc<Collection>> {
+        let schema_path = dir.join("collection.json");
+        let bytes = fs::read(&schema_path).map_err(|e| Error::io(&schema_path, e))?;
+        let schema = CollectionSchema::from_json(&bytes).map_err(|e| Error::Corrupt {
+            path: schema_path.clone(),
+            message: e.to_string(),
+        })?;
+        self.open_collection(dir, schema)
+    }
+
+    /// Collections that could not be opened, with the reason.
+    pub fn unavailable(&self) -> BTreeMap<String, String> {
+        self.unavailable.read().clone()
+    }
+
+    pub fn max_collections(&self) -> usize {
+        self.config.max_collections
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -199,32 +262,74 @@ impl Engine {
                 Err(Error::CollectionExists(schema.name))
             };
         }
+        if let Some(reason) = self.unavailable.read().get(&schema.name) {
+            return Err(Error::CollectionUnavailable {
+                name: schema.name.clone(),
+                reason: reason.clone(),
+            });
+        }
+        let held = collections.len() + self.unavailable.read().len();
+        if held >= self.config.max_collections {
+            return Err(Error::LimitExceeded(format!(
+                "this node holds {held} collections, its limit of {}; the limit follows the open-file and memory-map limits of the process (ulimit -n, vm.max_map_count) and server.max_collections: raise them, or delete a collection",
+                self.config.max_collections
+            )));
+        }
         let root = self.collections_dir();
         let staging = root.join(format!(".creating-{}", schema.name));
         let _ = fs::remove_dir_all(&staging);
-        fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
-        write_schema(&staging.join("collection.json"), &schema)?;
+        let built = fs::create_dir_all(&staging)
+            .map_err(|e| Error::io(&staging, e))
+            .and_then(|_| write_schema(&staging.join("collection.json"), &schema))
+            .and_then(|_| {
+                let shard_dir = staging.join("shards").join("0");
+                fs::create_dir_all(&shard_dir).map_err(|e| Error::io(&shard_dir, e))?;
+                sync_dir(&staging.join("shards"))?;
+                sync_dir(&staging)
+            });
+        if let Err(e) = built {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(e);
+        }
         let dir = root.join(&schema.name);
         fs::rename(&staging, &dir).map_err(|e| Error::io(&dir, e))?;
         sync_dir(&root)?;
-        let collection = self.open_collection(dir, schema)?;
-        collections.insert(collection.name().to_string(), collection.clone());
-        Ok((collection, true))
+        match self.open_collection(dir.clone(), schema) {
+            Ok(collection) => {
+                collections.insert(collection.name().to_string(), collection.clone());
+                Ok((collection, true))
+            }
+            Err(e) => {
+                // A create that fails leaves nothing behind.
+                let trash = root.join(format!(".deleting-{}", collection_dir_name(&dir)));
+                if fs::rename(&dir, &trash).is_ok() {
+                    let _ = sync_dir(&root);
+                    let _ = fs::remove_dir_all(&trash);
+                } else {
+                    let _ = fs::remove_dir_all(&dir);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Removes a collection and all of its data.
     pub fn delete_collection(&self, name: &str) -> Result<()> {
         validate_collection_name(name)?;
-        let collection = self
-            .collections
-            .write()
-            .remove(name)
-            .ok_or_else(|| Error::CollectionNotFound(name.to_string()))?;
-        collection.shard.close()?;
         let root = self.collections_dir();
+        let removed = self.collections.write().remove(name);
+        let dir = match removed {
+            Some(collection) => {
+                collection.shard.close()?;
+                collection.dir.clone()
+            }
+            // An unavailable collection can still be deleted, to free its name and space.
+            None if self.unavailable.write().remove(name).is_some() => root.join(name),
+            None => return Err(Error::CollectionNotFound(name.to_string())),
+        };
         let trash = root.join(format!(".deleting-{name}"));
         let _ = fs::remove_dir_all(&trash);
-        fs::rename(&collection.dir, &trash).map_err(|e| Error::io(&collection.dir, e))?;
+        fs::rename(&dir, &trash).map_err(|e| Error::io(&dir, e))?;
         sync_dir(&root)?;
         fs::remove_dir_all(&trash).map_err(|e| Error::io(&trash, e))?;
         Ok(())
@@ -232,11 +337,16 @@ impl Engine {
 
     pub fn collection(&self, name: &str) -> Result<Arc<Collection>> {
         validate_collection_name(name)?;
-        self.collections
-            .read()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::CollectionNotFound(name.to_string()))
+        if let Some(c) = self.collections.read().get(name) {
+            return Ok(c.clone());
+        }
+        match self.unavailable.read().get(name) {
+            Some(reason) => Err(Error::CollectionUnavailable {
+                name: name.to_string(),
+                reason: reason.clone(),
+            }),
+            None => Err(Error::CollectionNotFound(name.to_string())),
+        }
     }
 
     pub fn collections(&self) -> Vec<Arc<Collection>> {

@@ -28,6 +28,14 @@ pub enum Error {
     ShuttingDown,
     #[error("too many writes are waiting for this shard; retry with backoff")]
     Overloaded,
+    #[error("no space left for {path}: {message}. Free disk space; writes resume by themselves")]
+    InsufficientStorage { path: PathBuf, message: String },
+    #[error("storage failed for {path}: {message}. Restart the node once the disk is healthy; the log replays every acknowledged write")]
+    StorageFailed { path: PathBuf, message: String },
+    #[error("collection {name:?} is unavailable: {reason}")]
+    CollectionUnavailable { name: String, reason: String },
+    #[error("limit reached: {0}")]
+    LimitExceeded(String),
     #[error("corrupt data in {path}: {message}")]
     Corrupt { path: PathBuf, message: String },
     #[error("I/O error on {path}: {source}")]
@@ -57,6 +65,10 @@ impl Error {
             Error::DataDirLocked { .. } => "data_dir_locked",
             Error::ShuttingDown => "shutting_down",
             Error::Overloaded => "overloaded",
+            Error::InsufficientStorage { .. } => "insufficient_storage",
+            Error::StorageFailed { .. } => "storage_failed",
+            Error::CollectionUnavailable { .. } => "collection_unavailable",
+            Error::LimitExceeded(_) => "limit_exceeded",
             Error::Corrupt { .. } => "corrupt_data",
             Error::Io { .. } => "io_error",
             Error::Tantivy(_) => "index_error",
@@ -64,12 +76,56 @@ impl Error {
         }
     }
 
+    /// An I/O error; a full disk becomes [`Error::InsufficientStorage`].
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        if is_disk_full(&source) {
+            return Error::InsufficientStorage {
+                path: path.into(),
+                message: source.to_string(),
+            };
+        }
         Error::Io {
             path: path.into(),
             source,
         }
     }
+
+    /// True when the error means the disk (or quota) is full, so that freeing space cures it.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Error::InsufficientStorage { .. } => true,
+            Error::Io { source, .. } => is_disk_full(source),
+            // tantivy wraps I/O errors in several variants; the OS message is in all of them.
+            Error::Tantivy(e) => mentions_disk_full(&e.to_string()),
+            Error::Vector(message) => mentions_disk_full(message),
+            _ => false,
+        }
+    }
+
+    /// Turns a disk-full error of any component into [`Error::InsufficientStorage`].
+    pub(crate) fn classify_storage(self, path: &std::path::Path) -> Self {
+        if self.is_disk_full() && !matches!(self, Error::InsufficientStorage { .. }) {
+            return Error::InsufficientStorage {
+                path: path.to_path_buf(),
+                message: self.to_string(),
+            };
+        }
+        self
+    }
+}
+
+/// ENOSPC or EDQUOT.
+pub fn is_disk_full(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull
+        || e.kind() == std::io::ErrorKind::QuotaExceeded
+        || matches!(e.raw_os_error(), Some(28) | Some(122))
+}
+
+fn mentions_disk_full(message: &str) -> bool {
+    message.contains("os error 28")
+        || message.contains("os error 122")
+        || message.contains("No space left on device")
+        || message.contains("Disk quota exceeded")
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -7,11 +7,13 @@
 //! - [`vector`]: the HNSW index of one vector field.
 //! - [`engine`]: the collections of one node and its data directory.
 //! - [`routing`]: which shard owns a document id.
+//! - [`limits`]: how many collections the process limits hold.
 
 pub mod analysis;
 pub mod engine;
 pub mod error;
 pub mod fusion;
+pub mod limits;
 pub mod log;
 pub mod routing;
 pub mod schema;

@@ -188,6 +188,11 @@ impl ShardLog {
     }
 
     /// Index of the oldest entry still held.
+    /// True once a failed fsync (or an undo that failed) stopped the log taking writes.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
     pub fn first_index(&self) -> u64 {
         self.segments[0].first_index
     }
@@ -196,9 +201,9 @@ impl ShardLog {
     /// of the first appended entry; the rest follow consecutively.
     pub fn append(&mut self, payloads: &[Vec<u8>]) -> Result<u64> {
         if self.poisoned {
-            return Err(Error::Corrupt {
+            return Err(Error::StorageFailed {
                 path: self.dir.clone(),
-                message: "an earlier log write failed; restart the node to recover the log".into(),
+                message: "an earlier log write or fsync failed, so the page cache may have dropped data; the log takes no more writes".into(),
             });
         }
         if self.active_len >= self.segment_bytes {
@@ -216,22 +221,31 @@ impl ShardLog {
             }
             encode_frame(&mut buf, first + i as u64, payload);
         }
-        let path = &self.segments.last().expect("active segment").path;
-        let result = self
-            .active
-            .write_all(&buf)
-            .and_then(|_| self.active.sync_data());
-        if let Err(e) = result {
+        let path = self.segments.last().expect("active segment").path.clone();
+        if let Err(e) = self.active.write_all(&buf) {
             // The file may hold part of the batch: cut it back so the log stays consistent.
             let undo = self
                 .active
                 .set_len(self.active_len)
                 .and_then(|_| self.active.seek(SeekFrom::Start(self.active_len)))
                 .and_then(|_| self.active.sync_all());
-            if undo.is_err() {
+            if let Err(undo) = undo {
                 self.poisoned = true;
+                return Err(Error::StorageFailed {
+                    path,
+                    message: format!("a write failed ({e}) and could not be undone ({undo})"),
+                });
             }
             return Err(Error::io(path, e));
+        }
+        if let Err(e) = self.active.sync_data() {
+            // After a failed fsync the kernel may have dropped the dirty pages and cleared the
+            // error, so a retry could report success for lost data (PostgreSQL's fsyncgate).
+            self.poisoned = true;
+            return Err(Error::StorageFailed {
+                path,
+                message: format!("fsync failed: {e}"),
+            });
         }
         self.active_len += buf.len() as u64;
         self.next_index += payloads.len() as u64;
@@ -247,7 +261,10 @@ impl ShardLog {
             .write(true)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        sync_dir(&self.dir)?;
+        if let Err(e) = sync_dir(&self.dir) {
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
         self.active = file;
         self.active_len = 0;
         self.segments.push(Segment {

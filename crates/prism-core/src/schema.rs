@@ -199,8 +199,9 @@ fn validate_field_name(name: &str) -> Result<()> {
 impl CollectionSchema {
     /// Parses a schema from JSON, reporting serde's message (unknown types, typos) clearly.
     pub fn from_json(body: &[u8]) -> Result<Self> {
+        let value = parse_json_strict(body).map_err(|e| Error::InvalidSchema(e.to_string()))?;
         let schema: Self =
-            serde_json::from_slice(body).map_err(|e| Error::InvalidSchema(e.to_string()))?;
+            serde_json::from_value(value).map_err(|e| Error::InvalidSchema(e.to_string()))?;
         schema.validate()?;
         Ok(schema)
     }
@@ -497,7 +498,17 @@ fn check_value(name: &str, ty: FieldType, value: &Value) -> Result<(), String> {
         return Ok(());
     }
     let ok = match ty {
-        FieldType::Text | FieldType::Keyword => value.is_string(),
+        FieldType::Keyword => match value.as_str() {
+            Some(s) if s.len() > MAX_KEYWORD_BYTES => {
+                return Err(format!(
+                    "field {name:?}: a keyword is at most {MAX_KEYWORD_BYTES} bytes, this one is {}; use a text field for long values",
+                    s.len()
+                ))
+            }
+            Some(_) => true,
+            None => false,
+        },
+        FieldType::Text => value.is_string(),
         FieldType::I64 => value.as_i64().is_some(),
         FieldType::U64 => value.as_u64().is_some(),
         FieldType::F64 => value.as_f64().is_some_and(f64::is_finite),
@@ -526,19 +537,103 @@ fn check_value(name: &str, ty: FieldType, value: &Value) -> Result<(), String> {
 
 /// A date is an RFC 3339 string or whole seconds since the Unix epoch.
 pub fn parse_date(value: &Value) -> Result<tantivy::DateTime, String> {
+    // tantivy stores nanoseconds in an i64: 1677-09-21 to 2262-04-11.
+    const RANGE: &str = "dates must lie between 1677-09-22 and 2262-04-11 (64-bit nanoseconds)";
     match value {
         Value::String(s) => {
-            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-                .map(tantivy::DateTime::from_utc)
-                .map_err(|e| format!("{s:?} is not an RFC 3339 date: {e}"))
+            let date = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| format!("{s:?} is not an RFC 3339 date: {e}"))?;
+            let nanos = i64::try_from(date.unix_timestamp_nanos())
+                .map_err(|_| format!("{s:?} is out of range: {RANGE}"))?;
+            Ok(tantivy::DateTime::from_timestamp_nanos(nanos))
         }
-        Value::Number(n) => n
-            .as_i64()
-            .map(tantivy::DateTime::from_timestamp_secs)
-            .ok_or_else(|| format!("{n} is not whole seconds since the epoch")),
+        Value::Number(n) => {
+            let secs = n
+                .as_i64()
+                .ok_or_else(|| format!("{n} is not whole seconds since the epoch"))?;
+            let nanos = secs
+                .checked_mul(1_000_000_000)
+                .ok_or_else(|| format!("{n} seconds since the epoch is out of range: {RANGE}"))?;
+            Ok(tantivy::DateTime::from_timestamp_nanos(nanos))
+        }
         other => Err(format!(
             "a date must be an RFC 3339 string or epoch seconds, got {other}"
         )),
+    }
+}
+
+/// The longest keyword tantivy indexes; a longer term would be dropped without a word.
+pub const MAX_KEYWORD_BYTES: usize = 65_530;
+
+/// Parses JSON, refusing an object that names a key twice (serde_json keeps the last one,
+/// which would silently change a document's id or a schema's field).
+pub fn parse_json_strict(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+    let StrictValue(value) = serde_json::from_slice(bytes)?;
+    Ok(value)
+}
+
+struct StrictValue(Value);
+
+impl<'de> serde::Deserialize<'de> for StrictValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        serde::Deserialize::deserialize(d).map(|StrictValue(v)| v)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(StrictValue(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "the key {key:?} appears twice in one object"
+                )));
+            }
+            let StrictValue(v) = map.next_value()?;
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
     }
 }
 
@@ -683,5 +778,45 @@ mod tests {
             parse_date(&json!(60)).unwrap()
         );
         assert!(parse_date(&json!("yesterday")).is_err());
+    }
+
+    #[test]
+    fn dates_outside_tantivys_range_are_refused_not_wrapped() {
+        assert!(parse_date(&json!(0)).is_ok());
+        assert!(parse_date(&json!(9_223_372_036i64)).is_ok());
+        assert!(parse_date(&json!(10_000_000_000i64)).is_err());
+        assert!(parse_date(&json!(-10_000_000_000i64)).is_err());
+        assert!(parse_date(&json!("2262-04-11T00:00:00Z")).is_ok());
+        assert!(parse_date(&json!("9999-01-01T00:00:00Z")).is_err());
+        assert!(parse_date(&json!("1600-01-01T00:00:00Z")).is_err());
+        let d = parse_date(&json!(1_700_000_000i64)).unwrap();
+        assert_eq!(d.into_timestamp_secs(), 1_700_000_000);
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth() {
+        assert!(parse_json_strict(br#"{"a": 1, "b": {"c": [1, {"d": 2}]}}"#).is_ok());
+        for bad in [
+            &br#"{"a": 1, "a": 2}"#[..],
+            br#"{"x": {"id": "p", "id": "q"}}"#,
+            br#"[{"k": 1, "k": 1}]"#,
+        ] {
+            assert!(parse_json_strict(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        let e = CollectionSchema::from_json(br#"{"name":"d","fields":{"a":{"type":"text"},"a":{"type":"i64"}}}"#)
+            .unwrap_err();
+        assert_eq!(e.code(), "invalid_schema");
+        assert!(e.to_string().contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn a_keyword_past_tantivys_term_limit_is_refused() {
+        let s = articles();
+        let ok = s.prepare_document(json!({"id": "k", "fields": {"tag": "k".repeat(MAX_KEYWORD_BYTES)}}));
+        assert!(ok.is_ok());
+        let e = s
+            .prepare_document(json!({"id": "k", "fields": {"tag": "k".repeat(MAX_KEYWORD_BYTES + 1)}}))
+            .unwrap_err();
+        assert_eq!(e.code(), "invalid_document");
     }
 }

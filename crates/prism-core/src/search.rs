@@ -9,6 +9,159 @@ use crate::fusion::HybridStrategy;
 /// Largest `limit + offset` a search may ask for.
 pub const MAX_RESULT_WINDOW: usize = 10_000;
 
+/// Deepest nesting of a query string: parentheses plus chained prefix operators (`NOT`, `-`,
+/// `+`). The parser recurses once per level, so this bounds its stack.
+pub const MAX_QUERY_DEPTH: usize = 32;
+
+/// Most terms and operators in one query string, as Lucene's `maxClauseCount`.
+pub const MAX_QUERY_CLAUSES: usize = 1024;
+
+/// Deepest nesting of sub-aggregations, and most aggregations in one request.
+pub const MAX_AGGREGATION_DEPTH: usize = 8;
+pub const MAX_AGGREGATIONS: usize = 100;
+
+/// Checks a query string's nesting and size before the parser sees it. `what` names it in
+/// the error (`query`, `filter`).
+pub fn check_query_string(text: &str, what: &str) -> Result<()> {
+    let mut depth = 0usize;
+    let mut deepest = 0usize;
+    let mut clauses = 0usize;
+    // Prefix operators chained before the current operand.
+    let mut chain = 0usize;
+    let mut in_token = false;
+    let mut token = String::new();
+    let mut chars = text.chars().peekable();
+    let end_token = |token: &mut String, chain: &mut usize, clauses: &mut usize| {
+        if token.is_empty() {
+            return;
+        }
+        *clauses += 1;
+        if token == "NOT" || token == "-" || token == "+" || token == "!" {
+            *chain += 1;
+        } else {
+            *chain = 0;
+        }
+        token.clear();
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                chars.next();
+                token.push('x');
+                in_token = true;
+            }
+            '"' => {
+                // A phrase is one clause; its inside has no structure.
+                for c in chars.by_ref() {
+                    if c == '"' {
+                        break;
+                    }
+                }
+                token.push('x');
+                in_token = true;
+            }
+            '(' => {
+                end_token(&mut token, &mut chain, &mut clauses);
+                in_token = false;
+                depth += 1;
+                deepest = deepest.max(depth + chain);
+                chain = 0;
+            }
+            ')' => {
+                end_token(&mut token, &mut chain, &mut clauses);
+                in_token = false;
+                depth = depth.saturating_sub(1);
+            }
+            c if c.is_whitespace() => {
+                end_token(&mut token, &mut chain, &mut clauses);
+                in_token = false;
+            }
+            '-' | '+' | '!' if !in_token => {
+                // A prefix glued to its operand (`-a`, `--a`) chains like a separate one.
+                chain += 1;
+                deepest = deepest.max(depth + chain);
+            }
+            c => {
+                token.push(c);
+                in_token = true;
+            }
+        }
+        deepest = deepest.max(depth + chain);
+        if deepest > MAX_QUERY_DEPTH {
+            return Err(Error::InvalidQuery(format!(
+                "{what} nests deeper than {MAX_QUERY_DEPTH} levels (parentheses and chained NOT/-/+ operators); flatten it"
+            )));
+        }
+        if clauses > MAX_QUERY_CLAUSES {
+            return Err(Error::InvalidQuery(format!(
+                "{what} has more than {MAX_QUERY_CLAUSES} terms and operators; split it or use a filter"
+            )));
+        }
+    }
+    end_token(&mut token, &mut chain, &mut clauses);
+    if clauses > MAX_QUERY_CLAUSES {
+        return Err(Error::InvalidQuery(format!(
+            "{what} has more than {MAX_QUERY_CLAUSES} terms and operators; split it or use a filter"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the shape of an aggregation request before tantivy sees it: nesting, count, and
+/// parameters tantivy would fail on (an empty `ranges` panics inside it).
+pub fn check_aggregations(aggs: &Value) -> Result<()> {
+    let mut count = 0;
+    check_aggregation_level(aggs, 1, &mut count)
+}
+
+fn check_aggregation_level(aggs: &Value, depth: usize, count: &mut usize) -> Result<()> {
+    let invalid = |m: String| Err(Error::InvalidQuery(format!("aggregations: {m}")));
+    let Some(aggs) = aggs.as_object() else {
+        return invalid("must be an object of named aggregations".into());
+    };
+    if depth > MAX_AGGREGATION_DEPTH {
+        return invalid(format!(
+            "sub-aggregations nest deeper than {MAX_AGGREGATION_DEPTH} levels"
+        ));
+    }
+    for (name, agg) in aggs {
+        *count += 1;
+        if *count > MAX_AGGREGATIONS {
+            return invalid(format!("more than {MAX_AGGREGATIONS} aggregations"));
+        }
+        let Some(agg) = agg.as_object() else {
+            return invalid(format!("{name:?} must be an object"));
+        };
+        for (kind, params) in agg {
+            match kind.as_str() {
+                "aggs" | "aggregations" => check_aggregation_level(params, depth + 1, count)?,
+                "range" => match params.get("ranges").and_then(Value::as_array) {
+                    Some(ranges) if !ranges.is_empty() => {}
+                    _ => return invalid(format!("{name:?}: \"ranges\" must be a non-empty array")),
+                },
+                "histogram" => {
+                    if !params
+                        .get("interval")
+                        .and_then(Value::as_f64)
+                        .is_some_and(|i| i.is_finite() && i > 0.0)
+                    {
+                        return invalid(format!(
+                            "{name:?}: \"interval\" must be a positive number"
+                        ));
+                    }
+                }
+                "filter" => {
+                    if let Some(q) = params.get("query").and_then(Value::as_str).or(params.as_str()) {
+                        check_query_string(q, &format!("aggregation {name:?} filter"))?;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A vector to search with: a bare array when the collection has one vector field, or the
 /// field named explicitly.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,6 +243,15 @@ impl SearchRequest {
         }
         if let Some(h) = &self.hybrid {
             h.validate().map_err(Error::InvalidQuery)?;
+        }
+        if let Some(q) = &self.query {
+            check_query_string(q, "query")?;
+        }
+        if let Some(f) = &self.filter {
+            check_query_string(f, "filter")?;
+        }
+        if let Some(a) = &self.aggregations {
+            check_aggregations(a)?;
         }
         if let Some(w) = self.rank_window_size {
             if w == 0 || w > MAX_RESULT_WINDOW {
@@ -216,5 +378,50 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    #[test]
+    fn query_strings_are_bounded_in_depth_and_clauses() {
+        let nested = |n: usize| format!("{}x{}", "(".repeat(n), ")".repeat(n));
+        assert!(check_query_string(&nested(MAX_QUERY_DEPTH), "query").is_ok());
+        assert!(check_query_string(&nested(MAX_QUERY_DEPTH + 1), "query").is_err());
+        assert!(check_query_string(&format!("{}x", "NOT ".repeat(MAX_QUERY_DEPTH)), "q").is_ok());
+        assert!(check_query_string(&format!("{}x", "NOT ".repeat(MAX_QUERY_DEPTH + 1)), "q").is_err());
+        assert!(check_query_string(&format!("{}x", "-".repeat(100)), "q").is_err());
+        assert!(check_query_string(&format!("{}x", "!".repeat(100)), "q").is_err());
+        assert!(check_query_string(&"a ".repeat(MAX_QUERY_CLAUSES), "q").is_ok());
+        assert!(check_query_string(&"a ".repeat(MAX_QUERY_CLAUSES + 1), "q").is_err());
+        // Operators separated by operands do not chain; phrases and escapes hide structure.
+        assert!(check_query_string(&"-a ".repeat(500), "q").is_ok());
+        assert!(check_query_string(&format!("\"{}\"", "(".repeat(100)), "q").is_ok());
+        assert!(check_query_string(&"\\(".repeat(100), "q").is_ok());
+        let e = check_query_string(&nested(3000), "filter").unwrap_err();
+        assert!(e.to_string().contains("filter"), "{e}");
+    }
+
+    #[test]
+    fn aggregations_tantivy_would_fail_on_are_refused() {
+        use serde_json::json;
+        assert!(check_aggregations(&json!({"r": {"range": {"field": "y", "ranges": [{"to": 1}]}}})).is_ok());
+        for bad in [
+            json!({"r": {"range": {"field": "y", "ranges": []}}}),
+            json!({"r": {"range": {"field": "y"}}}),
+            json!({"h": {"histogram": {"field": "y", "interval": 0}}}),
+            json!({"h": {"histogram": {"field": "y", "interval": -1}}}),
+            json!({"f": {"filter": format!("{}x", "(".repeat(100))}}),
+            json!([1, 2]),
+            json!({"t": 5}),
+        ] {
+            assert_eq!(check_aggregations(&bad).unwrap_err().code(), "invalid_query", "{bad}");
+        }
+        let mut deep = json!({"t": {"terms": {"field": "tag"}}});
+        for _ in 0..MAX_AGGREGATION_DEPTH {
+            deep = json!({"t": {"terms": {"field": "tag"}, "aggs": deep}});
+        }
+        assert!(check_aggregations(&deep).is_err());
+        let many: serde_json::Map<String, Value> = (0..=MAX_AGGREGATIONS)
+            .map(|i| (format!("a{i}"), json!({"avg": {"field": "y"}})))
+            .collect();
+        assert!(check_aggregations(&Value::Object(many)).is_err());
     }
 }

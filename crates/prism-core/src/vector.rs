@@ -3,24 +3,68 @@
 //! also excluded at search time by the caller's filter.
 
 use std::path::Path;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crossbeam_channel::{Receiver, Sender};
 use parking_lot::RwLock;
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
 use crate::error::{Error, Result};
 use crate::schema::{Distance, VectorParams};
 
-/// An HNSW index over f32 vectors of one dimension and distance.
+/// An HNSW index over f32 vectors of one dimension and distance, safe under any mix of
+/// concurrent search, get, insert, remove and growth.
+///
+/// usearch gives every insert and search one of a fixed pool of per-thread contexts, fails
+/// ("Reserve capacity ahead of …") when the pool is empty, and must not reallocate
+/// (`reserve`) while any other call runs. So:
+/// - `structure` is held shared by every call and exclusively by `reserve` and by removal
+///   (removal frees slots that a concurrent insert could reuse);
+/// - `contexts` hands out the pool's permits, so a caller beyond the pool waits for one
+///   instead of failing.
 pub struct VectorIndex {
     params: VectorParams,
     index: Index,
     /// Slots ever used, live or tombstoned; usearch never reuses a removed slot.
     slots: AtomicUsize,
-    /// Adds run concurrently under the read side; growing the capacity takes the write side,
-    /// because usearch must not reallocate while another thread inserts.
-    grow: RwLock<()>,
+    structure: RwLock<()>,
+    contexts: ContextPool,
+}
+
+/// Permits for usearch's per-thread contexts: a bounded channel holding one token a context.
+struct ContextPool {
+    give: Sender<()>,
+    take: Receiver<()>,
+}
+
+impl ContextPool {
+    fn new(size: usize) -> Self {
+        let (give, take) = crossbeam_channel::bounded(size);
+        for _ in 0..size {
+            give.send(()).expect("the pool has room for every token");
+        }
+        ContextPool { give, take }
+    }
+
+    fn acquire(&self) -> ContextPermit<'_> {
+        self.take.recv().expect("the pool owns both ends");
+        ContextPermit(self)
+    }
+}
+
+struct ContextPermit<'a>(&'a ContextPool);
+
+impl Drop for ContextPermit<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.give.send(());
+    }
+}
+
+/// Contexts reserved per index: enough for the writer's parallel inserts and the searches
+/// of every core at once. Each costs a visited-set bitmap of `capacity / 8` bytes.
+fn context_count() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores * 2).max(4)
 }
 
 fn options(params: &VectorParams) -> IndexOptions {
@@ -44,16 +88,24 @@ fn vector_err(e: impl std::fmt::Display) -> Error {
 }
 
 impl VectorIndex {
-    /// Creates an empty index.
-    pub fn new(params: VectorParams) -> Result<Self> {
-        let index = Index::new(&options(&params)).map_err(vector_err)?;
-        index.reserve(1024).map_err(vector_err)?;
+    fn with_index(params: VectorParams, index: Index, slots: usize) -> Result<Self> {
+        let contexts = context_count();
+        index
+            .reserve_capacity_and_threads((slots * 2).max(1024), contexts)
+            .map_err(vector_err)?;
         Ok(VectorIndex {
             params,
             index,
-            slots: AtomicUsize::new(0),
-            grow: RwLock::new(()),
+            slots: AtomicUsize::new(slots),
+            structure: RwLock::new(()),
+            contexts: ContextPool::new(contexts),
         })
+    }
+
+    /// Creates an empty index.
+    pub fn new(params: VectorParams) -> Result<Self> {
+        let index = Index::new(&options(&params)).map_err(vector_err)?;
+        Self::with_index(params, index, 0)
     }
 
     /// Loads an index saved by [`VectorIndex::save`].
@@ -71,19 +123,14 @@ impl VectorIndex {
         }
         let index = Index::new(&options(&params)).map_err(vector_err)?;
         index.load(&path_str).map_err(vector_err)?;
-        let slots = (meta.count_present + meta.count_deleted) as usize;
-        index.reserve((slots * 2).max(1024)).map_err(vector_err)?;
         index.change_expansion_search(params.ef_search);
-        Ok(VectorIndex {
-            params,
-            index,
-            slots: AtomicUsize::new(slots),
-            grow: RwLock::new(()),
-        })
+        let slots = (meta.count_present + meta.count_deleted) as usize;
+        Self::with_index(params, index, slots)
     }
 
     /// Writes the whole index to `path`.
     pub fn save(&self, path: &Path) -> Result<()> {
+        let _shared = self.structure.read();
         self.index.save(&path.to_string_lossy()).map_err(vector_err)
     }
 
@@ -105,25 +152,46 @@ impl VectorIndex {
     pub fn add(&self, key: u64, vector: &[f32]) -> Result<()> {
         let needed = self.slots.fetch_add(1, Ordering::Relaxed) + 1;
         if needed > self.index.capacity() {
-            let _exclusive = self.grow.write();
+            let _exclusive = self.structure.write();
             let capacity = self.index.capacity();
             if needed > capacity {
                 self.index
-                    .reserve((capacity * 2).max(needed).max(1024))
+                    .reserve_capacity_and_threads(
+                        (capacity * 2).max(needed).max(1024),
+                        context_count(),
+                    )
                     .map_err(vector_err)?;
             }
         }
-        let _shared = self.grow.read();
+        let _shared = self.structure.read();
+        let _context = self.contexts.acquire();
         self.index.add(key, vector).map_err(vector_err)
+    }
+
+    /// Tombstones `keys`; missing keys are not an error.
+    pub fn remove_many(&self, keys: &[u64]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let _exclusive = self.structure.write();
+        for &key in keys {
+            self.index.remove(key).map_err(vector_err)?;
+        }
+        Ok(())
     }
 
     /// Tombstones `key`; a missing key is not an error.
     pub fn remove(&self, key: u64) -> Result<()> {
-        self.index.remove(key).map(|_| ()).map_err(vector_err)
+        self.remove_many(&[key])
     }
 
     /// The stored vector of `key`.
     pub fn get(&self, key: u64) -> Option<Vec<f32>> {
+        let _shared = self.structure.read();
+        self.get_unlocked(key)
+    }
+
+    fn get_unlocked(&self, key: u64) -> Option<Vec<f32>> {
         let mut out = vec![0f32; self.params.dimension];
         match self.index.get(key, &mut out) {
             Ok(n) if n > 0 => Some(out),
@@ -152,6 +220,8 @@ impl VectorIndex {
         if k == 0 || self.is_empty() {
             return Ok(Vec::new());
         }
+        let _shared = self.structure.read();
+        let _context = self.contexts.acquire();
         let fetch = k + k / 4 + 4;
         let plain = self.index.search(query, fetch).map_err(vector_err)?;
         let exhausted = plain.keys.len() < fetch;
@@ -180,8 +250,12 @@ impl VectorIndex {
         k: usize,
         keys: impl Iterator<Item = u64>,
     ) -> Vec<(u64, f32)> {
+        let _shared = self.structure.read();
         let mut scored: Vec<(u64, f32)> = keys
-            .filter_map(|key| self.get(key).map(|v| (key, self.distance(query, &v))))
+            .filter_map(|key| {
+                self.get_unlocked(key)
+                    .map(|v| (key, self.distance(query, &v)))
+            })
             .collect();
         scored.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
         scored.truncate(k);

@@ -86,14 +86,14 @@ fn serve(engine: &Engine, node_id: &str, request: Request) -> Response {
                 let collection = engine.collection(&collection)?;
                 let documents: Vec<Value> = serde_json::from_str(&documents)
                     .map_err(|e| prism_core::Error::InvalidRequest(e.to_string()))?;
-                let (ops, errors) = collection.prepare_upserts(documents);
-                let successful = ops.len() as u64;
-                if !ops.is_empty() {
-                    collection.shard().write_blocking(ops)?;
+                let batch = collection.prepare_upserts(documents);
+                let successful = batch.ops.len() as u64;
+                if !batch.ops.is_empty() {
+                    collection.shard().write_blocking(batch.ops)?;
                 }
                 Response::Indexed {
                     successful,
-                    errors: serde_json::to_string(&errors).expect("errors serialize"),
+                    errors: serde_json::to_string(&batch.errors).expect("errors serialize"),
                 }
             }
         })
@@ -403,7 +403,7 @@ impl Cluster {
     /// shard, merge, then the fetch phase for the final page only.
     pub async fn search(&self, collection: &str, body: &[u8]) -> ApiResult<Value> {
         let started = Instant::now();
-        let mut value: Value = serde_json::from_slice(body).map_err(|e| {
+        let mut value: Value = prism_core::schema::parse_json_strict(body).map_err(|e| {
             ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
         })?;
         let mut query = self.query.clone();
@@ -723,7 +723,7 @@ impl Cluster {
     /// `stable_hash(id) % members`.
     pub async fn index(&self, collection: &str, body: &[u8]) -> ApiResult<Value> {
         let started = Instant::now();
-        let value: Value = serde_json::from_slice(body).map_err(|e| {
+        let value: Value = prism_core::schema::parse_json_strict(body).map_err(|e| {
             ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
         })?;
         let Some(documents) = value.get("documents").and_then(Value::as_array) else {
@@ -769,6 +769,7 @@ impl Cluster {
                 Err(e) => errors.extend(docs.iter().map(|d| json!({"id": d["id"], "code": "node_unavailable", "message": format!("{owner}: {e}")}))),
             }
         }
+        errors.truncate(prism_core::engine::MAX_REPORTED_ERRORS);
         Ok(json!({
             "total_docs": documents.len(),
             "successful_docs": successful,

@@ -60,6 +60,10 @@ pub struct ServerConfig {
     pub bind_addr: String,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Longest a client may take to send a request's headers; slower connections are closed.
+    pub header_read_timeout_ms: u64,
+    /// Longest a client may take to send a request's body; slower requests get 408.
+    pub body_read_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +71,8 @@ impl Default for ServerConfig {
         ServerConfig {
             bind_addr: "127.0.0.1:3000".into(),
             max_body_bytes: 100 << 20,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
         }
     }
 }
@@ -84,6 +90,8 @@ pub struct StorageConfig {
     pub log_segment_bytes: u64,
     /// Indexing memory per shard.
     pub writer_memory_bytes: usize,
+    /// Most collections this node holds. Unset: as many as the process limits allow.
+    pub max_collections: Option<usize>,
 }
 
 impl Default for StorageConfig {
@@ -95,6 +103,7 @@ impl Default for StorageConfig {
             vector_checkpoint_interval_ms: 10_000,
             log_segment_bytes: 64 << 20,
             writer_memory_bytes: 128 << 20,
+            max_collections: None,
         }
     }
 }
@@ -152,6 +161,12 @@ fn apply_env(config: &mut Config, env: impl Fn(&str) -> Option<String>) -> anyho
     if let Some(v) = env("PRISM_MAX_BODY_BYTES") {
         config.server.max_body_bytes = parse_env("PRISM_MAX_BODY_BYTES", &v)?;
     }
+    if let Some(v) = env("PRISM_HEADER_READ_TIMEOUT_MS") {
+        config.server.header_read_timeout_ms = parse_env("PRISM_HEADER_READ_TIMEOUT_MS", &v)?;
+    }
+    if let Some(v) = env("PRISM_BODY_READ_TIMEOUT_MS") {
+        config.server.body_read_timeout_ms = parse_env("PRISM_BODY_READ_TIMEOUT_MS", &v)?;
+    }
     if let Some(v) = env("PRISM_REFRESH_INTERVAL_MS") {
         config.storage.refresh_interval_ms = parse_env("PRISM_REFRESH_INTERVAL_MS", &v)?;
     }
@@ -161,6 +176,12 @@ fn apply_env(config: &mut Config, env: impl Fn(&str) -> Option<String>) -> anyho
     }
     if let Some(v) = env("PRISM_WRITER_MEMORY_BYTES") {
         config.storage.writer_memory_bytes = parse_env("PRISM_WRITER_MEMORY_BYTES", &v)?;
+    }
+    if let Some(v) = env("PRISM_LOG_SEGMENT_BYTES") {
+        config.storage.log_segment_bytes = parse_env("PRISM_LOG_SEGMENT_BYTES", &v)?;
+    }
+    if let Some(v) = env("PRISM_MAX_COLLECTIONS") {
+        config.storage.max_collections = Some(parse_env("PRISM_MAX_COLLECTIONS", &v)?);
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -15,7 +15,6 @@ use prism_core::engine::{Collection, DocumentError, Engine};
 use prism_core::schema::CollectionSchema;
 use prism_core::search::{SearchRequest, SearchResponse};
 use prism_core::shard::Op;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::{ApiError, ApiResult};
@@ -33,8 +32,15 @@ pub struct AppState {
 
 type Shared = State<Arc<AppState>>;
 
+/// Longest URI accepted. hyper itself answers longer than 64 KiB with an empty 414.
+pub const MAX_URI_BYTES: usize = 8 << 10;
+
 /// The router of the single-node API.
-pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+pub fn router(
+    state: Arc<AppState>,
+    max_body_bytes: usize,
+    body_read_timeout: std::time::Duration,
+) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(render_metrics))
@@ -56,11 +62,106 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/cluster/health", get(cluster_health))
         .route("/cluster/collections/{name}/search", post(cluster_search))
         .route("/cluster/collections/{name}/documents", post(cluster_index))
+        .route_layer(axum::middleware::from_fn(check_query_parameters))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            body_read_timeout,
+        ))
+        .layer(axum::middleware::from_fn(check_uri_length))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::from_fn(metrics::track))
         .with_state(state)
+}
+
+/// A panic in a handler is a bug: the client gets a JSON 500 and the server keeps serving.
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    tracing::error!(panic = detail, "a request handler panicked");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        format!("the server failed on this request ({detail}); it was not applied if it was a write. Please report it"),
+    )
+    .into_response()
+}
+
+async fn check_uri_length(request: Request, next: axum::middleware::Next) -> Response {
+    let len = request.uri().to_string().len();
+    if len > MAX_URI_BYTES {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the URI is {len} bytes, over the {MAX_URI_BYTES}-byte limit; send long queries in the body"),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// The query parameters each route takes; any other is refused rather than ignored.
+fn allowed_parameters(route: &str) -> &'static [&'static str] {
+    match route {
+        "/collections/{name}/documents"
+        | "/collections/{name}/documents/bulk"
+        | "/collections/{name}/documents/{id}" => &["refresh"],
+        _ => &[],
+    }
+}
+
+/// Parsed query parameters of a request, each named at most once.
+#[derive(Debug, Clone, Default)]
+pub struct QueryParameters(pub std::collections::BTreeMap<String, String>);
+
+impl QueryParameters {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+}
+
+fn parse_query_parameters(query: &str, allowed: &[&str]) -> ApiResult<QueryParameters> {
+    let mut params = std::collections::BTreeMap::new();
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        if !allowed.contains(&key.as_ref()) {
+            let known = if allowed.is_empty() {
+                "this route takes no query parameters".to_string()
+            } else {
+                format!("this route takes only {}", allowed.join(", "))
+            };
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                format!("unknown query parameter {key:?}; {known}"),
+            ));
+        }
+        if params.insert(key.to_string(), value.to_string()).is_some() {
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                format!("query parameter {key:?} is given more than once"),
+            ));
+        }
+    }
+    Ok(QueryParameters(params))
+}
+
+async fn check_query_parameters(mut request: Request, next: axum::middleware::Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let query = request.uri().query().unwrap_or("");
+    match parse_query_parameters(query, allowed_parameters(&route)) {
+        Ok(params) => {
+            request.extensions_mut().insert(params);
+            next.run(request).await
+        }
+        Err(e) => e.into_response(),
+    }
 }
 
 /// A raw request body whose rejections (too large, unreadable) are JSON errors.
@@ -77,6 +178,15 @@ impl<S: Send + Sync> FromRequest<S> for Body {
                 "payload_too_large",
                 "the request body exceeds server.max_body_bytes; split it into smaller batches",
             )),
+            Err(e) if std::error::Error::source(&e)
+                .is_some_and(|s| s.to_string().contains("timed out") || format!("{s:?}").contains("Timeout")) =>
+            {
+                Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "the request body did not arrive within server.body_read_timeout_ms",
+                ))
+            }
             Err(e) => Err(ApiError::bad_request("unreadable_body", e.body_text())),
         }
     }
@@ -89,9 +199,20 @@ fn parse_json(body: &[u8]) -> ApiResult<Value> {
             "the request body is empty; send a JSON object",
         ));
     }
-    serde_json::from_slice(body).map_err(|e| {
+    prism_core::schema::parse_json_strict(body).map_err(|e| {
         ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
     })
+}
+
+/// serde reads a JSON array into a struct by position; a search body must be an object.
+fn require_object(body: &[u8]) -> ApiResult<()> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => Ok(()),
+        _ => Err(ApiError::bad_request(
+            "invalid_query",
+            "the search body must be a JSON object",
+        )),
+    }
 }
 
 /// Runs blocking engine work off the async runtime.
@@ -120,13 +241,30 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// `ok`, or `degraded` with every collection that cannot take writes (or open) and why.
 async fn health(State(state): Shared) -> Json<Value> {
-    Json(json!({
-        "status": "ok",
+    let collections = state.engine.collections();
+    let mut problems: Vec<Value> = collections
+        .iter()
+        .filter_map(|c| {
+            let health = c.shard().health();
+            (!health.is_ok()).then(|| json!({"collection": c.name(), "write": health}))
+        })
+        .collect();
+    for (name, reason) in state.engine.unavailable() {
+        problems.push(json!({"collection": name, "write": {"state": "unavailable", "reason": reason}}));
+    }
+    let mut body = json!({
+        "status": if problems.is_empty() { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_secs": state.started.elapsed().as_secs(),
-        "collections": state.engine.collections().len(),
-    }))
+        "collections": collections.len(),
+        "max_collections": state.engine.max_collections(),
+    });
+    if !problems.is_empty() {
+        body["degraded"] = Value::Array(problems);
+    }
+    Json(body)
 }
 
 async fn render_metrics(State(state): Shared) -> Response {
@@ -186,6 +324,7 @@ fn describe(c: &Collection) -> Value {
         "name": c.name(),
         "schema": &**c.schema(),
         "stats": {"num_docs": stats.num_docs, "size_bytes": stats.size_bytes, "visible_log_index": stats.visible_index},
+        "write": c.shard().health(),
     })
 }
 
@@ -245,15 +384,6 @@ async fn delete_collection(
     Ok(Json(json!({ "deleted": deleted })))
 }
 
-/// When a write returns relative to search visibility.
-#[derive(Debug, Deserialize, Default)]
-pub struct WriteParams {
-    /// `false` (default): once durable. `wait_for`: once a scheduled refresh made it
-    /// searchable. `true`: refresh now, then return.
-    #[serde(default)]
-    refresh: Option<String>,
-}
-
 /// Longest a `refresh=wait_for` write waits for visibility after it is durable.
 const WAIT_FOR_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -263,8 +393,10 @@ enum Refresh {
     Now,
 }
 
-fn refresh_mode(params: &WriteParams) -> ApiResult<Refresh> {
-    match params.refresh.as_deref() {
+/// When a write returns relative to search visibility: `false` (default) once durable,
+/// `wait_for` once a scheduled refresh made it searchable, `true` after refreshing now.
+fn refresh_mode(params: &QueryParameters) -> ApiResult<Refresh> {
+    match params.get("refresh") {
         None | Some("false") => Ok(Refresh::No),
         Some("wait_for") => Ok(Refresh::WaitFor),
         Some("true") | Some("") => Ok(Refresh::Now),
@@ -290,17 +422,37 @@ async fn write(collection: &Collection, ops: Vec<Op>, refresh: Refresh) -> ApiRe
         Refresh::No => {}
         Refresh::WaitFor => {
             let mut visible = shard.visible_index();
-            let waited =
-                tokio::time::timeout(WAIT_FOR_LIMIT, visible.wait_for(|v| *v >= index)).await;
-            match waited {
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) => return Err(prism_core::Error::ShuttingDown.into()),
-                Err(_) => {
+            let deadline = tokio::time::Instant::now() + WAIT_FOR_LIMIT;
+            loop {
+                let step = tokio::time::timeout(
+                    std::time::Duration::from_millis(200),
+                    visible.wait_for(|v| *v >= index),
+                )
+                .await;
+                match step {
+                    Ok(Ok(_)) => break,
+                    Ok(Err(_)) => return Err(prism_core::Error::ShuttingDown.into()),
+                    Err(_) => {}
+                }
+                // A shard that cannot checkpoint will not make the write visible soon: say so
+                // now instead of at the deadline. The write itself is durable.
+                let health = shard.health();
+                let stuck = matches!(
+                    health,
+                    prism_core::shard::WriteHealth::DiskFull(_)
+                        | prism_core::shard::WriteHealth::Failed(_)
+                );
+                if stuck || tokio::time::Instant::now() >= deadline {
+                    let why = if stuck {
+                        format!("{health:?}")
+                    } else {
+                        format!("no refresh within {WAIT_FOR_LIMIT:?}")
+                    };
                     return Err(ApiError::new(
                         StatusCode::GATEWAY_TIMEOUT,
                         "refresh_timeout",
-                        format!("the write is durable (log index {index}) but no refresh made it searchable within {WAIT_FOR_LIMIT:?}; check the server log for refresh errors"),
-                    ))
+                        format!("the write is durable (log index {index}) and will be searchable after the next successful refresh, but it is not searchable yet: {why}"),
+                    ));
                 }
             }
         }
@@ -318,12 +470,27 @@ async fn index_batch(
     collection: Arc<Collection>,
     documents: Vec<Value>,
     mut errors: Vec<DocumentError>,
+    unparsed: usize,
     refresh: Refresh,
     started: Instant,
 ) -> ApiResult<Json<Value>> {
-    let total = documents.len() + errors.len();
-    let (ops, doc_errors) = collection.prepare_upserts(documents);
-    errors.extend(doc_errors);
+    if documents.len() > prism_core::shard::MAX_OPS_PER_ENTRY {
+        return Err(ApiError::bad_request(
+            "too_many_documents",
+            format!(
+                "the request holds {} documents, over the {} limit per request; split it",
+                documents.len(),
+                prism_core::shard::MAX_OPS_PER_ENTRY
+            ),
+        ));
+    }
+    let total = documents.len() + unparsed;
+    let mut failed = unparsed;
+    let batch = collection.prepare_upserts(documents);
+    failed += batch.failed;
+    errors.extend(batch.errors);
+    errors.truncate(prism_core::engine::MAX_REPORTED_ERRORS);
+    let ops = batch.ops;
     if ops.is_empty() {
         let message = match errors.first() {
             Some(first) => format!(
@@ -342,7 +509,8 @@ async fn index_batch(
         } else {
             "invalid_documents"
         };
-        return Err(ApiError::bad_request(code, message).with_details(json!({ "errors": errors })));
+        return Err(ApiError::bad_request(code, message)
+            .with_details(json!({ "errors": errors, "failed_docs": failed })));
     }
     let successful = ops.len();
     write(&collection, ops, refresh).await?;
@@ -351,7 +519,7 @@ async fn index_batch(
     Ok(Json(json!({
         "total_docs": total,
         "successful_docs": successful,
-        "failed_docs": errors.len(),
+        "failed_docs": failed,
         "errors": errors,
         "latency_ms": started.elapsed().as_millis() as u64,
     })))
@@ -360,7 +528,7 @@ async fn index_batch(
 async fn index_documents(
     State(state): Shared,
     Path(name): Path<String>,
-    Query(params): Query<WriteParams>,
+    axum::Extension(params): axum::Extension<QueryParameters>,
     Body(body): Body,
 ) -> ApiResult<Json<Value>> {
     let started = Instant::now();
@@ -384,7 +552,7 @@ async fn index_documents(
             ))
         }
     };
-    index_batch(collection, documents, Vec::new(), refresh, started).await
+    index_batch(collection, documents, Vec::new(), 0, refresh, started).await
 }
 
 /// Newline-delimited JSON: one `{"id": ..., "fields": {...}}` per line. A line that is not
@@ -392,33 +560,39 @@ async fn index_documents(
 async fn bulk_documents(
     State(state): Shared,
     Path(name): Path<String>,
-    Query(params): Query<WriteParams>,
+    axum::Extension(params): axum::Extension<QueryParameters>,
     Body(body): Body,
 ) -> ApiResult<Json<Value>> {
     let started = Instant::now();
     let refresh = refresh_mode(&params)?;
     let collection = collection(&state, &name)?;
-    let (documents, errors) = tokio::task::spawn_blocking(move || {
+    let (documents, errors, unparsed) = tokio::task::spawn_blocking(move || {
         let mut documents = Vec::new();
         let mut errors = Vec::new();
+        let mut unparsed = 0;
         for (n, line) in body.split(|b| *b == b'\n').enumerate() {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            match serde_json::from_slice::<Value>(line) {
+            match prism_core::schema::parse_json_strict(line) {
                 Ok(doc) => documents.push(doc),
-                Err(e) => errors.push(DocumentError {
-                    id: String::new(),
-                    code: "malformed_json".into(),
-                    message: format!("line {}: {e}", n + 1),
-                }),
+                Err(e) => {
+                    unparsed += 1;
+                    if errors.len() < prism_core::engine::MAX_REPORTED_ERRORS {
+                        errors.push(DocumentError {
+                            id: String::new(),
+                            code: "malformed_json".into(),
+                            message: format!("line {}: {e}", n + 1),
+                        });
+                    }
+                }
             }
         }
-        (documents, errors)
+        (documents, errors, unparsed)
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    index_batch(collection, documents, errors, refresh, started).await
+    index_batch(collection, documents, errors, unparsed, refresh, started).await
 }
 
 async fn get_document(
@@ -437,7 +611,7 @@ async fn get_document(
 async fn delete_document(
     State(state): Shared,
     Path((name, id)): Path<(String, String)>,
-    Query(params): Query<WriteParams>,
+    axum::Extension(params): axum::Extension<QueryParameters>,
 ) -> ApiResult<Json<Value>> {
     let refresh = refresh_mode(&params)?;
     let collection = collection(&state, &name)?;
@@ -534,6 +708,7 @@ async fn search(
             "the request body is empty; send a JSON object",
         ));
     }
+    require_object(&body)?;
     let request: SearchRequest = serde_json::from_slice(&body).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
@@ -548,4 +723,61 @@ async fn search(
     let mut response = collection.shard().search(&request)?;
     response.latency_ms = started.elapsed().as_millis() as u64;
     Ok(Json(response))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    #[test]
+    fn query_parameters_are_known_and_given_once() {
+        let p = parse_query_parameters("refresh=wait_for", &["refresh"]).unwrap();
+        assert_eq!(p.get("refresh"), Some("wait_for"));
+        for (query, allowed) in [
+            ("refresh=true&refresh=false", &["refresh"][..]),
+            ("pipeline=x", &["refresh"][..]),
+            ("timeout=1ms", &[][..]),
+        ] {
+            let e = parse_query_parameters(query, allowed).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{query}");
+            assert_eq!(e.code, "invalid_parameter", "{query}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_json_500_and_the_service_keeps_serving() {
+        let app = Router::new()
+            .route(
+                "/boom",
+                get(|| async {
+                    if true {
+                        panic!("deliberate");
+                    }
+                    "unreachable"
+                }),
+            )
+            .route("/fine", get(|| async { "fine" }))
+            .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response));
+        let response = app
+            .clone()
+            .oneshot(Request::get("/boom").body(axum::body::Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "internal");
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deliberate"));
+        let response = app
+            .oneshot(Request::get("/fine").body(axum::body::Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
 }

@@ -7,6 +7,7 @@ mod config;
 mod error;
 mod http;
 mod metrics;
+mod serve;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -45,6 +46,44 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Raises the open-file limit to its hard maximum and derives how many collections the
+/// process limits hold.
+fn process_capacity(configured: Option<usize>) -> prism_core::limits::Capacity {
+    use prism_core::limits::{collection_capacity, ProcessLimits};
+    let open_files = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-file limit; assuming 1024");
+            1024
+        }
+    };
+    let read_proc = |path: &str| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+    };
+    let max_map_count = read_proc("/proc/sys/vm/max_map_count").unwrap_or(65530);
+    let nproc = rlimit::getrlimit(rlimit::Resource::NPROC)
+        .map(|(soft, _)| soft)
+        .unwrap_or(u64::MAX);
+    let max_threads = nproc.min(read_proc("/proc/sys/kernel/threads-max").unwrap_or(u64::MAX));
+    let limits = ProcessLimits {
+        open_files,
+        max_map_count,
+        max_threads,
+    };
+    let capacity = collection_capacity(limits, configured);
+    tracing::info!(
+        open_files,
+        max_map_count,
+        max_threads,
+        max_collections = capacity.collections,
+        bound_by = capacity.bound_by,
+        "process limits: this node holds at most max_collections collections (raise ulimit -n or vm.max_map_count for more)"
+    );
+    capacity
+}
+
 async fn run(cli: config::Cli) -> anyhow::Result<()> {
     let config = config::load(&cli, |k| std::env::var(k).ok())?;
     match &config.file {
@@ -55,9 +94,11 @@ async fn run(cli: config::Cli) -> anyhow::Result<()> {
     }
     let metrics = metrics::install()?;
     let data_dir = config.storage.data_dir.clone();
+    let capacity = process_capacity(config.storage.max_collections);
     let engine_config = EngineConfig {
         data_dir: data_dir.clone(),
         shard: config.storage.shard_config(),
+        max_collections: capacity.collections,
     };
     let opened = Instant::now();
     let engine = tokio::task::spawn_blocking(move || Engine::open(engine_config))
@@ -105,10 +146,18 @@ async fn run(cli: config::Cli) -> anyhow::Result<()> {
         metrics: Some(metrics),
         started: Instant::now(),
     });
-    let app = http::router(state, config.server.max_body_bytes);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let app = http::router(
+        state,
+        config.server.max_body_bytes,
+        std::time::Duration::from_millis(config.server.body_read_timeout_ms.max(1)),
+    );
+    serve::serve(
+        listener,
+        app,
+        std::time::Duration::from_millis(config.server.header_read_timeout_ms.max(1)),
+        shutdown_signal(),
+    )
+    .await;
     tracing::info!("shutting down: writing checkpoints");
     tokio::task::spawn_blocking(move || engine.close()).await??;
     tracing::info!("stopped cleanly");

@@ -46,6 +46,9 @@ pub struct ShardConfig {
     pub writer_memory_bytes: usize,
     /// Writes that may wait for the writer thread before new ones are refused. Default 4096.
     pub write_queue_len: usize,
+    /// A writer with nothing to commit for this long is closed, freeing its threads and
+    /// buffers; the next write reopens it. Default 30 s.
+    pub idle_writer_close: Duration,
 }
 
 impl Default for ShardConfig {
@@ -56,6 +59,7 @@ impl Default for ShardConfig {
             log_segment_bytes: 64 << 20,
             writer_memory_bytes: 128 << 20,
             write_queue_len: 4096,
+            idle_writer_close: Duration::from_secs(30),
         }
     }
 }
@@ -87,6 +91,28 @@ pub(crate) struct Shared {
     pub dir: PathBuf,
     /// Random per opening, so that searcher generations never repeat across reopens.
     pub instance: u64,
+    /// Whether the shard takes writes, as the writer thread last found.
+    pub health: RwLock<WriteHealth>,
+}
+
+/// Whether a shard copy takes writes, and why not.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "state", content = "reason", rename_all = "snake_case")]
+pub enum WriteHealth {
+    Ok,
+    /// Writes are acknowledged; the text index is being rebuilt from its last commit and the
+    /// log after a failure, and new writes become searchable once it is.
+    Rebuilding(String),
+    /// Writes are refused with 507 until space is freed; they resume by themselves.
+    DiskFull(String),
+    /// Writes are refused with 503 until a restart replays the log.
+    Failed(String),
+}
+
+impl WriteHealth {
+    pub fn is_ok(&self) -> bool {
+        matches!(self, WriteHealth::Ok)
+    }
 }
 
 pub(crate) enum Command {
@@ -238,6 +264,11 @@ impl Shard {
     /// The current version of a document, including writes not yet refreshed.
     pub fn get(&self, id: &str) -> Result<Option<StoredDocument>> {
         query::get(&self.shared, id)
+    }
+
+    /// Whether the shard takes writes.
+    pub fn health(&self) -> WriteHealth {
+        self.shared.health.read().clone()
     }
 
     pub fn stats(&self) -> ShardStats {

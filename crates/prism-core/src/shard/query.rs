@@ -298,6 +298,27 @@ struct Windows {
     vector_k: usize,
 }
 
+/// Every aggregated field must be a fast field of the schema: tantivy itself answers an
+/// unknown field with empty buckets.
+fn check_aggregated_fields(shared: &Shared, aggs: &Aggregations) -> Result<()> {
+    for name in tantivy::aggregation::agg_req::get_fast_field_names(aggs) {
+        match shared.schema.fields.get(&name) {
+            None => {
+                return Err(Error::InvalidQuery(format!(
+                    "aggregations: field {name:?} is not in the schema"
+                )))
+            }
+            Some(def) if def.field_type == FieldType::Vector || !def.is_fast() => {
+                return Err(Error::InvalidQuery(format!(
+                    "aggregations: field {name:?} is not a fast field; aggregate keyword, numeric, bool or date fields, or text fields declared with \"fast\": true"
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
 /// Runs the query: the true count, the aggregations (unfinished), and the ranked lists.
 fn collect(
     shared: &Shared,
@@ -309,10 +330,12 @@ fn collect(
 ) -> Result<Collected> {
     let aggs = match &request.aggregations {
         None => None,
-        Some(v) => Some(
-            serde_json::from_value::<Aggregations>(v.clone())
-                .map_err(|e| Error::InvalidQuery(format!("aggregations: {e}")))?,
-        ),
+        Some(v) => {
+            let aggs = serde_json::from_value::<Aggregations>(v.clone())
+                .map_err(|e| Error::InvalidQuery(format!("aggregations: {e}")))?;
+            check_aggregated_fields(shared, &aggs)?;
+            Some(aggs)
+        }
     };
     // Always collect unfinished results: a shard answering a coordinator ships them as they
     // are, a local search finishes them itself (what tantivy's AggregationCollector does).

@@ -12,11 +12,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tantivy::directory::MmapDirectory;
 use tantivy::schema::Field;
+use tantivy::indexer::IndexWriterOptions;
 use tantivy::{Index, IndexWriter, TantivyDocument, Term};
 use tokio::sync::{oneshot, watch};
 
 use super::ops::{self, version_key, Op};
-use super::{open_reader, resolve_fields, Command, ShardConfig, Shared};
+use super::{open_reader, resolve_fields, Command, ShardConfig, Shared, WriteHealth};
 use crate::error::{Error, Result};
 use crate::log::{ShardLog, MAX_ENTRY_BYTES};
 use crate::schema::{parse_date, CollectionSchema, FieldType, PreparedDoc};
@@ -35,15 +36,27 @@ const MAX_GROUP: usize = 1024;
 pub(crate) struct WriterState {
     log: ShardLog,
     machine: StateMachine,
-    /// Set when a durable entry could not be applied: memory may hold part of it, so the
-    /// shard stops writing and checkpointing until a restart replays the log.
+    /// Set when a durable entry could not be applied to the vector indexes, or the log can
+    /// take no more writes: memory may hold part of an entry, so the shard stops writing and
+    /// checkpointing until a restart replays the log.
     failed: Option<String>,
+    /// Set when a component found the disk full: writes are refused (507) until a
+    /// background checkpoint succeeds again.
+    disk_full: Option<String>,
 }
 
 /// The components of a shard copy and how far each has applied the log. Raft's state machine
 /// will wrap exactly this.
 pub(crate) struct StateMachine {
-    writer: IndexWriter,
+    /// `None` after the writer failed (tantivy leaves a writer that hit an I/O error unable
+    /// to tell which documents it lost): entries above `text_checkpoint` are then re-added
+    /// from the log into a fresh writer before the next commit.
+    writer: Option<IndexWriter>,
+    writer_options: IndexWriterOptions,
+    /// Why the writer was dropped, while it is.
+    text_broken: Option<String>,
+    /// When the last entry was applied, to close an idle writer and free its threads.
+    last_write: Instant,
     /// Last entry applied to all components.
     applied: u64,
     /// Last entry included in the durable tantivy commit.
@@ -67,6 +80,22 @@ fn vectors_dir(dir: &Path) -> PathBuf {
 
 fn vector_checkpoint_dir(dir: &Path, index: u64) -> PathBuf {
     vectors_dir(dir).join(format!("ckpt-{index:020}"))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+/// One indexing thread and one merge thread per shard: a node holds many collections, and
+/// per-collection thread pools are what limits how many it can open.
+fn writer_options(config: &ShardConfig) -> IndexWriterOptions {
+    IndexWriterOptions::builder()
+        .memory_budget_per_thread(config.writer_memory_bytes.max(15 << 20))
+        .num_worker_threads(1)
+        .num_merge_threads(1)
+        .build()
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -130,7 +159,7 @@ pub(crate) fn recover(
         });
     }
 
-    let writer: IndexWriter = index.writer(config.writer_memory_bytes)?;
+    let writer_options = writer_options(config);
     let reader = open_reader(&index)?;
     let tantivy_schema = index.schema();
     let fields = resolve_fields(&tantivy_schema, &schema);
@@ -148,10 +177,14 @@ pub(crate) fn recover(
         recent_searchers: Mutex::new(Default::default()),
         dir: dir.to_path_buf(),
         instance: opening_nonce(dir),
+        health: RwLock::new(WriteHealth::Ok),
     });
     let mut machine = StateMachine {
         applied: text_checkpoint.min(vector_checkpoint),
-        writer,
+        writer: None,
+        writer_options,
+        text_broken: None,
+        last_write: Instant::now(),
         text_checkpoint,
         vector_checkpoint,
         vector_keys,
@@ -168,17 +201,27 @@ pub(crate) fn recover(
         replayed += 1;
         Ok(())
     })?;
+    let mut disk_full = None;
     if replayed > 0 {
         // Make the replayed writes searchable. The vector checkpoint waits for its interval:
         // saving every index here would put a full rewrite on the restart path.
-        machine.refresh(&shared)?;
+        if let Err(e) = machine.refresh(&shared, &log) {
+            // The log still holds every replayed entry; the writer thread retries.
+            if !e.is_disk_full() {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, shard = %dir.display(), "the disk is full: replayed writes stay unsearchable and new writes are refused until space is freed");
+            disk_full = Some(e.to_string());
+        }
     }
     shared.visible.send_replace(machine.text_checkpoint);
     let state = WriterState {
         log,
         machine,
         failed: None,
+        disk_full,
     };
+    state.publish_health(&shared);
     tracing::info!(
         shard = %dir.display(),
         text_checkpoint,
@@ -270,7 +313,9 @@ fn load_vectors(dir: &Path, schema: &CollectionSchema) -> Result<LoadedVectors> 
 }
 
 impl StateMachine {
-    /// Applies one entry to each component that has not applied it yet.
+    /// Applies one entry to each component that has not applied it yet. A text index failure
+    /// drops the writer (see [`StateMachine::writer`]) rather than failing the entry: the
+    /// entry is durable, and [`StateMachine::repair_text`] re-adds it from the log.
     pub(crate) fn apply(
         &mut self,
         shared: &Shared,
@@ -278,36 +323,34 @@ impl StateMachine {
         ops: &[Op],
         live: bool,
     ) -> Result<()> {
-        let to_text = index > self.text_checkpoint;
+        self.last_write = Instant::now();
+        if index > self.text_checkpoint && self.text_broken.is_none() {
+            if let Err(e) = self.apply_text(shared, index, ops) {
+                self.break_text(shared, &e);
+            }
+        }
         let to_vectors = !shared.vectors.is_empty() && index > self.vector_checkpoint;
         let mut inserts: Vec<(&VectorIndex, u64, &[f32])> = Vec::new();
         for (position, op) in ops.iter().enumerate() {
+            if !to_vectors {
+                break;
+            }
             let key = version_key(index, position);
             let id = op.id();
-            if to_text {
-                self.writer
-                    .delete_term(Term::from_field_text(shared.fields.id, id));
-                if let Op::Upsert(doc) = op {
-                    self.writer
-                        .add_document(build_document(shared, key, doc)?)?;
+            let old = match op {
+                Op::Upsert(doc) if !doc.vectors.is_empty() => {
+                    self.vector_keys.insert(id.to_string(), key)
                 }
+                _ => self.vector_keys.remove(id),
+            };
+            if let Some(old) = old {
+                self.pending_removals.push(old);
+                self.vectors_dirty = true;
             }
-            if to_vectors {
-                let old = match op {
-                    Op::Upsert(doc) if !doc.vectors.is_empty() => {
-                        self.vector_keys.insert(id.to_string(), key)
-                    }
-                    _ => self.vector_keys.remove(id),
-                };
-                if let Some(old) = old {
-                    self.pending_removals.push(old);
-                    self.vectors_dirty = true;
-                }
-                if let Op::Upsert(doc) = op {
-                    for (field, values) in &doc.vectors {
-                        if let Some(vi) = shared.vectors.get(field) {
-                            inserts.push((vi, key, values.as_slice()));
-                        }
+            if let Op::Upsert(doc) = op {
+                for (field, values) in &doc.vectors {
+                    if let Some(vi) = shared.vectors.get(field) {
+                        inserts.push((vi, key, values.as_slice()));
                     }
                 }
             }
@@ -330,31 +373,113 @@ impl StateMachine {
         Ok(())
     }
 
+    /// The writer, opened on first use after start, an idle close or a failure.
+    fn writer(&mut self, shared: &Shared) -> Result<&mut IndexWriter> {
+        if self.writer.is_none() {
+            let writer = shared
+                .index
+                .writer_with_options(self.writer_options.clone())
+                .map_err(|e| Error::from(e).classify_storage(&shared.dir))?;
+            self.writer = Some(writer);
+        }
+        Ok(self.writer.as_mut().expect("opened above"))
+    }
+
+    fn apply_text(&mut self, shared: &Shared, index: u64, ops: &[Op]) -> Result<()> {
+        let writer = self.writer(shared)?;
+        for (position, op) in ops.iter().enumerate() {
+            writer.delete_term(Term::from_field_text(shared.fields.id, op.id()));
+            if let Op::Upsert(doc) = op {
+                match build_document(shared, version_key(index, position), doc) {
+                    Ok(document) => {
+                        writer.add_document(document)?;
+                    }
+                    // Validation runs before the log append, so this is a document an older
+                    // version accepted. Skipping it keeps the shard able to open.
+                    Err(e) => {
+                        tracing::error!(error = %e, index, "skipping a logged document the schema cannot index")
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops a failed writer. Its uncommitted documents are lost to it, but not to the log:
+    /// `text_checkpoint` stays where the last good commit left it.
+    fn break_text(&mut self, shared: &Shared, error: &Error) {
+        tracing::error!(error = %error, shard = %shared.dir.display(), checkpoint = self.text_checkpoint, "the text index writer failed; it is rebuilt from its last commit and the log");
+        self.writer = None;
+        self.text_broken = Some(error.to_string());
+    }
+
+    /// Re-adds every entry after the text checkpoint to a fresh writer.
+    fn repair_text(&mut self, shared: &Shared, log: &ShardLog) -> Result<()> {
+        let through = self.applied;
+        let from = self.text_checkpoint + 1;
+        self.writer(shared)?;
+        log.read_from(from, |entry| {
+            if entry.index > through {
+                return Ok(());
+            }
+            let ops = ops::decode(&entry.payload)?;
+            self.apply_text(shared, entry.index, &ops)
+        })?;
+        tracing::info!(shard = %shared.dir.display(), from, through, "text index writer rebuilt from the log");
+        self.text_broken = None;
+        Ok(())
+    }
+
     /// Commits the text index with the applied index as payload, reloads the searcher, and
-    /// retires vectors of replaced versions.
-    pub(crate) fn refresh(&mut self, shared: &Shared) -> Result<u64> {
+    /// retires vectors of replaced versions. A failed commit leaves the checkpoint where it
+    /// was and drops the writer.
+    pub(crate) fn refresh(&mut self, shared: &Shared, log: &ShardLog) -> Result<u64> {
+        if self.text_broken.is_some() {
+            if let Err(e) = self.repair_text(shared, log) {
+                self.writer = None;
+                return Err(e.classify_storage(&shared.dir));
+            }
+        }
         if self.applied > self.text_checkpoint || !self.pending_removals.is_empty() {
             if self.applied > self.text_checkpoint {
-                let mut commit = self.writer.prepare_commit()?;
-                let payload = serde_json::to_string(&TextCheckpoint {
-                    applied_index: self.applied,
-                })
-                .expect("checkpoint serializes");
-                commit.set_payload(&payload);
-                commit.commit()?;
+                if let Err(e) = self.commit_text(shared) {
+                    self.break_text(shared, &e);
+                    return Err(e.classify_storage(&shared.dir));
+                }
                 self.text_checkpoint = self.applied;
             }
             shared.reader.reload()?;
             // The new searcher no longer sees the old versions, so their vectors can go.
-            for key in self.pending_removals.drain(..) {
-                for vi in shared.vectors.values() {
-                    vi.remove(key)?;
-                }
+            let removals = std::mem::take(&mut self.pending_removals);
+            for vi in shared.vectors.values() {
+                vi.remove_many(&removals)?;
             }
             shared.unrefreshed.write().clear();
         }
         shared.visible.send_replace(self.text_checkpoint);
         Ok(self.text_checkpoint)
+    }
+
+    fn commit_text(&mut self, shared: &Shared) -> Result<()> {
+        let payload = serde_json::to_string(&TextCheckpoint {
+            applied_index: self.applied,
+        })
+        .expect("checkpoint serializes");
+        let mut commit = self.writer(shared)?.prepare_commit()?;
+        commit.set_payload(&payload);
+        commit.commit()?;
+        Ok(())
+    }
+
+    /// Closes the writer once everything is committed and no write came for `idle`: an idle
+    /// collection then holds no indexing or merge threads.
+    fn close_idle_writer(&mut self, idle: std::time::Duration) {
+        if self.writer.is_some()
+            && self.applied == self.text_checkpoint
+            && self.last_write.elapsed() >= idle
+        {
+            self.writer = None;
+        }
     }
 
     /// Records a vector checkpoint at the applied index. The indexes are rewritten only when
@@ -371,17 +496,11 @@ impl StateMachine {
             (Some(dir), false) => dir.clone(),
             _ => {
                 let target = vector_checkpoint_dir(&shared.dir, self.applied);
-                let _ = fs::remove_dir_all(&target);
-                fs::create_dir_all(&target).map_err(|e| Error::io(&target, e))?;
-                for (name, vi) in &shared.vectors {
-                    let path = target.join(format!("{name}.usearch"));
-                    vi.save(&path)?;
-                    fs::File::open(&path)
-                        .and_then(|f| f.sync_all())
-                        .map_err(|e| Error::io(&path, e))?;
+                if let Err(e) = self.write_vector_files(shared, &target) {
+                    // A partial checkpoint is useless and may be what filled the disk.
+                    let _ = fs::remove_dir_all(&target);
+                    return Err(e.classify_storage(&target));
                 }
-                let keys = postcard::to_stdvec(&self.vector_keys).expect("key map serializes");
-                write_atomically(&target.join("keys.bin"), &keys)?;
                 target
                     .file_name()
                     .expect("checkpoint dir name")
@@ -389,10 +508,15 @@ impl StateMachine {
                     .to_string()
             }
         };
-        write_atomically(
-            &root.join("CHECKPOINT"),
-            format!("{} {files}", self.applied).as_bytes(),
-        )?;
+        let pointer = root.join("CHECKPOINT");
+        if let Err(e) = write_atomically(&pointer, format!("{} {files}", self.applied).as_bytes())
+        {
+            let _ = fs::remove_file(pointer.with_extension("tmp"));
+            if self.vector_files.as_deref() != Some(files.as_str()) {
+                let _ = fs::remove_dir_all(root.join(&files));
+            }
+            return Err(e);
+        }
         self.vector_checkpoint = self.applied;
         self.vectors_dirty = false;
         // Older checkpoints are no longer needed.
@@ -412,6 +536,22 @@ impl StateMachine {
             "vector checkpoint saved"
         );
         Ok(())
+    }
+
+    fn write_vector_files(&self, shared: &Shared, target: &Path) -> Result<()> {
+        let _ = fs::remove_dir_all(target);
+        fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
+        for (name, vi) in &shared.vectors {
+            let path = target.join(format!("{name}.usearch"));
+            vi.save(&path)?;
+            fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io(&path, e))?;
+        }
+        let keys = postcard::to_stdvec(&self.vector_keys).expect("key map serializes");
+        write_atomically(&target.join("keys.bin"), &keys)?;
+        sync_dir(target)?;
+        sync_dir(&vectors_dir(&shared.dir))
     }
 
     /// The entry through which every component's checkpoint has passed.
@@ -508,11 +648,16 @@ fn add_values(
 }
 
 fn failed_error(shared: &Shared, reason: &str) -> Error {
-    Error::Corrupt {
+    Error::StorageFailed {
         path: shared.dir.clone(),
-        message: format!(
-            "the shard stopped after failing to apply {reason}; restart the node to replay its log"
-        ),
+        message: format!("the shard stopped writing: {reason}"),
+    }
+}
+
+fn disk_full_error(shared: &Shared, reason: &str) -> Error {
+    Error::InsufficientStorage {
+        path: shared.dir.clone(),
+        message: format!("the shard refuses writes until a checkpoint succeeds again ({reason})"),
     }
 }
 
@@ -548,7 +693,7 @@ pub(crate) fn run(
             Ok(Command::Refresh { reply }) => {
                 let result = match &state.failed {
                     Some(reason) => Err(failed_error(&shared, reason)),
-                    None => state.machine.refresh(&shared),
+                    None => state.checkpoint_text(&shared),
                 };
                 let _ = reply.send(result);
                 next_refresh = Instant::now() + config.refresh_interval;
@@ -567,7 +712,7 @@ pub(crate) fn run(
         }
         if Instant::now() >= next_refresh {
             if let Err(e) = state.background_checkpoint(&shared, &config) {
-                tracing::error!(error = %e, shard = %shared.dir.display(), "refresh failed; writes stay durable in the log and will be retried");
+                tracing::error!(error = %e, shard = %shared.dir.display(), "checkpoint failed; writes stay durable in the log and it is retried");
             }
             next_refresh = Instant::now() + config.refresh_interval;
         }
@@ -578,9 +723,27 @@ type Reply = oneshot::Sender<Result<u64>>;
 
 impl WriterState {
     fn write_group(&mut self, shared: &Shared, group: Vec<(Vec<Op>, Reply)>) {
-        if let Some(reason) = &self.failed {
+        let refusal = match (&self.failed, &self.disk_full) {
+            (Some(reason), _) => Some(failed_error(shared, reason)),
+            (None, Some(reason)) => Some(disk_full_error(shared, reason)),
+            (None, None) => None,
+        };
+        if let Some(refusal) = refusal {
+            let message = refusal.to_string();
+            let code = refusal.code();
             for (_, reply) in group {
-                let _ = reply.send(Err(failed_error(shared, reason)));
+                let error = if code == "storage_failed" {
+                    Error::StorageFailed {
+                        path: shared.dir.clone(),
+                        message: message.clone(),
+                    }
+                } else {
+                    Error::InsufficientStorage {
+                        path: shared.dir.clone(),
+                        message: message.clone(),
+                    }
+                };
+                let _ = reply.send(Err(error));
             }
             return;
         }
@@ -604,13 +767,26 @@ impl WriterState {
         let first = match self.log.append(&payloads) {
             Ok(first) => first,
             Err(e) => {
-                tracing::error!(error = %e, "log append failed; the writes were not acknowledged");
+                tracing::error!(error = %e, "log append failed; the writes were refused and not applied");
+                if self.log.is_poisoned() {
+                    self.failed = Some(e.to_string());
+                } else if e.is_disk_full() {
+                    self.disk_full = Some(e.to_string());
+                }
+                self.publish_health(shared);
                 let message = e.to_string();
                 for (_, reply) in accepted {
-                    let _ = reply.send(Err(Error::Corrupt {
-                        path: shared.dir.join("log"),
-                        message: message.clone(),
-                    }));
+                    let error = match &e {
+                        Error::InsufficientStorage { path, .. } => Error::InsufficientStorage {
+                            path: path.clone(),
+                            message: message.clone(),
+                        },
+                        _ => Error::StorageFailed {
+                            path: shared.dir.join("log"),
+                            message: message.clone(),
+                        },
+                    };
+                    let _ = reply.send(Err(error));
                 }
                 return;
             }
@@ -622,29 +798,71 @@ impl WriterState {
                 let _ = reply.send(Err(failed_error(shared, reason)));
                 continue;
             }
-            match self.machine.apply(shared, index, &ops, true) {
-                Ok(()) => {
-                    let _ = reply.send(Ok(index));
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, index, "applying a durable log entry failed; the shard stops writing until restart");
-                    self.failed = Some(format!("entry {index}: {e}"));
-                    let _ = reply.send(Err(e));
-                }
+            if let Err(e) = self.machine.apply(shared, index, &ops, true) {
+                // The entry is durable, so it is acknowledged: the restart's replay applies it.
+                tracing::error!(error = %e, index, "applying a durable log entry to the vector index failed; the shard stops writing until restart");
+                self.failed = Some(format!("applying entry {index} failed: {e}"));
+                self.publish_health(shared);
             }
+            let _ = reply.send(Ok(index));
         }
+    }
+
+    /// Tells readers and `/health` whether the shard takes writes.
+    fn publish_health(&self, shared: &Shared) {
+        let health = match (&self.failed, &self.disk_full, &self.machine.text_broken) {
+            (Some(reason), _, _) => WriteHealth::Failed(reason.clone()),
+            (None, Some(reason), _) => WriteHealth::DiskFull(reason.clone()),
+            (None, None, Some(reason)) => WriteHealth::Rebuilding(reason.clone()),
+            (None, None, None) => WriteHealth::Ok,
+        };
+        let mut current = shared.health.write();
+        if *current != health {
+            tracing::info!(shard = %shared.dir.display(), health = ?health, "write health changed");
+            *current = health;
+        }
+    }
+
+    /// A refresh: commits the text index; a full disk found there refuses writes until the
+    /// next success.
+    fn checkpoint_text(&mut self, shared: &Shared) -> Result<u64> {
+        let result = self.machine.refresh(shared, &self.log);
+        match &result {
+            Ok(_) => self.disk_full = None,
+            Err(e) if e.is_disk_full() => self.disk_full = Some(e.to_string()),
+            Err(_) => {}
+        }
+        self.publish_health(shared);
+        result
     }
 
     fn background_checkpoint(&mut self, shared: &Shared, config: &ShardConfig) -> Result<()> {
         if self.failed.is_some() {
             return Ok(());
         }
-        self.machine.refresh(shared)?;
-        if self.machine.vectors_saved_at.elapsed() >= config.vector_checkpoint_interval {
+        let was_full = self.disk_full.take();
+        let result = self.checkpoints(shared, config, was_full.is_some());
+        if let Err(e) = &result {
+            if e.is_disk_full() {
+                self.disk_full = Some(e.to_string());
+            } else {
+                self.disk_full = was_full;
+            }
+        }
+        self.publish_health(shared);
+        result
+    }
+
+    fn checkpoints(&mut self, shared: &Shared, config: &ShardConfig, retry: bool) -> Result<()> {
+        self.machine.refresh(shared, &self.log)?;
+        // After a full disk the vector checkpoint is retried at once: it is what frees the log.
+        if retry || self.machine.vectors_saved_at.elapsed() >= config.vector_checkpoint_interval
+        {
             self.machine.save_vectors(shared)?;
         }
         self.log
             .purge_through(self.machine.checkpointed_through())?;
+        self.machine.close_idle_writer(config.idle_writer_close);
         Ok(())
     }
 
@@ -654,15 +872,18 @@ impl WriterState {
             mut log,
             mut machine,
             failed,
+            disk_full: _,
         } = self;
         if let Some(reason) = failed {
             // Checkpointing a half-applied state would make it permanent; the log replays it.
             return Err(failed_error(shared, &reason));
         }
-        machine.refresh(shared)?;
+        machine.refresh(shared, &log)?;
         machine.save_vectors(shared)?;
         log.purge_through(machine.checkpointed_through())?;
-        machine.writer.wait_merging_threads()?;
+        if let Some(writer) = machine.writer.take() {
+            writer.wait_merging_threads()?;
+        }
         Ok(())
     }
 }
