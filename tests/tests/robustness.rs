@@ -204,7 +204,7 @@ fn full_disk_refuses_writes_then_resumes_and_loses_nothing() {
     for collection in ["text", "vec"] {
         assert_eq!(total(&server, collection), acked[collection], "{collection} after the crash");
     }
-    let (s, doc) = server.get("/collections/vec/documents/vec-1");
+    let (s, doc) = server.get("/collections/vec/documents/vec-41");
     assert_eq!(s, 200, "{doc}");
     assert_eq!(doc["fields"]["e"].as_array().map(Vec::len), Some(16));
 }

@@ -102,12 +102,22 @@ impl Error {
         }
     }
 
+    /// What went wrong, without the advice the Display adds: for recording as a cause.
+    pub fn cause(&self) -> String {
+        match self {
+            Error::InsufficientStorage { message, .. } | Error::StorageFailed { message, .. } => {
+                message.clone()
+            }
+            other => other.to_string(),
+        }
+    }
+
     /// Turns a disk-full error of any component into [`Error::InsufficientStorage`].
     pub(crate) fn classify_storage(self, path: &std::path::Path) -> Self {
         if self.is_disk_full() && !matches!(self, Error::InsufficientStorage { .. }) {
             return Error::InsufficientStorage {
                 path: path.to_path_buf(),
-                message: self.to_string(),
+                message: self.cause(),
             };
         }
         self

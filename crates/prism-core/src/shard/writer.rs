@@ -211,7 +211,7 @@ pub(crate) fn recover(
                 return Err(e);
             }
             tracing::warn!(error = %e, shard = %dir.display(), "the disk is full: replayed writes stay unsearchable and new writes are refused until space is freed");
-            disk_full = Some(e.to_string());
+            disk_full = Some(e.cause());
         }
     }
     shared.visible.send_replace(machine.text_checkpoint);
@@ -657,7 +657,7 @@ fn failed_error(shared: &Shared, reason: &str) -> Error {
 fn disk_full_error(shared: &Shared, reason: &str) -> Error {
     Error::InsufficientStorage {
         path: shared.dir.clone(),
-        message: format!("the shard refuses writes until a checkpoint succeeds again ({reason})"),
+        message: format!("writes are refused until a checkpoint succeeds again; cause: {reason}"),
     }
 }
 
@@ -729,19 +729,15 @@ impl WriterState {
             (None, None) => None,
         };
         if let Some(refusal) = refusal {
-            let message = refusal.to_string();
-            let code = refusal.code();
+            let message = refusal.cause();
+            let failed = refusal.code() == "storage_failed";
             for (_, reply) in group {
-                let error = if code == "storage_failed" {
-                    Error::StorageFailed {
-                        path: shared.dir.clone(),
-                        message: message.clone(),
-                    }
+                let path = shared.dir.clone();
+                let message = message.clone();
+                let error = if failed {
+                    Error::StorageFailed { path, message }
                 } else {
-                    Error::InsufficientStorage {
-                        path: shared.dir.clone(),
-                        message: message.clone(),
-                    }
+                    Error::InsufficientStorage { path, message }
                 };
                 let _ = reply.send(Err(error));
             }
@@ -769,12 +765,12 @@ impl WriterState {
             Err(e) => {
                 tracing::error!(error = %e, "log append failed; the writes were refused and not applied");
                 if self.log.is_poisoned() {
-                    self.failed = Some(e.to_string());
+                    self.failed = Some(e.cause());
                 } else if e.is_disk_full() {
-                    self.disk_full = Some(e.to_string());
+                    self.disk_full = Some(e.cause());
                 }
                 self.publish_health(shared);
-                let message = e.to_string();
+                let message = e.cause();
                 for (_, reply) in accepted {
                     let error = match &e {
                         Error::InsufficientStorage { path, .. } => Error::InsufficientStorage {
@@ -829,7 +825,7 @@ impl WriterState {
         let result = self.machine.refresh(shared, &self.log);
         match &result {
             Ok(_) => self.disk_full = None,
-            Err(e) if e.is_disk_full() => self.disk_full = Some(e.to_string()),
+            Err(e) if e.is_disk_full() => self.disk_full = Some(e.cause()),
             Err(_) => {}
         }
         self.publish_health(shared);
@@ -844,7 +840,7 @@ impl WriterState {
         let result = self.checkpoints(shared, config, was_full.is_some());
         if let Err(e) = &result {
             if e.is_disk_full() {
-                self.disk_full = Some(e.to_string());
+                self.disk_full = Some(e.cause());
             } else {
                 self.disk_full = was_full;
             }
