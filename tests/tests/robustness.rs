@@ -616,6 +616,11 @@ fn usage(pid: u32) -> Usage {
     }
 }
 
+/// Threads of a node whose writers are all closed: one writer thread per collection.
+fn scale_threads(collections: usize) -> u64 {
+    collections as u64 + 64
+}
+
 /// Acceptance 4: 1,000 collections on one node, with their threads, maps, open files, memory
 /// and restart time recorded; a create beyond the limit is refused and leaves nothing.
 #[test]
@@ -655,6 +660,12 @@ fn a_thousand_collections_fit_and_the_limit_is_enforced() {
     }
     let indexed = started.elapsed();
     let busy = usage(server.pid().unwrap());
+    // Idle writers close after 5 s and give back their threads.
+    let pid = server.pid().unwrap();
+    let settled = wait_until(Duration::from_secs(30), "idle writers to close", || {
+        let u = usage(pid);
+        (u.threads <= scale_threads(count)).then_some(u)
+    });
 
     // One more is refused with a clear 4xx, and nothing reaches the disk.
     let (s, b) = server.put_json(
@@ -678,15 +689,17 @@ fn a_thousand_collections_fit_and_the_limit_is_enforced() {
         assert_eq!(total(&server, &format!("c{i}")), per as u64, "collection c{i} after restart");
     }
     eprintln!(
-        "{count} collections: created in {created:?}, {} docs indexed in {indexed:?}, restart {restart:?}\n  idle after create: {idle:?}\n  after indexing:    {busy:?}\n  after restart:     {reopened:?}",
+        "{count} collections: created in {created:?}, {} docs indexed in {indexed:?}, restart {restart:?}\n  idle after create: {idle:?}\n  after indexing:    {busy:?}\n  writers closed:    {settled:?}\n  after restart:     {reopened:?}",
         per * count
     );
     // Bounds well below what broke before (8,005 threads and 6.4 GB for 1,000 collections).
     let scale = count as u64;
     assert!(busy.threads <= 4 * scale + 64, "{busy:?}");
     assert!(reopened.threads <= 2 * scale + 64, "{reopened:?}");
+    assert!(settled.rss_mib < busy.rss_mib, "closing writers gave nothing back: {settled:?}");
     assert!(busy.maps <= 48 * scale + 4096, "{busy:?}");
     assert!(busy.fds <= 12 * scale + 512, "{busy:?}");
-    assert!(busy.rss_mib < 3 * 1024, "{busy:?}");
+    assert!(busy.rss_mib < 4 * 1024, "{busy:?}");
+    assert!(settled.rss_mib < 1536, "{settled:?}");
     assert!(restart < Duration::from_secs(60), "restart took {restart:?}");
 }

@@ -240,14 +240,31 @@ impl Engine {
         self.config.data_dir.join("collections")
     }
 
+    /// Opens a collection's shard. A panic inside a component (a bug, or data it cannot
+    /// read) becomes an error, so that it fails this collection alone.
     fn open_collection(&self, dir: PathBuf, schema: CollectionSchema) -> Result<Arc<Collection>> {
         let schema = Arc::new(schema);
-        let shard = Shard::open(
-            &dir.join("shards").join("0"),
-            schema.clone(),
-            self.config.shard.clone(),
-        )?;
-        Ok(Arc::new(Collection { schema, shard, dir }))
+        let shard_dir = dir.join("shards").join("0");
+        let config = self.config.shard.clone();
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Shard::open(&shard_dir, schema.clone(), config)
+        }))
+        .unwrap_or_else(|panic| {
+            let detail = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            Err(Error::Corrupt {
+                path: shard_dir.clone(),
+                message: format!("opening the shard panicked: {detail}"),
+            })
+        });
+        Ok(Arc::new(Collection {
+            schema,
+            shard: opened?,
+            dir,
+        }))
     }
 
     /// Creates a collection. Creating one that exists with an identical schema is a no-op

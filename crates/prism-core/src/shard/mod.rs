@@ -47,7 +47,7 @@ pub struct ShardConfig {
     /// Writes that may wait for the writer thread before new ones are refused. Default 4096.
     pub write_queue_len: usize,
     /// A writer with nothing to commit for this long is closed, freeing its threads and
-    /// buffers; the next write reopens it. Default 30 s.
+    /// buffers; the next write reopens it. Default 5 s.
     pub idle_writer_close: Duration,
 }
 
@@ -59,7 +59,7 @@ impl Default for ShardConfig {
             log_segment_bytes: 64 << 20,
             writer_memory_bytes: 128 << 20,
             write_queue_len: 4096,
-            idle_writer_close: Duration::from_secs(30),
+            idle_writer_close: Duration::from_secs(5),
         }
     }
 }
@@ -93,6 +93,18 @@ pub(crate) struct Shared {
     pub instance: u64,
     /// Whether the shard takes writes, as the writer thread last found.
     pub health: RwLock<WriteHealth>,
+}
+
+static WRITERS_CLOSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many idle index writers this process has closed, so that the server can return their
+/// freed memory to the OS after a wave of closes.
+pub fn writers_closed() -> u64 {
+    WRITERS_CLOSED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+pub(crate) fn count_writer_closed() {
+    WRITERS_CLOSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Whether a shard copy takes writes, and why not.

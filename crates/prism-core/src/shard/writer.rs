@@ -479,6 +479,7 @@ impl StateMachine {
             && self.last_write.elapsed() >= idle
         {
             self.writer = None;
+            super::count_writer_closed();
         }
     }
 

@@ -1,0 +1,49 @@
+//! A search request body as `POST /collections/{c}/search` receives it: queries, filters,
+//! vectors, hybrid fusion, aggregations, highlighting, paging. A body that parses runs on a
+//! small shard both as a local search and as a federated one (statistics, query phase,
+//! fetch phase, aggregation merge), on the server's stack.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use prism_core::search::{merge_aggregations, SearchRequest};
+use prism_fuzz::{on_server_stack, shard};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(request) = SearchRequest::from_json(data) else {
+        return;
+    };
+    on_server_stack(move || {
+        let shard = shard();
+        if let Ok(response) = shard.search(&request) {
+            assert!(
+                response.results.len() <= request.limit,
+                "{} results for limit {}",
+                response.results.len(),
+                request.limit
+            );
+        }
+        // The coordinator's path: collection-wide statistics, then the query phase with
+        // them, the fetch phase of the page, and the merge of the shards' aggregations.
+        let Ok((statistics, _)) = shard.term_statistics(&request) else {
+            return;
+        };
+        let vector_k = request.rank_window();
+        let Ok(hits) = shard.query_phase(&request, Some(&statistics), vector_k) else {
+            return;
+        };
+        let page: Vec<_> = hits
+            .text
+            .iter()
+            .chain(&hits.vector)
+            .map(|(doc, _)| *doc)
+            .skip(request.offset)
+            .take(request.limit)
+            .collect();
+        let _ = shard.fetch(&request, &hits.generation, &page);
+        if let (Some(aggregations), Some(part)) =
+            (&request.aggregations, &hits.intermediate_aggregations)
+        {
+            let _ = merge_aggregations(aggregations, std::slice::from_ref(part));
+        }
+    });
+});
