@@ -127,7 +127,8 @@ fn full_disk_refuses_writes_then_resumes_and_loses_nothing() {
                 next += 1;
                 let mut fields = json!({"body": text_of(next)});
                 if collection == "vec" {
-                    fields["e"] = json!((0..16).map(|_| rng.gen::<f32>() + 0.01).collect::<Vec<_>>());
+                    fields["e"] =
+                        json!((0..16).map(|_| rng.gen::<f32>() + 0.01).collect::<Vec<_>>());
                 } else {
                     fields["n"] = json!(next);
                 }
@@ -196,13 +197,21 @@ fn full_disk_refuses_writes_then_resumes_and_loses_nothing() {
     for collection in ["text", "vec"] {
         let (s, b) = server.post_json(&format!("/collections/{collection}/refresh"), &json!({}));
         assert_eq!(s, 200, "{b}");
-        assert_eq!(total(&server, collection), acked[collection], "{collection} before the crash");
+        assert_eq!(
+            total(&server, collection),
+            acked[collection],
+            "{collection} before the crash"
+        );
     }
 
     // A crash, then every acknowledged document is there and no refused one.
     server.restart();
     for collection in ["text", "vec"] {
-        assert_eq!(total(&server, collection), acked[collection], "{collection} after the crash");
+        assert_eq!(
+            total(&server, collection),
+            acked[collection],
+            "{collection} after the crash"
+        );
     }
     let (s, doc) = server.get("/collections/vec/documents/vec-41");
     assert_eq!(s, 200, "{doc}");
@@ -344,7 +353,7 @@ fn vector_search_during_ingest_is_safe_and_durable() {
                 }
                 let id = {
                     let t = truth.lock().unwrap();
-                    (t.len() > 0).then(|| {
+                    (!t.is_empty()).then(|| {
                         let skip = rng.gen_range(0..t.len());
                         t.keys().nth(skip).cloned()
                     })
@@ -381,13 +390,20 @@ fn vector_search_during_ingest_is_safe_and_durable() {
         requests.load(Ordering::Relaxed),
         truth.len()
     );
-    assert!(live > 3000, "the index must grow well past its initial capacity of 1024");
+    assert!(
+        live > 3000,
+        "the index must grow well past its initial capacity of 1024"
+    );
 
     let mut server = Arc::try_unwrap(server).ok().expect("clients are done");
     server.restart();
     let (s, b) = server.post_json("/collections/v/search", &json!({"limit": 1}));
     assert_eq!(s, 200, "{b}");
-    assert_eq!(b["total"].as_u64(), Some(live as u64), "live documents after the crash");
+    assert_eq!(
+        b["total"].as_u64(),
+        Some(live as u64),
+        "live documents after the crash"
+    );
     for (id, expected) in &truth {
         let (status, doc) = server.get(&format!("/collections/v/documents/{id}"));
         match expected {
@@ -428,6 +444,16 @@ fn raw_request(port: u16, request: &[u8]) -> (u16, String) {
     (status, body)
 }
 
+/// A hostile request: its name, method, path, body, and the status and code it must get.
+type Case = (
+    &'static str,
+    &'static str,
+    String,
+    Vec<u8>,
+    u16,
+    &'static str,
+);
+
 /// Acceptance 3: requests built to crash, exhaust or confuse the server each get a JSON 4xx
 /// with a stable code; the server stays up and its state is unchanged.
 #[test]
@@ -460,7 +486,7 @@ fn hostile_requests_get_json_4xx_and_change_nothing() {
     let nested = |open: &str, n: usize| format!("{}x{}", open.repeat(n), ")".repeat(n));
     let search = "/collections/h/search";
     let docs = "/collections/h/documents";
-    let mut cases: Vec<(&str, &str, String, Vec<u8>, u16, &str)> = vec![
+    let mut cases: Vec<Case> = vec![
         ("query nested 3,000 deep", "POST", search.into(), json!({"query": nested("(", 3000)}).to_string().into_bytes(), 400, "invalid_query"),
         ("filter nested 3,000 deep", "POST", search.into(), json!({"filter": nested("(", 3000)}).to_string().into_bytes(), 400, "invalid_query"),
         ("field group nested 3,000 deep", "POST", search.into(), json!({"query": nested("title:(", 3000)}).to_string().into_bytes(), 400, "invalid_query"),
@@ -507,9 +533,34 @@ fn hostile_requests_get_json_4xx_and_change_nothing() {
         ("an unknown route", "GET", "/nope".into(), vec![], 404, "not_found"),
     ];
     // The largest request the limits admit still runs.
-    cases.push(("query at the depth limit", "POST", search.into(), json!({"query": nested("(", 31)}).to_string().into_bytes(), 200, ""));
-    cases.push(("query at the clause limit", "POST", search.into(), json!({"query": "beta ".repeat(1000)}).to_string().into_bytes(), 200, ""));
-    cases.push(("NOT chained to the limit", "POST", search.into(), json!({"query": format!("beta AND {}alpha", "NOT ".repeat(30))}).to_string().into_bytes(), 200, ""));
+    cases.push((
+        "query at the depth limit",
+        "POST",
+        search.into(),
+        json!({"query": nested("(", 31)}).to_string().into_bytes(),
+        200,
+        "",
+    ));
+    cases.push((
+        "query at the clause limit",
+        "POST",
+        search.into(),
+        json!({"query": "beta ".repeat(1000)})
+            .to_string()
+            .into_bytes(),
+        200,
+        "",
+    ));
+    cases.push((
+        "NOT chained to the limit",
+        "POST",
+        search.into(),
+        json!({"query": format!("beta AND {}alpha", "NOT ".repeat(30))})
+            .to_string()
+            .into_bytes(),
+        200,
+        "",
+    ));
 
     let rss_before = server.peak_rss_bytes().unwrap();
     for (name, method, path, body, status, code) in cases {
@@ -526,7 +577,11 @@ fn hostile_requests_get_json_4xx_and_change_nothing() {
         assert_eq!(h, 200, "the server is down after {name}");
     }
     let rss_after = server.peak_rss_bytes().unwrap();
-    eprintln!("hostile table: peak RSS {} MiB -> {} MiB", rss_before >> 20, rss_after >> 20);
+    eprintln!(
+        "hostile table: peak RSS {} MiB -> {} MiB",
+        rss_before >> 20,
+        rss_after >> 20
+    );
     assert!(
         rss_after < rss_before + (1536 << 20),
         "hostile batches raised the peak RSS from {rss_before} to {rss_after}"
@@ -537,15 +592,26 @@ fn hostile_requests_get_json_4xx_and_change_nothing() {
     b.extend(std::iter::repeat_n(&b"1,"[..], 9_999).flatten());
     b.extend(b"1]}");
     let (_, answer) = server.send_raw("POST", docs, b);
-    assert_eq!(answer["error"]["details"]["errors"].as_array().map(Vec::len), Some(100));
+    assert_eq!(
+        answer["error"]["details"]["errors"]
+            .as_array()
+            .map(Vec::len),
+        Some(100)
+    );
     assert_eq!(answer["error"]["details"]["failed_docs"], 10_000);
 
     // URIs: a long one gets a JSON 414; past hyper's own 64 KiB limit, a bare 414.
-    let long = format!("GET /collections/h?{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "a".repeat(20_000));
+    let long = format!(
+        "GET /collections/h?{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "a".repeat(20_000)
+    );
     let (status, body) = raw_request(server.port, long.as_bytes());
     assert_eq!(status, 414);
     assert!(body.contains("uri_too_long"), "{body}");
-    let longer = format!("GET /collections/h?{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "a".repeat(100_000));
+    let longer = format!(
+        "GET /collections/h?{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "a".repeat(100_000)
+    );
     assert_eq!(raw_request(server.port, longer.as_bytes()).0, 414);
 
     // A body that stops arriving gets 408; headers that stop arriving are cut off.
@@ -560,7 +626,8 @@ fn hostile_requests_get_json_4xx_and_change_nothing() {
         .map(|_| {
             use std::io::Write;
             let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-            s.write_all(b"POST /collections/h/search HTTP/1.1\r\nHost: x\r\n").unwrap();
+            s.write_all(b"POST /collections/h/search HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
             s
         })
         .collect();
@@ -576,7 +643,10 @@ fn hostile_requests_get_json_4xx_and_change_nothing() {
         }
     }
     let held = started.elapsed();
-    assert!(held < Duration::from_secs(10), "slow clients were held for {held:?}");
+    assert!(
+        held < Duration::from_secs(10),
+        "slow clients were held for {held:?}"
+    );
 
     // Nothing above changed the collection.
     let after = server.get("/collections/h").1;
@@ -611,7 +681,9 @@ fn usage(pid: u32) -> Usage {
             .unwrap()
             .lines()
             .count() as u64,
-        fds: std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() as u64,
+        fds: std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count() as u64,
         rss_mib: field("VmRSS:") / 1024,
     }
 }
@@ -686,7 +758,11 @@ fn a_thousand_collections_fit_and_the_limit_is_enforced() {
     let restart = server.start_again();
     let reopened = usage(server.pid().unwrap());
     for i in [0, count / 2, count - 1] {
-        assert_eq!(total(&server, &format!("c{i}")), per as u64, "collection c{i} after restart");
+        assert_eq!(
+            total(&server, &format!("c{i}")),
+            per as u64,
+            "collection c{i} after restart"
+        );
     }
     eprintln!(
         "{count} collections: created in {created:?}, {} docs indexed in {indexed:?}, restart {restart:?}\n  idle after create: {idle:?}\n  after indexing:    {busy:?}\n  writers closed:    {settled:?}\n  after restart:     {reopened:?}",
@@ -696,10 +772,16 @@ fn a_thousand_collections_fit_and_the_limit_is_enforced() {
     let scale = count as u64;
     assert!(busy.threads <= 4 * scale + 64, "{busy:?}");
     assert!(reopened.threads <= 2 * scale + 64, "{reopened:?}");
-    assert!(settled.rss_mib < busy.rss_mib, "closing writers gave nothing back: {settled:?}");
+    assert!(
+        settled.rss_mib < busy.rss_mib,
+        "closing writers gave nothing back: {settled:?}"
+    );
     assert!(busy.maps <= 48 * scale + 4096, "{busy:?}");
     assert!(busy.fds <= 12 * scale + 512, "{busy:?}");
     assert!(busy.rss_mib < 4 * 1024, "{busy:?}");
     assert!(settled.rss_mib < 1536, "{settled:?}");
-    assert!(restart < Duration::from_secs(60), "restart took {restart:?}");
+    assert!(
+        restart < Duration::from_secs(60),
+        "restart took {restart:?}"
+    );
 }

@@ -543,8 +543,9 @@ pub fn parse_date(value: &Value) -> Result<tantivy::DateTime, String> {
     const RANGE: &str = "dates must lie between 1677-09-22 and 2262-04-11 (64-bit nanoseconds)";
     match value {
         Value::String(s) => {
-            let date = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-                .map_err(|e| format!("{s:?} is not an RFC 3339 date: {e}"))?;
+            let date =
+                time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                    .map_err(|e| format!("{s:?} is not an RFC 3339 date: {e}"))?;
             let nanos = i64::try_from(date.unix_timestamp_nanos())
                 .map_err(|_| format!("{s:?} is out of range: {RANGE}"))?;
             Ok(tantivy::DateTime::from_timestamp_nanos(nanos))
@@ -773,14 +774,14 @@ mod tests {
         assert_eq!(back, doc);
         // Found by fuzzing: without serde_json's float_roundtrip this number came back one
         // ULP off, so a replayed document differed from the one indexed live.
-        let float_schema = CollectionSchema::from_json(
-            br#"{"name":"f","fields":{"price":{"type":"f64"}}}"#,
-        )
-        .unwrap();
+        let float_schema =
+            CollectionSchema::from_json(br#"{"name":"f","fields":{"price":{"type":"f64"}}}"#)
+                .unwrap();
         let doc = float_schema
-            .prepare_document(serde_json::from_str(
-                r#"{"id":"a","fields":{"price":0.118446744073709551615}}"#,
-            ).unwrap())
+            .prepare_document(
+                serde_json::from_str(r#"{"id":"a","fields":{"price":0.118446744073709551615}}"#)
+                    .unwrap(),
+            )
             .unwrap();
         let back: PreparedDoc = postcard::from_bytes(&postcard::to_stdvec(&doc).unwrap()).unwrap();
         assert_eq!(back, doc);
@@ -793,7 +794,10 @@ mod tests {
             let e = CollectionSchema::from_json(body.as_bytes()).unwrap_err();
             assert_eq!(e.code(), "invalid_schema", "{name:?}");
         }
-        assert!(CollectionSchema::from_json(br#"{"name":"x","fields":{"a-b":{"type":"text"}}}"#).is_ok());
+        assert!(
+            CollectionSchema::from_json(br#"{"name":"x","fields":{"a-b":{"type":"text"}}}"#)
+                .is_ok()
+        );
     }
 
     #[test]
@@ -826,10 +830,16 @@ mod tests {
             br#"{"x": {"id": "p", "id": "q"}}"#,
             br#"[{"k": 1, "k": 1}]"#,
         ] {
-            assert!(parse_json_strict(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                parse_json_strict(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
-        let e = CollectionSchema::from_json(br#"{"name":"d","fields":{"a":{"type":"text"},"a":{"type":"i64"}}}"#)
-            .unwrap_err();
+        let e = CollectionSchema::from_json(
+            br#"{"name":"d","fields":{"a":{"type":"text"},"a":{"type":"i64"}}}"#,
+        )
+        .unwrap_err();
         assert_eq!(e.code(), "invalid_schema");
         assert!(e.to_string().contains("twice"), "{e}");
     }
@@ -837,10 +847,13 @@ mod tests {
     #[test]
     fn a_keyword_past_tantivys_term_limit_is_refused() {
         let s = articles();
-        let ok = s.prepare_document(json!({"id": "k", "fields": {"tag": "k".repeat(MAX_KEYWORD_BYTES)}}));
+        let ok = s
+            .prepare_document(json!({"id": "k", "fields": {"tag": "k".repeat(MAX_KEYWORD_BYTES)}}));
         assert!(ok.is_ok());
         let e = s
-            .prepare_document(json!({"id": "k", "fields": {"tag": "k".repeat(MAX_KEYWORD_BYTES + 1)}}))
+            .prepare_document(
+                json!({"id": "k", "fields": {"tag": "k".repeat(MAX_KEYWORD_BYTES + 1)}}),
+            )
             .unwrap_err();
         assert_eq!(e.code(), "invalid_document");
     }

@@ -139,19 +139,20 @@ fn check_aggregation_level(aggs: &Value, depth: usize, count: &mut usize) -> Res
                     Some(ranges) if !ranges.is_empty() => {}
                     _ => return invalid(format!("{name:?}: \"ranges\" must be a non-empty array")),
                 },
-                "histogram" => {
+                "histogram"
                     if !params
                         .get("interval")
                         .and_then(Value::as_f64)
-                        .is_some_and(|i| i.is_finite() && i > 0.0)
-                    {
-                        return invalid(format!(
-                            "{name:?}: \"interval\" must be a positive number"
-                        ));
-                    }
+                        .is_some_and(|i| i.is_finite() && i > 0.0) =>
+                {
+                    return invalid(format!("{name:?}: \"interval\" must be a positive number"));
                 }
                 "filter" => {
-                    if let Some(q) = params.get("query").and_then(Value::as_str).or(params.as_str()) {
+                    if let Some(q) = params
+                        .get("query")
+                        .and_then(Value::as_str)
+                        .or(params.as_str())
+                    {
                         check_query_string(q, &format!("aggregation {name:?} filter"))?;
                     }
                 }
@@ -386,7 +387,9 @@ mod tests {
         assert!(check_query_string(&nested(MAX_QUERY_DEPTH), "query").is_ok());
         assert!(check_query_string(&nested(MAX_QUERY_DEPTH + 1), "query").is_err());
         assert!(check_query_string(&format!("{}x", "NOT ".repeat(MAX_QUERY_DEPTH)), "q").is_ok());
-        assert!(check_query_string(&format!("{}x", "NOT ".repeat(MAX_QUERY_DEPTH + 1)), "q").is_err());
+        assert!(
+            check_query_string(&format!("{}x", "NOT ".repeat(MAX_QUERY_DEPTH + 1)), "q").is_err()
+        );
         assert!(check_query_string(&format!("{}x", "-".repeat(100)), "q").is_err());
         assert!(check_query_string(&format!("{}x", "!".repeat(100)), "q").is_err());
         assert!(check_query_string(&"a ".repeat(MAX_QUERY_CLAUSES), "q").is_ok());
@@ -402,7 +405,10 @@ mod tests {
     #[test]
     fn aggregations_tantivy_would_fail_on_are_refused() {
         use serde_json::json;
-        assert!(check_aggregations(&json!({"r": {"range": {"field": "y", "ranges": [{"to": 1}]}}})).is_ok());
+        assert!(check_aggregations(
+            &json!({"r": {"range": {"field": "y", "ranges": [{"to": 1}]}}})
+        )
+        .is_ok());
         for bad in [
             json!({"r": {"range": {"field": "y", "ranges": []}}}),
             json!({"r": {"range": {"field": "y"}}}),
@@ -412,7 +418,11 @@ mod tests {
             json!([1, 2]),
             json!({"t": 5}),
         ] {
-            assert_eq!(check_aggregations(&bad).unwrap_err().code(), "invalid_query", "{bad}");
+            assert_eq!(
+                check_aggregations(&bad).unwrap_err().code(),
+                "invalid_query",
+                "{bad}"
+            );
         }
         let mut deep = json!({"t": {"terms": {"field": "tag"}}});
         for _ in 0..MAX_AGGREGATION_DEPTH {

@@ -70,7 +70,9 @@ pub fn router(
             body_read_timeout,
         ))
         .layer(axum::middleware::from_fn(check_uri_length))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
         .layer(axum::middleware::from_fn(metrics::track))
         .with_state(state)
 }
@@ -178,8 +180,10 @@ impl<S: Send + Sync> FromRequest<S> for Body {
                 "payload_too_large",
                 "the request body exceeds server.max_body_bytes; split it into smaller batches",
             )),
-            Err(e) if std::error::Error::source(&e)
-                .is_some_and(|s| s.to_string().contains("timed out") || format!("{s:?}").contains("Timeout")) =>
+            Err(e)
+                if std::error::Error::source(&e).is_some_and(|s| {
+                    s.to_string().contains("timed out") || format!("{s:?}").contains("Timeout")
+                }) =>
             {
                 Err(ApiError::new(
                     StatusCode::REQUEST_TIMEOUT,
@@ -252,7 +256,8 @@ async fn health(State(state): Shared) -> Json<Value> {
         })
         .collect();
     for (name, reason) in state.engine.unavailable() {
-        problems.push(json!({"collection": name, "write": {"state": "unavailable", "reason": reason}}));
+        problems
+            .push(json!({"collection": name, "write": {"state": "unavailable", "reason": reason}}));
     }
     let mut body = json!({
         "status": if problems.is_empty() { "ok" } else { "degraded" },
@@ -758,10 +763,16 @@ mod tests {
                 }),
             )
             .route("/fine", get(|| async { "fine" }))
-            .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response));
+            .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+                panic_response,
+            ));
         let response = app
             .clone()
-            .oneshot(Request::get("/boom").body(axum::body::Body::empty()).unwrap())
+            .oneshot(
+                Request::get("/boom")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
@@ -775,7 +786,11 @@ mod tests {
             .unwrap()
             .contains("deliberate"));
         let response = app
-            .oneshot(Request::get("/fine").body(axum::body::Body::empty()).unwrap())
+            .oneshot(
+                Request::get("/fine")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK);

@@ -19,7 +19,6 @@ use prism_core::engine::{Engine, EngineConfig};
 use prism_core::schema::CollectionSchema;
 use tracing_subscriber::EnvFilter;
 
-
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(

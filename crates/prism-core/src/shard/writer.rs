@@ -11,8 +11,8 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tantivy::directory::MmapDirectory;
-use tantivy::schema::Field;
 use tantivy::indexer::IndexWriterOptions;
+use tantivy::schema::Field;
 use tantivy::{Index, IndexWriter, TantivyDocument, Term};
 use tokio::sync::{oneshot, watch};
 
@@ -510,8 +510,7 @@ impl StateMachine {
             }
         };
         let pointer = root.join("CHECKPOINT");
-        if let Err(e) = write_atomically(&pointer, format!("{} {files}", self.applied).as_bytes())
-        {
+        if let Err(e) = write_atomically(&pointer, format!("{} {files}", self.applied).as_bytes()) {
             let _ = fs::remove_file(pointer.with_extension("tmp"));
             if self.vector_files.as_deref() != Some(files.as_str()) {
                 let _ = fs::remove_dir_all(root.join(&files));
@@ -853,8 +852,7 @@ impl WriterState {
     fn checkpoints(&mut self, shared: &Shared, config: &ShardConfig, retry: bool) -> Result<()> {
         self.machine.refresh(shared, &self.log)?;
         // After a full disk the vector checkpoint is retried at once: it is what frees the log.
-        if retry || self.machine.vectors_saved_at.elapsed() >= config.vector_checkpoint_interval
-        {
+        if retry || self.machine.vectors_saved_at.elapsed() >= config.vector_checkpoint_interval {
             self.machine.save_vectors(shared)?;
         }
         self.log
