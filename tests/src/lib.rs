@@ -133,7 +133,17 @@ impl Server {
     }
 
     fn command(&self) -> Command {
-        let mut cmd = Command::new(binary("prism-server"));
+        // PRISM_TEST_WRAPPER runs the server under another program, e.g. "valgrind -q".
+        let wrapper = std::env::var("PRISM_TEST_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut cmd = match words.next() {
+            Some(program) => {
+                let mut cmd = Command::new(program);
+                cmd.args(words).arg(binary("prism-server"));
+                cmd
+            }
+            None => Command::new(binary("prism-server")),
+        };
         cmd.env("PRISM_PORT", self.port.to_string())
             .env("PRISM_DATA_DIR", &self.data_dir)
             // PRISM_TEST_LOG sets the servers' log filter, e.g. "warn,prism_server::cluster=debug".

@@ -69,7 +69,10 @@ pub fn router(
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             body_read_timeout,
         ))
-        .layer(axum::middleware::from_fn(check_uri_length))
+        .layer(axum::middleware::from_fn_with_state(
+            max_body_bytes,
+            check_request_head,
+        ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))
@@ -93,7 +96,21 @@ fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
     .into_response()
 }
 
-async fn check_uri_length(request: Request, next: axum::middleware::Next) -> Response {
+/// Refuses what the head of a request already shows to be too large: the URI, and a body
+/// whose declared length is over the limit (answered before the client sends it).
+async fn check_request_head(
+    State(max_body_bytes): State<usize>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body_bytes as u64) {
+        return payload_too_large().into_response();
+    }
     let len = request.uri().to_string().len();
     if len > MAX_URI_BYTES {
         return ApiError::new(
@@ -175,11 +192,7 @@ impl<S: Send + Sync> FromRequest<S> for Body {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match Bytes::from_request(req, state).await {
             Ok(bytes) => Ok(Body(bytes)),
-            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "the request body exceeds server.max_body_bytes; split it into smaller batches",
-            )),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(payload_too_large()),
             Err(e)
                 if std::error::Error::source(&e).is_some_and(|s| {
                     s.to_string().contains("timed out") || format!("{s:?}").contains("Timeout")
@@ -194,6 +207,14 @@ impl<S: Send + Sync> FromRequest<S> for Body {
             Err(e) => Err(ApiError::bad_request("unreadable_body", e.body_text())),
         }
     }
+}
+
+fn payload_too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        "the request body exceeds server.max_body_bytes; split it into smaller batches",
+    )
 }
 
 fn parse_json(body: &[u8]) -> ApiResult<Value> {
