@@ -787,21 +787,19 @@ impl WriterState {
                 return;
             }
         };
+        // Every entry is durable now, so every one is acknowledged, even when applying fails:
+        // the restart's replay (or the text repair) applies it.
         for (i, (ops, reply)) in accepted.into_iter().enumerate() {
             let index = first + i as u64;
-            if let Some(reason) = &self.failed {
-                // Durable, but applying stopped earlier in this group: replay applies it.
-                let _ = reply.send(Err(failed_error(shared, reason)));
-                continue;
-            }
-            if let Err(e) = self.machine.apply(shared, index, &ops, true) {
-                // The entry is durable, so it is acknowledged: the restart's replay applies it.
-                tracing::error!(error = %e, index, "applying a durable log entry to the vector index failed; the shard stops writing until restart");
-                self.failed = Some(format!("applying entry {index} failed: {e}"));
-                self.publish_health(shared);
+            if self.failed.is_none() {
+                if let Err(e) = self.machine.apply(shared, index, &ops, true) {
+                    tracing::error!(error = %e, index, "applying a durable log entry to the vector index failed; the shard stops writing until restart");
+                    self.failed = Some(format!("applying entry {index} failed: {e}"));
+                }
             }
             let _ = reply.send(Ok(index));
         }
+        self.publish_health(shared);
     }
 
     /// Tells readers and `/health` whether the shard takes writes.
@@ -812,11 +810,11 @@ impl WriterState {
             (None, None, Some(reason)) => WriteHealth::Rebuilding(reason.clone()),
             (None, None, None) => WriteHealth::Ok,
         };
-        let mut current = shared.health.write();
-        if *current != health {
-            tracing::info!(shard = %shared.dir.display(), health = ?health, "write health changed");
-            *current = health;
+        if *shared.health.read() == health {
+            return;
         }
+        tracing::info!(shard = %shared.dir.display(), health = ?health, "write health changed");
+        *shared.health.write() = health;
     }
 
     /// A refresh: commits the text index; a full disk found there refuses writes until the
