@@ -31,7 +31,8 @@ pub struct CollectionCost {
 pub const COLLECTION_COST: CollectionCost = CollectionCost {
     open_files: 12,
     maps: 48,
-    threads: 4,
+    // The writer loop, two indexing threads, the segment updater and one merge thread.
+    threads: 5,
 };
 
 /// What the rest of the process needs.
