@@ -221,6 +221,16 @@ fn full_disk_refuses_writes_then_resumes_and_loses_nothing() {
 /// The last acknowledged state of every id: a vector, or deleted.
 type Truth = Arc<Mutex<HashMap<String, Option<Vec<f32>>>>>;
 
+/// What every stress client thread shares.
+#[derive(Clone)]
+struct Clients {
+    server: Arc<Server>,
+    truth: Truth,
+    stop: Arc<AtomicBool>,
+    failures: Arc<Mutex<Vec<String>>>,
+    requests: Arc<AtomicU64>,
+}
+
 fn vector(rng: &mut impl Rng, dim: usize) -> Vec<f32> {
     (0..dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
 }
@@ -258,15 +268,22 @@ fn vector_search_during_ingest_is_safe_and_durable() {
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
     let requests = Arc::new(AtomicU64::new(0));
 
+    let clients = Clients {
+        server: server.clone(),
+        truth: truth.clone(),
+        stop: stop.clone(),
+        failures: failures.clone(),
+        requests: requests.clone(),
+    };
     let mut threads = Vec::new();
     for writer in 0..2u64 {
-        let (server, truth, stop, failures, requests) = (
-            server.clone(),
-            truth.clone(),
-            stop.clone(),
-            failures.clone(),
-            requests.clone(),
-        );
+        let Clients {
+            server,
+            truth,
+            stop,
+            failures,
+            requests,
+        } = clients.clone();
         threads.push(std::thread::spawn(move || {
             let mut rng = rand::rngs::StdRng::seed_from_u64(writer);
             let mut mine: Vec<String> = Vec::new();
@@ -324,13 +341,13 @@ fn vector_search_during_ingest_is_safe_and_durable() {
         }));
     }
     for reader in 0..3u64 {
-        let (server, truth, stop, failures, requests) = (
-            server.clone(),
-            truth.clone(),
-            stop.clone(),
-            failures.clone(),
-            requests.clone(),
-        );
+        let Clients {
+            server,
+            truth,
+            stop,
+            failures,
+            requests,
+        } = clients.clone();
         threads.push(std::thread::spawn(move || {
             let mut rng = rand::rngs::StdRng::seed_from_u64(100 + reader);
             let mut round = 0u64;
@@ -395,6 +412,7 @@ fn vector_search_during_ingest_is_safe_and_durable() {
         "the index must grow well past its initial capacity of 1024"
     );
 
+    drop(clients);
     let mut server = Arc::try_unwrap(server).ok().expect("clients are done");
     server.restart();
     let (s, b) = server.post_json("/collections/v/search", &json!({"limit": 1}));
