@@ -334,21 +334,37 @@ impl Engine {
     pub fn delete_collection(&self, name: &str) -> Result<()> {
         validate_collection_name(name)?;
         let root = self.collections_dir();
-        let removed = self.collections.write().remove(name);
-        let dir = match removed {
-            Some(collection) => {
-                collection.shard.close()?;
-                collection.dir.clone()
-            }
-            // An unavailable collection can still be deleted, to free its name and space.
-            None if self.unavailable.write().remove(name).is_some() => root.join(name),
+        let mut collections = self.collections.write();
+        let dir = match collections.get(name) {
+            Some(collection) => collection.dir.clone(),
+            None if self.unavailable.read().contains_key(name) => root.join(name),
             None => return Err(Error::CollectionNotFound(name.to_string())),
         };
+        if let Some(collection) = collections.remove(name) {
+            // The data is going: no final checkpoint, which a full disk or a failed shard
+            // could not take anyway.
+            if let Err(e) = collection.shard.close_for_delete() {
+                tracing::warn!(collection = name, error = %e, "stopping the shard of a deleted collection failed");
+            }
+        }
         let trash = root.join(format!(".deleting-{name}"));
         let _ = fs::remove_dir_all(&trash);
-        fs::rename(&dir, &trash).map_err(|e| Error::io(&dir, e))?;
-        sync_dir(&root)?;
-        fs::remove_dir_all(&trash).map_err(|e| Error::io(&trash, e))?;
+        let moved = fs::rename(&dir, &trash)
+            .map_err(|e| Error::io(&dir, e))
+            .and_then(|_| sync_dir(&root));
+        if let Err(e) = moved {
+            // Still on disk: report it, so that the delete can be retried.
+            self.unavailable
+                .write()
+                .insert(name.to_string(), format!("a delete failed: {e}"));
+            return Err(e);
+        }
+        self.unavailable.write().remove(name);
+        drop(collections);
+        // The rename is durable, so the delete happened; leftovers go at the next open.
+        if let Err(e) = fs::remove_dir_all(&trash) {
+            tracing::warn!(path = %trash.display(), error = %e, "removing a deleted collection's files failed; they are removed at the next start");
+        }
         Ok(())
     }
 

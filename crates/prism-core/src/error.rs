@@ -32,6 +32,8 @@ pub enum Error {
     InsufficientStorage { path: PathBuf, message: String },
     #[error("storage failed for {path}: {message}. Restart the node once the disk is healthy; the log replays every acknowledged write")]
     StorageFailed { path: PathBuf, message: String },
+    #[error("the outcome of the write is unknown ({path}): {message}. It may be applied when the node restarts; retry it once the disk is healthy (upserts and deletes by id are idempotent)")]
+    WriteUnknown { path: PathBuf, message: String },
     #[error("collection {name:?} is unavailable: {reason}")]
     CollectionUnavailable { name: String, reason: String },
     #[error("limit reached: {0}")]
@@ -68,6 +70,7 @@ impl Error {
             Error::InsufficientStorage { .. } => "insufficient_storage",
             Error::StorageFailed { .. } => "storage_failed",
             Error::CollectionUnavailable { .. } => "collection_unavailable",
+            Error::WriteUnknown { .. } => "write_unknown",
             Error::LimitExceeded(_) => "limit_exceeded",
             Error::Corrupt { .. } => "corrupt_data",
             Error::Io { .. } => "io_error",
@@ -105,9 +108,9 @@ impl Error {
     /// What went wrong, without the advice the Display adds: for recording as a cause.
     pub fn cause(&self) -> String {
         match self {
-            Error::InsufficientStorage { message, .. } | Error::StorageFailed { message, .. } => {
-                message.clone()
-            }
+            Error::InsufficientStorage { message, .. }
+            | Error::StorageFailed { message, .. }
+            | Error::WriteUnknown { message, .. } => message.clone(),
             other => other.to_string(),
         }
     }

@@ -187,12 +187,12 @@ impl ShardLog {
         self.next_index - 1
     }
 
-    /// Index of the oldest entry still held.
     /// True once a failed fsync (or an undo that failed) stopped the log taking writes.
     pub fn is_poisoned(&self) -> bool {
         self.poisoned
     }
 
+    /// Index of the oldest entry still held.
     pub fn first_index(&self) -> u64 {
         self.segments[0].first_index
     }
@@ -224,14 +224,9 @@ impl ShardLog {
         let path = self.segments.last().expect("active segment").path.clone();
         if let Err(e) = self.active.write_all(&buf) {
             // The file may hold part of the batch: cut it back so the log stays consistent.
-            let undo = self
-                .active
-                .set_len(self.active_len)
-                .and_then(|_| self.active.seek(SeekFrom::Start(self.active_len)))
-                .and_then(|_| self.active.sync_all());
-            if let Err(undo) = undo {
+            if let Err(undo) = self.cut_back() {
                 self.poisoned = true;
-                return Err(Error::StorageFailed {
+                return Err(Error::WriteUnknown {
                     path,
                     message: format!("a write failed ({e}) and could not be undone ({undo})"),
                 });
@@ -240,16 +235,33 @@ impl ShardLog {
         }
         if let Err(e) = self.active.sync_data() {
             // After a failed fsync the kernel may have dropped the dirty pages and cleared the
-            // error, so a retry could report success for lost data (PostgreSQL's fsyncgate).
+            // error, so a retry could report success for lost data (PostgreSQL's fsyncgate):
+            // the log takes no more writes. The batch is cut off, or a restart would read it
+            // back from the page cache and apply a write that was refused.
             self.poisoned = true;
-            return Err(Error::StorageFailed {
-                path,
-                message: format!("fsync failed: {e}"),
+            return Err(match self.cut_back() {
+                Ok(()) => Error::StorageFailed {
+                    path,
+                    message: format!("fsync failed: {e}"),
+                },
+                Err(undo) => Error::WriteUnknown {
+                    path,
+                    message: format!(
+                        "fsync failed ({e}) and the batch could not be cut off ({undo})"
+                    ),
+                },
             });
         }
         self.active_len += buf.len() as u64;
         self.next_index += payloads.len() as u64;
         Ok(first)
+    }
+
+    /// Truncates the active segment to its last whole, acknowledged entry.
+    fn cut_back(&mut self) -> std::io::Result<()> {
+        self.active.set_len(self.active_len)?;
+        self.active.seek(SeekFrom::Start(self.active_len))?;
+        self.active.sync_all()
     }
 
     fn roll(&mut self) -> Result<()> {

@@ -25,10 +25,13 @@ use crate::schema::{Distance, VectorParams};
 pub struct VectorIndex {
     params: VectorParams,
     index: Index,
-    /// Slots ever used, live or tombstoned; usearch never reuses a removed slot.
+    /// Slots in use: adds less removals (usearch reuses removed slots).
     slots: AtomicUsize,
     structure: RwLock<()>,
     contexts: ContextPool,
+    /// Contexts reserved in usearch, fixed for the index's life: the pool hands out as many
+    /// permits, so usearch must keep as many contexts through every growth.
+    context_count: usize,
 }
 
 /// Permits for usearch's per-thread contexts: a bounded channel holding one token a context.
@@ -99,6 +102,7 @@ impl VectorIndex {
             slots: AtomicUsize::new(slots),
             structure: RwLock::new(()),
             contexts: ContextPool::new(contexts),
+            context_count: contexts,
         })
     }
 
@@ -128,10 +132,28 @@ impl VectorIndex {
         Self::with_index(params, index, slots)
     }
 
-    /// Writes the whole index to `path`.
+    /// Writes the whole index to `path`. usearch writes through a C `FILE*` and ignores the
+    /// result of `fclose`, so a disk that fills during the last flush would leave a short file
+    /// reported as saved: the file's length is checked against the serialized size.
     pub fn save(&self, path: &Path) -> Result<()> {
         let _shared = self.structure.read();
-        self.index.save(&path.to_string_lossy()).map_err(vector_err)
+        self.index
+            .save(&path.to_string_lossy())
+            .map_err(vector_err)?;
+        let expected = self.index.serialized_length() as u64;
+        let written = std::fs::metadata(path)
+            .map_err(|e| Error::io(path, e))?
+            .len();
+        if written != expected {
+            return Err(Error::io(
+                path,
+                std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    format!("the vector index file is {written} bytes, {expected} expected: the disk filled during the save"),
+                ),
+            ));
+        }
+        Ok(())
     }
 
     pub fn params(&self) -> &VectorParams {
@@ -151,14 +173,18 @@ impl VectorIndex {
     /// several threads at once.
     pub fn add(&self, key: u64, vector: &[f32]) -> Result<()> {
         let needed = self.slots.fetch_add(1, Ordering::Relaxed) + 1;
-        if needed > self.index.capacity() {
+        let full = needed > {
+            let _shared = self.structure.read();
+            self.index.capacity()
+        };
+        if full {
             let _exclusive = self.structure.write();
             let capacity = self.index.capacity();
             if needed > capacity {
                 self.index
                     .reserve_capacity_and_threads(
                         (capacity * 2).max(needed).max(1024),
-                        context_count(),
+                        self.context_count,
                     )
                     .map_err(vector_err)?;
             }
@@ -175,7 +201,9 @@ impl VectorIndex {
         }
         let _exclusive = self.structure.write();
         for &key in keys {
-            self.index.remove(key).map_err(vector_err)?;
+            // usearch reuses a removed slot for a later add, so it no longer counts as used.
+            let removed = self.index.remove(key).map_err(vector_err)?;
+            self.slots.fetch_sub(removed, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -217,10 +245,10 @@ impl VectorIndex {
         k: usize,
         allow: impl Fn(u64) -> bool,
     ) -> Result<Vec<(u64, f32)>> {
+        let _shared = self.structure.read();
         if k == 0 || self.is_empty() {
             return Ok(Vec::new());
         }
-        let _shared = self.structure.read();
         let _context = self.contexts.acquire();
         let fetch = k + k / 4 + 4;
         let plain = self.index.search(query, fetch).map_err(vector_err)?;

@@ -47,9 +47,10 @@ pub fn status_of(error: &Error) -> StatusCode {
         Error::CollectionNotFound(_) | Error::DocumentNotFound(_) => StatusCode::NOT_FOUND,
         Error::CollectionExists(_) => StatusCode::CONFLICT,
         Error::Overloaded => StatusCode::TOO_MANY_REQUESTS,
-        Error::ShuttingDown | Error::StorageFailed { .. } | Error::CollectionUnavailable { .. } => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        Error::ShuttingDown
+        | Error::StorageFailed { .. }
+        | Error::CollectionUnavailable { .. }
+        | Error::WriteUnknown { .. } => StatusCode::SERVICE_UNAVAILABLE,
         Error::InsufficientStorage { .. } => StatusCode::INSUFFICIENT_STORAGE,
         Error::LimitExceeded(_) => StatusCode::BAD_REQUEST,
         Error::DataDirLocked { .. }

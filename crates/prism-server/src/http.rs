@@ -457,7 +457,7 @@ async fn write(collection: &Collection, ops: Vec<Op>, refresh: Refresh) -> ApiRe
                 .await;
                 match step {
                     Ok(Ok(_)) => break,
-                    Ok(Err(_)) => return Err(prism_core::Error::ShuttingDown.into()),
+                    Ok(Err(_)) => return Err(not_yet_searchable(index, "the shard closed")),
                     Err(_) => {}
                 }
                 // A shard that cannot checkpoint will not make the write visible soon: say so
@@ -474,22 +474,32 @@ async fn write(collection: &Collection, ops: Vec<Op>, refresh: Refresh) -> ApiRe
                     } else {
                         format!("no refresh within {WAIT_FOR_LIMIT:?}")
                     };
-                    return Err(ApiError::new(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "refresh_timeout",
-                        format!("the write is durable (log index {index}) and will be searchable after the next successful refresh, but it is not searchable yet: {why}"),
-                    ));
+                    return Err(not_yet_searchable(index, &why));
                 }
             }
         }
         Refresh::Now => {
-            shard
-                .request_refresh()?
-                .await
-                .map_err(|_| ApiError::from(prism_core::Error::ShuttingDown))??;
+            // The write is durable whatever the refresh does: a failed refresh must not turn
+            // its answer into a refusal.
+            let refreshed = match shard.request_refresh() {
+                Ok(rx) => rx.await.unwrap_or(Err(prism_core::Error::ShuttingDown)),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = refreshed {
+                return Err(not_yet_searchable(index, &e.to_string()));
+            }
         }
     }
     Ok(index)
+}
+
+/// The answer to a durable write whose requested refresh did not happen.
+fn not_yet_searchable(index: u64, why: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "refresh_timeout",
+        format!("the write is durable (log index {index}) and will be searchable after the next successful refresh, but it is not searchable yet: {why}"),
+    )
 }
 
 async fn index_batch(

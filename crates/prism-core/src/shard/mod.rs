@@ -136,6 +136,8 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<u64>>,
     },
     Shutdown {
+        /// Take final checkpoints first; false when the shard's data is about to be deleted.
+        checkpoint: bool,
         reply: oneshot::Sender<Result<()>>,
     },
 }
@@ -298,12 +300,25 @@ impl Shard {
 
     /// Flushes everything to a checkpoint and stops the writer thread.
     pub fn close(&self) -> Result<()> {
+        self.stop(true)
+    }
+
+    /// Stops the writer thread without final checkpoints, for a shard about to be deleted: it
+    /// succeeds on a full disk or a failed shard, where checkpointing cannot.
+    pub fn close_for_delete(&self) -> Result<()> {
+        self.stop(false)
+    }
+
+    fn stop(&self, checkpoint: bool) -> Result<()> {
         let Some(thread) = self.thread.lock().take() else {
             return Ok(());
         };
         let (reply, rx) = oneshot::channel();
         // A blocking send: shutdown must not be refused because the queue is full.
-        let sent = self.commands.send(Command::Shutdown { reply }).is_ok();
+        let sent = self
+            .commands
+            .send(Command::Shutdown { checkpoint, reply })
+            .is_ok();
         let result = if sent {
             rx.blocking_recv().unwrap_or(Err(Error::ShuttingDown))
         } else {

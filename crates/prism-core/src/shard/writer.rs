@@ -485,7 +485,13 @@ impl StateMachine {
             && self.applied == self.text_checkpoint
             && self.last_write.elapsed() >= idle
         {
-            self.writer = None;
+            // Dropping a writer does not wait for its merge threads, whose last task could
+            // still rewrite meta.json under the next writer.
+            if let Some(writer) = self.writer.take() {
+                if let Err(e) = writer.wait_merging_threads() {
+                    tracing::warn!(error = %e, "a merge of an idle writer failed; its segments stay as they were");
+                }
+            }
             super::count_writer_closed();
         }
     }
@@ -705,8 +711,14 @@ pub(crate) fn run(
                 let _ = reply.send(result);
                 next_refresh = Instant::now() + config.refresh_interval;
             }
-            Ok(Command::Shutdown { reply }) => {
-                let _ = reply.send(state.shutdown(&shared));
+            Ok(Command::Shutdown { checkpoint, reply }) => {
+                let result = if checkpoint {
+                    state.shutdown(&shared)
+                } else {
+                    state.discard();
+                    Ok(())
+                };
+                let _ = reply.send(result);
                 return;
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -799,7 +811,12 @@ impl WriterState {
         for (i, (ops, reply)) in accepted.into_iter().enumerate() {
             let index = first + i as u64;
             if self.failed.is_none() {
-                if let Err(e) = self.machine.apply(shared, index, &ops, true) {
+                // A panic in a component must not drop the replies of durable writes.
+                let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.machine.apply(shared, index, &ops, true)
+                }))
+                .unwrap_or_else(|_| Err(Error::Vector("applying the entry panicked".into())));
+                if let Err(e) = applied {
                     tracing::error!(error = %e, index, "applying a durable log entry to the vector index failed; the shard stops writing until restart");
                     self.failed = Some(format!("applying entry {index} failed: {e}"));
                 }
@@ -864,6 +881,13 @@ impl WriterState {
             .purge_through(self.machine.checkpointed_through())?;
         self.machine.close_idle_writer(config.idle_writer_close);
         Ok(())
+    }
+
+    /// Stops without checkpoints, waiting for merges (which hold files open).
+    fn discard(mut self) {
+        if let Some(writer) = self.machine.writer.take() {
+            let _ = writer.wait_merging_threads();
+        }
     }
 
     /// Takes final checkpoints and waits for background merges, which hold files open.
