@@ -250,14 +250,12 @@ impl Engine {
             Shard::open(&shard_dir, schema.clone(), config)
         }))
         .unwrap_or_else(|panic| {
-            let detail = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("unknown panic");
             Err(Error::Corrupt {
                 path: shard_dir.clone(),
-                message: format!("opening the shard panicked: {detail}"),
+                message: format!(
+                    "opening the shard panicked: {}",
+                    crate::error::panic_message(&*panic)
+                ),
             })
         });
         Ok(Arc::new(Collection {

@@ -82,11 +82,7 @@ pub fn router(
 
 /// A panic in a handler is a bug: the client gets a JSON 500 and the server keeps serving.
 fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    let detail = panic
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| panic.downcast_ref::<&str>().copied())
-        .unwrap_or("unknown panic");
+    let detail = prism_core::error::panic_message(&*panic);
     tracing::error!(panic = detail, "a request handler panicked");
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
