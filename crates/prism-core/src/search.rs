@@ -107,6 +107,24 @@ pub fn check_query_string(text: &str, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// A date-histogram duration (`30d`, `1h`, `500ms`) in milliseconds, when its nanoseconds fit
+/// in an i64. tantivy multiplies without checking and overflows on larger numbers.
+fn duration_millis(text: &str) -> Option<i64> {
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
+    let unit_ms: i64 = match unit {
+        "ms" | "milliseconds" => 1,
+        "s" | "seconds" => 1_000,
+        "m" | "minutes" => 60_000,
+        "h" | "hours" => 3_600_000,
+        "d" | "days" => 86_400_000,
+        _ => return None,
+    };
+    let ms = number.parse::<i64>().ok()?.checked_mul(unit_ms)?;
+    ms.checked_mul(1_000_000)?;
+    Some(ms)
+}
+
 /// Checks the shape of an aggregation request before tantivy sees it: nesting, count, and
 /// parameters tantivy would fail on (an empty `ranges` panics inside it).
 pub fn check_aggregations(aggs: &Value) -> Result<()> {
@@ -146,6 +164,24 @@ fn check_aggregation_level(aggs: &Value, depth: usize, count: &mut usize) -> Res
                         .is_some_and(|i| i.is_finite() && i > 0.0) =>
                 {
                     return invalid(format!("{name:?}: \"interval\" must be a positive number"));
+                }
+                "date_histogram" => {
+                    if let Some(i) = params.get("fixed_interval") {
+                        if i.as_str()
+                            .and_then(duration_millis)
+                            .is_none_or(|ms| ms <= 0)
+                        {
+                            return invalid(format!("{name:?}: \"fixed_interval\" must be a positive duration such as \"30d\" or \"1h\" that fits in 64-bit nanoseconds"));
+                        }
+                    }
+                    if let Some(o) = params.get("offset") {
+                        let fits = o.as_str().is_some_and(|o| {
+                            duration_millis(o.strip_prefix(['-', '+']).unwrap_or(o)).is_some()
+                        });
+                        if !fits {
+                            return invalid(format!("{name:?}: \"offset\" must be a duration such as \"-1d\" that fits in 64-bit nanoseconds"));
+                        }
+                    }
                 }
                 "filter" => {
                     if let Some(q) = params
@@ -414,6 +450,10 @@ mod tests {
             json!({"r": {"range": {"field": "y"}}}),
             json!({"h": {"histogram": {"field": "y", "interval": 0}}}),
             json!({"h": {"histogram": {"field": "y", "interval": -1}}}),
+            // Found by fuzzing: tantivy's own parser overflowed on this interval.
+            json!({"d": {"date_histogram": {"field": "t", "fixed_interval": "2000000000000008d"}}}),
+            json!({"d": {"date_histogram": {"field": "t", "fixed_interval": "0d"}}}),
+            json!({"d": {"date_histogram": {"field": "t", "fixed_interval": "1d", "offset": "-99999999999999d"}}}),
             json!({"f": {"filter": format!("{}x", "(".repeat(100))}}),
             json!([1, 2]),
             json!({"t": 5}),
@@ -424,6 +464,10 @@ mod tests {
                 "{bad}"
             );
         }
+        assert!(check_aggregations(&json!({"d": {"date_histogram": {
+            "field": "t", "fixed_interval": "30d", "offset": "-2h"
+        }}}))
+        .is_ok());
         let mut deep = json!({"t": {"terms": {"field": "tag"}}});
         for _ in 0..MAX_AGGREGATION_DEPTH {
             deep = json!({"t": {"terms": {"field": "tag"}, "aggs": deep}});
