@@ -109,13 +109,20 @@ pub struct Server {
     pub port: u16,
     pub data_dir: PathBuf,
     env: Vec<(String, String)>,
+    args: Vec<String>,
     pub client: reqwest::blocking::Client,
 }
 
 impl Server {
     /// Starts a server on a fresh port over `data_dir`, with extra environment variables.
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        Self::start_with_args(data_dir, env, &[])
+    }
+
+    /// As [`Server::start`], with extra command-line flags.
+    pub fn start_with_args(data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Server {
         let mut server = Server {
+            args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
             port: free_port(),
             data_dir: data_dir.to_path_buf(),
@@ -158,6 +165,7 @@ impl Server {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
+        cmd.args(&self.args);
         cmd
     }
 

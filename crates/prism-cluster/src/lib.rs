@@ -15,6 +15,7 @@ pub mod discovery;
 pub mod error;
 pub mod health;
 pub mod merge;
+pub mod raft;
 pub mod rpc;
 pub mod stats_cache;
 pub mod tls;

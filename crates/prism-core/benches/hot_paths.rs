@@ -3,7 +3,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
 use prism_core::fusion::HybridStrategy;
-use prism_core::log::ShardLog;
+use prism_core::log::{OpenOptions, ShardLog};
 use prism_core::schema::{Distance, VectorParams};
 use prism_core::vector::{distance, VectorIndex};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -71,16 +71,20 @@ fn rrf(c: &mut Criterion) {
 
 fn log_append(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut log, _) = ShardLog::open(dir.path(), 64 << 20).unwrap();
+    let options = OpenOptions {
+        segment_bytes: 64 << 20,
+        truncate_corrupt: false,
+    };
+    let (log, _) = ShardLog::open(dir.path(), options).unwrap();
     let entry = vec![7u8; 1024];
     c.bench_function("log/append+fsync/1 x 1 KiB", |b| {
-        b.iter(|| log.append(std::slice::from_ref(&entry)).unwrap())
+        b.iter(|| log.append_next(1, 0, std::slice::from_ref(&entry)).unwrap())
     });
     let group: Vec<Vec<u8>> = (0..32).map(|_| entry.clone()).collect();
     c.bench_function("log/append+fsync/group of 32 x 1 KiB", |b| {
         b.iter_batched(
             || group.clone(),
-            |g| log.append(&g).unwrap(),
+            |g| log.append_next(1, 0, &g).unwrap(),
             BatchSize::SmallInput,
         )
     });

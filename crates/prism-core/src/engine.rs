@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::log::{create_dir_durable, sync_dir};
 use crate::schema::{validate_collection_name, CollectionSchema};
 use crate::shard::{Op, Shard, ShardConfig, ShardStats};
 
@@ -135,18 +136,12 @@ fn collection_dir_name(dir: &Path) -> String {
         .unwrap_or_default()
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
-}
-
 impl Engine {
     /// Locks the data directory and opens every collection in it.
     pub fn open(config: EngineConfig) -> Result<Engine> {
         let root = &config.data_dir;
         let collections_dir = root.join("collections");
-        fs::create_dir_all(&collections_dir).map_err(|e| Error::io(&collections_dir, e))?;
+        create_dir_durable(&collections_dir)?;
         let lock_path = root.join("LOCK");
         let lock = File::options()
             .create(true)
@@ -293,15 +288,9 @@ impl Engine {
         let root = self.collections_dir();
         let staging = root.join(format!(".creating-{}", schema.name));
         let _ = fs::remove_dir_all(&staging);
-        let built = fs::create_dir_all(&staging)
-            .map_err(|e| Error::io(&staging, e))
+        let built = create_dir_durable(&staging)
             .and_then(|_| write_schema(&staging.join("collection.json"), &schema))
-            .and_then(|_| {
-                let shard_dir = staging.join("shards").join("0");
-                fs::create_dir_all(&shard_dir).map_err(|e| Error::io(&shard_dir, e))?;
-                sync_dir(&staging.join("shards"))?;
-                sync_dir(&staging)
-            });
+            .and_then(|_| create_dir_durable(&staging.join("shards").join("0")));
         if let Err(e) = built {
             let _ = fs::remove_dir_all(&staging);
             return Err(e);

@@ -50,6 +50,10 @@ pub enum Error {
     Tantivy(#[from] tantivy::TantivyError),
     #[error("vector index error: {0}")]
     Vector(String),
+    /// A caller of the log broke its order (a gap, a term going back, a purged truncation):
+    /// a bug in the consensus layer, refused before anything is written.
+    #[error("log order violated: {0}")]
+    LogOrder(String),
 }
 
 impl Error {
@@ -76,6 +80,7 @@ impl Error {
             Error::Io { .. } => "io_error",
             Error::Tantivy(_) => "index_error",
             Error::Vector(_) => "vector_index_error",
+            Error::LogOrder(_) => "log_order_violated",
         }
     }
 

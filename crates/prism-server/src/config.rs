@@ -31,6 +31,11 @@ pub struct Cli {
     /// Directory of YAML/JSON collection schemas created at start-up when missing.
     #[arg(long, env = "PRISM_SCHEMAS_DIR")]
     pub schemas_dir: Option<PathBuf>,
+    /// Repair: open a collection whose log has a corrupt entry by cutting the log there. That
+    /// entry and every later one are lost, and the server logs which. Without it, such a
+    /// collection stays unavailable and the rest of the node serves.
+    #[arg(long)]
+    pub truncate_corrupt_log: bool,
 }
 
 /// The whole configuration.

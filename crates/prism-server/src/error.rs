@@ -57,7 +57,8 @@ pub fn status_of(error: &Error) -> StatusCode {
         | Error::Corrupt { .. }
         | Error::Io { .. }
         | Error::Tantivy(_)
-        | Error::Vector(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        | Error::Vector(_)
+        | Error::LogOrder(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

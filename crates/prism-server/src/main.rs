@@ -97,7 +97,10 @@ async fn run(cli: config::Cli) -> anyhow::Result<()> {
     let capacity = process_capacity(config.storage.max_collections);
     let engine_config = EngineConfig {
         data_dir: data_dir.clone(),
-        shard: config.storage.shard_config(),
+        shard: prism_core::shard::ShardConfig {
+            truncate_corrupt_log: cli.truncate_corrupt_log,
+            ..config.storage.shard_config()
+        },
         max_collections: capacity.collections,
     };
     let opened = Instant::now();

@@ -49,6 +49,9 @@ pub struct ShardConfig {
     /// A writer with nothing to commit for this long is closed, freeing its threads and
     /// buffers; the next write reopens it. Default 5 s.
     pub idle_writer_close: Duration,
+    /// Open a log with a corrupt entry by cutting it there (losing that entry and every later
+    /// one, which the log reports) instead of refusing to open the collection. Default off.
+    pub truncate_corrupt_log: bool,
 }
 
 impl Default for ShardConfig {
@@ -60,6 +63,7 @@ impl Default for ShardConfig {
             writer_memory_bytes: 128 << 20,
             write_queue_len: 4096,
             idle_writer_close: Duration::from_secs(5),
+            truncate_corrupt_log: false,
         }
     }
 }

@@ -19,7 +19,9 @@ use tokio::sync::{oneshot, watch};
 use super::ops::{self, version_key, Op};
 use super::{open_reader, resolve_fields, Command, ShardConfig, Shared, WriteHealth};
 use crate::error::{Error, Result};
-use crate::log::{ShardLog, MAX_ENTRY_BYTES};
+use crate::log::{
+    create_dir_durable, sync_dir, write_atomically, OpenOptions, ShardLog, MAX_ENTRY_BYTES,
+};
 use crate::schema::{parse_date, CollectionSchema, FieldType, PreparedDoc};
 use crate::vector::VectorIndex;
 
@@ -28,6 +30,9 @@ use crate::vector::VectorIndex;
 struct TextCheckpoint {
     applied_index: u64,
 }
+
+/// The term of entries a single node appends: its log has one leader, itself, forever.
+const LOCAL_TERM: u64 = 1;
 
 /// The most writes combined into one fsync.
 const MAX_GROUP: usize = 1024;
@@ -82,12 +87,6 @@ fn vector_checkpoint_dir(dir: &Path, index: u64) -> PathBuf {
     vectors_dir(dir).join(format!("ckpt-{index:020}"))
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
-}
-
 /// Indexing threads of one writer: two keep bulk ingest near tantivy's own speed on a small
 /// machine (one measured 0.63x the docs/s of two on 2 cores); more would multiply a node's
 /// threads by its collections. One merge thread. The memory budget is shared, as tantivy's
@@ -105,20 +104,6 @@ fn writer_options(config: &ShardConfig) -> IndexWriterOptions {
         .build()
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, bytes)
-        .and_then(|_| fs::File::open(&tmp)?.sync_all())
-        .and_then(|_| fs::rename(&tmp, path))
-        .map_err(|e| Error::io(path, e))?;
-    if let Some(parent) = path.parent() {
-        fs::File::open(parent)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io(parent, e))?;
-    }
-    Ok(())
-}
-
 /// Opens every component of the shard and replays the log past its checkpoints.
 pub(crate) fn recover(
     dir: &Path,
@@ -127,7 +112,7 @@ pub(crate) fn recover(
 ) -> Result<(Arc<Shared>, WriterState)> {
     let started = Instant::now();
     let index_dir = dir.join("index");
-    fs::create_dir_all(&index_dir).map_err(|e| Error::io(&index_dir, e))?;
+    create_dir_durable(&index_dir)?;
     let mmap = MmapDirectory::open(&index_dir)
         .map_err(|e| Error::io(&index_dir, std::io::Error::other(e.to_string())))?;
     let index = Index::open_or_create(mmap, schema.tantivy_schema())?;
@@ -150,7 +135,13 @@ pub(crate) fn recover(
         checkpoint: vector_checkpoint,
         files: vector_files,
     } = load_vectors(dir, &schema)?;
-    let (log, _recovery) = ShardLog::open(&dir.join("log"), config.log_segment_bytes)?;
+    let (log, _recovery) = ShardLog::open(
+        &dir.join("log"),
+        OpenOptions {
+            segment_bytes: config.log_segment_bytes,
+            truncate_corrupt: config.truncate_corrupt_log,
+        },
+    )?;
     let newest_checkpoint = text_checkpoint.max(if vectors.is_empty() {
         0
     } else {
@@ -202,9 +193,9 @@ pub(crate) fn recover(
     };
 
     let mut replayed = 0u64;
-    log.read_from(machine.applied + 1, |entry| {
+    log.read_from(machine.applied + 1, log.last_index(), |entry| {
         let ops = ops::decode(&entry.payload)?;
-        machine.apply(&shared, entry.index, &ops, false)?;
+        machine.apply(&shared, entry.id.index, &ops, false)?;
         replayed += 1;
         Ok(())
     })?;
@@ -425,12 +416,9 @@ impl StateMachine {
         let through = self.applied;
         let from = self.text_checkpoint + 1;
         self.writer(shared)?;
-        log.read_from(from, |entry| {
-            if entry.index > through {
-                return Ok(());
-            }
+        log.read_from(from, through, |entry| {
             let ops = ops::decode(&entry.payload)?;
-            self.apply_text(shared, entry.index, &ops)
+            self.apply_text(shared, entry.id.index, &ops)
         })?;
         tracing::info!(shard = %shared.dir.display(), from, through, "text index writer rebuilt from the log");
         self.text_broken = None;
@@ -553,7 +541,7 @@ impl StateMachine {
 
     fn write_vector_files(&self, shared: &Shared, target: &Path) -> Result<()> {
         let _ = fs::remove_dir_all(target);
-        fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
+        create_dir_durable(target)?;
         for (name, vi) in &shared.vectors {
             let path = target.join(format!("{name}.usearch"));
             vi.save(&path)?;
@@ -779,8 +767,8 @@ impl WriterState {
         if accepted.is_empty() {
             return;
         }
-        let first = match self.log.append(&payloads) {
-            Ok(first) => first,
+        let first = match self.log.append_next(LOCAL_TERM, 0, &payloads) {
+            Ok(first) => first.index,
             Err(e) => {
                 tracing::error!(error = %e, "log append failed; the writes were refused and not applied");
                 if self.log.is_poisoned() {
@@ -893,7 +881,7 @@ impl WriterState {
     /// Takes final checkpoints and waits for background merges, which hold files open.
     fn shutdown(self, shared: &Shared) -> Result<()> {
         let WriterState {
-            mut log,
+            log,
             mut machine,
             failed,
             disk_full: _,

@@ -1,0 +1,235 @@
+//! openraft's `RaftLogStorage` over the shard log of `prism-core`. The shard log stores each
+//! openraft entry as an opaque payload under its log id, and the vote as opaque bytes; this
+//! adapter converts ids and (de)serializes. Blocking file I/O runs on tokio's blocking pool so
+//! that a fsync never stalls the Raft core's task.
+
+use std::fmt::Debug;
+use std::marker::PhantomData;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{
+    AnyError, CommittedLeaderId, LogId, LogState, OptionalSend, RaftLogId, RaftLogReader,
+    RaftTypeConfig, StorageError, StorageIOError, Vote,
+};
+use prism_core::log::{self as core_log, ShardLog};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Most payload bytes one bounded read (replication to a lagging follower) returns.
+pub const READ_BATCH_BYTES: usize = 8 << 20;
+
+/// A Raft log store over one shard log. Clones share the log: the clone handed out as the
+/// log reader reads while the store appends.
+pub struct LogStore<C> {
+    log: Arc<ShardLog>,
+    _config: PhantomData<C>,
+}
+
+impl<C> Clone for LogStore<C> {
+    fn clone(&self) -> Self {
+        LogStore {
+            log: self.log.clone(),
+            _config: PhantomData,
+        }
+    }
+}
+
+impl<C> LogStore<C> {
+    pub fn new(log: Arc<ShardLog>) -> Self {
+        LogStore {
+            log,
+            _config: PhantomData,
+        }
+    }
+}
+
+fn to_core(id: &LogId<u64>) -> core_log::LogId {
+    core_log::LogId::new(id.leader_id.term, id.leader_id.node_id, id.index)
+}
+
+fn from_core(id: core_log::LogId) -> LogId<u64> {
+    LogId::new(CommittedLeaderId::new(id.term, id.leader), id.index)
+}
+
+fn any(e: impl std::fmt::Display) -> AnyError {
+    AnyError::error(e.to_string())
+}
+
+/// Runs blocking log I/O off the async executor.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> prism_core::Result<T> + Send + 'static,
+) -> Result<T, AnyError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(any),
+        Err(e) => Err(any(format!("a log I/O task failed: {e}"))),
+    }
+}
+
+fn range_of(range: &impl RangeBounds<u64>) -> std::ops::Range<u64> {
+    let start = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&e) => e.saturating_add(1),
+        Bound::Excluded(&e) => e,
+        Bound::Unbounded => u64::MAX,
+    };
+    start..end
+}
+
+impl<C> LogStore<C>
+where
+    C: RaftTypeConfig<NodeId = u64>,
+    C::Entry: DeserializeOwned,
+{
+    async fn read(
+        &self,
+        range: std::ops::Range<u64>,
+        max_bytes: usize,
+    ) -> Result<Vec<C::Entry>, StorageError<u64>> {
+        let log = self.log.clone();
+        let entries = blocking(move || log.read(range, max_bytes))
+            .await
+            .map_err(StorageIOError::read_logs)?;
+        entries
+            .iter()
+            .map(|e| {
+                postcard::from_bytes(&e.payload)
+                    .map_err(|err| StorageIOError::read_log_at_index(e.id.index, any(err)).into())
+            })
+            .collect()
+    }
+}
+
+impl<C> RaftLogReader<C> for LogStore<C>
+where
+    C: RaftTypeConfig<NodeId = u64>,
+    C::Entry: DeserializeOwned,
+{
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<C::Entry>, StorageError<u64>> {
+        self.read(range_of(&range), usize::MAX).await
+    }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<C::Entry>, StorageError<u64>> {
+        self.read(start..end, READ_BATCH_BYTES).await
+    }
+}
+
+impl<C> RaftLogStorage<C> for LogStore<C>
+where
+    C: RaftTypeConfig<NodeId = u64>,
+    C::Entry: Serialize + DeserializeOwned,
+{
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError<u64>> {
+        Ok(LogState {
+            last_purged_log_id: self.log.hard_state().last_purged.map(from_core),
+            last_log_id: self.log.last_log_id().map(from_core),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
+        let bytes = postcard::to_stdvec(vote).map_err(|e| StorageIOError::write_vote(any(e)))?;
+        let log = self.log.clone();
+        blocking(move || log.save_vote(&bytes))
+            .await
+            .map_err(StorageIOError::write_vote)?;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {
+        match self.log.hard_state().vote {
+            Some(bytes) => postcard::from_bytes(&bytes)
+                .map(Some)
+                .map_err(|e| StorageIOError::read_vote(any(e)).into()),
+            None => Ok(None),
+        }
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<u64>>,
+    ) -> Result<(), StorageError<u64>> {
+        let log = self.log.clone();
+        let committed = committed.as_ref().map(to_core);
+        blocking(move || log.save_committed(committed))
+            .await
+            .map_err(StorageIOError::write_logs)?;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError<u64>> {
+        Ok(self.log.hard_state().committed.map(from_core))
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<C>,
+    ) -> Result<(), StorageError<u64>>
+    where
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut encoded = Vec::new();
+        for entry in entries {
+            let id = to_core(entry.get_log_id());
+            let payload =
+                postcard::to_stdvec(&entry).map_err(|e| StorageIOError::write_logs(any(e)))?;
+            encoded.push((id, payload));
+        }
+        let log = self.log.clone();
+        let result = blocking(move || {
+            let batch: Vec<(core_log::LogId, &[u8])> =
+                encoded.iter().map(|(id, p)| (*id, p.as_slice())).collect();
+            log.append(&batch)
+        })
+        .await;
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(StorageIOError::write_logs(e).into())
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        let log = self.log.clone();
+        blocking(move || log.truncate(log_id.index))
+            .await
+            .map_err(StorageIOError::write_logs)?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        let log = self.log.clone();
+        let upto = to_core(&log_id);
+        blocking(move || log.purge(upto))
+            .await
+            .map_err(StorageIOError::write_logs)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,5 @@
+//! openraft on top of Prism's storage seams. Everything that names an openraft type lives
+//! under this module, so that a move to openraft 0.10 (which rewrites the storage and network
+//! traits) stays inside it.
+
+pub mod log_store;
