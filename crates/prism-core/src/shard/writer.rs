@@ -135,7 +135,7 @@ pub(crate) fn recover(
         checkpoint: vector_checkpoint,
         files: vector_files,
     } = load_vectors(dir, &schema)?;
-    let (log, _recovery) = ShardLog::open(
+    let (log, recovery) = ShardLog::open(
         &dir.join("log"),
         OpenOptions {
             segment_bytes: config.log_segment_bytes,
@@ -147,7 +147,11 @@ pub(crate) fn recover(
     } else {
         vector_checkpoint
     });
-    if log.last_index() < newest_checkpoint {
+    // A repair that cut the log below a checkpoint (--truncate-corrupt-log): the components
+    // keep what they checkpointed, and the log continues above the newest checkpoint so that
+    // no index (and version key) is used twice.
+    let cut_below_checkpoint = recovery.lost.is_some() && log.last_index() < newest_checkpoint;
+    if log.last_index() < newest_checkpoint && !cut_below_checkpoint {
         return Err(Error::Corrupt {
             path: dir.join("log"),
             message: format!(
@@ -199,8 +203,20 @@ pub(crate) fn recover(
         replayed += 1;
         Ok(())
     })?;
+    if cut_below_checkpoint {
+        tracing::error!(
+            shard = %dir.display(),
+            lost_from = log.last_index() + 1,
+            lost_through = newest_checkpoint,
+            text_checkpoint,
+            vector_checkpoint = if shared.vectors.is_empty() { None } else { Some(vector_checkpoint) },
+            "the cut log ends below a checkpoint: entries in this range are kept only by the components whose checkpoint covers them (text or vectors), the others lost them"
+        );
+        log.purge(crate::log::LogId::new(LOCAL_TERM, 0, newest_checkpoint))?;
+        machine.applied = newest_checkpoint;
+    }
     let mut disk_full = None;
-    if replayed > 0 {
+    if replayed > 0 || cut_below_checkpoint {
         // Make the replayed writes searchable. The vector checkpoint waits for its interval:
         // saving every index here would put a full rewrite on the restart path.
         if let Err(e) = machine.refresh(&shared, &log) {
