@@ -95,13 +95,16 @@ where
         let entries = blocking(move || log.read(range, max_bytes))
             .await
             .map_err(StorageIOError::read_logs)?;
-        entries
-            .iter()
-            .map(|e| {
-                postcard::from_bytes(&e.payload)
-                    .map_err(|err| StorageIOError::read_log_at_index(e.id.index, any(err)).into())
-            })
-            .collect()
+        let mut decoded = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            match postcard::from_bytes(&entry.payload) {
+                Ok(e) => decoded.push(e),
+                Err(e) => {
+                    return Err(StorageIOError::read_log_at_index(entry.id.index, any(e)).into())
+                }
+            }
+        }
+        Ok(decoded)
     }
 }
 

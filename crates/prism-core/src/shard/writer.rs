@@ -150,7 +150,10 @@ pub(crate) fn recover(
     // A repair that cut the log below a checkpoint (--truncate-corrupt-log): the components
     // keep what they checkpointed, and the log continues above the newest checkpoint so that
     // no index (and version key) is used twice.
-    let cut_below_checkpoint = recovery.lost.is_some() && log.last_index() < newest_checkpoint;
+    let cut_below_checkpoint = config.truncate_corrupt_log && log.last_index() < newest_checkpoint;
+    if let Some(lost) = &recovery.lost {
+        tracing::error!(shard = %dir.display(), ?lost, "the log was cut at a corrupt entry");
+    }
     if log.last_index() < newest_checkpoint && !cut_below_checkpoint {
         return Err(Error::Corrupt {
             path: dir.join("log"),
@@ -212,7 +215,6 @@ pub(crate) fn recover(
             vector_checkpoint = if shared.vectors.is_empty() { None } else { Some(vector_checkpoint) },
             "the cut log ends below a checkpoint: entries in this range are kept only by the components whose checkpoint covers them (text or vectors), the others lost them"
         );
-        log.purge(crate::log::LogId::new(LOCAL_TERM, 0, newest_checkpoint))?;
         machine.applied = newest_checkpoint;
     }
     let mut disk_full = None;
@@ -227,6 +229,12 @@ pub(crate) fn recover(
             tracing::warn!(error = %e, shard = %dir.display(), "the disk is full: replayed writes stay unsearchable and new writes are refused until space is freed");
             disk_full = Some(e.cause());
         }
+    }
+    if cut_below_checkpoint {
+        // Both checkpoints reach the newest one before the log skips ahead to it: a crash in
+        // between leaves a log that ends below a checkpoint, which this flag repairs again.
+        machine.save_vectors(&shared)?;
+        log.purge(crate::log::LogId::new(LOCAL_TERM, 0, newest_checkpoint))?;
     }
     shared.visible.send_replace(machine.text_checkpoint);
     let state = WriterState {
