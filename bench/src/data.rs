@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use prism_tests::nave;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 /// A document of a text corpus, with an optional embedding.
@@ -137,16 +138,10 @@ pub fn read_npy(path: &Path) -> Result<Matrix> {
     Ok(Matrix { rows, cols, data })
 }
 
-/// The nave-kjv directory: `PRISM_NAVE_DIR`, or `../shared/data/nave-kjv` from the repo root.
-pub fn nave_dir(repo: &Path) -> PathBuf {
-    std::env::var_os("PRISM_NAVE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("../shared/data/nave-kjv"))
-}
-
-/// Loads nave-kjv with its MiniLM embeddings, or says why it cannot.
+/// Loads nave-kjv (from `PRISM_NAVE_DIR`, or `../shared/data/nave-kjv` from the repo root)
+/// with its MiniLM embeddings, or says why it cannot.
 pub fn load_nave(repo: &Path) -> Result<Corpus, String> {
-    let dir = nave_dir(repo);
+    let dir = nave::dir(repo);
     let need = [
         "corpus.jsonl",
         "topics-dev.tsv",
@@ -154,41 +149,30 @@ pub fn load_nave(repo: &Path) -> Result<Corpus, String> {
         "corpus.minilm-l6-v2.f32.npy",
         "topics-dev.minilm-l6-v2.f32.npy",
     ];
-    for f in need {
-        if !dir.join(f).exists() {
-            return Err(format!(
-                "nave-kjv data not found at {} (missing {f}); set PRISM_NAVE_DIR",
-                dir.display()
-            ));
-        }
+    if let Some(why) = nave::missing(&dir, &need) {
+        return Err(why);
     }
     let load = || -> Result<Corpus> {
         let doc_vectors = read_npy(&dir.join("corpus.minilm-l6-v2.f32.npy"))?;
         let topic_vectors = read_npy(&dir.join("topics-dev.minilm-l6-v2.f32.npy"))?;
-        let mut docs = Vec::new();
-        for (i, line) in std::fs::read_to_string(dir.join("corpus.jsonl"))?
-            .lines()
+        let docs = nave::read_corpus(&dir)?
+            .into_iter()
             .enumerate()
-        {
-            let v: serde_json::Value = serde_json::from_str(line)?;
-            docs.push(Doc {
-                id: v["id"].as_str().context("id")?.to_string(),
-                text: v["text"].as_str().context("text")?.to_string(),
+            .map(|(i, verse)| Doc {
+                id: verse.id,
+                text: verse.text,
                 vector: Some(doc_vectors.row(i).to_vec()),
-            });
-        }
-        let mut topics = Vec::new();
-        for (i, line) in std::fs::read_to_string(dir.join("topics-dev.tsv"))?
-            .lines()
+            })
+            .collect();
+        let topics = nave::read_topics(&dir)?
+            .into_iter()
             .enumerate()
-        {
-            let (qid, text) = line.split_once('\t').context("topic line")?;
-            topics.push(Topic {
-                qid: qid.to_string(),
-                text: text.to_string(),
+            .map(|(i, topic)| Topic {
+                qid: topic.qid,
+                text: topic.text,
                 vector: Some(topic_vectors.row(i).to_vec()),
-            });
-        }
+            })
+            .collect();
         Ok(Corpus {
             name: "nave-kjv".into(),
             dim: doc_vectors.cols,

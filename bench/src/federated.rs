@@ -1,5 +1,6 @@
 //! Federated search: three nodes over mutual-TLS QUIC against one node, on the same corpus
-//! and queries, over HTTP from one client: latency, QPS and how often the top 10 agree.
+//! and queries, over HTTP from one client: latency, QPS and how often the top 10 agree (the
+//! same ids in the same order, ties included).
 
 use anyhow::{bail, Result};
 use prism_tests::cluster::start_federation;
@@ -109,7 +110,7 @@ pub fn run(corpus: &Corpus) -> Result<(Table, Value)> {
             "p50 ms",
             "p99 ms",
             "p50 vs 1 node",
-            "identical top-10 ids (ties may reorder)",
+            "identical top-10 ids (in order)",
             "top-10 scores within 1e-4",
             "identical total",
         ],

@@ -14,16 +14,7 @@ use crate::data::Corpus;
 use crate::http;
 use crate::report::{f, ratio, Latency, Table};
 
-/// Query text both systems parse the same way: words only.
-pub fn sanitize(query: &str) -> String {
-    query
-        .chars()
-        .map(|c| if c.is_alphanumeric() { c } else { ' ' })
-        .collect::<String>()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-}
+pub use prism_tests::nave::sanitize;
 
 fn raw_tantivy(index_dir: &std::path::Path, queries: &[String], clients: usize) -> Result<Latency> {
     let index =
@@ -131,15 +122,4 @@ pub fn run(corpus: &Corpus) -> Result<(Table, Value)> {
         table,
         json!({"corpus": corpus.name, "queries": queries.len(), "results": rows}),
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn sanitize_keeps_words_only() {
-        assert_eq!(
-            super::sanitize("aaron's rod: (budding)"),
-            "aaron s rod budding"
-        );
-    }
 }

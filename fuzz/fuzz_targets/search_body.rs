@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
             .text
             .iter()
             .chain(&hits.vector)
-            .map(|(doc, _)| *doc)
+            .map(|hit| hit.doc)
             .skip(request.offset)
             .take(request.limit)
             .collect();

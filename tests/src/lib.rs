@@ -12,6 +12,7 @@ use serde_json::Value;
 
 pub mod cluster;
 pub mod dns;
+pub mod nave;
 
 /// The directory holding this build's binaries (`target/debug` or `target/release`): the
 /// executable's own directory for a binary, its parent for a test in `deps/`.

@@ -3,7 +3,8 @@
 //! between a partial answer and an error. Pure.
 
 use prism_core::fusion::HybridStrategy;
-use prism_core::search::{DocRef, ShardHits};
+use prism_core::rank::{best_first, TieBreak};
+use prism_core::search::{DocRef, RankedDoc, ShardHits};
 use serde::{Deserialize, Serialize};
 
 use crate::config::QueryConfig;
@@ -58,25 +59,45 @@ impl ShardStatus {
     }
 }
 
-/// Merges ranked lists from many shards into one, best first: by score descending; ties
-/// break on the shard's position, then on the hit's rank within its shard. Each shard's own
-/// order is the same for any window, so consecutive pages never overlap or skip tied hits.
-/// Returns (shard, document, score).
+/// Merges ranked lists from many shards into one, best first, in the order every list of
+/// Prism follows (`prism_core::rank`): by score descending, then by the hash of the document
+/// id ascending. That order does not depend on how the collection is sharded, so the merge
+/// returns what one index would; and since each shard sends its best `offset + limit` in the
+/// same order, consecutive pages never overlap or skip tied hits. Shard position and rank
+/// within the shard only order two ids whose hashes collide. Returns (shard, hit).
 pub fn merge_ranked<'a>(
-    lists: impl IntoIterator<Item = (usize, &'a [(DocRef, f32)])>,
-) -> Vec<(usize, DocRef, f32)> {
-    let mut all: Vec<(usize, usize, DocRef, f32)> = lists
+    lists: impl IntoIterator<Item = (usize, &'a [RankedDoc])>,
+) -> Vec<(usize, RankedDoc)> {
+    let mut all: Vec<(usize, usize, RankedDoc)> = lists
         .into_iter()
         .flat_map(|(shard, list)| {
             list.iter()
                 .enumerate()
-                .map(move |(rank, (doc, score))| (shard, rank, *doc, *score))
+                .map(move |(rank, hit)| (shard, rank, *hit))
         })
         .collect();
-    all.sort_by(|a, b| b.3.total_cmp(&a.3).then(a.0.cmp(&b.0)).then(a.1.cmp(&b.1)));
+    all.sort_by(|a, b| {
+        best_first((a.2.score, a.2.id_hash), (b.2.score, b.2.id_hash))
+            .then(a.0.cmp(&b.0))
+            .then(a.1.cmp(&b.1))
+    });
     all.into_iter()
-        .map(|(shard, _, doc, score)| (shard, doc, score))
+        .map(|(shard, _, hit)| (shard, hit))
         .collect()
+}
+
+/// A document of a hybrid fusion across shards: where it lives, and its id hash for ties.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Located {
+    shard: usize,
+    doc: DocRef,
+    id_hash: u64,
+}
+
+impl TieBreak for Located {
+    fn id_hash(&self) -> u64 {
+        self.id_hash
+    }
 }
 
 /// How the shards ranked, hence how their lists combine.
@@ -111,27 +132,39 @@ pub fn merge_page(
     offset: usize,
     limit: usize,
 ) -> Vec<PageHit> {
-    let merged = |pick: fn(&ShardHits) -> &[(DocRef, f32)]| {
+    let merged = |pick: fn(&ShardHits) -> &[RankedDoc]| {
         merge_ranked(shards.iter().map(|(shard, hits)| (*shard, pick(hits))))
     };
+    let flatten = |list: Vec<(usize, RankedDoc)>| -> Vec<(usize, DocRef, f32)> {
+        list.into_iter()
+            .map(|(shard, hit)| (shard, hit.doc, hit.score))
+            .collect()
+    };
     let ranked: Vec<(usize, DocRef, f32)> = match ranking {
-        Ranking::Text => merged(|h| &h.text),
-        Ranking::Vector => merged(|h| &h.vector),
+        Ranking::Text => flatten(merged(|h| &h.text)),
+        Ranking::Vector => flatten(merged(|h| &h.vector)),
         Ranking::Hybrid {
             strategy,
             rank_window,
         } => {
-            let global = |pick: fn(&ShardHits) -> &[(DocRef, f32)]| -> Vec<((usize, DocRef), f32)> {
+            let global = |pick: fn(&ShardHits) -> &[RankedDoc]| -> Vec<(Located, f32)> {
                 merged(pick)
                     .into_iter()
                     .take(*rank_window)
-                    .map(|(shard, doc, score)| ((shard, doc), score))
+                    .map(|(shard, hit)| {
+                        let key = Located {
+                            shard,
+                            doc: hit.doc,
+                            id_hash: hit.id_hash,
+                        };
+                        (key, hit.score)
+                    })
                     .collect()
             };
             strategy
                 .fuse(&global(|h| &h.text), &global(|h| &h.vector))
                 .into_iter()
-                .map(|((shard, doc), score)| (shard, doc, score))
+                .map(|(key, score)| (key.shard, key.doc, score))
                 .collect()
         }
     };
@@ -145,15 +178,25 @@ pub fn merge_page(
 
 #[cfg(test)]
 mod tests {
+    use prism_core::rank::id_hash;
+    use prism_core::routing::shard_for;
+
     use super::*;
 
-    fn list(items: &[(DocRef, f32)]) -> Vec<(DocRef, f32)> {
-        items.to_vec()
+    /// A hit whose id hash is given directly, to pin tie orders in small examples.
+    fn hit(doc: DocRef, score: f32, id_hash: u64) -> RankedDoc {
+        RankedDoc {
+            doc,
+            score,
+            id_hash,
+        }
     }
 
-    fn text_hits(items: &[(DocRef, f32)]) -> ShardHits {
+    fn text_hits(items: &[RankedDoc]) -> ShardHits {
+        let mut text = items.to_vec();
+        text.sort_by(|a, b| best_first((a.score, a.id_hash), (b.score, b.id_hash)));
         ShardHits {
-            text: list(items),
+            text,
             ..Default::default()
         }
     }
@@ -165,8 +208,8 @@ mod tests {
     #[test]
     fn offset_applies_to_the_merged_list_not_per_shard() {
         // Each shard sent its top offset + limit = 3.
-        let a = text_hits(&[(1, 9.0), (2, 5.0), (3, 1.0)]);
-        let b = text_hits(&[(1, 8.0), (2, 7.0), (3, 6.0)]);
+        let a = text_hits(&[hit(1, 9.0, 1), hit(2, 5.0, 2), hit(3, 1.0, 3)]);
+        let b = text_hits(&[hit(1, 8.0, 4), hit(2, 7.0, 5), hit(3, 6.0, 6)]);
         let shards = [(0, &a), (1, &b)];
         assert_eq!(
             docs(&merge_page(&shards, &Ranking::Text, 0, 3)),
@@ -184,35 +227,111 @@ mod tests {
     }
 
     #[test]
-    fn ties_break_on_shard_then_rank_so_pages_never_overlap() {
-        let a = text_hits(&[(30, 1.0), (10, 1.0), (20, 1.0)]);
-        let b = text_hits(&[(5, 1.0), (50, 1.0), (40, 1.0)]);
+    fn ties_break_on_id_hash_across_shards_not_on_shard_order() {
+        // Equal scores; the id hashes interleave the two shards.
+        let a = text_hits(&[hit(30, 1.0, 60), hit(10, 1.0, 20), hit(20, 1.0, 40)]);
+        let b = text_hits(&[hit(5, 1.0, 10), hit(50, 1.0, 50), hit(40, 1.0, 30)]);
         let merged = merge_page(&[(0, &a), (1, &b)], &Ranking::Text, 0, 6);
         assert_eq!(
             docs(&merged),
-            vec![(0, 30), (0, 10), (0, 20), (1, 5), (1, 50), (1, 40)]
+            vec![(1, 5), (0, 10), (1, 40), (0, 20), (1, 50), (0, 30)]
         );
-        // Page 1 from each shard's top 2, page 2 from each shard's top 4: no overlap, no gap.
-        let a2 = text_hits(&[(30, 1.0), (10, 1.0)]);
-        let b2 = text_hits(&[(5, 1.0), (50, 1.0)]);
-        let page1 = merge_page(&[(0, &a2), (1, &b2)], &Ranking::Text, 0, 2);
-        let page2 = merge_page(&[(0, &a), (1, &b)], &Ranking::Text, 2, 2);
-        assert_eq!(docs(&page1), vec![(0, 30), (0, 10)]);
-        assert_eq!(docs(&page2), vec![(0, 20), (1, 5)]);
+        // The same hits listed in the other shard order merge the same way.
+        let swapped = merge_page(&[(0, &b), (1, &a)], &Ranking::Text, 0, 6);
+        let by_doc = |p: &[PageHit]| p.iter().map(|h| h.doc).collect::<Vec<_>>();
+        assert_eq!(by_doc(&swapped), by_doc(&merged));
+        // A higher score still wins over a smaller hash.
+        let c = text_hits(&[hit(7, 2.0, u64::MAX)]);
+        let top = merge_page(&[(0, &a), (1, &b), (2, &c)], &Ranking::Text, 0, 2);
+        assert_eq!(docs(&top), vec![(2, 7), (1, 5)]);
+    }
+
+    #[test]
+    fn ties_straddling_the_page_boundary_are_decided_by_id_hash() {
+        // Score 5 is tied across the cut of a top 3: hashes 2 and 3 make it, 8 and 9 do not,
+        // wherever they live.
+        let a = text_hits(&[hit(1, 9.0, 50), hit(2, 5.0, 9), hit(3, 5.0, 3)]);
+        let b = text_hits(&[hit(1, 5.0, 8), hit(2, 5.0, 2), hit(3, 1.0, 1)]);
+        let page = merge_page(&[(0, &a), (1, &b)], &Ranking::Text, 0, 3);
+        assert_eq!(docs(&page), vec![(0, 1), (1, 2), (0, 3)]);
+        let next = merge_page(&[(0, &a), (1, &b)], &Ranking::Text, 3, 2);
+        assert_eq!(docs(&next), vec![(1, 1), (0, 2)]);
+    }
+
+    /// The shards' answers for a window: each shard's best `window` of `corpus`, in rank order.
+    fn shard_answers(corpus: &[(String, f32)], shards: u32, window: usize) -> Vec<ShardHits> {
+        (0..shards)
+            .map(|s| {
+                let mine: Vec<RankedDoc> = corpus
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (id, _))| shard_for(id, shards) == s)
+                    .map(|(i, (id, score))| hit(i as DocRef, *score, id_hash(id)))
+                    .collect();
+                let mut hits = text_hits(&mine);
+                hits.text.truncate(window);
+                hits
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sharded_pages_equal_one_index_pages_under_heavy_ties() {
+        // 200 documents with only four distinct scores, as one index ranks them.
+        let corpus: Vec<(String, f32)> = (0..200)
+            .map(|i| {
+                let id = format!("doc-{i}");
+                let score = (id_hash(&id) % 4) as f32;
+                (id, score)
+            })
+            .collect();
+        let mut one_index: Vec<usize> = (0..corpus.len()).collect();
+        one_index.sort_by(|&a, &b| {
+            best_first(
+                (corpus[a].1, id_hash(&corpus[a].0)),
+                (corpus[b].1, id_hash(&corpus[b].0)),
+            )
+        });
+        for shards in [1, 2, 3, 5] {
+            for limit in [1, 7, 10, 50] {
+                let mut paged = Vec::new();
+                for offset in (0..corpus.len()).step_by(limit) {
+                    let answers = shard_answers(&corpus, shards, offset + limit);
+                    let listed: Vec<(usize, &ShardHits)> = answers.iter().enumerate().collect();
+                    let page = merge_page(&listed, &Ranking::Text, offset, limit);
+                    assert_eq!(
+                        page.len(),
+                        limit.min(corpus.len() - offset),
+                        "{shards} shards, offset {offset}, limit {limit}"
+                    );
+                    paged.extend(page.iter().map(|h| h.doc as usize));
+                }
+                // Consecutive pages never overlap or skip, and equal the one index's order.
+                assert_eq!(paged, one_index, "{shards} shards, pages of {limit}");
+            }
+        }
     }
 
     #[test]
     fn hybrid_fuses_the_merged_lists_as_one_index_would() {
         // Shard 0 holds t1 (doc 1) and t3 (doc 3); shard 1 holds t2 (2), t4 (4), v1 (7), v2 (8).
         // One index would hold text [t1 9, t2 8, t3 7, t4 6] and vector [v1 .9, t3 .8, v2 .7].
+        let (t1, t2, t3, t4, v1, v2) = (
+            id_hash("t1"),
+            id_hash("t2"),
+            id_hash("t3"),
+            id_hash("t4"),
+            id_hash("v1"),
+            id_hash("v2"),
+        );
         let a = ShardHits {
-            text: list(&[(1, 9.0), (3, 7.0)]),
-            vector: list(&[(3, 0.8)]),
+            text: vec![hit(1, 9.0, t1), hit(3, 7.0, t3)],
+            vector: vec![hit(3, 0.8, t3)],
             ..Default::default()
         };
         let b = ShardHits {
-            text: list(&[(2, 8.0), (4, 6.0)]),
-            vector: list(&[(7, 0.9), (8, 0.7)]),
+            text: vec![hit(2, 8.0, t2), hit(4, 6.0, t4)],
+            vector: vec![hit(7, 0.9, v1), hit(8, 0.7, v2)],
             ..Default::default()
         };
         let strategy = HybridStrategy::Rrf { rrf_k: 60.0 };
@@ -240,26 +359,50 @@ mod tests {
             .iter()
             .map(|h| (name(h.shard, h.doc), h.score))
             .collect();
-        // Same documents, same fused scores (ties may order differently: ids vs references).
-        fn sorted(mut v: Vec<(&'static str, f32)>) -> Vec<(&'static str, f32)> {
-            v.sort_by(|x, y| x.0.cmp(y.0));
-            v
-        }
-        assert_eq!(sorted(got.clone()), sorted(one_index.clone()));
-        assert_eq!(got[0], one_index[0]);
+        // The same documents in the same order with the same fused scores; t1 and v1 tie
+        // (each first in one list), and their id hashes order them as on one index.
+        assert_eq!(got, one_index);
         assert_eq!(got[0].0, "t3", "in both lists, so first");
         // rank_window cut t4 from the text list before fusion.
         assert!(got.iter().all(|h| h.0 != "t4"));
     }
 
     #[test]
+    fn hybrid_ties_across_shards_follow_the_id_hash() {
+        // Every document is first in its shard's only list, so all fused scores tie: the
+        // fused order is the id hash order, whichever shard holds which document.
+        let ids = ["a", "b", "c", "d"];
+        let hits = |i: usize| ShardHits {
+            vector: vec![hit(i as DocRef, 1.0, id_hash(ids[i]))],
+            ..Default::default()
+        };
+        let answers: Vec<ShardHits> = (0..ids.len()).map(hits).collect();
+        let listed: Vec<(usize, &ShardHits)> = answers.iter().enumerate().collect();
+        let ranking = Ranking::Hybrid {
+            strategy: HybridStrategy::Weighted {
+                text_weight: 0.5,
+                vector_weight: 0.5,
+            },
+            rank_window: 10,
+        };
+        let page = merge_page(&listed, &ranking, 0, 10);
+        let mut expected: Vec<usize> = (0..ids.len()).collect();
+        expected.sort_by_key(|&i| id_hash(ids[i]));
+        assert_eq!(
+            page.iter().map(|h| h.shard).collect::<Vec<_>>(),
+            expected,
+            "{page:?}"
+        );
+    }
+
+    #[test]
     fn vector_lists_merge_by_similarity() {
         let a = ShardHits {
-            vector: list(&[(1, 0.5), (2, 0.1)]),
+            vector: vec![hit(1, 0.5, 1), hit(2, 0.1, 2)],
             ..Default::default()
         };
         let b = ShardHits {
-            vector: list(&[(1, 0.7)]),
+            vector: vec![hit(1, 0.7, 3)],
             ..Default::default()
         };
         let page = merge_page(&[(0, &a), (2, &b)], &Ranking::Vector, 0, 2);

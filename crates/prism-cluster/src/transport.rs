@@ -18,8 +18,9 @@ use crate::error::{ClusterError, Result};
 use crate::tls::TlsMaterial;
 
 /// Version of the cluster protocol. Peers with another version are refused at connect, so a
-/// rolling upgrade can tell which nodes it still has to replace.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// rolling upgrade can tell which nodes it still has to replace. 3: query-phase hits carry
+/// their id hash, the tie-break of ranking (`prism_core::search::RankedDoc`).
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Largest message accepted on a stream.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 

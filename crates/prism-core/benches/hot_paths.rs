@@ -1,10 +1,16 @@
 //! Criterion micro-benchmarks of the hot paths: distance kernels, HNSW insert and search, RRF
-//! merge, and the log append with fsync. Run with `cargo bench -p prism-core`.
+//! merge, text search in a shard, and the log append with fsync. Run with
+//! `cargo bench -p prism-core`.
+
+use std::sync::Arc;
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
 use prism_core::fusion::HybridStrategy;
 use prism_core::log::{OpenOptions, ShardLog};
-use prism_core::schema::{Distance, VectorParams};
+use prism_core::rank::TieBreak;
+use prism_core::schema::{CollectionSchema, Distance, VectorParams};
+use prism_core::search::SearchRequest;
+use prism_core::shard::{Op, Shard, ShardConfig};
 use prism_core::vector::{distance, VectorIndex};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -60,12 +66,75 @@ fn hnsw(c: &mut Criterion) {
     });
 }
 
+/// A fusion key as the shard's: a document and its id hash.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Key(u64);
+
+impl TieBreak for Key {
+    fn id_hash(&self) -> u64 {
+        self.0
+    }
+}
+
 fn rrf(c: &mut Criterion) {
-    let text: Vec<(u64, f32)> = (0..100).map(|i| (i, 100.0 - i as f32)).collect();
-    let vector: Vec<(u64, f32)> = (50..150).map(|i| (i, 1.0 / i as f32)).collect();
+    let text: Vec<(Key, f32)> = (0..100).map(|i| (Key(i), 100.0 - i as f32)).collect();
+    let vector: Vec<(Key, f32)> = (50..150).map(|i| (Key(i), 1.0 / i as f32)).collect();
     let rrf = HybridStrategy::default();
     c.bench_function("fusion/rrf/2 x 100", |b| {
         b.iter(|| rrf.fuse(black_box(&text), black_box(&vector)))
+    });
+}
+
+/// A shard of 20,000 documents over a Zipf-like vocabulary of 2,000 words (the federation
+/// test's corpus): one- to three-word queries, top 10 with the exact total; a match-all
+/// query, where every document ties; and a deep page.
+fn text_search(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Arc::new(
+        CollectionSchema::from_json(br#"{"name":"b","fields":{"title":{"type":"text"}}}"#).unwrap(),
+    );
+    let shard = Shard::open(dir.path(), schema.clone(), ShardConfig::default()).unwrap();
+    let mut rng = StdRng::seed_from_u64(5);
+    let words: Vec<String> = (0..2000).map(|i| format!("w{i}")).collect();
+    let word = |rng: &mut StdRng| words[(rng.gen::<f64>().powi(4) * 2000.0) as usize].clone();
+    for batch in 0..20 {
+        let ops: Vec<Op> = (0..1000)
+            .map(|i| {
+                let len = rng.gen_range(4..40);
+                let title: Vec<String> = (0..len).map(|_| word(&mut rng)).collect();
+                let doc = serde_json::json!({"id": format!("doc-{}", batch * 1000 + i),
+                    "fields": {"title": title.join(" ")}});
+                Op::Upsert(Arc::new(schema.prepare_document(doc).unwrap()))
+            })
+            .collect();
+        shard.write_blocking(ops).unwrap();
+    }
+    shard.refresh_blocking().unwrap();
+    let request =
+        |body: serde_json::Value| SearchRequest::from_json(body.to_string().as_bytes()).unwrap();
+    let queries: Vec<SearchRequest> = (0..100)
+        .map(|_| {
+            let n = rng.gen_range(1..4);
+            let q: Vec<String> = (0..n)
+                .map(|_| words[rng.gen_range(0..150)].clone())
+                .collect();
+            request(serde_json::json!({"query": q.join(" "), "limit": 10}))
+        })
+        .collect();
+    let mut q = 0;
+    c.bench_function("shard/search/text/20k zipf/top10", |b| {
+        b.iter(|| {
+            q = (q + 1) % queries.len();
+            shard.search(black_box(&queries[q])).unwrap()
+        })
+    });
+    let all = request(serde_json::json!({"limit": 10}));
+    c.bench_function("shard/search/match_all/20k/top10", |b| {
+        b.iter(|| shard.search(black_box(&all)).unwrap())
+    });
+    let deep = request(serde_json::json!({"query": "w1 w2", "limit": 10, "offset": 500}));
+    c.bench_function("shard/search/text/20k zipf/offset500", |b| {
+        b.iter(|| shard.search(black_box(&deep)).unwrap())
     });
 }
 
@@ -93,6 +162,6 @@ fn log_append(c: &mut Criterion) {
 criterion_group! {
     name = hot_paths;
     config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(3));
-    targets = distances, hnsw, rrf, log_append
+    targets = distances, hnsw, rrf, text_search, log_append
 }
 criterion_main!(hot_paths);

@@ -6,6 +6,8 @@ use std::hash::Hash;
 
 use serde::{Deserialize, Serialize};
 
+use crate::rank::{best_first, TieBreak};
+
 /// How a hybrid query combines its text and vector lists.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "strategy", rename_all = "lowercase", deny_unknown_fields)]
@@ -59,9 +61,11 @@ impl HybridStrategy {
         }
     }
 
-    /// Fuses a text list and a vector list, each sorted best first with higher-is-better
-    /// scores. Returns all documents, best first; ties break on the key for determinism.
-    pub fn fuse<K: Eq + Hash + Ord + Clone>(
+    /// Fuses a text list and a vector list, each in rank order with higher-is-better scores
+    /// (see [`crate::rank`]). Returns all documents in rank order: by fused score, ties by the
+    /// keys' id hashes, as every other list, so that a fusion on one index and on a
+    /// federation's merged lists agree; the key's own order only separates colliding hashes.
+    pub fn fuse<K: Eq + Hash + Ord + Clone + TieBreak>(
         &self,
         text: &[(K, f32)],
         vector: &[(K, f32)],
@@ -86,9 +90,17 @@ impl HybridStrategy {
                 }
             }
         }
-        let mut out: Vec<(K, f32)> = fused.into_iter().collect();
-        out.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        out
+        let mut out: Vec<(K, f32, u64)> = fused
+            .into_iter()
+            .map(|(key, score)| {
+                let hash = key.id_hash();
+                (key, score, hash)
+            })
+            .collect();
+        out.sort_by(|a, b| best_first((a.1, a.2), (b.1, b.2)).then_with(|| a.0.cmp(&b.0)));
+        out.into_iter()
+            .map(|(key, score, _)| (key, score))
+            .collect()
     }
 }
 
@@ -114,8 +126,9 @@ pub fn min_max_normalise<K: Clone>(list: &[(K, f32)]) -> Vec<(K, f32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rank::id_hash;
 
-    fn list(items: &[(&'static str, f32)]) -> Vec<(&'static str, f32)> {
+    fn list<'a>(items: &[(&'a str, f32)]) -> Vec<(&'a str, f32)> {
         items.to_vec()
     }
 
@@ -135,9 +148,59 @@ mod tests {
     }
 
     #[test]
-    fn rrf_ties_break_on_key() {
-        let out = HybridStrategy::default().fuse(&list(&[("z", 1.0)]), &list(&[("y", 1.0)]));
-        assert_eq!(out.iter().map(|x| x.0).collect::<Vec<_>>(), vec!["y", "z"]);
+    fn ties_break_on_the_id_hash_not_the_key_order() {
+        // Each document first in one list: equal RRF scores.
+        let ids: Vec<String> = (0..20).map(|i| format!("doc-{i}")).collect();
+        let mut unlike_id_order = 0;
+        for pair in ids.windows(2) {
+            let (a, b) = (pair[0].as_str(), pair[1].as_str());
+            for (t, v) in [(a, b), (b, a)] {
+                let out = HybridStrategy::default().fuse(&list(&[(t, 1.0)]), &list(&[(v, 1.0)]));
+                let mut expected = vec![a, b];
+                expected.sort_by_key(|id| id_hash(id));
+                assert_eq!(out.iter().map(|x| x.0).collect::<Vec<_>>(), expected);
+            }
+            unlike_id_order += usize::from((a < b) != (id_hash(a) < id_hash(b)));
+        }
+        assert!(
+            unlike_id_order > 0,
+            "the ids must tell hash order from id order"
+        );
+    }
+
+    #[test]
+    fn ties_straddling_the_page_boundary_page_consistently() {
+        // 40 documents, text and vector lists in opposite orders: RRF gives documents i and
+        // 39 - i equal scores, so every fused score is tied with one other.
+        let ids: Vec<String> = (0..40).map(|i| format!("d{i}")).collect();
+        let text: Vec<(&str, f32)> = ids.iter().map(|id| (id.as_str(), 1.0)).collect();
+        let vector: Vec<(&str, f32)> = ids.iter().rev().map(|id| (id.as_str(), 1.0)).collect();
+        let strategy = HybridStrategy::default();
+        let fused = strategy.fuse(&text, &vector);
+        for pair in fused.windows(2) {
+            let ((a, sa), (b, sb)) = (pair[0], pair[1]);
+            assert!(
+                sa > sb || (sa == sb && id_hash(a) < id_hash(b)),
+                "{a} {sa} / {b} {sb}"
+            );
+        }
+        assert_eq!(fused.len(), 40);
+        // The lists swapped fuse identically (RRF is symmetric), ties included; pages cut
+        // from the fused list never overlap or skip.
+        assert_eq!(strategy.fuse(&vector, &text), fused);
+        let pages: Vec<&str> = (0..4)
+            .flat_map(|p| fused.iter().skip(p * 10).take(10).map(|x| x.0))
+            .collect();
+        assert_eq!(pages, fused.iter().map(|x| x.0).collect::<Vec<_>>());
+        // Weighted fusion of lists with equal scores: all normalise to 1, all tie.
+        let weighted = HybridStrategy::Weighted {
+            text_weight: 0.5,
+            vector_weight: 0.5,
+        }
+        .fuse(&text, &[]);
+        let mut by_hash: Vec<&str> = ids.iter().map(String::as_str).collect();
+        by_hash.sort_by_key(|id| id_hash(id));
+        assert_eq!(weighted.iter().map(|x| x.0).collect::<Vec<_>>(), by_hash);
     }
 
     #[test]

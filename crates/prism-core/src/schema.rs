@@ -25,6 +25,8 @@ pub mod internal {
     pub const KEY: &str = "_key";
     pub const VECTORS: &str = "_vec";
     pub const SOURCE: &str = "_source";
+    /// `rank::id_hash` of `_id`, a fast column that breaks ties between equal scores.
+    pub const ID_HASH: &str = "_idhash";
 }
 
 /// The type of a field.
@@ -300,11 +302,24 @@ impl CollectionSchema {
 
     /// The tantivy schema this collection's shards use.
     pub fn tantivy_schema(&self) -> Schema {
+        self.tantivy_schema_with(true)
+    }
+
+    /// The tantivy schema of shards made before the `_idhash` column existed. Such an index
+    /// still opens and ranks alike: it hashes `_id` when it needs a tie-break.
+    pub fn tantivy_schema_before_id_hash(&self) -> Schema {
+        self.tantivy_schema_with(false)
+    }
+
+    fn tantivy_schema_with(&self, id_hash: bool) -> Schema {
         let mut b = Schema::builder();
         b.add_text_field(internal::ID, STRING | STORED | FAST);
         b.add_u64_field(internal::KEY, INDEXED | FAST);
         b.add_text_field(internal::VECTORS, STRING);
         b.add_text_field(internal::SOURCE, STORED);
+        if id_hash {
+            b.add_u64_field(internal::ID_HASH, FAST);
+        }
         for (name, def) in &self.fields {
             match def.field_type {
                 FieldType::Text | FieldType::Keyword => {

@@ -333,18 +333,28 @@ pub struct SearchResponse {
 /// together with [`ShardHits::generation`].
 pub type DocRef = u64;
 
-/// A shard's answer to the query phase of a federated search: ranked documents and scores,
-/// no ids and no stored fields (the coordinator fetches those for the final page only, from
-/// the same searcher, by [`DocRef`]).
+/// One document of a shard's ranked list.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RankedDoc {
+    pub doc: DocRef,
+    pub score: f32,
+    /// [`crate::rank::id_hash`] of the document's id: a coordinator breaks ties between
+    /// shards with it as every shard broke its own.
+    pub id_hash: u64,
+}
+
+/// A shard's answer to the query phase of a federated search: ranked documents, their scores
+/// and id hashes, no ids and no stored fields (the coordinator fetches those for the final
+/// page only, from the same searcher, by [`DocRef`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ShardHits {
     /// True number of matching documents in this shard.
     pub total: u64,
     /// The text list (BM25 with the statistics given), or the only list of a filter or
-    /// match-all query, best first.
-    pub text: Vec<(DocRef, f32)>,
-    /// The vector list (similarity, higher is better), best first.
-    pub vector: Vec<(DocRef, f32)>,
+    /// match-all query, in rank order ([`crate::rank`]).
+    pub text: Vec<RankedDoc>,
+    /// The vector list (similarity, higher is better), in rank order.
+    pub vector: Vec<RankedDoc>,
     /// Unfinished aggregations (postcard), for [`merge_aggregations`]. Always serialized:
     /// this travels in postcard, which cannot skip fields.
     pub intermediate_aggregations: Option<Vec<u8>>,

@@ -234,12 +234,28 @@ impl VectorIndex {
 
     /// Approximate k nearest neighbours among keys accepted by `allow`, best first, as
     /// (key, distance).
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        allow: impl Fn(u64) -> bool,
+    ) -> Result<Vec<(u64, f32)>> {
+        let mut found = self.candidates(query, k, allow)?;
+        found.truncate(k);
+        Ok(found)
+    }
+
+    /// The approximate k nearest neighbours among keys accepted by `allow`, and the allowed
+    /// neighbours of the walk's over-fetch beyond them, best first, as (key, distance). A
+    /// caller that ranks ties its own way (by id hash, see `crate::rank`) cuts this at `k`
+    /// after sorting, so that of several vectors tied at the k-th distance the walk found, its
+    /// rule picks which stay.
     ///
     /// Most searches allow nearly every key (only replaced or unrefreshed versions are
     /// excluded), so the plain graph walk runs first and the allowed hits are kept; usearch's
     /// filtered walk, which calls back into Rust for every candidate, runs only when the plain
     /// walk cannot fill `k`.
-    pub fn search(
+    pub(crate) fn candidates(
         &self,
         query: &[f32],
         k: usize,
@@ -258,9 +274,8 @@ impl VectorIndex {
             .into_iter()
             .zip(plain.distances)
             .filter(|(key, _)| allow(*key))
-            .take(k)
             .collect();
-        if kept.len() == k || exhausted {
+        if kept.len() >= k || exhausted {
             return Ok(kept);
         }
         let matches = self
@@ -270,24 +285,31 @@ impl VectorIndex {
         Ok(matches.keys.into_iter().zip(matches.distances).collect())
     }
 
-    /// Exact distances from `query` to each of `keys` (those present), best first, top `k`.
-    /// Used when a filter leaves so few candidates that a graph walk would miss them.
+    /// Exact distances from `query` to each of `keys` (those present), the top `k` as
+    /// (key, distance). `keys` come with a tie-break value each (the document's id hash): the
+    /// top is ranked as results rank, by [`similarity`] descending, then the tie-break value
+    /// ascending, so that of vectors tied at the k-th similarity the same ones make the cut
+    /// on every shard layout. Used when a filter leaves so few candidates that a graph walk
+    /// would miss them.
     pub fn exact_search(
         &self,
         query: &[f32],
         k: usize,
-        keys: impl Iterator<Item = u64>,
+        keys: impl Iterator<Item = (u64, u64)>,
     ) -> Vec<(u64, f32)> {
         let _shared = self.structure.read();
-        let mut scored: Vec<(u64, f32)> = keys
-            .filter_map(|key| {
-                self.get_unlocked(key)
-                    .map(|v| (key, self.distance(query, &v)))
+        let kind = self.params.distance;
+        let mut scored: Vec<(u64, f32, f32, u64)> = keys
+            .filter_map(|(key, tie)| {
+                self.get_unlocked(key).map(|v| {
+                    let d = self.distance(query, &v);
+                    (key, d, similarity(kind, d), tie)
+                })
             })
             .collect();
-        scored.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+        scored.sort_by(|a, b| crate::rank::best_first((a.2, a.3), (b.2, b.3)).then(a.0.cmp(&b.0)));
         scored.truncate(k);
-        scored
+        scored.into_iter().map(|(key, d, _, _)| (key, d)).collect()
     }
 
     /// The distance usearch reports for this metric.
@@ -394,7 +416,7 @@ mod tests {
             idx.add(i as u64, v).unwrap();
         }
         let q = [0.2, 0.9, -0.1, 0.4];
-        let exact = idx.exact_search(&q, 5, 0..50);
+        let exact = idx.exact_search(&q, 5, (0..50).map(|k| (k, k)));
         let approx = idx.search(&q, 5, |_| true).unwrap();
         assert_eq!(
             exact.iter().map(|h| h.0).collect::<Vec<_>>(),

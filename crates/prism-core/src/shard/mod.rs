@@ -8,8 +8,10 @@
 //! reloads the searcher; less often it saves the vector indexes (a second checkpoint). Restart
 //! replays the log from the lower checkpoint; each component skips what it already holds.
 
+mod ids;
 mod ops;
 mod query;
+mod top;
 mod writer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,12 +22,14 @@ use std::time::Duration;
 use crossbeam_channel::{Sender, TrySendError};
 use parking_lot::{Mutex, RwLock};
 use serde_json::{Map, Value};
+use tantivy::directory::MmapDirectory;
 use tantivy::schema::Field;
-use tantivy::{Index, IndexReader, ReloadPolicy};
+use tantivy::{Index, IndexReader, ReloadPolicy, TantivyError};
 use tokio::sync::{oneshot, watch};
 
+use self::ids::IdHashes;
 pub use self::ops::{version_key, Op, MAX_OPS_PER_ENTRY};
-use self::query::{IdColumns, LiveKeys};
+use self::query::LiveKeys;
 use crate::error::{Error, Result};
 use crate::schema::{internal, CollectionSchema, PreparedDoc};
 use crate::search::{DocRef, Hit, SearchRequest, SearchResponse, ShardHits};
@@ -74,6 +78,8 @@ pub(crate) struct Fields {
     pub key: Field,
     pub vectors: Field,
     pub source: Field,
+    /// `None` in an index made before the `_idhash` column existed (see [`open_index`]).
+    pub id_hash: Option<Field>,
     pub user: HashMap<String, Field>,
 }
 
@@ -89,7 +95,8 @@ pub(crate) struct Shared {
     /// Writes applied but not yet searchable, for real-time GET: `None` marks a delete.
     pub unrefreshed: RwLock<HashMap<String, Option<Arc<PreparedDoc>>>>,
     pub live_keys: Mutex<Option<Arc<LiveKeys>>>,
-    pub id_columns: Mutex<Option<Arc<IdColumns>>>,
+    /// The id hashes of the last searcher generation that ranked, for ties.
+    pub id_columns: Mutex<Option<Arc<IdHashes>>>,
     /// The searchers of recent query phases, for their fetch phases.
     pub recent_searchers: Mutex<std::collections::VecDeque<tantivy::Searcher>>,
     pub dir: PathBuf,
@@ -348,6 +355,30 @@ pub(crate) fn open_reader(index: &Index) -> Result<IndexReader> {
         .try_into()?)
 }
 
+/// Opens the shard's tantivy index, creating it with the current schema if there is none.
+///
+/// A tantivy index cannot gain a field, so an index created before the `_idhash` column
+/// existed keeps its schema: it is accepted as it is (the current schema without `_idhash`),
+/// and ranking hashes `_id` instead of reading the column, so it ranks exactly as a new
+/// index, only slower on queries with many ties. Refusing it would break the promise that a
+/// data directory that opened once always opens again. Any other difference is refused.
+pub(crate) fn open_index(directory: MmapDirectory, schema: &CollectionSchema) -> Result<Index> {
+    match Index::open_or_create(directory.clone(), schema.tantivy_schema()) {
+        Err(TantivyError::SchemaError(message)) => {
+            let index = Index::open(directory)?;
+            if index.schema() != schema.tantivy_schema_before_id_hash() {
+                return Err(TantivyError::SchemaError(message).into());
+            }
+            tracing::warn!(
+                collection = %schema.name,
+                "this shard's text index predates the _idhash column: ties are ranked by hashing _id at query time, slower on queries with many ties; re-create the collection to add the column"
+            );
+            Ok(index)
+        }
+        other => Ok(other?),
+    }
+}
+
 pub(crate) fn resolve_fields(schema: &tantivy::schema::Schema, user: &CollectionSchema) -> Fields {
     let get = |name: &str| {
         schema
@@ -359,6 +390,7 @@ pub(crate) fn resolve_fields(schema: &tantivy::schema::Schema, user: &Collection
         key: get(internal::KEY),
         vectors: get(internal::VECTORS),
         source: get(internal::SOURCE),
+        id_hash: schema.get_field(internal::ID_HASH).ok(),
         user: user
             .fields
             .keys()

@@ -10,7 +10,7 @@ use tantivy::aggregation::intermediate_agg_result::IntermediateAggregationResult
 use tantivy::aggregation::{
     AggContextParams, AggregationLimitsGuard, DistributedAggregationCollector,
 };
-use tantivy::collector::{Collector, Count, SegmentCollector, TopDocs};
+use tantivy::collector::{Collector, Count, SegmentCollector};
 use tantivy::columnar::Column;
 use tantivy::query::{
     AllQuery, Bm25StatisticsProvider, BooleanQuery, ConstScoreQuery, Occur, Query, QueryParser,
@@ -22,12 +22,15 @@ use tantivy::{
     DocAddress, DocId, Score, Searcher, SegmentOrdinal, SegmentReader, TantivyDocument, Term,
 };
 
+use super::ids::{id_hashes, IdHashes};
+use super::top::{prunes_exactly, Ranked, TopRanked};
 use super::Shared;
 use crate::error::{Error, Result};
 use crate::fusion::HybridStrategy;
+use crate::rank::TieBreak;
 use crate::schema::{internal, FieldType};
 use crate::search::{
-    DocRef, HighlightRequest, Hit, SearchRequest, SearchResponse, ShardHits, VectorQuery,
+    DocRef, HighlightRequest, Hit, RankedDoc, SearchRequest, SearchResponse, ShardHits, VectorQuery,
 };
 use crate::stats::{term_key, GlobalStatistics, TermStatistics};
 use crate::vector::{similarity, VectorIndex};
@@ -281,13 +284,13 @@ pub(crate) fn term_statistics(
     Ok((stats, searcher_generation(shared, &searcher)))
 }
 
-/// The ranked lists of one search, before stored fields are loaded.
+/// The ranked lists of one search, before stored fields are loaded, each in rank order.
 struct Collected {
     total: u64,
     aggregations: Option<IntermediateAggregationResults>,
     /// The text list, or the only list of a filter or match-all query.
-    text: Vec<(DocAddress, f32)>,
-    vector: Vec<(DocAddress, f32)>,
+    text: Vec<Ranked>,
+    vector: Vec<Ranked>,
 }
 
 /// How many hits each list of a search holds.
@@ -363,21 +366,30 @@ fn collect(
     };
     let matching = with_filter(matching, &plan.filter);
 
+    let hashes = id_hashes(shared, searcher)?;
+    let prune = plan.text.as_deref().is_none_or(prunes_exactly);
     let Some((_, vindex, values)) = &plan.vector else {
-        let top = TopDocs::with_limit(windows.text_limit.max(1))
-            .and_offset(windows.text_offset)
-            .order_by_score();
-        let (top, count, aggregations) = searcher
-            .search_with_statistics_provider(
-                matching.as_ref(),
-                &(top, Count, agg_collector),
-                provider,
-            )
-            .map_err(query_error)?;
-        let text = if windows.text_limit == 0 {
-            Vec::new()
+        let top = TopRanked::new(windows.text_offset, windows.text_limit, hashes, prune);
+        let (text, count, aggregations) = if prune && agg_collector.is_none() {
+            // The count runs without scoring (a term's count is its document frequency), and
+            // the top documents with block-max WAND pruning.
+            let count = searcher
+                .search_with_statistics_provider(matching.as_ref(), &Count, provider)
+                .map_err(query_error)?;
+            let text = searcher
+                .search_with_statistics_provider(matching.as_ref(), &top, provider)
+                .map_err(query_error)?;
+            (text, count, None)
         } else {
-            top.into_iter().map(|(s, a)| (a, s)).collect()
+            // Unpruned (aggregations visit every match anyway, or pruning would not score
+            // exactly): one pass feeds all collectors.
+            searcher
+                .search_with_statistics_provider(
+                    matching.as_ref(),
+                    &(top, Count, agg_collector),
+                    provider,
+                )
+                .map_err(query_error)?
         };
         return Ok(Collected {
             total: count as u64,
@@ -393,18 +405,12 @@ fn collect(
     let vector = vector_search(
         searcher,
         &live,
+        &hashes,
         vindex,
         values,
         windows.vector_k,
         &plan.filter,
-    )?
-    .into_iter()
-    .filter_map(|(key, distance)| {
-        live.by_key
-            .get(&key)
-            .map(|addr| (*addr, similarity(vindex.params().distance, distance)))
-    })
-    .collect();
+    )?;
     let text = match &plan.text {
         None => Vec::new(),
         Some(text) => {
@@ -412,13 +418,10 @@ fn collect(
             searcher
                 .search_with_statistics_provider(
                     text_query.as_ref(),
-                    &TopDocs::with_limit(windows.text_limit.max(1)).order_by_score(),
+                    &TopRanked::new(0, windows.text_limit, hashes, prune),
                     provider,
                 )
                 .map_err(query_error)?
-                .into_iter()
-                .map(|(s, a)| (a, s))
-                .collect()
         }
     };
     Ok(Collected {
@@ -497,29 +500,20 @@ pub(crate) fn search(
             },
         }
     })?;
-    let ranked: Vec<(DocAddress, f32)> = match (&plan.text, &plan.vector) {
+    let ranked: Vec<Ranked> = match (&plan.text, &plan.vector) {
         (_, None) => collected.text,
         (None, Some(_)) => page(collected.vector, request),
         (Some(_), Some(_)) => {
             let strategy = request.hybrid.clone().unwrap_or_default();
-            page(
-                fuse_by_id(
-                    shared,
-                    &searcher,
-                    &strategy,
-                    &collected.text,
-                    &collected.vector,
-                )?,
-                request,
-            )
+            page(fuse(&strategy, &collected.text, &collected.vector), request)
         }
     };
 
     let highlighters = highlighters(shared, &searcher, request, plan.text.as_deref())?;
     let mut results = Vec::with_capacity(ranked.len());
-    for (address, score) in ranked {
-        let doc: TantivyDocument = searcher.doc(address)?;
-        results.push(hit_from_document(shared, &doc, score, &highlighters));
+    for hit in ranked {
+        let doc: TantivyDocument = searcher.doc(hit.address)?;
+        results.push(hit_from_document(shared, &doc, hit.score, &highlighters));
     }
     let aggregations = match (collected.aggregations, &request.aggregations) {
         (Some(partial), Some(aggs)) => {
@@ -565,9 +559,13 @@ pub(crate) fn query_phase(
         },
         vector_k,
     })?;
-    let refs = |list: Vec<(DocAddress, f32)>| -> Vec<(DocRef, f32)> {
+    let refs = |list: Vec<Ranked>| -> Vec<RankedDoc> {
         list.into_iter()
-            .map(|(a, score)| (((a.segment_ord as u64) << 32) | a.doc_id as u64, score))
+            .map(|hit| RankedDoc {
+                doc: ((hit.address.segment_ord as u64) << 32) | hit.address.doc_id as u64,
+                score: hit.score,
+                id_hash: hit.id_hash,
+            })
             .collect()
     };
     let generation = searcher_generation(shared, &searcher);
@@ -645,113 +643,91 @@ pub(crate) fn fetch(
         .collect()
 }
 
-/// Fuses two lists keyed by document id, so that ties break on the id as documented, the
-/// same way on every copy and after any segment merge.
-fn fuse_by_id(
-    shared: &Shared,
-    searcher: &Searcher,
-    strategy: &HybridStrategy,
-    text: &[(DocAddress, f32)],
-    vector: &[(DocAddress, f32)],
-) -> Result<Vec<(DocAddress, f32)>> {
-    let mut addresses: HashMap<String, DocAddress> = HashMap::new();
-    let mut keyed = |list: &[(DocAddress, f32)]| -> Result<Vec<(String, f32)>> {
-        let ids = ids_of(shared, searcher, list.iter().map(|(a, _)| *a))?;
-        Ok(ids
-            .into_iter()
-            .zip(list)
-            .map(|(id, (address, score))| {
-                addresses.insert(id.clone(), *address);
-                (id, *score)
+/// A document of a fusion within one searcher: ties break on its id hash.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Fused {
+    address: DocAddress,
+    id_hash: u64,
+}
+
+impl TieBreak for Fused {
+    fn id_hash(&self) -> u64 {
+        self.id_hash
+    }
+}
+
+/// Fuses two lists of this searcher. Ties break on the id hash as everywhere (see
+/// [`crate::rank`]), so the order is the same on every copy, after any segment merge, and
+/// on a federation that fuses the shards' merged lists.
+fn fuse(strategy: &HybridStrategy, text: &[Ranked], vector: &[Ranked]) -> Vec<Ranked> {
+    let keyed = |list: &[Ranked]| -> Vec<(Fused, f32)> {
+        list.iter()
+            .map(|hit| {
+                let key = Fused {
+                    address: hit.address,
+                    id_hash: hit.id_hash,
+                };
+                (key, hit.score)
             })
-            .collect())
+            .collect()
     };
-    let text = keyed(text)?;
-    let vector = keyed(vector)?;
-    Ok(strategy
-        .fuse(&text, &vector)
+    strategy
+        .fuse(&keyed(text), &keyed(vector))
         .into_iter()
-        .map(|(id, score)| (addresses[&id], score))
-        .collect())
-}
-
-/// The `_id` columns of one searcher generation, opened once: opening a string column loads
-/// its dictionary, which costs more than the lookups themselves.
-pub(crate) struct IdColumns {
-    generation: u64,
-    by_segment: Vec<tantivy::columnar::StrColumn>,
-}
-
-fn id_columns(shared: &Shared, searcher: &Searcher) -> Result<Arc<IdColumns>> {
-    let generation = searcher.generation().generation_id();
-    let mut cache = shared.id_columns.lock();
-    if let Some(columns) = cache.as_ref().filter(|c| c.generation == generation) {
-        return Ok(columns.clone());
-    }
-    let by_segment = searcher
-        .segment_readers()
-        .iter()
-        .map(|reader| {
-            reader
-                .fast_fields()
-                .str(internal::ID)?
-                .ok_or_else(|| Error::InvalidQuery("the _id column is missing".into()))
+        .map(|(key, score)| Ranked {
+            address: key.address,
+            score,
+            id_hash: key.id_hash,
         })
-        .collect::<Result<Vec<_>>>()?;
-    let columns = Arc::new(IdColumns {
-        generation,
-        by_segment,
-    });
-    *cache = Some(columns.clone());
-    Ok(columns)
+        .collect()
 }
 
-/// Document ids from the `_id` fast column, without touching the document store.
-pub(crate) fn ids_of(
-    shared: &Shared,
-    searcher: &Searcher,
-    addresses: impl Iterator<Item = DocAddress>,
-) -> Result<Vec<String>> {
-    let columns = id_columns(shared, searcher)?;
-    let mut out = Vec::new();
-    for address in addresses {
-        let column = &columns.by_segment[address.segment_ord as usize];
-        let mut id = String::new();
-        if let Some(ord) = column.term_ords(address.doc_id).next() {
-            column
-                .ord_to_str(ord, &mut id)
-                .map_err(|e| Error::io(format!("segment {}", address.segment_ord), e))?;
-        }
-        out.push(id);
-    }
-    Ok(out)
-}
-
-/// The nearest `k` live versions that pass the filter, as (key, distance).
+/// The nearest `k` live versions that pass the filter, as ranked documents: by similarity,
+/// then id hash, which also decides between versions tied at the k-th similarity.
 fn vector_search(
     searcher: &Searcher,
     live: &LiveKeys,
+    hashes: &IdHashes,
     index: &VectorIndex,
     values: &[f32],
     k: usize,
     filter: &Option<Box<dyn Query>>,
-) -> Result<Vec<(u64, f32)>> {
-    match filter {
-        None => index.search(values, k, |key| live.by_key.contains_key(&key)),
+) -> Result<Vec<Ranked>> {
+    let kind = index.params().distance;
+    let found: Vec<(u64, f32)> = match filter {
+        // The graph walk's over-fetch beyond k, cut below by the tie rule.
+        None => index.candidates(values, k, |key| live.by_key.contains_key(&key))?,
         Some(f) => {
-            let allowed: HashSet<u64> = searcher
+            let allowed: Vec<(u64, DocAddress)> = searcher
                 .search(f.as_ref(), &KeyCollector)
-                .map_err(query_error)?
-                .into_iter()
-                .map(|(key, _)| key)
-                .collect();
+                .map_err(query_error)?;
             if allowed.len() <= EXACT_SEARCH_THRESHOLD.max(k) {
-                Ok(index.exact_search(values, k, allowed.into_iter()))
+                let with_hashes = allowed
+                    .into_iter()
+                    .map(|(key, address)| Ok((key, hashes.get(address)?)))
+                    .collect::<Result<Vec<_>>>()?;
+                index.exact_search(values, k, with_hashes.into_iter())
             } else {
-                index.search(values, k, |key| allowed.contains(&key))
+                let allowed: HashSet<u64> = allowed.into_iter().map(|(key, _)| key).collect();
+                index.candidates(values, k, |key| allowed.contains(&key))?
             }
         }
+    };
+    let mut out = Vec::with_capacity(found.len());
+    for (key, distance) in found {
+        // A version replaced since the graph was searched is not in this searcher.
+        let Some(&address) = live.by_key.get(&key) else {
+            continue;
+        };
+        out.push(Ranked {
+            address,
+            score: similarity(kind, distance),
+            id_hash: hashes.get(address)?,
+        });
     }
+    out.sort_by(Ranked::cmp_rank);
+    out.truncate(k);
+    Ok(out)
 }
 
 type Highlighters = Vec<(String, SnippetGenerator)>;

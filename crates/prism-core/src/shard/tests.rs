@@ -5,6 +5,7 @@ use serde_json::json;
 
 use super::*;
 use crate::fusion::HybridStrategy;
+use crate::rank::{best_first, id_hash};
 use crate::search::VectorQuery;
 
 fn schema() -> Arc<CollectionSchema> {
@@ -337,8 +338,13 @@ fn shards_scoring_with_global_statistics_rank_like_one_index() {
         let query: Vec<&str> = (0..n)
             .map(|_| words[rng.gen_range(0..60)].as_str())
             .collect();
-        let mut request = request(json!({"query": query.join(" "), "limit": 10,
-            "aggregations": {"tags": {"terms": {"field": "tag"}}}}));
+        // Half with aggregations (one pass over every match), half without (pruned).
+        let mut request = if q % 2 == 0 {
+            request(json!({"query": query.join(" "), "limit": 10,
+                "aggregations": {"tags": {"terms": {"field": "tag"}}}}))
+        } else {
+            request(json!({"query": query.join(" "), "limit": 10}))
+        };
         if q % 3 == 0 {
             request.filter = Some("tag:even".into());
         }
@@ -355,29 +361,29 @@ fn shards_scoring_with_global_statistics_rank_like_one_index() {
         for shard in &shards {
             let r = shard.query_phase(&request, Some(&stats), 10).unwrap();
             total += r.total;
-            partial_aggs.push(r.intermediate_aggregations.unwrap());
+            partial_aggs.extend(r.intermediate_aggregations);
             // The fetch phase names documents by the query phase's references.
-            let refs: Vec<_> = r.text.iter().map(|(doc, _)| *doc).collect();
+            let refs: Vec<_> = r.text.iter().map(|h| h.doc).collect();
             let fetched = shard.fetch(&request, &r.generation, &refs).unwrap();
-            merged.extend(
-                fetched
-                    .into_iter()
-                    .zip(&r.text)
-                    .map(|(hit, (_, score))| (hit.id, *score)),
+            for (hit, ranked) in fetched.into_iter().zip(&r.text) {
+                assert_eq!(
+                    ranked.id_hash,
+                    id_hash(&hit.id),
+                    "the hash travels with the hit"
+                );
+                merged.push((hit.id, ranked.score));
+            }
+        }
+        if let Some(aggs) = &request.aggregations {
+            let aggs = crate::search::merge_aggregations(aggs, &partial_aggs).unwrap();
+            assert_eq!(
+                Some(&aggs),
+                expected.aggregations.as_ref(),
+                "terms counts of query {:?}",
+                request.query
             );
         }
-        let aggs = crate::search::merge_aggregations(
-            request.aggregations.as_ref().unwrap(),
-            &partial_aggs,
-        )
-        .unwrap();
-        assert_eq!(
-            Some(&aggs),
-            expected.aggregations.as_ref(),
-            "terms counts of query {:?}",
-            request.query
-        );
-        merged.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        merged.sort_by(|a, b| best_first((a.1, id_hash(&a.0)), (b.1, id_hash(&b.0))));
         merged.truncate(10);
         assert_eq!(total, expected.total, "query {request:?}");
         assert_eq!(merged.len(), expected.results.len());
@@ -390,25 +396,233 @@ fn shards_scoring_with_global_statistics_rank_like_one_index() {
                 want.score
             );
         }
-        // Ids agree wherever scores are not tied at the cut-off.
-        let cutoff = expected.results.last().map_or(0.0, |h| h.score);
-        let strict = |hits: Vec<(String, f32)>| -> BTreeSet<String> {
-            hits.into_iter()
-                .filter(|h| h.1 > cutoff + 1e-4)
-                .map(|h| h.0)
-                .collect()
-        };
+        // The same ids in the same order, ties included.
         assert_eq!(
-            strict(merged.clone()),
-            strict(
-                expected
-                    .results
-                    .iter()
-                    .map(|h| (h.id.clone(), h.score))
-                    .collect()
-            ),
+            merged.iter().map(|h| h.0.clone()).collect::<Vec<_>>(),
+            ids(&expected),
             "query {:?}",
             request.query
         );
     }
+}
+
+/// `n` documents that all score alike for `same`, `tag:t` and the vector [1, 0, 0, 0].
+fn tied_docs(s: &CollectionSchema, n: usize) -> Vec<Op> {
+    (0..n)
+        .map(|i| {
+            upsert(
+                s,
+                json!({"id": format!("doc-{i}"), "fields": {"title": "the same words",
+                "tag": "t", "year": 2000, "emb": [1, 0, 0, 0]}}),
+            )
+        })
+        .collect()
+}
+
+/// Requests whose hits all tie, with their expected lengths: text (pruned and, with
+/// aggregations, unpruned), filter-only, match-all, exact vector and hybrid, pages of 7.
+fn tied_requests(n: usize) -> Vec<SearchRequest> {
+    let mut out = Vec::new();
+    for offset in (0..n + 7).step_by(7) {
+        for mut body in [
+            json!({"query": "same"}),
+            json!({"query": "same", "aggregations": {"y": {"stats": {"field": "year"}}}}),
+            json!({"filter": "tag:t"}),
+            json!({}),
+            json!({"vector": [1, 0, 0, 0], "filter": "tag:t"}),
+            json!({"query": "same", "vector": [1, 0, 0, 0], "filter": "tag:t",
+                "hybrid": {"strategy": "weighted", "text_weight": 0.5, "vector_weight": 0.5}}),
+        ] {
+            body["limit"] = json!(7);
+            body["offset"] = json!(offset);
+            out.push(request(body));
+        }
+    }
+    out
+}
+
+fn ids_by_hash(n: usize) -> Vec<String> {
+    let mut ids: Vec<String> = (0..n).map(|i| format!("doc-{i}")).collect();
+    ids.sort_by_key(|id| id_hash(id));
+    ids
+}
+
+#[test]
+fn equal_scores_rank_by_id_hash_whatever_the_indexing_order() {
+    const N: usize = 40;
+    let s = schema();
+    let dir = tempfile::tempdir().unwrap();
+    // In id order over four segments; and in reverse order, in one.
+    let forward = open(&dir.path().join("forward"));
+    let ops = tied_docs(&s, N);
+    for batch in ops.chunks(10) {
+        forward.write_blocking(batch.to_vec()).unwrap();
+        forward.refresh_blocking().unwrap();
+    }
+    let backward = open(&dir.path().join("backward"));
+    backward
+        .write_blocking(ops.iter().rev().cloned().collect())
+        .unwrap();
+    backward.refresh_blocking().unwrap();
+    let expected = ids_by_hash(N);
+    assert_ne!(
+        expected,
+        (0..N).map(|i| format!("doc-{i}")).collect::<Vec<_>>(),
+        "the hash order must differ from the indexing order for this test to mean anything"
+    );
+    let check = |shard: &Shard, what: &str| {
+        for r in tied_requests(N) {
+            let got = shard.search(&r).unwrap();
+            let want: Vec<String> = expected
+                .iter()
+                .skip(r.offset)
+                .take(r.limit)
+                .cloned()
+                .collect();
+            assert_eq!(ids(&got), want, "{what}: {r:?}");
+            assert!(
+                got.results.windows(2).all(|w| w[0].score == w[1].score),
+                "{what}: ties"
+            );
+        }
+    };
+    check(&forward, "indexed in id order, 4 segments");
+    check(&backward, "indexed in reverse order");
+    // A re-index in yet another order (every document replaced) and a restart change nothing.
+    let mut shuffled = ops.clone();
+    shuffled.sort_by_key(|op| id_hash(op.id()).rotate_left(17));
+    forward.write_blocking(shuffled).unwrap();
+    forward.refresh_blocking().unwrap();
+    check(&forward, "re-indexed in a shuffled order");
+    forward.close().unwrap();
+    drop(forward);
+    let reopened = open(&dir.path().join("forward"));
+    check(&reopened, "after a restart");
+}
+
+#[test]
+fn the_id_hash_decides_which_tied_documents_make_the_top_k() {
+    // Three score levels; the middle one straddles every cut from 6 to 45.
+    let s = schema();
+    let dir = tempfile::tempdir().unwrap();
+    let shard = open(dir.path());
+    let mut ops = Vec::new();
+    for i in 0..60 {
+        let title = match i % 10 {
+            0 => "rare rare rare word",
+            1..=7 => "rare word",
+            _ => "other",
+        };
+        ops.push(upsert(
+            &s,
+            json!({"id": format!("doc-{i}"), "fields": {"title": title, "tag": "t"}}),
+        ));
+    }
+    for batch in ops.chunks(13) {
+        shard.write_blocking(batch.to_vec()).unwrap();
+    }
+    shard.refresh_blocking().unwrap();
+    let all = shard
+        .search(&request(json!({"query": "rare", "limit": 100})))
+        .unwrap();
+    assert_eq!(all.results.len(), 48);
+    let hits: Vec<(String, f32)> = all
+        .results
+        .iter()
+        .map(|h| (h.id.clone(), h.score))
+        .collect();
+    let mut expected = hits.clone();
+    expected.sort_by(|a, b| best_first((a.1, id_hash(&a.0)), (b.1, id_hash(&b.0))));
+    assert_eq!(hits, expected, "by score, then id hash");
+    for limit in [1, 6, 7, 10, 20, 45] {
+        for aggs in [false, true] {
+            let mut body = json!({"query": "rare", "limit": limit});
+            if aggs {
+                body["aggregations"] = json!({"t": {"terms": {"field": "tag"}}});
+            }
+            let top = shard.search(&request(body.clone())).unwrap();
+            assert_eq!(
+                ids(&top),
+                expected
+                    .iter()
+                    .take(limit)
+                    .map(|h| h.0.clone())
+                    .collect::<Vec<_>>(),
+                "{body}"
+            );
+        }
+    }
+    // Deleting documents above the cut lets the next ones in by hash, not by address.
+    let gone: Vec<Op> = expected
+        .iter()
+        .take(8)
+        .map(|h| Op::Delete(h.0.clone()))
+        .collect();
+    shard.write_blocking(gone).unwrap();
+    shard.refresh_blocking().unwrap();
+    let top = shard
+        .search(&request(json!({"query": "rare", "limit": 10})))
+        .unwrap();
+    assert_eq!(
+        ids(&top),
+        expected
+            .iter()
+            .skip(8)
+            .take(10)
+            .map(|h| h.0.clone())
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn an_index_made_before_the_id_hash_column_opens_and_ranks_alike() {
+    const N: usize = 30;
+    let s = schema();
+    let dir = tempfile::tempdir().unwrap();
+    // The layout of an earlier release: the same fields without `_idhash`.
+    let legacy_dir = dir.path().join("legacy");
+    std::fs::create_dir_all(legacy_dir.join("index")).unwrap();
+    tantivy::Index::create_in_dir(legacy_dir.join("index"), s.tantivy_schema_before_id_hash())
+        .unwrap();
+    let legacy = open(&legacy_dir);
+    assert!(legacy.shared.fields.id_hash.is_none());
+    let current = open(&dir.path().join("current"));
+    assert!(current.shared.fields.id_hash.is_some());
+    for shard in [&legacy, &current] {
+        for batch in tied_docs(&s, N).chunks(8) {
+            shard.write_blocking(batch.to_vec()).unwrap();
+            shard.refresh_blocking().unwrap();
+        }
+    }
+    let expected = ids_by_hash(N);
+    for r in tied_requests(N) {
+        let want: Vec<String> = expected
+            .iter()
+            .skip(r.offset)
+            .take(r.limit)
+            .cloned()
+            .collect();
+        assert_eq!(ids(&legacy.search(&r).unwrap()), want, "legacy: {r:?}");
+        assert_eq!(ids(&current.search(&r).unwrap()), want, "current: {r:?}");
+        let phase = legacy.query_phase(&r, None, r.offset + r.limit).unwrap();
+        let current_phase = current.query_phase(&r, None, r.offset + r.limit).unwrap();
+        let hashes = |h: &ShardHits| -> Vec<u64> {
+            h.text.iter().chain(&h.vector).map(|d| d.id_hash).collect()
+        };
+        assert_eq!(hashes(&phase), hashes(&current_phase), "{r:?}");
+    }
+    // Reopened, it is still the legacy layout, and still ranks alike.
+    legacy.close().unwrap();
+    drop(legacy);
+    let legacy = open(&legacy_dir);
+    assert!(legacy.shared.fields.id_hash.is_none());
+    let r = request(json!({"query": "same", "limit": 5}));
+    assert_eq!(ids(&legacy.search(&r).unwrap()), expected[..5].to_vec());
+    // Any other schema difference is still refused.
+    let other = Arc::new(
+        CollectionSchema::from_json(br#"{"name":"t","fields":{"title":{"type":"text"}}}"#).unwrap(),
+    );
+    legacy.close().unwrap();
+    drop(legacy);
+    assert!(Shard::open(&legacy_dir, other, ShardConfig::default()).is_err());
 }

@@ -115,7 +115,7 @@ pub(crate) fn recover(
     create_dir_durable(&index_dir)?;
     let mmap = MmapDirectory::open(&index_dir)
         .map_err(|e| Error::io(&index_dir, std::io::Error::other(e.to_string())))?;
-    let index = Index::open_or_create(mmap, schema.tantivy_schema())?;
+    let index: Index = super::open_index(mmap, &schema)?;
     crate::analysis::register(index.tokenizers());
     let text_checkpoint = match index.load_metas()?.payload {
         Some(p) => {
@@ -617,6 +617,9 @@ fn build_document(shared: &Shared, key: u64, doc: &PreparedDoc) -> Result<Tantiv
     let mut out = TantivyDocument::default();
     out.add_text(fields.id, &doc.id);
     out.add_u64(fields.key, key);
+    if let Some(field) = fields.id_hash {
+        out.add_u64(field, crate::rank::id_hash(&doc.id));
+    }
     for (name, _) in &doc.vectors {
         out.add_text(fields.vectors, name);
     }
