@@ -160,9 +160,10 @@ fn power_loss_keeps_every_acknowledged_write() {
             })
             .collect();
         std::thread::sleep(Duration::from_millis(2500 + 500 * round));
-        // The power goes: the process dies and the disk keeps only what was fsynced.
-        server.kill();
+        // The power goes while the server runs: from this instant the disk keeps only what
+        // was fsynced, and every later I/O fails; then the process dies.
         let report = fs.power_cut().expect("power cut");
+        server.kill();
         for w in writers {
             w.join().unwrap();
         }
