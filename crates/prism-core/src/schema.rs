@@ -27,6 +27,9 @@ pub mod internal {
     pub const SOURCE: &str = "_source";
     /// `rank::id_hash` of `_id`, a fast column that breaks ties between equal scores.
     pub const ID_HASH: &str = "_idhash";
+    /// `shard::content_hash` of the document (id, stored fields, vectors): summed over the
+    /// live documents it gives the shard's content checksum.
+    pub const CONTENT_HASH: &str = "_hash";
 }
 
 /// The type of a field.
@@ -305,8 +308,9 @@ impl CollectionSchema {
         self.tantivy_schema_with(true)
     }
 
-    /// The tantivy schema of shards made before the `_idhash` column existed. Such an index
-    /// still opens and ranks alike: it hashes `_id` when it needs a tie-break.
+    /// The tantivy schema of shards made before the `_idhash` and `_hash` columns existed.
+    /// Such an index still opens and ranks alike (it hashes `_id` when it needs a tie-break);
+    /// it reports no content checksum.
     pub fn tantivy_schema_before_id_hash(&self) -> Schema {
         self.tantivy_schema_with(false)
     }
@@ -319,6 +323,7 @@ impl CollectionSchema {
         b.add_text_field(internal::SOURCE, STORED);
         if id_hash {
             b.add_u64_field(internal::ID_HASH, FAST);
+            b.add_u64_field(internal::CONTENT_HASH, FAST);
         }
         for (name, def) in &self.fields {
             match def.field_type {

@@ -345,7 +345,8 @@ fn describe(c: &Collection) -> Value {
     json!({
         "name": c.name(),
         "schema": &**c.schema(),
-        "stats": {"num_docs": stats.num_docs, "size_bytes": stats.size_bytes, "visible_log_index": stats.visible_index},
+        "stats": {"num_docs": stats.num_docs, "size_bytes": stats.size_bytes, "visible_log_index": stats.visible_index,
+            "content_checksum": stats.content_checksum.map(|c| format!("{c:016x}"))},
         "write": c.shard().health(),
     })
 }

@@ -80,6 +80,8 @@ pub(crate) struct Fields {
     pub source: Field,
     /// `None` in an index made before the `_idhash` column existed (see [`open_index`]).
     pub id_hash: Option<Field>,
+    /// `None` in an index made before the `_hash` column existed.
+    pub content_hash: Option<Field>,
     pub user: HashMap<String, Field>,
 }
 
@@ -167,6 +169,40 @@ pub struct ShardStats {
     pub size_bytes: u64,
     /// Highest log index searchable.
     pub visible_index: u64,
+    /// Order-independent checksum of the searchable content (see [`content_hash`]); equal on
+    /// two copies that applied the same entries. `None` for an index older than the column.
+    pub content_checksum: Option<u64>,
+}
+
+/// The hash of one document's content: its id, its stored fields (by name) and its vectors
+/// (by field). A shard's checksum is the wrapping sum over its live documents, so it does not
+/// depend on the order of writes, segments or merges.
+pub fn content_hash(
+    doc: &crate::schema::PreparedDoc,
+    stored: &serde_json::Map<String, serde_json::Value>,
+) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(doc.id.as_bytes());
+    hasher.update(&[0xff]);
+    let mut names: Vec<&String> = stored.keys().collect();
+    names.sort();
+    for name in names {
+        hasher.update(name.as_bytes());
+        hasher.update(&[0]);
+        hasher.update(stored[name].to_string().as_bytes());
+        hasher.update(&[0xff]);
+    }
+    let mut vectors: Vec<&(String, Vec<f32>)> = doc.vectors.iter().collect();
+    vectors.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, values) in vectors {
+        hasher.update(name.as_bytes());
+        hasher.update(&[0]);
+        for v in values {
+            hasher.update(&v.to_le_bytes());
+        }
+        hasher.update(&[0xff]);
+    }
+    hasher.digest()
 }
 
 /// A shard copy on this node.
@@ -297,10 +333,16 @@ impl Shard {
     }
 
     pub fn stats(&self) -> ShardStats {
+        let searcher = self.shared.reader.searcher();
         ShardStats {
-            num_docs: self.shared.reader.searcher().num_docs(),
+            num_docs: searcher.num_docs(),
             size_bytes: dir_size(&self.shared.dir),
             visible_index: *self.shared.visible.borrow(),
+            content_checksum: self
+                .shared
+                .fields
+                .content_hash
+                .and_then(|_| content_checksum(&searcher)),
         }
     }
 
@@ -355,6 +397,23 @@ pub(crate) fn open_reader(index: &Index) -> Result<IndexReader> {
         .try_into()?)
 }
 
+/// The wrapping sum of the `_hash` column over the live documents a searcher sees.
+fn content_checksum(searcher: &tantivy::Searcher) -> Option<u64> {
+    let mut sum = 0u64;
+    for segment in searcher.segment_readers() {
+        let column = segment
+            .fast_fields()
+            .u64(crate::schema::internal::CONTENT_HASH)
+            .ok()?;
+        let mut add = |doc| sum = sum.wrapping_add(column.first(doc).unwrap_or(0));
+        match segment.alive_bitset() {
+            Some(alive) => alive.iter_alive().for_each(&mut add),
+            None => (0..segment.max_doc()).for_each(&mut add),
+        }
+    }
+    Some(sum)
+}
+
 /// Opens the shard's tantivy index, creating it with the current schema if there is none.
 ///
 /// A tantivy index cannot gain a field, so an index created before the `_idhash` column
@@ -391,6 +450,7 @@ pub(crate) fn resolve_fields(schema: &tantivy::schema::Schema, user: &Collection
         vectors: get(internal::VECTORS),
         source: get(internal::SOURCE),
         id_hash: schema.get_field(internal::ID_HASH).ok(),
+        content_hash: schema.get_field(internal::CONTENT_HASH).ok(),
         user: user
             .fields
             .keys()

@@ -640,6 +640,9 @@ fn build_document(shared: &Shared, key: u64, doc: &PreparedDoc) -> Result<Tantiv
             })?;
         }
     }
+    if let Some(field) = fields.content_hash {
+        out.add_u64(field, super::content_hash(doc, &stored));
+    }
     out.add_text(
         fields.source,
         serde_json::to_string(&stored).expect("JSON map serializes"),
