@@ -267,6 +267,14 @@ fn two_collections(dir: &Path) -> Server {
     server
 }
 
+/// [`two_collections`], SIGKILLed, and the newest log segment of collection "hurt".
+fn killed_with_a_log(dir: &Path) -> (Server, std::path::PathBuf) {
+    let mut server = two_collections(&dir.join("data"));
+    server.kill();
+    let segment = segment_files(&server, "hurt").pop().expect("a log segment");
+    (server, segment)
+}
+
 fn assert_all_there(server: &Server, collection: &str, count: u64) {
     for v in 0..count {
         let (status, doc) = server.get(&format!("/collections/{collection}/documents/d{v}"));
@@ -281,9 +289,7 @@ fn assert_all_there(server: &Server, collection: &str, count: u64) {
 #[test]
 fn a_corrupt_log_fails_its_collection_only_and_names_file_and_offset() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = two_collections(&dir.path().join("data"));
-    server.kill();
-    let segment = segment_files(&server, "hurt").pop().expect("a log segment");
+    let (mut server, segment) = killed_with_a_log(dir.path());
     let mut bytes = std::fs::read(&segment).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;
@@ -352,9 +358,7 @@ fn a_corrupt_log_fails_its_collection_only_and_names_file_and_offset() {
 fn a_torn_tail_is_cut_and_the_node_serves() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
-    let mut server = two_collections(&dir.path().join("data"));
-    server.kill();
-    let segment = segment_files(&server, "hurt").pop().expect("a log segment");
+    let (mut server, segment) = killed_with_a_log(dir.path());
     let mut file = std::fs::OpenOptions::new()
         .append(true)
         .open(&segment)
@@ -380,9 +384,7 @@ fn a_torn_tail_is_cut_and_the_node_serves() {
 fn an_entry_that_cannot_be_applied_fails_its_collection_only() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
-    let mut server = two_collections(&dir.path().join("data"));
-    server.kill();
-    let segment = segment_files(&server, "hurt").pop().expect("a log segment");
+    let (mut server, segment) = killed_with_a_log(dir.path());
     let bytes = std::fs::read(&segment).unwrap();
     // Find the last frame's index by walking the frames after the 24-byte segment header.
     let mut offset = 24usize;
