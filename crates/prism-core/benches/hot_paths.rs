@@ -128,9 +128,21 @@ fn text_search(c: &mut Criterion) {
             shard.search(black_box(&queries[q])).unwrap()
         })
     });
+    // One term: its count is its document frequency, so pruning pays off.
+    for (name, word) in [("common", "w1"), ("rare", "w120")] {
+        let one = request(serde_json::json!({"query": word, "limit": 10}));
+        c.bench_function(
+            &format!("shard/search/text/20k zipf/one {name} term"),
+            |b| b.iter(|| shard.search(black_box(&one)).unwrap()),
+        );
+    }
     let all = request(serde_json::json!({"limit": 10}));
     c.bench_function("shard/search/match_all/20k/top10", |b| {
         b.iter(|| shard.search(black_box(&all)).unwrap())
+    });
+    let filtered = request(serde_json::json!({"filter": "w1", "limit": 10}));
+    c.bench_function("shard/search/filter_only/20k/top10", |b| {
+        b.iter(|| shard.search(black_box(&filtered)).unwrap())
     });
     let deep = request(serde_json::json!({"query": "w1 w2", "limit": 10, "offset": 500}));
     c.bench_function("shard/search/text/20k zipf/offset500", |b| {

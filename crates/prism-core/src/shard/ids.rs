@@ -40,8 +40,16 @@ impl SegmentIdHashes {
     }
 
     /// The id hash of `doc`.
-    #[inline]
+    #[inline(always)]
     pub fn get(&self, doc: DocId, buffer: &mut Vec<u8>) -> std::io::Result<u64> {
+        match self {
+            SegmentIdHashes::Full(values) => Ok(values.get_val(doc)),
+            other => other.get_slow(doc, buffer),
+        }
+    }
+
+    #[inline(never)]
+    fn get_slow(&self, doc: DocId, buffer: &mut Vec<u8>) -> std::io::Result<u64> {
         match self {
             SegmentIdHashes::Full(values) => Ok(values.get_val(doc)),
             SegmentIdHashes::Column(column) => Ok(column.first(doc).unwrap_or_default()),
