@@ -275,6 +275,18 @@ fn killed_with_a_log(dir: &Path) -> (Server, std::path::PathBuf) {
     (server, segment)
 }
 
+/// Asserts the collection answers `503 collection_unavailable`, and returns the answer.
+fn assert_unavailable(server: &Server, collection: &str) -> Value {
+    let (status, body) = server.get(&format!("/collections/{collection}"));
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        body["error"]["code"],
+        json!("collection_unavailable"),
+        "{body}"
+    );
+    body
+}
+
 fn assert_all_there(server: &Server, collection: &str, count: u64) {
     for v in 0..count {
         let (status, doc) = server.get(&format!("/collections/{collection}/documents/d{v}"));
@@ -296,13 +308,7 @@ fn a_corrupt_log_fails_its_collection_only_and_names_file_and_offset() {
     std::fs::write(&segment, &bytes).unwrap();
 
     server.start_again();
-    let (status, body) = server.get("/collections/hurt");
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(
-        body["error"]["code"],
-        json!("collection_unavailable"),
-        "{body}"
-    );
+    let body = assert_unavailable(&server, "hurt");
     let message = body["error"]["message"].as_str().unwrap();
     assert!(
         message.contains(&segment.display().to_string()),
@@ -420,13 +426,7 @@ fn an_entry_that_cannot_be_applied_fails_its_collection_only() {
     let before = std::fs::read(&segment).unwrap();
 
     server.start_again();
-    let (status, body) = server.get("/collections/hurt");
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(
-        body["error"]["code"],
-        json!("collection_unavailable"),
-        "{body}"
-    );
+    assert_unavailable(&server, "hurt");
     assert_all_there(&server, "fine", 30);
     server.kill();
     assert_eq!(
