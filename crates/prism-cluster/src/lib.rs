@@ -5,18 +5,27 @@
 //! - [`tls`]: mutual TLS between nodes.
 //! - [`transport`]: the QUIC endpoint, handshake and request/response calls.
 //! - [`assignment`]: the shard → node map every node computes alike.
-//! - [`merge`]: merging shard answers; partial-result verdicts.
+//! - [`rpc`]: the typed envelope, requests, answers and errors nodes exchange.
+//! - [`network`]: the `Network` and `Handler` seam, which the transport and [`sim`] implement.
+//! - [`node`]: a node's answers from its local engine.
+//! - [`coordinator`]: federated search and writes over a `ShardClient`; partial results.
+//! - [`membership`]: discovery and heartbeats as one state machine; health feeds routing.
 //! - [`stats_cache`]: collection-wide BM25 statistics, cached while shards do not change.
 //! - [`health`]: alive → suspect → dead from heartbeats.
+//! - [`sim`]: an in-memory network with partitions, lost messages and paused nodes.
 
 pub mod assignment;
 pub mod config;
+pub mod coordinator;
 pub mod discovery;
 pub mod error;
 pub mod health;
-pub mod merge;
+pub mod membership;
+pub mod network;
+pub mod node;
 pub mod raft;
 pub mod rpc;
+pub mod sim;
 pub mod stats_cache;
 pub mod tls;
 pub mod transport;

@@ -19,8 +19,10 @@ use crate::tls::TlsMaterial;
 
 /// Version of the cluster protocol. Peers with another version are refused at connect, so a
 /// rolling upgrade can tell which nodes it still has to replace. 3: query-phase hits carry
-/// their id hash, the tie-break of ranking (`prism_core::search::RankedDoc`).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// their id hash, the tie-break of ranking (`prism_core::search::RankedDoc`). 4: calls are
+/// envelopes naming their shard group, errors are typed, and no JSON text travels
+/// (`crate::rpc`); the coordinator sends each shard its list windows.
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Largest message accepted on a stream.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 

@@ -146,7 +146,7 @@ async fn run(cli: config::Cli) -> anyhow::Result<()> {
     let state = Arc::new(http::AppState {
         engine: engine.clone(),
         #[cfg(feature = "cluster")]
-        cluster,
+        cluster: cluster.clone(),
         metrics: Some(metrics),
         started: Instant::now(),
     });
@@ -162,6 +162,11 @@ async fn run(cli: config::Cli) -> anyhow::Result<()> {
         shutdown_signal(),
     )
     .await;
+    // Peers see the connections close now rather than at their idle timeout.
+    #[cfg(feature = "cluster")]
+    if let Some(cluster) = &cluster {
+        cluster.close();
+    }
     tracing::info!("shutting down: writing checkpoints");
     tokio::task::spawn_blocking(move || engine.close()).await??;
     tracing::info!("stopped cleanly");

@@ -32,6 +32,7 @@ pub use self::ops::{version_key, Op, MAX_OPS_PER_ENTRY};
 use self::query::LiveKeys;
 use crate::error::{Error, Result};
 use crate::schema::{internal, CollectionSchema, PreparedDoc};
+use crate::search::plan::ShardWindows;
 use crate::search::{DocRef, Hit, SearchRequest, SearchResponse, ShardHits};
 use crate::stats::TermStatistics;
 use crate::vector::VectorIndex;
@@ -281,28 +282,19 @@ impl Shard {
 
     /// Runs a search against the last refreshed state.
     pub fn search(&self, request: &SearchRequest) -> Result<SearchResponse> {
-        query::search(&self.shared, request, None)
+        query::search(&self.shared, request)
     }
 
-    /// Runs a search scoring text with collection-wide statistics gathered from every shard
-    /// (see [`Shard::term_statistics`]), so that scores compare across shards.
-    pub fn search_with_statistics(
-        &self,
-        request: &SearchRequest,
-        global: &TermStatistics,
-    ) -> Result<SearchResponse> {
-        query::search(&self.shared, request, Some(global))
-    }
-
-    /// The query phase of a federated search: ranked ids, scored with `global` statistics
-    /// when given, aggregations unfinished; `vector_k` bounds the vector list.
+    /// The query phase of a federated search: ranked documents, scored with `global`
+    /// statistics when given (see [`Shard::term_statistics`]) so that scores compare across
+    /// shards, each list as long as the coordinator's plan says, aggregations unfinished.
     pub fn query_phase(
         &self,
         request: &SearchRequest,
         global: Option<&TermStatistics>,
-        vector_k: usize,
+        windows: ShardWindows,
     ) -> Result<ShardHits> {
-        query::query_phase(&self.shared, request, global, vector_k)
+        query::query_phase(&self.shared, request, global, windows)
     }
 
     /// The fetch phase: stored fields and highlights of documents ranked by a query phase
@@ -372,13 +364,15 @@ impl Shard {
             .commands
             .send(Command::Shutdown { checkpoint, reply })
             .is_ok();
-        let result = if sent {
-            rx.blocking_recv().unwrap_or(Err(Error::ShuttingDown))
+        // The writer replies before it exits, so after the join the reply is there: no
+        // blocking receive, which would panic when a shard is dropped inside a runtime.
+        let _ = thread.join();
+        let mut rx = rx;
+        if sent {
+            rx.try_recv().unwrap_or(Err(Error::ShuttingDown))
         } else {
             Ok(())
-        };
-        let _ = thread.join();
-        result
+        }
     }
 }
 

@@ -26,9 +26,9 @@ use super::ids::{id_hashes, IdHashes};
 use super::top::{prunes_exactly, Ranked, Scan, TopRanked};
 use super::Shared;
 use crate::error::{Error, Result};
-use crate::fusion::HybridStrategy;
-use crate::rank::TieBreak;
 use crate::schema::{internal, FieldType};
+use crate::search::merge::merge_page;
+use crate::search::plan::{SearchPlan, ShardWindows};
 use crate::search::{
     DocRef, HighlightRequest, Hit, RankedDoc, SearchRequest, SearchResponse, ShardHits, VectorQuery,
 };
@@ -293,14 +293,6 @@ struct Collected {
     vector: Vec<Ranked>,
 }
 
-/// How many hits each list of a search holds.
-struct Windows {
-    /// Text-only searches skip this many hits in the collector.
-    text_offset: usize,
-    text_limit: usize,
-    vector_k: usize,
-}
-
 /// Every aggregated field must be a fast field of the schema: tantivy itself answers an
 /// unknown field with empty buckets.
 fn check_aggregated_fields(shared: &Shared, aggs: &Aggregations) -> Result<()> {
@@ -329,7 +321,7 @@ fn collect(
     plan: &Plan<'_>,
     request: &SearchRequest,
     provider: &dyn Bm25StatisticsProvider,
-    windows: Windows,
+    windows: ShardWindows,
 ) -> Result<Collected> {
     let aggs = match &request.aggregations {
         None => None,
@@ -462,75 +454,88 @@ fn statistics_provider<'a>(
     }
 }
 
-/// Validates and plans `request`, then collects its lists on the current searcher with the
-/// windows `windows` chooses for that plan.
+/// One shard's query phase on its current searcher: the parsed request, the searcher, the
+/// ranked lists as the coordinator merges them, and the unfinished aggregations.
+struct Phase<'a> {
+    parsed: Plan<'a>,
+    searcher: Searcher,
+    hits: ShardHits,
+    aggregations: Option<IntermediateAggregationResults>,
+}
+
+/// Validates and plans `request`, then collects its lists with `windows` on the current
+/// searcher.
 fn run_query<'a>(
     shared: &'a Shared,
     request: &'a SearchRequest,
     global: Option<&TermStatistics>,
-    windows: impl FnOnce(&Plan<'a>) -> Windows,
-) -> Result<(Plan<'a>, Searcher, Collected)> {
+    windows: ShardWindows,
+) -> Result<Phase<'a>> {
     request.validate()?;
-    let plan = plan(shared, request)?;
+    let parsed = plan(shared, request)?;
     let searcher = shared.reader.searcher();
     let schema = shared.index.schema();
     let provider = statistics_provider(global, &schema, &searcher);
-    let windows = windows(&plan);
     let collected = collect(
         shared,
         &searcher,
-        &plan,
+        &parsed,
         request,
         provider.as_ref(),
         windows,
     )?;
     drop(provider); // it borrows the searcher returned below
-    Ok((plan, searcher, collected))
+    let refs = |list: Vec<Ranked>| -> Vec<RankedDoc> {
+        list.into_iter()
+            .map(|hit| RankedDoc {
+                doc: ((hit.address.segment_ord as u64) << 32) | hit.address.doc_id as u64,
+                score: hit.score,
+                id_hash: hit.id_hash,
+            })
+            .collect()
+    };
+    let hits = ShardHits {
+        total: collected.total,
+        text: refs(collected.text),
+        vector: refs(collected.vector),
+        intermediate_aggregations: None,
+        generation: searcher_generation(shared, &searcher),
+    };
+    Ok(Phase {
+        parsed,
+        searcher,
+        hits,
+        aggregations: collected
+            .aggregations
+            .filter(|_| request.aggregations.is_some()),
+    })
 }
 
-/// A search of this shard alone, or of this shard scored with `global` statistics.
-pub(crate) fn search(
-    shared: &Shared,
-    request: &SearchRequest,
-    global: Option<&TermStatistics>,
-) -> Result<SearchResponse> {
+/// A search of this shard alone: the plan over one shard, that is its query phase, the
+/// merge of its one answer, and the fetch of the page, as a federated search runs them over
+/// many.
+pub(crate) fn search(shared: &Shared, request: &SearchRequest) -> Result<SearchResponse> {
     let started = Instant::now();
-    let (plan, searcher, collected) = run_query(shared, request, global, |plan| {
-        let hybrid = plan.text.is_some() && plan.vector.is_some();
-        Windows {
-            text_offset: if plan.vector.is_some() {
-                0
-            } else {
-                request.offset
-            },
-            text_limit: if plan.vector.is_some() {
-                request.rank_window()
-            } else {
-                request.limit
-            },
-            vector_k: if hybrid {
-                request.rank_window()
-            } else {
-                request.offset + request.limit
-            },
-        }
-    })?;
-    let ranked: Vec<Ranked> = match (&plan.text, &plan.vector) {
-        (_, None) => collected.text,
-        (None, Some(_)) => page(collected.vector, request),
-        (Some(_), Some(_)) => {
-            let strategy = request.hybrid.clone().unwrap_or_default();
-            page(fuse(&strategy, &collected.text, &collected.vector), request)
-        }
-    };
-
-    let highlighters = highlighters(shared, &searcher, request, plan.text.as_deref())?;
-    let mut results = Vec::with_capacity(ranked.len());
-    for hit in ranked {
-        let doc: TantivyDocument = searcher.doc(hit.address)?;
-        results.push(hit_from_document(shared, &doc, hit.score, &highlighters));
+    let plan = SearchPlan::new(request, 1, 1.0);
+    let phase = run_query(shared, request, None, plan.windows)?;
+    let page = merge_page(
+        &[(0, &phase.hits)],
+        &plan.ranking,
+        plan.merge_offset,
+        plan.limit,
+    );
+    let docs: Vec<DocRef> = page.iter().map(|hit| hit.doc).collect();
+    let mut results = fetch_from(
+        shared,
+        &phase.searcher,
+        request,
+        phase.parsed.text.as_deref(),
+        &docs,
+    )?;
+    for (result, hit) in results.iter_mut().zip(&page) {
+        result.score = hit.score;
     }
-    let aggregations = match (collected.aggregations, &request.aggregations) {
+    let aggregations = match (phase.aggregations, &request.aggregations) {
         (Some(partial), Some(aggs)) => {
             let aggs: Aggregations = serde_json::from_value(aggs.clone()).map_err(invalid_query)?;
             let finished = partial
@@ -542,60 +547,29 @@ pub(crate) fn search(
     };
     Ok(SearchResponse {
         results,
-        total: collected.total,
+        total: phase.hits.total,
         latency_ms: started.elapsed().as_millis() as u64,
         aggregations,
     })
 }
 
-fn page<T>(list: Vec<T>, request: &SearchRequest) -> Vec<T> {
-    list.into_iter()
-        .skip(request.offset)
-        .take(request.limit)
-        .collect()
-}
-
-/// The query phase of a federated search: this shard's ranked ids for a coordinator to merge,
-/// scored with `global` statistics when given. Text-only searches return the top
-/// `offset + limit`; hybrid searches both lists' top `rank_window`; vector lists hold
-/// `vector_k` hits (the coordinator's over-fetch).
+/// The query phase of a federated search: this shard's ranked documents for a coordinator to
+/// merge, scored with `global` statistics when given, each list as long as `windows` says
+/// (the coordinator's [`SearchPlan`]), aggregations unfinished.
 pub(crate) fn query_phase(
     shared: &Shared,
     request: &SearchRequest,
     global: Option<&TermStatistics>,
-    vector_k: usize,
+    windows: ShardWindows,
 ) -> Result<ShardHits> {
-    let (_, searcher, collected) = run_query(shared, request, global, |plan| Windows {
-        text_offset: 0,
-        text_limit: if plan.vector.is_some() {
-            request.rank_window()
-        } else {
-            request.offset + request.limit
-        },
-        vector_k,
-    })?;
-    let refs = |list: Vec<Ranked>| -> Vec<RankedDoc> {
-        list.into_iter()
-            .map(|hit| RankedDoc {
-                doc: ((hit.address.segment_ord as u64) << 32) | hit.address.doc_id as u64,
-                score: hit.score,
-                id_hash: hit.id_hash,
-            })
-            .collect()
-    };
-    let generation = searcher_generation(shared, &searcher);
-    keep_for_fetch(shared, searcher.clone());
-    Ok(ShardHits {
-        total: collected.total,
-        text: refs(collected.text),
-        vector: refs(collected.vector),
-        intermediate_aggregations: collected
-            .aggregations
-            .filter(|_| request.aggregations.is_some())
-            .map(|partial| postcard::to_stdvec(&partial).map_err(invalid_query))
-            .transpose()?,
-        generation,
-    })
+    let phase = run_query(shared, request, global, windows)?;
+    let mut hits = phase.hits;
+    hits.intermediate_aggregations = phase
+        .aggregations
+        .map(|partial| postcard::to_stdvec(&partial).map_err(invalid_query))
+        .transpose()?;
+    keep_for_fetch(shared, phase.searcher);
+    Ok(hits)
 }
 
 /// How many recent searcher generations stay readable for fetch phases: a fetch normally
@@ -624,14 +598,15 @@ pub(crate) fn searcher_generation(shared: &Shared, searcher: &Searcher) -> Strin
 }
 
 /// The fetch phase: stored fields and highlights of documents the query phase ranked, read
-/// from the very searcher that ranked them.
+/// from the very searcher that ranked them. Scores are left at zero for the coordinator to
+/// fill.
 pub(crate) fn fetch(
     shared: &Shared,
     request: &SearchRequest,
     generation: &str,
     docs: &[DocRef],
 ) -> Result<Vec<Hit>> {
-    let plan = plan(shared, request)?;
+    let parsed = plan(shared, request)?;
     let searcher = shared
         .recent_searchers
         .lock()
@@ -643,56 +618,29 @@ pub(crate) fn fetch(
                 "searcher generation {generation} is no longer open (more than {FETCHABLE_GENERATIONS} refreshes since the query phase); run the search again"
             ))
         })?;
-    let highlighters = highlighters(shared, &searcher, request, plan.text.as_deref())?;
+    fetch_from(shared, &searcher, request, parsed.text.as_deref(), docs)
+}
+
+/// Stored fields and highlights of `docs` in `searcher`.
+fn fetch_from(
+    shared: &Shared,
+    searcher: &Searcher,
+    request: &SearchRequest,
+    text: Option<&dyn Query>,
+    docs: &[DocRef],
+) -> Result<Vec<Hit>> {
+    let highlighters = highlighters(shared, searcher, request, text)?;
     docs.iter()
         .map(|doc| {
             let address = DocAddress::new((doc >> 32) as u32, *doc as u32);
             if address.segment_ord as usize >= searcher.segment_readers().len() {
                 return Err(Error::InvalidRequest(format!(
-                    "document {doc:#x} is not in searcher generation {generation}"
+                    "document {doc:#x} is not in searcher generation {}",
+                    searcher_generation(shared, searcher)
                 )));
             }
             let stored: TantivyDocument = searcher.doc(address)?;
             Ok(hit_from_document(shared, &stored, 0.0, &highlighters))
-        })
-        .collect()
-}
-
-/// A document of a fusion within one searcher: ties break on its id hash.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct Fused {
-    address: DocAddress,
-    id_hash: u64,
-}
-
-impl TieBreak for Fused {
-    fn id_hash(&self) -> u64 {
-        self.id_hash
-    }
-}
-
-/// Fuses two lists of this searcher. Ties break on the id hash as everywhere (see
-/// [`crate::rank`]), so the order is the same on every copy, after any segment merge, and
-/// on a federation that fuses the shards' merged lists.
-fn fuse(strategy: &HybridStrategy, text: &[Ranked], vector: &[Ranked]) -> Vec<Ranked> {
-    let keyed = |list: &[Ranked]| -> Vec<(Fused, f32)> {
-        list.iter()
-            .map(|hit| {
-                let key = Fused {
-                    address: hit.address,
-                    id_hash: hit.id_hash,
-                };
-                (key, hit.score)
-            })
-            .collect()
-    };
-    strategy
-        .fuse(&keyed(text), &keyed(vector))
-        .into_iter()
-        .map(|(key, score)| Ranked {
-            address: key.address,
-            score,
-            id_hash: key.id_hash,
         })
         .collect()
 }

@@ -6,6 +6,7 @@ use serde_json::json;
 use super::*;
 use crate::fusion::HybridStrategy;
 use crate::rank::{best_first, id_hash};
+use crate::search::plan::SearchPlan;
 use crate::search::VectorQuery;
 
 fn schema() -> Arc<CollectionSchema> {
@@ -359,7 +360,8 @@ fn shards_scoring_with_global_statistics_rank_like_one_index() {
         let mut total = 0;
         let mut partial_aggs = Vec::new();
         for shard in &shards {
-            let r = shard.query_phase(&request, Some(&stats), 10).unwrap();
+            let windows = SearchPlan::new(&request, shards.len(), 1.0).windows;
+            let r = shard.query_phase(&request, Some(&stats), windows).unwrap();
             total += r.total;
             partial_aggs.extend(r.intermediate_aggregations);
             // The fetch phase names documents by the query phase's references.
@@ -604,8 +606,9 @@ fn an_index_made_before_the_id_hash_column_opens_and_ranks_alike() {
             .collect();
         assert_eq!(ids(&legacy.search(&r).unwrap()), want, "legacy: {r:?}");
         assert_eq!(ids(&current.search(&r).unwrap()), want, "current: {r:?}");
-        let phase = legacy.query_phase(&r, None, r.offset + r.limit).unwrap();
-        let current_phase = current.query_phase(&r, None, r.offset + r.limit).unwrap();
+        let windows = SearchPlan::new(&r, 3, 1.0).windows;
+        let phase = legacy.query_phase(&r, None, windows).unwrap();
+        let current_phase = current.query_phase(&r, None, windows).unwrap();
         let hashes = |h: &ShardHits| -> Vec<u64> {
             h.text.iter().chain(&h.vector).map(|d| d.id_hash).collect()
         };

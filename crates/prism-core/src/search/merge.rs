@@ -1,66 +1,13 @@
-//! Merging the answers of many shards into one: hits by score across shards with the
-//! request's offset applied globally, totals summed, and the shard status that decides
-//! between a partial answer and an error. Pure.
+//! Merging the query-phase answers of shards into one page: hits by score across shards with
+//! the request's offset applied globally, and hybrid fusion of the merged lists. A search of
+//! one shard merges its one answer the same way. Pure.
 
-use prism_core::fusion::HybridStrategy;
-use prism_core::rank::{best_first, TieBreak};
-use prism_core::search::{DocRef, RankedDoc, ShardHits};
-use serde::{Deserialize, Serialize};
-
-use crate::config::QueryConfig;
-
-/// One shard's failure.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShardFailure {
-    pub shard: u32,
-    pub node: String,
-    pub reason: String,
-}
-
-/// How many shards answered, as the federated response reports it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShardStatus {
-    pub total: u32,
-    pub successful: u32,
-    pub failed: u32,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub failures: Vec<ShardFailure>,
-}
-
-/// What to answer given the shard status and the `[federation.query]` settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    Complete,
-    Partial,
-    /// Too few shards answered; the message says why and what to do.
-    Fail(String),
-}
-
-impl ShardStatus {
-    pub fn verdict(&self, config: &QueryConfig) -> Verdict {
-        if self.failed == 0 {
-            return Verdict::Complete;
-        }
-        if !config.allow_partial_results {
-            return Verdict::Fail(format!(
-                "{} of {} shards failed and allow_partial_results is false; retry, or allow partial results",
-                self.failed, self.total
-            ));
-        }
-        if self.successful < config.min_successful_shards.max(1) {
-            return Verdict::Fail(format!(
-                "only {} of {} shards answered; at least {} must (min_successful_shards)",
-                self.successful,
-                self.total,
-                config.min_successful_shards.max(1)
-            ));
-        }
-        Verdict::Partial
-    }
-}
+use crate::rank::{best_first, TieBreak};
+use crate::search::plan::Ranking;
+use crate::search::{DocRef, RankedDoc, ShardHits};
 
 /// Merges ranked lists from many shards into one, best first, in the order every list of
-/// Prism follows (`prism_core::rank`): by score descending, then by the hash of the document
+/// Prism follows (`crate::rank`): by score descending, then by the hash of the document
 /// id ascending. That order does not depend on how the collection is sharded, so the merge
 /// returns what one index would; and since each shard sends its best `offset + limit` in the
 /// same order, consecutive pages never overlap or skip tied hits. Shard position and rank
@@ -98,20 +45,6 @@ impl TieBreak for Located {
     fn id_hash(&self) -> u64 {
         self.id_hash
     }
-}
-
-/// How the shards ranked, hence how their lists combine.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Ranking {
-    /// Text, filter or match-all: one list per shard, by score.
-    Text,
-    /// Vector only: one list per shard, by similarity.
-    Vector,
-    /// Both: the merged text and vector lists, each cut to `rank_window`, fused.
-    Hybrid {
-        strategy: HybridStrategy,
-        rank_window: usize,
-    },
 }
 
 /// One hit of the final page: the shard that holds it, the document in that shard's
@@ -178,8 +111,9 @@ pub fn merge_page(
 
 #[cfg(test)]
 mod tests {
-    use prism_core::rank::id_hash;
-    use prism_core::routing::shard_for;
+    use crate::fusion::HybridStrategy;
+    use crate::rank::id_hash;
+    use crate::routing::shard_for;
 
     use super::*;
 
@@ -407,33 +341,5 @@ mod tests {
         };
         let page = merge_page(&[(0, &a), (2, &b)], &Ranking::Vector, 0, 2);
         assert_eq!(docs(&page), vec![(2, 1), (0, 1)]);
-    }
-
-    #[test]
-    fn verdicts_follow_the_partial_result_settings() {
-        let status = |ok: u32, failed: u32| ShardStatus {
-            total: ok + failed,
-            successful: ok,
-            failed,
-            failures: Vec::new(),
-        };
-        let allow = QueryConfig::default();
-        assert_eq!(status(3, 0).verdict(&allow), Verdict::Complete);
-        assert_eq!(status(2, 1).verdict(&allow), Verdict::Partial);
-        assert!(matches!(status(0, 3).verdict(&allow), Verdict::Fail(_)));
-        let strict = QueryConfig {
-            allow_partial_results: false,
-            ..QueryConfig::default()
-        };
-        assert!(
-            matches!(status(2, 1).verdict(&strict), Verdict::Fail(m) if m.contains("allow_partial_results"))
-        );
-        let two = QueryConfig {
-            min_successful_shards: 2,
-            ..QueryConfig::default()
-        };
-        assert!(
-            matches!(status(1, 2).verdict(&two), Verdict::Fail(m) if m.contains("min_successful_shards"))
-        );
     }
 }

@@ -1,4 +1,8 @@
-//! The search request and response, as the HTTP API and the CLI see them.
+//! The search request and response, as the HTTP API and the CLI see them; the [`plan`] every
+//! search runs, and the [`merge`] of shard answers into its page.
+
+pub mod merge;
+pub mod plan;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

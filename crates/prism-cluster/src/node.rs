@@ -1,0 +1,92 @@
+//! A node's answers to other nodes: the [`Handler`] over its local collections.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use prism_core::engine::{Collection, Engine};
+use prism_core::search::SearchRequest;
+use serde_json::Value;
+
+use crate::network::Handler;
+use crate::rpc::{Answer, Envelope, NodeId, RefusedDocument, Reply, Request, RpcError};
+
+/// Serves calls from the local engine. In federation mode every node holds one shard of each
+/// collection, under the collection's own name.
+pub struct EngineHandler {
+    pub engine: Arc<Engine>,
+    pub node_id: NodeId,
+}
+
+#[async_trait]
+impl Handler for EngineHandler {
+    async fn handle(&self, _from: NodeId, envelope: Envelope) -> Reply {
+        let engine = self.engine.clone();
+        let node_id = self.node_id.clone();
+        tokio::task::spawn_blocking(move || serve(&engine, &node_id, envelope))
+            .await
+            .unwrap_or_else(|e| Err(RpcError::Internal(format!("the handler failed: {e}"))))
+    }
+}
+
+/// Answers one envelope from the local engine (blocking).
+pub fn serve(engine: &Engine, node_id: &str, envelope: Envelope) -> Reply {
+    let Envelope { group, request } = envelope;
+    let collection = || -> Result<Arc<Collection>, RpcError> {
+        let group = group.as_ref().ok_or_else(|| {
+            RpcError::InvalidRequest("this request must name a collection shard".into())
+        })?;
+        Ok(engine.collection(&group.collection)?)
+    };
+    Ok(match request {
+        Request::Ping => Answer::Pong {
+            node_id: node_id.to_string(),
+        },
+        Request::Stats { search } => {
+            let (stats, generation) = collection()?
+                .shard()
+                .term_statistics(&SearchRequest::from(search))?;
+            Answer::Stats { stats, generation }
+        }
+        Request::Search {
+            search,
+            stats,
+            windows,
+        } => Answer::Hits(collection()?.shard().query_phase(
+            &SearchRequest::from(search),
+            stats.as_ref(),
+            windows,
+        )?),
+        Request::Fetch {
+            search,
+            generation,
+            docs,
+        } => {
+            let hits =
+                collection()?
+                    .shard()
+                    .fetch(&SearchRequest::from(search), &generation, &docs)?;
+            Answer::Fetched(hits.iter().map(Into::into).collect())
+        }
+        Request::Index { documents } => {
+            let collection = collection()?;
+            let documents: Vec<Value> = documents.into_iter().map(Value::from).collect();
+            let batch = collection.prepare_upserts(documents);
+            let successful = batch.ops.len() as u64;
+            if !batch.ops.is_empty() {
+                collection.shard().write_blocking(batch.ops)?;
+            }
+            Answer::Indexed {
+                successful,
+                refused: batch
+                    .errors
+                    .into_iter()
+                    .map(|e| RefusedDocument {
+                        id: e.id,
+                        code: e.code,
+                        message: e.message,
+                    })
+                    .collect(),
+            }
+        }
+    })
+}
