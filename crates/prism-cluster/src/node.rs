@@ -3,12 +3,14 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use prism_core::engine::{Collection, Engine};
+use prism_core::engine::{Collection, Engine, Refresh};
 use prism_core::search::SearchRequest;
 use serde_json::Value;
 
 use crate::network::Handler;
-use crate::rpc::{Answer, Envelope, NodeId, RefusedDocument, Reply, Request, RpcError};
+use crate::rpc::{
+    Answer, Envelope, GroupId, Json, NodeId, RefusedDocument, Reply, Request, RpcError,
+};
 
 /// Serves calls from the local engine. In federation mode every node holds one shard of each
 /// collection, under the collection's own name.
@@ -21,6 +23,11 @@ pub struct EngineHandler {
 impl Handler for EngineHandler {
     async fn handle(&self, _from: NodeId, envelope: Envelope) -> Reply {
         let engine = self.engine.clone();
+        if let Request::Index { documents } = envelope.request {
+            // Writes take the collection's one write path, as HTTP's do.
+            let collection = engine.collection(&group_of(envelope.group)?.collection)?;
+            return index(&collection, documents).await;
+        }
         let node_id = self.node_id.clone();
         tokio::task::spawn_blocking(move || serve(&engine, &node_id, envelope))
             .await
@@ -28,14 +35,39 @@ impl Handler for EngineHandler {
     }
 }
 
-/// Answers one envelope from the local engine (blocking).
-pub fn serve(engine: &Engine, node_id: &str, envelope: Envelope) -> Reply {
+fn group_of(group: Option<GroupId>) -> Result<GroupId, RpcError> {
+    group
+        .ok_or_else(|| RpcError::InvalidRequest("this request must name a collection shard".into()))
+}
+
+/// Validates `documents` and writes the valid ones durably.
+async fn index(collection: &Collection, documents: Vec<Json>) -> Reply {
+    let documents: Vec<Value> = documents.into_iter().map(Value::from).collect();
+    let batch = collection.prepare_upserts(documents);
+    let successful = batch.ops.len() as u64;
+    if !batch.ops.is_empty() {
+        collection.write(batch.ops, Refresh::No).await?;
+    }
+    Ok(Answer::Indexed {
+        successful,
+        refused: batch
+            .errors
+            .into_iter()
+            .map(|e| RefusedDocument {
+                id: e.id,
+                code: e.code,
+                message: e.message,
+            })
+            .collect(),
+    })
+}
+
+/// Answers one read or ping from the local engine (blocking); writes go through
+/// [`EngineHandler::handle`].
+fn serve(engine: &Engine, node_id: &str, envelope: Envelope) -> Reply {
     let Envelope { group, request } = envelope;
     let collection = || -> Result<Arc<Collection>, RpcError> {
-        let group = group.as_ref().ok_or_else(|| {
-            RpcError::InvalidRequest("this request must name a collection shard".into())
-        })?;
-        Ok(engine.collection(&group.collection)?)
+        Ok(engine.collection(&group_of(group.clone())?.collection)?)
     };
     Ok(match request {
         Request::Ping => Answer::Pong {
@@ -67,26 +99,10 @@ pub fn serve(engine: &Engine, node_id: &str, envelope: Envelope) -> Reply {
                     .fetch(&SearchRequest::from(search), &generation, &docs)?;
             Answer::Fetched(hits.iter().map(Into::into).collect())
         }
-        Request::Index { documents } => {
-            let collection = collection()?;
-            let documents: Vec<Value> = documents.into_iter().map(Value::from).collect();
-            let batch = collection.prepare_upserts(documents);
-            let successful = batch.ops.len() as u64;
-            if !batch.ops.is_empty() {
-                collection.shard().write_blocking(batch.ops)?;
-            }
-            Answer::Indexed {
-                successful,
-                refused: batch
-                    .errors
-                    .into_iter()
-                    .map(|e| RefusedDocument {
-                        id: e.id,
-                        code: e.code,
-                        message: e.message,
-                    })
-                    .collect(),
-            }
+        Request::Index { .. } => {
+            return Err(RpcError::Internal(
+                "writes are served by EngineHandler::handle, not here".into(),
+            ))
         }
     })
 }

@@ -14,9 +14,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::log::LogId;
 use crate::log::{create_dir_durable, sync_dir};
 use crate::schema::{validate_collection_name, CollectionSchema};
-use crate::shard::{Op, Shard, ShardConfig, ShardStats};
+use crate::shard::{Op, Proposer, Shard, ShardConfig, ShardStats, WriteHealth};
 
 /// Settings of the engine.
 #[derive(Debug, Clone)]
@@ -63,6 +64,66 @@ impl Collection {
         stats
     }
 
+    /// Who orders this collection's writes (see [`Proposer`]): its shard's own log on a
+    /// single node.
+    fn proposer(&self) -> &dyn Proposer {
+        &self.shard
+    }
+
+    /// The one write path, for HTTP and for other nodes' calls alike: proposes `ops`, waits
+    /// until they are durable and applied, then for search visibility as `refresh` asks.
+    /// A refresh that does not happen does not undo the write: the receipt says why the
+    /// write is not searchable yet.
+    pub async fn write(&self, ops: Vec<Op>, refresh: Refresh) -> Result<WriteReceipt> {
+        let log_id = self.proposer().propose(ops).await?;
+        let not_searchable = self.visibility(log_id.index, refresh).await.err();
+        Ok(WriteReceipt {
+            log_id,
+            not_searchable,
+        })
+    }
+
+    /// Waits until log index `index` is searchable as `refresh` asks; Err says why not.
+    async fn visibility(&self, index: u64, refresh: Refresh) -> std::result::Result<(), String> {
+        let shard = &self.shard;
+        match refresh {
+            Refresh::No => Ok(()),
+            Refresh::WaitFor => {
+                let mut visible = shard.visible_index();
+                let deadline = tokio::time::Instant::now() + WAIT_FOR_LIMIT;
+                loop {
+                    let step = tokio::time::timeout(
+                        std::time::Duration::from_millis(200),
+                        visible.wait_for(|v| *v >= index),
+                    )
+                    .await;
+                    match step {
+                        Ok(Ok(_)) => return Ok(()),
+                        Ok(Err(_)) => return Err("the shard closed".into()),
+                        Err(_) => {}
+                    }
+                    // A shard that cannot checkpoint will not make the write visible soon:
+                    // say so now instead of at the deadline.
+                    let health = shard.health();
+                    if matches!(health, WriteHealth::DiskFull(_) | WriteHealth::Failed(_)) {
+                        return Err(format!("{health:?}"));
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(format!("no refresh within {WAIT_FOR_LIMIT:?}"));
+                    }
+                }
+            }
+            Refresh::Now => match shard.request_refresh() {
+                Ok(rx) => rx
+                    .await
+                    .unwrap_or(Err(Error::ShuttingDown))
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+        }
+    }
+
     /// Validates documents; valid ones become upserts, invalid ones are counted, and the
     /// first [`MAX_REPORTED_ERRORS`] of them reported per id (an answer must not grow with a
     /// hostile batch).
@@ -98,6 +159,29 @@ impl Collection {
             failed,
         }
     }
+}
+
+/// When a write returns relative to search visibility.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Refresh {
+    /// Once durable (the default).
+    #[default]
+    No,
+    /// Once a scheduled refresh made it searchable.
+    WaitFor,
+    /// After refreshing now.
+    Now,
+}
+
+/// Longest a [`Refresh::WaitFor`] write waits for visibility after it is durable.
+pub const WAIT_FOR_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// An acknowledged write: durable and applied at `log_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteReceipt {
+    pub log_id: LogId,
+    /// Why the refresh the write asked for did not make it searchable, if it did not.
+    pub not_searchable: Option<String>,
 }
 
 /// The most per-document errors an answer reports in full; the rest are only counted.

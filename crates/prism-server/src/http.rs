@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
-use prism_core::engine::{Collection, DocumentError, Engine};
+use prism_core::engine::{Collection, DocumentError, Engine, Refresh};
 use prism_core::schema::CollectionSchema;
 use prism_core::search::{SearchRequest, SearchResponse};
 use prism_core::shard::Op;
@@ -407,15 +407,6 @@ async fn delete_collection(
     Ok(Json(json!({ "deleted": deleted })))
 }
 
-/// Longest a `refresh=wait_for` write waits for visibility after it is durable.
-const WAIT_FOR_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
-
-enum Refresh {
-    No,
-    WaitFor,
-    Now,
-}
-
 /// When a write returns relative to search visibility: `false` (default) once durable,
 /// `wait_for` once a scheduled refresh made it searchable, `true` after refreshing now.
 fn refresh_mode(params: &QueryParameters) -> ApiResult<Refresh> {
@@ -434,60 +425,14 @@ fn collection(state: &AppState, name: &str) -> ApiResult<Arc<Collection>> {
     Ok(state.engine.collection(name)?)
 }
 
-/// Submits operations and waits for durability, then for visibility as asked.
+/// Writes through the collection's one write path; a durable write whose refresh did not
+/// happen is a 504 that says the write is kept.
 async fn write(collection: &Collection, ops: Vec<Op>, refresh: Refresh) -> ApiResult<u64> {
-    let shard = collection.shard();
-    let index = shard
-        .submit(ops)?
-        .await
-        .map_err(|_| ApiError::from(prism_core::Error::ShuttingDown))??;
-    match refresh {
-        Refresh::No => {}
-        Refresh::WaitFor => {
-            let mut visible = shard.visible_index();
-            let deadline = tokio::time::Instant::now() + WAIT_FOR_LIMIT;
-            loop {
-                let step = tokio::time::timeout(
-                    std::time::Duration::from_millis(200),
-                    visible.wait_for(|v| *v >= index),
-                )
-                .await;
-                match step {
-                    Ok(Ok(_)) => break,
-                    Ok(Err(_)) => return Err(not_yet_searchable(index, "the shard closed")),
-                    Err(_) => {}
-                }
-                // A shard that cannot checkpoint will not make the write visible soon: say so
-                // now instead of at the deadline. The write itself is durable.
-                let health = shard.health();
-                let stuck = matches!(
-                    health,
-                    prism_core::shard::WriteHealth::DiskFull(_)
-                        | prism_core::shard::WriteHealth::Failed(_)
-                );
-                if stuck || tokio::time::Instant::now() >= deadline {
-                    let why = if stuck {
-                        format!("{health:?}")
-                    } else {
-                        format!("no refresh within {WAIT_FOR_LIMIT:?}")
-                    };
-                    return Err(not_yet_searchable(index, &why));
-                }
-            }
-        }
-        Refresh::Now => {
-            // The write is durable whatever the refresh does: a failed refresh must not turn
-            // its answer into a refusal.
-            let refreshed = match shard.request_refresh() {
-                Ok(rx) => rx.await.unwrap_or(Err(prism_core::Error::ShuttingDown)),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = refreshed {
-                return Err(not_yet_searchable(index, &e.to_string()));
-            }
-        }
+    let receipt = collection.write(ops, refresh).await?;
+    match receipt.not_searchable {
+        None => Ok(receipt.log_id.index),
+        Some(why) => Err(not_yet_searchable(receipt.log_id.index, &why)),
     }
-    Ok(index)
 }
 
 /// The answer to a durable write whose requested refresh did not happen.

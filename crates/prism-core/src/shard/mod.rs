@@ -31,6 +31,7 @@ use self::ids::IdHashes;
 pub use self::ops::{version_key, Op, MAX_OPS_PER_ENTRY};
 use self::query::LiveKeys;
 use crate::error::{Error, Result};
+use crate::log::LogId;
 use crate::schema::{internal, CollectionSchema, PreparedDoc};
 use crate::search::plan::ShardWindows;
 use crate::search::{DocRef, Hit, SearchRequest, SearchResponse, ShardHits};
@@ -204,6 +205,27 @@ pub fn content_hash(
         hasher.update(&[0xff]);
     }
     hasher.digest()
+}
+
+/// The future of a proposed write: its log id once it is durable and applied.
+pub type Proposal = std::pin::Pin<Box<dyn std::future::Future<Output = Result<LogId>> + Send>>;
+
+/// Orders a collection's writes: the shard's own log on a single node; in cluster mode the
+/// shard's Raft group, whose answer comes once a quorum holds the entry and this copy applied
+/// it. Every write path goes through one.
+pub trait Proposer: Send + Sync {
+    fn propose(&self, ops: Vec<Op>) -> Proposal;
+}
+
+/// A single node's writes: the shard's own log, durable locally.
+impl Proposer for Shard {
+    fn propose(&self, ops: Vec<Op>) -> Proposal {
+        let queued = self.submit(ops);
+        Box::pin(async move {
+            let index = queued?.await.map_err(|_| Error::ShuttingDown)??;
+            Ok(LogId::new(writer::LOCAL_TERM, 0, index))
+        })
+    }
 }
 
 /// A shard copy on this node.

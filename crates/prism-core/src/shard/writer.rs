@@ -32,7 +32,7 @@ struct TextCheckpoint {
 }
 
 /// The term of entries a single node appends: its log has one leader, itself, forever.
-const LOCAL_TERM: u64 = 1;
+pub(crate) const LOCAL_TERM: u64 = 1;
 
 /// The most writes combined into one fsync.
 const MAX_GROUP: usize = 1024;
