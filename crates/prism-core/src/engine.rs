@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::log::LogId;
 use crate::log::{create_dir_durable, sync_dir};
 use crate::schema::{validate_collection_name, CollectionSchema};
-use crate::shard::{Op, Proposer, Shard, ShardConfig, ShardStats, WriteHealth};
+use crate::shard::{snapshot, Op, Proposer, Shard, ShardConfig, ShardStats, WriteHealth};
 
 /// Settings of the engine.
 #[derive(Debug, Clone)]
@@ -326,6 +326,7 @@ impl Engine {
         let shard_dir = dir.join("shards").join("0");
         let config = self.config.shard.clone();
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            snapshot::finish_interrupted_install(&shard_dir)?;
             Shard::open(&shard_dir, schema.clone(), config)
         }))
         .unwrap_or_else(|panic| {
@@ -396,6 +397,66 @@ impl Engine {
                 } else {
                     let _ = fs::remove_dir_all(&dir);
                 }
+                Err(e)
+            }
+        }
+    }
+
+    /// Replaces a collection's shard copy with the snapshot in `snapshot_dir` (see
+    /// [`Shard::build_snapshot`]) while the node serves: every file is verified against the
+    /// manifest and staged first, so a damaged snapshot or one of another schema changes
+    /// nothing. Then the old copy closes and the new one opens in its place; requests that
+    /// hold the old copy finish on it. A crash at any point leaves the old copy or the new
+    /// one. Blocking.
+    pub fn install_snapshot(&self, name: &str, snapshot_dir: &Path) -> Result<Arc<Collection>> {
+        let current = self.collection(name)?;
+        let manifest = snapshot::verify(snapshot_dir)?;
+        let schema_path = snapshot_dir.join(snapshot::SCHEMA);
+        let bytes = fs::read(&schema_path).map_err(|e| Error::io(&schema_path, e))?;
+        let theirs = CollectionSchema::from_json(&bytes).map_err(|e| Error::Corrupt {
+            path: schema_path.clone(),
+            message: e.to_string(),
+        })?;
+        if theirs != **current.schema() {
+            return Err(Error::InvalidRequest(format!(
+                "the snapshot in {} was taken under another schema of {name:?}; install it into a collection created with that schema",
+                snapshot_dir.display()
+            )));
+        }
+        let shard_dir = current.dir.join("shards").join("0");
+        let log_options = crate::log::OpenOptions {
+            segment_bytes: self.config.shard.log_segment_bytes,
+            truncate_corrupt: false,
+        };
+        let staging = snapshot::stage(snapshot_dir, &manifest, &shard_dir, log_options)?;
+        let mut collections = self.collections.write();
+        if !collections
+            .get(name)
+            .is_some_and(|c| Arc::ptr_eq(c, &current))
+        {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(Error::InvalidRequest(format!(
+                "collection {name:?} was deleted or replaced during the install; retry it"
+            )));
+        }
+        collections.remove(name);
+        // Its data is being replaced: no final checkpoint.
+        if let Err(e) = current.shard.close_for_delete() {
+            tracing::warn!(collection = name, error = %e, "stopping the replaced shard copy failed");
+        }
+        let swapped = snapshot::swap_in(&staging, &shard_dir);
+        let schema = (**current.schema()).clone();
+        let opened = swapped.and_then(|_| self.open_collection(current.dir.clone(), schema));
+        match opened {
+            Ok(collection) => {
+                collections.insert(name.to_string(), collection.clone());
+                tracing::info!(collection = name, applied = ?manifest.applied, files = manifest.files.len(), "snapshot installed");
+                Ok(collection)
+            }
+            Err(e) => {
+                self.unavailable
+                    .write()
+                    .insert(name.to_string(), format!("a snapshot install failed: {e}"));
                 Err(e)
             }
         }
@@ -472,3 +533,6 @@ impl Engine {
         first_error.map_or(Ok(()), Err)
     }
 }
+
+#[cfg(test)]
+mod tests;

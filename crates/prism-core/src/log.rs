@@ -893,6 +893,19 @@ impl ShardLog {
         Ok(())
     }
 
+    /// The log id of the entry at `index`, or the purge point's when `index` is it; `None`
+    /// when the log holds neither.
+    pub fn log_id_at(&self, index: u64) -> Result<Option<LogId>> {
+        if let Some(purged) = self.hard_state().last_purged.filter(|p| p.index == index) {
+            return Ok(Some(purged));
+        }
+        if index == 0 || index < self.first_index() || index > self.last_index() {
+            return Ok(None);
+        }
+        let view = self.view.read();
+        self.read_id_locked(&view, index)
+    }
+
     /// Purges through `index`, taking the log id from the entry there.
     pub fn purge_through(&self, index: u64) -> Result<()> {
         if index == 0 || index < self.first_index() {

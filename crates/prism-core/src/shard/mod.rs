@@ -11,6 +11,7 @@
 mod ids;
 mod ops;
 mod query;
+pub mod snapshot;
 mod top;
 mod writer;
 
@@ -150,6 +151,14 @@ pub(crate) enum Command {
     Refresh {
         reply: oneshot::Sender<Result<u64>>,
     },
+    /// Checkpoint every component and link their files into the directory.
+    Snapshot {
+        target: PathBuf,
+        reply: oneshot::Sender<Result<LogId>>,
+    },
+    AppliedState {
+        reply: oneshot::Sender<Result<LogId>>,
+    },
     Shutdown {
         /// Take final checkpoints first; false when the shard's data is about to be deleted.
         checkpoint: bool,
@@ -274,6 +283,30 @@ impl Shard {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Write { ops, reply })?;
         Ok(rx)
+    }
+
+    /// The last log entry every component applied: the state machine's applied state.
+    /// Blocking.
+    pub fn applied_state(&self) -> Result<LogId> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::AppliedState { reply })?;
+        rx.blocking_recv().map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Builds a snapshot of this copy in `target` (created, or replaced): checkpoints of
+    /// every component at the applied entry, the schema, and a manifest with the SHA-256 of
+    /// every file ([`snapshot`]). Writes wait only while the checkpoints are taken and
+    /// linked; hashing runs on the caller's thread. Blocking.
+    pub fn build_snapshot(&self, target: &Path) -> Result<snapshot::SnapshotManifest> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Snapshot {
+            target: target.to_path_buf(),
+            reply,
+        })?;
+        let applied = rx.blocking_recv().map_err(|_| Error::ShuttingDown)??;
+        let schema = serde_json::to_vec_pretty(&*self.shared.schema).expect("schema serializes");
+        crate::log::write_atomically(&target.join(snapshot::SCHEMA), &schema)?;
+        snapshot::seal(target, applied)
     }
 
     /// Writes and waits (blocking) for durability. For tools and tests outside a runtime.

@@ -722,3 +722,40 @@ fn the_content_hash_covers_id_stored_fields_and_vectors() {
         hash(json!({"id":"a","fields":{"title":"x","year":1,"emb":[0,1,0,0]}}))
     );
 }
+
+#[test]
+fn recovery_applies_committed_entries_only() {
+    let s = schema();
+    let dir = tempfile::tempdir().unwrap();
+    let config = || ShardConfig {
+        refresh_interval: Duration::from_secs(3600),
+        ..ShardConfig::default()
+    };
+    let shard = Shard::open(dir.path(), s.clone(), config()).unwrap();
+    for i in 1..=5 {
+        let doc = json!({"id": format!("e{i}"), "fields": {"title": "entry"}});
+        assert_eq!(shard.write_blocking(vec![upsert(&s, doc)]).unwrap(), i);
+    }
+    // A crash before any checkpoint: everything is in the log only.
+    shard.close_for_delete().unwrap();
+    drop(shard);
+    // The consensus layer had recorded entry 3 as the highest committed one.
+    let (log, _) = crate::log::ShardLog::open(
+        &dir.path().join("log"),
+        crate::log::OpenOptions {
+            segment_bytes: 64 << 20,
+            truncate_corrupt: false,
+        },
+    )
+    .unwrap();
+    let committed = log.log_id_at(3).unwrap().unwrap();
+    log.save_committed(Some(committed)).unwrap();
+    drop(log);
+    let shard = Shard::open(dir.path(), s.clone(), config()).unwrap();
+    assert_eq!(shard.applied_state().unwrap(), committed);
+    shard.refresh_blocking().unwrap();
+    let found: Vec<bool> = (1..=5)
+        .map(|i| shard.get(&format!("e{i}")).unwrap().is_some())
+        .collect();
+    assert_eq!(found, [true, true, true, false, false]);
+}

@@ -17,10 +17,10 @@ use tantivy::{Index, IndexWriter, TantivyDocument, Term};
 use tokio::sync::{oneshot, watch};
 
 use super::ops::{self, version_key, Op};
-use super::{open_reader, resolve_fields, Command, ShardConfig, Shared, WriteHealth};
+use super::{open_reader, resolve_fields, snapshot, Command, ShardConfig, Shared, WriteHealth};
 use crate::error::{Error, Result};
 use crate::log::{
-    create_dir_durable, sync_dir, write_atomically, OpenOptions, ShardLog, MAX_ENTRY_BYTES,
+    create_dir_durable, sync_dir, write_atomically, LogId, OpenOptions, ShardLog, MAX_ENTRY_BYTES,
 };
 use crate::schema::{parse_date, CollectionSchema, FieldType, PreparedDoc};
 use crate::vector::VectorIndex;
@@ -199,8 +199,15 @@ pub(crate) fn recover(
         vector_files,
     };
 
+    // Only committed entries are applied. In cluster mode the log may end with entries no
+    // quorum accepted, and the consensus layer applies the rest once they commit; a single
+    // node records no commit index, because everything durable on it is committed.
+    let replay_through = match log.hard_state().committed {
+        Some(committed) => committed.index.min(log.last_index()),
+        None => log.last_index(),
+    };
     let mut replayed = 0u64;
-    log.read_from(machine.applied + 1, log.last_index(), |entry| {
+    log.read_from(machine.applied + 1, replay_through, |entry| {
         let ops = ops::decode(&entry.payload)?;
         machine.apply(&shared, entry.id.index, &ops, false)?;
         replayed += 1;
@@ -234,7 +241,7 @@ pub(crate) fn recover(
         // Both checkpoints reach the newest one before the log skips ahead to it: a crash in
         // between leaves a log that ends below a checkpoint, which this flag repairs again.
         machine.save_vectors(&shared)?;
-        log.purge(crate::log::LogId::new(LOCAL_TERM, 0, newest_checkpoint))?;
+        log.purge(LogId::new(LOCAL_TERM, 0, newest_checkpoint))?;
     }
     shared.visible.send_replace(machine.text_checkpoint);
     let state = WriterState {
@@ -729,6 +736,13 @@ pub(crate) fn run(
                 let _ = reply.send(result);
                 next_refresh = Instant::now() + config.refresh_interval;
             }
+            Ok(Command::Snapshot { target, reply }) => {
+                let _ = reply.send(state.snapshot(&shared, &target));
+                next_refresh = Instant::now() + config.refresh_interval;
+            }
+            Ok(Command::AppliedState { reply }) => {
+                let _ = reply.send(state.applied_id());
+            }
             Ok(Command::Shutdown { checkpoint, reply }) => {
                 let result = if checkpoint {
                     state.shutdown(&shared)
@@ -899,6 +913,39 @@ impl WriterState {
             .purge_through(self.machine.checkpointed_through())?;
         self.machine.close_idle_writer(config.idle_writer_close);
         Ok(())
+    }
+
+    /// The log id of the last entry every component applied.
+    fn applied_id(&self) -> Result<LogId> {
+        let applied = self.machine.applied;
+        let term = if applied == 0 { 0 } else { LOCAL_TERM };
+        Ok(self
+            .log
+            .log_id_at(applied)?
+            .unwrap_or(LogId::new(term, 0, applied)))
+    }
+
+    /// Checkpoints every component at the applied entry and links their files into
+    /// `target`: the content of a snapshot, which the caller seals.
+    fn snapshot(&mut self, shared: &Shared, target: &Path) -> Result<LogId> {
+        if let Some(reason) = &self.failed {
+            return Err(failed_error(shared, reason));
+        }
+        self.checkpoint_text(shared)?;
+        self.machine.save_vectors(shared)?;
+        let applied = self.applied_id()?;
+        let _ = fs::remove_dir_all(target);
+        create_dir_durable(target)?;
+        snapshot::link_text_index(&shared.dir.join("index"), target)?;
+        if let (false, Some(files)) = (shared.vectors.is_empty(), &self.machine.vector_files) {
+            snapshot::link_vectors(
+                &vectors_dir(&shared.dir),
+                files,
+                self.machine.vector_checkpoint,
+                target,
+            )?;
+        }
+        Ok(applied)
     }
 
     /// Stops without checkpoints, waiting for merges (which hold files open).

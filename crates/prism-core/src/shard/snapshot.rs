@@ -1,0 +1,356 @@
+//! Snapshots of a shard copy: what a replica that fell behind the log receives. A snapshot is
+//! a directory holding a durable checkpoint of every component at one applied log entry (the
+//! tantivy commit and the vector checkpoint, hard-linked, since their files never change once
+//! written) and `MANIFEST.json` with the SHA-256 of every file. Installing one verifies every
+//! file first, so a damaged snapshot changes nothing.
+//!
+//! Layout: `index/` (tantivy's `meta.json` and segment files), `vectors/CHECKPOINT` and
+//! `vectors/<checkpoint>/`, `schema.json`, `MANIFEST.json`.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::log::{create_dir_durable, sync_dir, write_atomically, LogId};
+
+/// The manifest's file name in a snapshot directory.
+pub const MANIFEST: &str = "MANIFEST.json";
+/// The collection schema the snapshot was taken under; an install requires the same.
+pub const SCHEMA: &str = "schema.json";
+const FORMAT: u32 = 1;
+
+/// What a snapshot holds: the last entry its components applied, and every file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotManifest {
+    pub format: u32,
+    pub applied: LogId,
+    pub files: Vec<SnapshotFile>,
+}
+
+/// One file of a snapshot, by its path relative to the snapshot directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotFile {
+    pub path: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// Links `from` to `to`, or copies it where a link cannot be made (another filesystem).
+pub(crate) fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
+    match fs::hard_link(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(e),
+        Err(_) => fs::copy(from, to).map(|_| ()),
+    }
+}
+
+/// The segment ids `meta.json` names.
+fn segments_of(meta: &[u8], path: &Path) -> Result<Vec<String>> {
+    let value: serde_json::Value = serde_json::from_slice(meta).map_err(|e| Error::Corrupt {
+        path: path.to_path_buf(),
+        message: format!("unreadable tantivy meta: {e}"),
+    })?;
+    let segments = value["segments"].as_array().cloned().unwrap_or_default();
+    Ok(segments
+        .iter()
+        .filter_map(|s| s["segment_id"].as_str())
+        .map(|id| id.replace('-', ""))
+        .collect())
+}
+
+/// Links the committed text index in `index_dir` into `target/index`: `meta.json` as read
+/// once, and the files of every segment it names. A merge may delete a segment's files
+/// between the read and the links; then the links start over from a fresh read.
+pub(crate) fn link_text_index(index_dir: &Path, target: &Path) -> Result<()> {
+    let out = target.join("index");
+    for _attempt in 0..8 {
+        let _ = fs::remove_dir_all(&out);
+        create_dir_durable(&out)?;
+        let meta_path = index_dir.join("meta.json");
+        let meta = fs::read(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
+        let segments = segments_of(&meta, &meta_path)?;
+        let mut complete = true;
+        let entries = fs::read_dir(index_dir).map_err(|e| Error::io(index_dir, e))?;
+        let mut linked_segments = std::collections::HashSet::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(index_dir, e))?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            let Some(segment) = name.split('.').next() else {
+                continue;
+            };
+            if !segments.iter().any(|s| s == segment) {
+                continue;
+            }
+            match link_or_copy(&entry.path(), &out.join(&name)) {
+                Ok(()) => {
+                    linked_segments.insert(segment.to_string());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => complete = false,
+                Err(e) => return Err(Error::io(entry.path(), e)),
+            }
+        }
+        if complete && linked_segments.len() == segments.len() {
+            write_atomically(&out.join("meta.json"), &meta)?;
+            return sync_dir(&out);
+        }
+    }
+    Err(Error::StorageFailed {
+        path: index_dir.to_path_buf(),
+        message: "segments kept changing under the snapshot; retry it".into(),
+    })
+}
+
+/// Links the vector checkpoint `files` (a directory under `vectors_dir`) and its pointer.
+pub(crate) fn link_vectors(
+    vectors_dir: &Path,
+    files: &str,
+    applied: u64,
+    target: &Path,
+) -> Result<()> {
+    let out = target.join("vectors");
+    let from = vectors_dir.join(files);
+    let to = out.join(files);
+    create_dir_durable(&to)?;
+    for entry in fs::read_dir(&from).map_err(|e| Error::io(&from, e))? {
+        let entry = entry.map_err(|e| Error::io(&from, e))?;
+        link_or_copy(&entry.path(), &to.join(entry.file_name()))
+            .map_err(|e| Error::io(entry.path(), e))?;
+    }
+    sync_dir(&to)?;
+    write_atomically(
+        &out.join("CHECKPOINT"),
+        format!("{applied} {files}").as_bytes(),
+    )?;
+    sync_dir(&out)
+}
+
+fn sha256_of(path: &Path) -> Result<(u64, String)> {
+    let mut file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = file.read(&mut buffer).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        bytes += n as u64;
+    }
+    let digest = hasher.finalize();
+    Ok((bytes, digest.iter().map(|b| format!("{b:02x}")).collect()))
+}
+
+/// Every file under `dir`, as paths relative to it, sorted.
+fn files_under(dir: &Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(relative) = pending.pop() {
+        let here = dir.join(&relative);
+        for entry in fs::read_dir(&here).map_err(|e| Error::io(&here, e))? {
+            let entry = entry.map_err(|e| Error::io(&here, e))?;
+            let path = relative.join(entry.file_name());
+            if entry.path().is_dir() {
+                pending.push(path);
+            } else {
+                out.push(path.to_string_lossy().to_string());
+            }
+        }
+    }
+    out.retain(|p| p != MANIFEST);
+    out.sort();
+    Ok(out)
+}
+
+/// Hashes every file of the snapshot in `dir` and writes its manifest durably.
+pub(crate) fn seal(dir: &Path, applied: LogId) -> Result<SnapshotManifest> {
+    let mut files = Vec::new();
+    for path in files_under(dir)? {
+        let (bytes, sha256) = sha256_of(&dir.join(&path))?;
+        files.push(SnapshotFile {
+            path,
+            bytes,
+            sha256,
+        });
+    }
+    let manifest = SnapshotManifest {
+        format: FORMAT,
+        applied,
+        files,
+    };
+    let json = serde_json::to_vec_pretty(&manifest).expect("manifests serialize");
+    write_atomically(&dir.join(MANIFEST), &json)?;
+    sync_dir(dir)?;
+    Ok(manifest)
+}
+
+/// Reads the manifest of the snapshot in `dir` and checks every file it lists: present, of
+/// its size and SHA-256. Files it does not list are refused too: they were not sealed.
+pub fn verify(dir: &Path) -> Result<SnapshotManifest> {
+    let path = dir.join(MANIFEST);
+    let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let manifest: SnapshotManifest =
+        serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+            path: path.clone(),
+            message: format!("unreadable snapshot manifest: {e}"),
+        })?;
+    if manifest.format != FORMAT {
+        return Err(Error::Corrupt {
+            path,
+            message: format!(
+                "snapshot format {} is not {FORMAT}; it comes from another version of Prism",
+                manifest.format
+            ),
+        });
+    }
+    let listed: Vec<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
+    for present in files_under(dir)? {
+        if !listed.contains(&present.as_str()) {
+            return Err(Error::Corrupt {
+                path: dir.join(&present),
+                message: "this file is not in the snapshot's manifest".into(),
+            });
+        }
+    }
+    for file in &manifest.files {
+        if file.path.contains("..") || Path::new(&file.path).is_absolute() {
+            return Err(Error::Corrupt {
+                path: path.clone(),
+                message: format!(
+                    "the manifest names a path outside the snapshot: {}",
+                    file.path
+                ),
+            });
+        }
+        let at = dir.join(&file.path);
+        let (bytes, sha256) = sha256_of(&at)?;
+        if bytes != file.bytes || sha256 != file.sha256 {
+            return Err(Error::Corrupt {
+                path: at,
+                message: format!(
+                    "the file differs from the snapshot's manifest ({bytes} bytes, sha256 {sha256}; expected {} bytes, sha256 {}); fetch the snapshot again",
+                    file.bytes, file.sha256
+                ),
+            });
+        }
+    }
+    Ok(manifest)
+}
+
+/// Names of a shard directory's neighbours during an install.
+pub(crate) fn installing_dir(shard_dir: &Path) -> PathBuf {
+    sibling(shard_dir, ".installing-")
+}
+
+pub(crate) fn replaced_dir(shard_dir: &Path) -> PathBuf {
+    sibling(shard_dir, ".replaced-")
+}
+
+fn sibling(shard_dir: &Path, prefix: &str) -> PathBuf {
+    let name = shard_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    shard_dir.with_file_name(format!("{prefix}{name}"))
+}
+
+/// Written last into a staged shard directory: the install may roll forward.
+pub(crate) const STAGED: &str = "STAGED";
+
+/// Prepares `shard_dir`'s replacement from the verified snapshot in `snapshot`: its files
+/// linked (or copied), an empty log that starts after the snapshot's entry, and the STAGED
+/// marker. Returns the staging directory.
+pub(crate) fn stage(
+    snapshot: &Path,
+    manifest: &SnapshotManifest,
+    shard_dir: &Path,
+    log_options: crate::log::OpenOptions,
+) -> Result<PathBuf> {
+    let staging = installing_dir(shard_dir);
+    let _ = fs::remove_dir_all(&staging);
+    create_dir_durable(&staging)?;
+    for file in manifest.files.iter().filter(|f| f.path != SCHEMA) {
+        let to = staging.join(&file.path);
+        if let Some(parent) = to.parent() {
+            if !parent.exists() {
+                fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+            }
+        }
+        link_or_copy(&snapshot.join(&file.path), &to).map_err(|e| Error::io(&to, e))?;
+        fs::File::open(&to)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io(&to, e))?;
+    }
+    for dir in ["index", "vectors"] {
+        let sub = staging.join(dir);
+        if sub.exists() {
+            for entry in fs::read_dir(&sub)
+                .map_err(|e| Error::io(&sub, e))?
+                .flatten()
+            {
+                if entry.path().is_dir() {
+                    sync_dir(&entry.path())?;
+                }
+            }
+            sync_dir(&sub)?;
+        }
+    }
+    let (log, _) = crate::log::ShardLog::open(&staging.join("log"), log_options)?;
+    log.purge(manifest.applied)?;
+    drop(log);
+    write_atomically(&staging.join(STAGED), b"")?;
+    sync_dir(&staging)?;
+    Ok(staging)
+}
+
+/// Finishes or undoes an install that a crash interrupted, before `shard_dir` opens: a
+/// complete staging directory replaces the shard (roll forward); an incomplete one goes; a
+/// replaced copy goes once the new one is in place, and comes back if nothing replaced it.
+pub(crate) fn finish_interrupted_install(shard_dir: &Path) -> Result<()> {
+    let staging = installing_dir(shard_dir);
+    let replaced = replaced_dir(shard_dir);
+    let parent = shard_dir.parent().unwrap_or(Path::new("."));
+    if staging.exists() {
+        if staging.join(STAGED).exists() && !shard_dir.exists() {
+            fs::rename(&staging, shard_dir).map_err(|e| Error::io(&staging, e))?;
+            sync_dir(parent)?;
+            tracing::warn!(shard = %shard_dir.display(), "an interrupted snapshot install was completed");
+        } else {
+            fs::remove_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+            tracing::warn!(shard = %shard_dir.display(), "an interrupted snapshot install was undone");
+        }
+    }
+    if replaced.exists() {
+        if shard_dir.exists() {
+            fs::remove_dir_all(&replaced).map_err(|e| Error::io(&replaced, e))?;
+        } else {
+            fs::rename(&replaced, shard_dir).map_err(|e| Error::io(&replaced, e))?;
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
+/// Swaps the staged directory in for `shard_dir` (closed by the caller): the old copy moves
+/// aside, the staged one takes its name, and the old one goes. Each step is durable, and
+/// [`finish_interrupted_install`] completes the swap after a crash at any point.
+pub(crate) fn swap_in(staging: &Path, shard_dir: &Path) -> Result<()> {
+    let replaced = replaced_dir(shard_dir);
+    let parent = shard_dir.parent().unwrap_or(Path::new("."));
+    let _ = fs::remove_dir_all(&replaced);
+    if shard_dir.exists() {
+        fs::rename(shard_dir, &replaced).map_err(|e| Error::io(shard_dir, e))?;
+        sync_dir(parent)?;
+    }
+    fs::rename(staging, shard_dir).map_err(|e| Error::io(staging, e))?;
+    sync_dir(parent)?;
+    let _ = fs::remove_file(shard_dir.join(STAGED));
+    if let Err(e) = fs::remove_dir_all(&replaced) {
+        tracing::warn!(path = %replaced.display(), error = %e, "removing the replaced shard copy failed; it goes at the next start");
+    }
+    Ok(())
+}
