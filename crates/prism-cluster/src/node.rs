@@ -42,7 +42,10 @@ fn group_of(group: Option<GroupId>) -> Result<GroupId, RpcError> {
 
 /// Validates `documents` and writes the valid ones durably.
 async fn index(collection: &Collection, documents: Vec<Json>) -> Reply {
-    let documents: Vec<Value> = documents.into_iter().map(Value::from).collect();
+    let documents = documents
+        .into_iter()
+        .map(Value::try_from)
+        .collect::<Result<Vec<Value>, RpcError>>()?;
     let batch = collection.prepare_upserts(documents);
     let successful = batch.ops.len() as u64;
     if !batch.ops.is_empty() {
@@ -76,7 +79,7 @@ fn serve(engine: &Engine, node_id: &str, envelope: Envelope) -> Reply {
         Request::Stats { search } => {
             let (stats, generation) = collection()?
                 .shard()
-                .term_statistics(&SearchRequest::from(search))?;
+                .term_statistics(&SearchRequest::try_from(search)?)?;
             Answer::Stats { stats, generation }
         }
         Request::Search {
@@ -84,7 +87,7 @@ fn serve(engine: &Engine, node_id: &str, envelope: Envelope) -> Reply {
             stats,
             windows,
         } => Answer::Hits(collection()?.shard().query_phase(
-            &SearchRequest::from(search),
+            &SearchRequest::try_from(search)?,
             stats.as_ref(),
             windows,
         )?),
@@ -93,10 +96,11 @@ fn serve(engine: &Engine, node_id: &str, envelope: Envelope) -> Reply {
             generation,
             docs,
         } => {
-            let hits =
-                collection()?
-                    .shard()
-                    .fetch(&SearchRequest::from(search), &generation, &docs)?;
+            let hits = collection()?.shard().fetch(
+                &SearchRequest::try_from(search)?,
+                &generation,
+                &docs,
+            )?;
             Answer::Fetched(hits.iter().map(Into::into).collect())
         }
         Request::Index { .. } => {

@@ -150,65 +150,154 @@ impl From<prism_core::Error> for RpcError {
 /// The reply to an [`Envelope`].
 pub type Reply = Result<Answer, RpcError>;
 
-/// A JSON value in a form postcard can carry (it cannot decode self-describing data).
+/// Deepest nesting of arrays and objects a [`Json`] may rebuild: serde_json's own limit when it
+/// parses a request, so anything that came in over HTTP fits.
+pub const MAX_JSON_DEPTH: usize = 128;
+
+/// A JSON value in a form postcard can carry (it cannot decode self-describing data): a flat
+/// tape of tokens in document order, so that decoding one never recurses, however deep a
+/// hostile peer nests it. Rebuilding the value checks the nesting ([`MAX_JSON_DEPTH`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Json {
+pub struct Json(Vec<Token>);
+
+/// One token of a [`Json`] tape. Containers give their length; an object's entries are each a
+/// `Key` followed by its value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Token {
     Null,
     Bool(bool),
     Int(i64),
     Uint(u64),
     Float(f64),
     String(String),
-    Array(Vec<Json>),
-    Object(Vec<(String, Json)>),
+    Array(u64),
+    Object(u64),
+    Key(String),
 }
 
 impl From<&Value> for Json {
     fn from(value: &Value) -> Json {
-        match value {
-            Value::Null => Json::Null,
-            Value::Bool(b) => Json::Bool(*b),
-            Value::Number(n) => match (n.as_i64(), n.as_u64()) {
-                (Some(i), _) => Json::Int(i),
-                (None, Some(u)) => Json::Uint(u),
-                _ => Json::Float(n.as_f64().unwrap_or_default()),
-            },
-            Value::String(s) => Json::String(s.clone()),
-            Value::Array(items) => Json::Array(items.iter().map(Json::from).collect()),
-            Value::Object(map) => Json::Object(
-                map.iter()
-                    .map(|(k, v)| (k.clone(), Json::from(v)))
-                    .collect(),
-            ),
+        fn push(value: &Value, tape: &mut Vec<Token>) {
+            match value {
+                Value::Null => tape.push(Token::Null),
+                Value::Bool(b) => tape.push(Token::Bool(*b)),
+                Value::Number(n) => tape.push(match (n.as_i64(), n.as_u64()) {
+                    (Some(i), _) => Token::Int(i),
+                    (None, Some(u)) => Token::Uint(u),
+                    _ => Token::Float(n.as_f64().unwrap_or_default()),
+                }),
+                Value::String(s) => tape.push(Token::String(s.clone())),
+                Value::Array(items) => {
+                    tape.push(Token::Array(items.len() as u64));
+                    items.iter().for_each(|item| push(item, tape));
+                }
+                Value::Object(map) => {
+                    tape.push(Token::Object(map.len() as u64));
+                    for (key, item) in map {
+                        tape.push(Token::Key(key.clone()));
+                        push(item, tape);
+                    }
+                }
+            }
+        }
+        let mut tape = Vec::new();
+        push(value, &mut tape);
+        Json(tape)
+    }
+}
+
+impl TryFrom<Json> for Value {
+    type Error = RpcError;
+
+    /// Rebuilds the value without recursion; a malformed tape or one nested deeper than
+    /// [`MAX_JSON_DEPTH`] is an invalid request.
+    fn try_from(json: Json) -> Result<Value, RpcError> {
+        enum Open {
+            Array(Vec<Value>, u64),
+            Object(Map<String, Value>, u64, Option<String>),
+        }
+        let bad = |why: &str| RpcError::InvalidRequest(format!("malformed JSON value: {why}"));
+        let mut stack: Vec<Open> = Vec::new();
+        let mut tokens = json.0.into_iter();
+        let mut done: Option<Value> = None;
+        loop {
+            // The next complete value, if this token finishes one.
+            let mut value = match tokens.next() {
+                None => break,
+                Some(_) if done.is_some() => return Err(bad("tokens after the value")),
+                Some(Token::Key(key)) => match stack.last_mut() {
+                    Some(Open::Object(_, _, pending @ None)) => {
+                        *pending = Some(key);
+                        continue;
+                    }
+                    _ => return Err(bad("a key outside an object")),
+                },
+                Some(Token::Array(_) | Token::Object(_)) if stack.len() >= MAX_JSON_DEPTH => {
+                    return Err(bad(&format!("nested deeper than {MAX_JSON_DEPTH} levels")));
+                }
+                Some(Token::Array(0)) => Value::Array(Vec::new()),
+                Some(Token::Object(0)) => Value::Object(Map::new()),
+                Some(Token::Array(len)) => {
+                    stack.push(Open::Array(Vec::new(), len));
+                    continue;
+                }
+                Some(Token::Object(len)) => {
+                    stack.push(Open::Object(Map::new(), len, None));
+                    continue;
+                }
+                Some(Token::Null) => Value::Null,
+                Some(Token::Bool(b)) => Value::Bool(b),
+                Some(Token::Int(i)) => Value::from(i),
+                Some(Token::Uint(u)) => Value::from(u),
+                Some(Token::Float(f)) => Number::from_f64(f).map_or(Value::Null, Value::Number),
+                Some(Token::String(s)) => Value::String(s),
+            };
+            // Put it into its container; a container it fills is itself complete.
+            loop {
+                match stack.last_mut() {
+                    None => {
+                        done = Some(value);
+                        break;
+                    }
+                    Some(Open::Array(items, len)) => {
+                        items.push(value);
+                        if (items.len() as u64) < *len {
+                            break;
+                        }
+                    }
+                    Some(Open::Object(map, len, pending)) => {
+                        let key = pending.take().ok_or_else(|| bad("a value without a key"))?;
+                        map.insert(key, value);
+                        if (map.len() as u64) < *len {
+                            break;
+                        }
+                    }
+                }
+                value = match stack.pop() {
+                    Some(Open::Array(items, _)) => Value::Array(items),
+                    Some(Open::Object(map, _, _)) => Value::Object(map),
+                    None => return Err(bad("a container closed twice")),
+                };
+            }
+        }
+        match (done, stack.is_empty()) {
+            (Some(value), true) => Ok(value),
+            _ => Err(bad("the value ends early")),
         }
     }
 }
 
-impl From<Json> for Value {
-    fn from(json: Json) -> Value {
-        match json {
-            Json::Null => Value::Null,
-            Json::Bool(b) => Value::Bool(b),
-            Json::Int(i) => Value::from(i),
-            Json::Uint(u) => Value::from(u),
-            Json::Float(f) => Number::from_f64(f).map_or(Value::Null, Value::Number),
-            Json::String(s) => Value::String(s),
-            Json::Array(items) => Value::Array(items.into_iter().map(Value::from).collect()),
-            Json::Object(entries) => Value::Object(object(entries)),
-        }
-    }
-}
-
-fn object(entries: Vec<(String, Json)>) -> Map<String, Value> {
-    entries
-        .into_iter()
-        .map(|(k, v)| (k, Value::from(v)))
-        .collect()
-}
-
+/// An object's entries as a tape each.
 fn entries(map: &Map<String, Value>) -> Vec<(String, Json)> {
     map.iter()
         .map(|(k, v)| (k.clone(), Json::from(v)))
+        .collect()
+}
+
+fn object(entries: Vec<(String, Json)>) -> Result<Map<String, Value>, RpcError> {
+    entries
+        .into_iter()
+        .map(|(k, v)| Ok((k, Value::try_from(v)?)))
         .collect()
 }
 
@@ -280,9 +369,11 @@ impl From<&SearchRequest> for WireSearch {
     }
 }
 
-impl From<WireSearch> for SearchRequest {
-    fn from(w: WireSearch) -> SearchRequest {
-        SearchRequest {
+impl TryFrom<WireSearch> for SearchRequest {
+    type Error = RpcError;
+
+    fn try_from(w: WireSearch) -> Result<SearchRequest, RpcError> {
+        Ok(SearchRequest {
             query: w.query,
             fields: w.fields,
             vector: w.vector.map(|(field, values)| match field {
@@ -303,7 +394,7 @@ impl From<WireSearch> for SearchRequest {
                 },
             }),
             rank_window_size: w.rank_window_size.map(|x| x as usize),
-            aggregations: w.aggregations.map(Value::from),
+            aggregations: w.aggregations.map(Value::try_from).transpose()?,
             highlight: w.highlight.map(|h| match h {
                 WireHighlight::Enabled(on) => HighlightRequest::Enabled(on),
                 WireHighlight::Fields { fields, max_chars } => HighlightRequest::Fields {
@@ -311,7 +402,7 @@ impl From<WireSearch> for SearchRequest {
                     max_chars: max_chars as usize,
                 },
             }),
-        }
+        })
     }
 }
 
@@ -335,14 +426,16 @@ impl From<&Hit> for WireHit {
     }
 }
 
-impl From<WireHit> for Hit {
-    fn from(w: WireHit) -> Hit {
-        Hit {
+impl TryFrom<WireHit> for Hit {
+    type Error = RpcError;
+
+    fn try_from(w: WireHit) -> Result<Hit, RpcError> {
+        Ok(Hit {
             id: w.id,
             score: w.score,
-            fields: object(w.fields),
-            highlights: w.highlights.map(object),
-        }
+            fields: object(w.fields)?,
+            highlights: w.highlights.map(object).transpose()?,
+        })
     }
 }
 
@@ -371,7 +464,7 @@ mod tests {
         for body in bodies {
             let request = SearchRequest::from_json(body.to_string().as_bytes()).unwrap();
             let wire = roundtrip(&WireSearch::from(&request));
-            assert_eq!(SearchRequest::from(wire), request, "{body}");
+            assert_eq!(SearchRequest::try_from(wire).unwrap(), request, "{body}");
         }
     }
 
@@ -379,10 +472,41 @@ mod tests {
     fn json_values_keep_their_types_and_key_order() {
         let value = json!({"z": 1, "a": [true, null, -3, 18446744073709551615u64, 2.5,
                            "s", {"nested": {"deep": []}}]});
-        let back = Value::from(roundtrip(&Json::from(&value)));
+        let back = Value::try_from(roundtrip(&Json::from(&value))).unwrap();
         assert_eq!(back, value);
         let keys: Vec<&String> = back.as_object().unwrap().keys().collect();
         assert_eq!(keys, ["z", "a"]);
+        for scalar in [json!(null), json!("s"), json!(-1), json!([]), json!({})] {
+            assert_eq!(Value::try_from(Json::from(&scalar)).unwrap(), scalar);
+        }
+    }
+
+    #[test]
+    fn a_hostile_tape_is_refused_without_recursing() {
+        // A million nested arrays decode (the tape is flat) and are refused by depth.
+        let deep = Json(vec![Token::Array(1); 1_000_000]);
+        let decoded: Json = roundtrip(&deep);
+        let refused = Value::try_from(decoded).unwrap_err();
+        assert!(
+            refused.to_string().contains("nested deeper than 128"),
+            "{refused}"
+        );
+        // 128 levels are fine.
+        let mut ok = vec![Token::Array(1); MAX_JSON_DEPTH];
+        ok.push(Token::Null);
+        assert!(Value::try_from(Json(ok)).is_ok());
+        for malformed in [
+            vec![Token::Array(2), Token::Null],
+            vec![Token::Object(1), Token::Null],
+            vec![Token::Key("k".into())],
+            vec![Token::Null, Token::Null],
+            vec![],
+        ] {
+            assert!(
+                Value::try_from(Json(malformed.clone())).is_err(),
+                "{malformed:?}"
+            );
+        }
     }
 
     #[test]

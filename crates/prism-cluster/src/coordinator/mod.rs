@@ -153,7 +153,7 @@ impl<N: Network> ShardClient for RpcShardClient<N> {
         };
         match self.send(node, group, request).await? {
             Answer::Fetched(hits) if hits.len() == docs.len() => {
-                Ok(hits.into_iter().map(Hit::from).collect())
+                hits.into_iter().map(Hit::try_from).collect()
             }
             Answer::Fetched(hits) => Err(RpcError::Internal(format!(
                 "asked for {} documents, got {}",
