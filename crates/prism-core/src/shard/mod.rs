@@ -192,15 +192,30 @@ pub fn content_hash(
     doc: &crate::schema::PreparedDoc,
     stored: &serde_json::Map<String, serde_json::Value>,
 ) -> u64 {
+    let serialized: Vec<(&str, String)> = stored
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.to_string()))
+        .collect();
+    let fields = serialized
+        .iter()
+        .map(|(name, json)| (*name, json.as_bytes()))
+        .collect();
+    hash_content(doc, fields)
+}
+
+/// [`content_hash`] from each stored field's compact JSON, as `_source` holds it.
+pub(crate) fn hash_content(
+    doc: &crate::schema::PreparedDoc,
+    mut fields: Vec<(&str, &[u8])>,
+) -> u64 {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     hasher.update(doc.id.as_bytes());
     hasher.update(&[0xff]);
-    let mut names: Vec<&String> = stored.keys().collect();
-    names.sort();
-    for name in names {
+    fields.sort_unstable_by_key(|(name, _)| *name);
+    for (name, json) in fields {
         hasher.update(name.as_bytes());
         hasher.update(&[0]);
-        hasher.update(stored[name].to_string().as_bytes());
+        hasher.update(json);
         hasher.update(&[0xff]);
     }
     let mut vectors: Vec<&(String, Vec<f32>)> = doc.vectors.iter().collect();

@@ -721,6 +721,14 @@ fn the_content_hash_covers_id_stored_fields_and_vectors() {
         base,
         hash(json!({"id":"a","fields":{"title":"x","year":1,"emb":[0,1,0,0]}}))
     );
+    // The column the writer fills holds exactly this hash: a one-document shard's checksum.
+    let dir = tempfile::tempdir().unwrap();
+    let shard = open(dir.path());
+    let doc =
+        json!({"id":"a","fields":{"title":"x \"quoted\" é","year":1,"tag":"t","emb":[1,0,0,0]}});
+    shard.write_blocking(vec![upsert(&s, doc.clone())]).unwrap();
+    shard.refresh_blocking().unwrap();
+    assert_eq!(shard.stats().content_checksum, Some(hash(doc)));
 }
 
 #[test]

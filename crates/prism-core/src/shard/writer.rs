@@ -630,13 +630,24 @@ fn build_document(shared: &Shared, key: u64, doc: &PreparedDoc) -> Result<Tantiv
     for (name, _) in &doc.vectors {
         out.add_text(fields.vectors, name);
     }
-    let mut stored = serde_json::Map::new();
+    // `_source` is the stored fields as one compact JSON object, written once; the content
+    // hash reads each field's value from it rather than serializing it again.
+    let mut source: Vec<u8> = Vec::with_capacity(256);
+    source.push(b'{');
+    let mut spans: Vec<(&str, std::ops::Range<usize>)> = Vec::new();
     for (name, value) in &doc.source {
         let Some(def) = shared.schema.fields.get(name) else {
             continue;
         };
         if def.stored {
-            stored.insert(name.clone(), value.clone());
+            if !spans.is_empty() {
+                source.push(b',');
+            }
+            serde_json::to_writer(&mut source, name).expect("JSON strings serialize");
+            source.push(b':');
+            let start = source.len();
+            serde_json::to_writer(&mut source, value).expect("JSON values serialize");
+            spans.push((name.as_str(), start..source.len()));
         }
         if let Some(&field) = fields.user.get(name) {
             add_values(&mut out, field, def.field_type, value).map_err(|message| {
@@ -647,13 +658,16 @@ fn build_document(shared: &Shared, key: u64, doc: &PreparedDoc) -> Result<Tantiv
             })?;
         }
     }
+    source.push(b'}');
     if let Some(field) = fields.content_hash {
-        out.add_u64(field, super::content_hash(doc, &stored));
+        let parts = spans
+            .iter()
+            .map(|(name, range)| (*name, &source[range.clone()]))
+            .collect();
+        out.add_u64(field, super::hash_content(doc, parts));
     }
-    out.add_text(
-        fields.source,
-        serde_json::to_string(&stored).expect("JSON map serializes"),
-    );
+    let source = String::from_utf8(source).expect("serde_json writes UTF-8");
+    out.add_text(fields.source, source);
     Ok(out)
 }
 
