@@ -3,7 +3,7 @@
 # (target/bench/venv), builds the release binaries once, and runs every benchmark. Tables go
 # to stdout and target/bench/report.md; JSON to target/bench/*.json.
 #   bench/run.sh                 # everything
-#   bench/run.sh vector          # one benchmark (ingest, text, vector, relevance, restart)
+#   bench/run.sh vector          # one benchmark (ingest, text, vector, relevance, restart, federated, serve)
 #   bench/run.sh all --smoke     # tiny data, about 30 s
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

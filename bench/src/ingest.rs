@@ -52,6 +52,7 @@ pub fn run(original: &Corpus, min_docs: usize) -> Result<(Table, Value)> {
             "fields",
             "docs/s",
             "vs raw tantivy",
+            "server CPU µs/doc",
             "peak RSS",
             "data on disk",
         ],
@@ -63,6 +64,7 @@ pub fn run(original: &Corpus, min_docs: usize) -> Result<(Table, Value)> {
         "1.00x".into(),
         "-".into(),
         "-".into(),
+        "-".into(),
     ]);
     for with_vectors in [false, true] {
         // Vectors go in once: HNSW inserts make the replicated corpus needlessly slow.
@@ -70,7 +72,10 @@ pub fn run(original: &Corpus, min_docs: usize) -> Result<(Table, Value)> {
         let dir = tempfile::tempdir()?;
         let server = Server::start(&dir.path().join("data"), &[]);
         http::create_collection(&server, "ingest", corpus.dim, with_vectors, 64)?;
+        let cpu_before = crate::serve::server_cpu(&server)?;
         let wall = http::bulk_load(&server, "ingest", corpus, with_vectors, 1000, 2)?;
+        let cpu_us = (crate::serve::server_cpu(&server)? - cpu_before).as_secs_f64() * 1e6
+            / corpus.docs.len() as f64;
         let rate = corpus.docs.len() as f64 / wall.as_secs_f64();
         let rss = server.peak_rss_bytes().unwrap_or(0);
         let size = prism_core::shard::dir_size(&dir.path().join("data"));
@@ -88,10 +93,11 @@ pub fn run(original: &Corpus, min_docs: usize) -> Result<(Table, Value)> {
             } else {
                 ratio(rate, raw)
             },
+            f(cpu_us, 1),
             mib(rss),
             mib(size),
         ]);
-        results.push(json!({"fields": fields, "docs_per_sec": rate, "peak_rss_bytes": rss, "disk_bytes": size, "ratio_vs_raw_tantivy": if with_vectors { Value::Null } else { json!(rate / raw) }}));
+        results.push(json!({"fields": fields, "docs_per_sec": rate, "server_cpu_us_per_doc": cpu_us, "peak_rss_bytes": rss, "disk_bytes": size, "ratio_vs_raw_tantivy": if with_vectors { Value::Null } else { json!(rate / raw) }}));
     }
     Ok((
         table,

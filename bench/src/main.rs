@@ -14,6 +14,7 @@ mod python;
 mod relevance;
 mod report;
 mod restart;
+mod serve;
 mod text;
 mod vector;
 
@@ -34,6 +35,8 @@ enum Bench {
     Relevance,
     Restart,
     Federated,
+    /// Server CPU per query and per ingested document (utime + stime of the server).
+    Serve,
 }
 
 #[derive(Debug, Parser)]
@@ -268,6 +271,18 @@ fn run(args: Args) -> Result<()> {
             "Federated search",
             &corpus,
             federated::run,
+        )?;
+    }
+    if wants(Bench::Serve) {
+        let smoke = ctx.smoke;
+        record(
+            &mut tables,
+            &mut summary,
+            &out,
+            "serve",
+            "Server CPU per operation",
+            &corpus,
+            |c| serve::run(c, smoke),
         )?;
     }
     if !memory.rows.is_empty() {

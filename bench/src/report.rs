@@ -64,7 +64,7 @@ pub fn write_json(out: &Path, name: &str, value: &Value) -> anyhow::Result<()> {
 }
 
 /// Latency summary of a run of timed operations.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct Latency {
     pub count: usize,
     pub qps: f64,

@@ -70,9 +70,13 @@ pub fn run(corpus: &Corpus) -> Result<(Table, Value)> {
     http::run_queries(&server, "/collections/text/search", &bodies, 2)?;
     let mut prism = Vec::new();
     let mut floor = Vec::new();
+    let mut cpu_us = Vec::new();
     let health: Vec<Value> = vec![Value::Null; bodies.len()];
     for clients in [1, 2] {
+        let before = crate::serve::server_cpu(&server)?;
         prism.push(http::run_queries(&server, "/collections/text/search", &bodies, clients)?.0);
+        let cpu = crate::serve::server_cpu(&server)? - before;
+        cpu_us.push(cpu.as_secs_f64() * 1e6 / bodies.len() as f64);
         // The cost of HTTP itself: the same client fetching a route that does no work.
         floor.push(http::run_queries(&server, "/health", &health, clients)?.0);
     }
@@ -95,6 +99,7 @@ pub fn run(corpus: &Corpus) -> Result<(Table, Value)> {
             "prism HTTP QPS",
             "p50 ms",
             "p99 ms",
+            "server CPU µs/query",
             "raw tantivy QPS",
             "p50 ms",
             "p99 ms",
@@ -110,13 +115,14 @@ pub fn run(corpus: &Corpus) -> Result<(Table, Value)> {
             f(p.qps, 0),
             f(p.p50_ms, 3),
             f(p.p99_ms, 3),
+            f(cpu_us[i], 0),
             f(r.qps, 0),
             f(r.p50_ms, 3),
             f(r.p99_ms, 3),
             ratio(p.qps, r.qps),
             f(floor[i].qps, 0),
         ]);
-        rows.push(json!({"concurrency": clients, "prism_http": p, "raw_tantivy": r, "qps_ratio": p.qps / r.qps, "http_floor": floor[i]}));
+        rows.push(json!({"concurrency": clients, "prism_http": p, "server_cpu_us": cpu_us[i], "raw_tantivy": r, "qps_ratio": p.qps / r.qps, "http_floor": floor[i]}));
     }
     Ok((
         table,

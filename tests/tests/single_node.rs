@@ -695,6 +695,7 @@ fn benchmark_smoke_run_produces_every_table() {
         "### Vector search",
         "### Relevance",
         "### Restart",
+        "### Server CPU per operation",
         "### Memory",
     ] {
         assert!(stdout.contains(title), "missing table {title}:\n{stdout}");
@@ -714,4 +715,12 @@ fn benchmark_smoke_run_produces_every_table() {
         "{vector}"
     );
     assert_eq!(read("restart")["docs"], 3000);
+    // Ingest, the no-op floor, three text, three vector and three hybrid workloads.
+    let serve = read("serve");
+    assert_eq!(serve["rows"].as_array().map(Vec::len), Some(10), "{serve}");
+    assert!(serve["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["server_cpu_us"].as_f64().is_some()));
 }
