@@ -30,6 +30,21 @@ pub mod internal {
     /// `shard::content_hash` of the document (id, stored fields, vectors): summed over the
     /// live documents it gives the shard's content checksum.
     pub const CONTENT_HASH: &str = "_hash";
+    /// The stored vector fields as written (postcard of `(field, f32 values)` pairs), for GET:
+    /// the HNSW index holds a cosine field's vectors unit-normalized.
+    pub const RAW_VECTORS: &str = "_rawvec";
+}
+
+/// The tantivy schemas shards were created with, newest first. A tantivy index cannot gain a
+/// field, so a shard keeps the generation it was created with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaGeneration {
+    /// With `_idhash`, `_hash` and `_rawvec`.
+    Current,
+    /// Before `_rawvec`: vectors are read from the HNSW index, which holds them as written.
+    BeforeRawVectors,
+    /// Before `_idhash` and `_hash` as well.
+    BeforeIdHash,
 }
 
 /// The type of a field.
@@ -303,19 +318,22 @@ impl CollectionSchema {
             .collect()
     }
 
-    /// The tantivy schema this collection's shards use.
+    /// The tantivy schema this collection's new shards use.
     pub fn tantivy_schema(&self) -> Schema {
-        self.tantivy_schema_with(true)
+        self.tantivy_schema_of(SchemaGeneration::Current)
     }
 
     /// The tantivy schema of shards made before the `_idhash` and `_hash` columns existed.
     /// Such an index still opens and ranks alike (it hashes `_id` when it needs a tie-break);
     /// it reports no content checksum.
     pub fn tantivy_schema_before_id_hash(&self) -> Schema {
-        self.tantivy_schema_with(false)
+        self.tantivy_schema_of(SchemaGeneration::BeforeIdHash)
     }
 
-    fn tantivy_schema_with(&self, id_hash: bool) -> Schema {
+    /// The tantivy schema of one generation of shards.
+    pub fn tantivy_schema_of(&self, generation: SchemaGeneration) -> Schema {
+        let id_hash = generation != SchemaGeneration::BeforeIdHash;
+        let raw_vectors = generation == SchemaGeneration::Current;
         let mut b = Schema::builder();
         b.add_text_field(internal::ID, STRING | STORED | FAST);
         b.add_u64_field(internal::KEY, INDEXED | FAST);
@@ -324,6 +342,9 @@ impl CollectionSchema {
         if id_hash {
             b.add_u64_field(internal::ID_HASH, FAST);
             b.add_u64_field(internal::CONTENT_HASH, FAST);
+        }
+        if raw_vectors {
+            b.add_bytes_field(internal::RAW_VECTORS, STORED);
         }
         for (name, def) in &self.fields {
             match def.field_type {

@@ -25,6 +25,10 @@ use crate::schema::{Distance, VectorParams};
 pub struct VectorIndex {
     params: VectorParams,
     index: Index,
+    /// A cosine field's index built with usearch's inner product: vectors go in, and queries
+    /// are searched, unit-normalized, one dot product per candidate against the cosine
+    /// kernel's three. Indexes built with usearch's cosine metric hold vectors as written.
+    normalize: bool,
     /// Slots in use: adds less removals (usearch reuses removed slots).
     slots: AtomicUsize,
     structure: RwLock<()>,
@@ -70,14 +74,10 @@ fn context_count() -> usize {
     (cores * 2).max(4)
 }
 
-fn options(params: &VectorParams) -> IndexOptions {
+fn options(params: &VectorParams, metric: MetricKind) -> IndexOptions {
     IndexOptions {
         dimensions: params.dimension,
-        metric: match params.distance {
-            Distance::Cosine => MetricKind::Cos,
-            Distance::Dot => MetricKind::IP,
-            Distance::L2 => MetricKind::L2sq,
-        },
+        metric,
         quantization: ScalarKind::F32,
         connectivity: params.m,
         expansion_add: params.ef_construction,
@@ -97,6 +97,7 @@ impl VectorIndex {
             .reserve_capacity_and_threads((slots * 2).max(1024), contexts)
             .map_err(vector_err)?;
         Ok(VectorIndex {
+            normalize: params.distance == Distance::Cosine && index.metric_kind() == MetricKind::IP,
             params,
             index,
             slots: AtomicUsize::new(slots),
@@ -106,9 +107,26 @@ impl VectorIndex {
         })
     }
 
-    /// Creates an empty index.
+    /// Creates an empty index. A cosine field's is searched with inner product over
+    /// unit-normalized vectors, so [`VectorIndex::get`] returns those, not what was written.
     pub fn new(params: VectorParams) -> Result<Self> {
-        let index = Index::new(&options(&params)).map_err(vector_err)?;
+        let metric = match params.distance {
+            Distance::Cosine | Distance::Dot => MetricKind::IP,
+            Distance::L2 => MetricKind::L2sq,
+        };
+        let index = Index::new(&options(&params, metric)).map_err(vector_err)?;
+        Self::with_index(params, index, 0)
+    }
+
+    /// Creates an empty index that holds vectors as written (usearch's cosine metric for a
+    /// cosine field), for shards whose text index keeps no raw vectors.
+    pub fn new_as_written(params: VectorParams) -> Result<Self> {
+        let metric = match params.distance {
+            Distance::Cosine => MetricKind::Cos,
+            Distance::Dot => MetricKind::IP,
+            Distance::L2 => MetricKind::L2sq,
+        };
+        let index = Index::new(&options(&params, metric)).map_err(vector_err)?;
         Self::with_index(params, index, 0)
     }
 
@@ -125,7 +143,22 @@ impl VectorIndex {
                 ),
             });
         }
-        let index = Index::new(&options(&params)).map_err(vector_err)?;
+        // The metric the file was built with decides how its vectors are held.
+        let compatible = match params.distance {
+            Distance::Cosine => matches!(meta.metric, MetricKind::Cos | MetricKind::IP),
+            Distance::Dot => meta.metric == MetricKind::IP,
+            Distance::L2 => meta.metric == MetricKind::L2sq,
+        };
+        if !compatible {
+            return Err(Error::Corrupt {
+                path: path.to_path_buf(),
+                message: format!(
+                    "vector index was built for another distance than the schema's {:?}",
+                    params.distance
+                ),
+            });
+        }
+        let index = Index::new(&options(&params, meta.metric)).map_err(vector_err)?;
         index.load(&path_str).map_err(vector_err)?;
         index.change_expansion_search(params.ef_search);
         let slots = (meta.count_present + meta.count_deleted) as usize;
@@ -189,9 +222,27 @@ impl VectorIndex {
                     .map_err(vector_err)?;
             }
         }
+        let vector = self.prepared(vector);
         let _shared = self.structure.read();
         let _context = self.contexts.acquire();
-        self.index.add(key, vector).map_err(vector_err)
+        self.index.add(key, &vector).map_err(vector_err)
+    }
+
+    /// Whether this index holds a cosine field's vectors unit-normalized.
+    pub fn normalizes(&self) -> bool {
+        self.normalize
+    }
+
+    /// `vector` as this index holds and searches it. A zero vector stays as it is.
+    fn prepared<'a>(&self, vector: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+        if !self.normalize {
+            return std::borrow::Cow::Borrowed(vector);
+        }
+        let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if norm == 0.0 || !norm.is_finite() || norm == 1.0 {
+            return std::borrow::Cow::Borrowed(vector);
+        }
+        std::borrow::Cow::Owned(vector.iter().map(|x| x / norm).collect())
     }
 
     /// Tombstones `keys`; missing keys are not an error.
@@ -213,7 +264,7 @@ impl VectorIndex {
         self.remove_many(&[key])
     }
 
-    /// The stored vector of `key`.
+    /// The vector of `key` as the index holds it: unit-normalized when [`Self::normalizes`].
     pub fn get(&self, key: u64) -> Option<Vec<f32>> {
         let _shared = self.structure.read();
         self.get_unlocked(key)
@@ -266,6 +317,8 @@ impl VectorIndex {
             return Ok(Vec::new());
         }
         let _context = self.contexts.acquire();
+        let query = self.prepared(query);
+        let query = query.as_ref();
         let fetch = k + k / 4 + 4;
         let plain = self.index.search(query, fetch).map_err(vector_err)?;
         let exhausted = plain.keys.len() < fetch;
@@ -384,6 +437,64 @@ mod tests {
         );
         assert_eq!(idx.get(10), None);
         assert_eq!(idx.get(11), Some(vec![11.0, 0.0, 0.0, 1.0]));
+    }
+
+    #[test]
+    fn cosine_fields_search_unit_vectors_with_inner_product() {
+        let idx = VectorIndex::new(params(Distance::Cosine)).unwrap();
+        assert!(idx.normalizes());
+        idx.add(1, &[3.0, 4.0, 0.0, 0.0]).unwrap();
+        idx.add(2, &[0.0, 0.0, 5.0, 0.0]).unwrap();
+        idx.add(3, &[0.0, 0.0, 0.0, 0.0]).unwrap();
+        let hits = idx.search(&[6.0, 8.0, 0.0, 0.0], 3, |_| true).unwrap();
+        assert_eq!(hits[0].0, 1);
+        assert!(
+            hits[0].1.abs() < 1e-6,
+            "same direction: distance 0, {hits:?}"
+        );
+        assert!(
+            (hits[1].1 - 1.0).abs() < 1e-6,
+            "orthogonal: distance 1, {hits:?}"
+        );
+        // The exact path gives the graph's distances.
+        let exact = idx.exact_search(&[6.0, 8.0, 0.0, 0.0], 2, [(1, 1), (2, 2)].into_iter());
+        assert_eq!(exact[0].0, 1);
+        assert!((exact[0].1 - hits[0].1).abs() < 1e-6);
+        assert_eq!(idx.get(1), Some(vec![0.6, 0.8, 0.0, 0.0]));
+        // Saved and loaded, it still normalizes.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ip.usearch");
+        idx.save(&path).unwrap();
+        let back = VectorIndex::load(params(Distance::Cosine), &path).unwrap();
+        assert!(back.normalizes());
+        back.add(4, &[0.0, 2.0, 0.0, 0.0]).unwrap();
+        assert_eq!(back.get(4), Some(vec![0.0, 1.0, 0.0, 0.0]));
+    }
+
+    #[test]
+    fn a_cosine_index_of_usearchs_cosine_metric_keeps_vectors_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.usearch");
+        let cosine = params(Distance::Cosine);
+        let old = VectorIndex::new_as_written(cosine).unwrap();
+        assert!(!old.normalizes());
+        old.add(1, &[3.0, 4.0, 0.0, 0.0]).unwrap();
+        old.add(2, &[0.0, 0.0, 5.0, 0.0]).unwrap();
+        old.save(&path).unwrap();
+        let back = VectorIndex::load(cosine, &path).unwrap();
+        assert!(!back.normalizes());
+        back.add(3, &[0.0, 10.0, 0.0, 0.0]).unwrap();
+        assert_eq!(back.get(3), Some(vec![0.0, 10.0, 0.0, 0.0]));
+        let hits = back.search(&[6.0, 8.0, 0.0, 0.0], 3, |_| true).unwrap();
+        assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), vec![1, 3, 2]);
+        assert!((hits[1].1 - 0.2).abs() < 1e-5, "cos = 0.8: {hits:?}");
+        // A file of another distance is refused.
+        let l2 = dir.path().join("l2.usearch");
+        let other = VectorIndex::new(params(Distance::L2)).unwrap();
+        other.add(1, &[1.0, 0.0, 0.0, 0.0]).unwrap();
+        other.save(&l2).unwrap();
+        let refused = VectorIndex::load(cosine, &l2).err().expect("refused");
+        assert_eq!(refused.code(), "corrupt_data");
     }
 
     #[test]

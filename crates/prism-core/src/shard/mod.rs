@@ -33,7 +33,7 @@ pub use self::ops::{version_key, Op, MAX_OPS_PER_ENTRY};
 use self::query::LiveKeys;
 use crate::error::{Error, Result};
 use crate::log::LogId;
-use crate::schema::{internal, CollectionSchema, PreparedDoc};
+use crate::schema::{internal, CollectionSchema, PreparedDoc, SchemaGeneration};
 use crate::search::plan::ShardWindows;
 use crate::search::{DocRef, Hit, SearchRequest, SearchResponse, ShardHits};
 use crate::stats::TermStatistics;
@@ -85,6 +85,9 @@ pub(crate) struct Fields {
     pub id_hash: Option<Field>,
     /// `None` in an index made before the `_hash` column existed.
     pub content_hash: Option<Field>,
+    /// `_rawvec`, absent from shards created before it: their HNSW indexes hold vectors as
+    /// written, and GET reads them there.
+    pub raw_vectors: Option<Field>,
     pub user: HashMap<String, Field>,
 }
 
@@ -480,22 +483,32 @@ fn content_checksum(searcher: &tantivy::Searcher) -> Option<u64> {
 
 /// Opens the shard's tantivy index, creating it with the current schema if there is none.
 ///
-/// A tantivy index cannot gain a field, so an index created before the `_idhash` column
-/// existed keeps its schema: it is accepted as it is (the current schema without `_idhash`),
-/// and ranking hashes `_id` instead of reading the column, so it ranks exactly as a new
-/// index, only slower on queries with many ties. Refusing it would break the promise that a
-/// data directory that opened once always opens again. Any other difference is refused.
+/// A tantivy index cannot gain a field, so an index of an older [`SchemaGeneration`] keeps its
+/// schema and is accepted as it is. Before `_idhash`, ranking hashes `_id` instead of reading
+/// the column, so it ranks exactly as a new index, only slower on queries with many ties;
+/// before `_rawvec`, GET reads vectors from the HNSW index, which then holds them as written.
+/// Refusing such an index would break the promise that a data directory that opened once
+/// always opens again. Any other difference is refused.
 pub(crate) fn open_index(directory: MmapDirectory, schema: &CollectionSchema) -> Result<Index> {
     match Index::open_or_create(directory.clone(), schema.tantivy_schema()) {
         Err(TantivyError::SchemaError(message)) => {
             let index = Index::open(directory)?;
-            if index.schema() != schema.tantivy_schema_before_id_hash() {
+            let older = [
+                SchemaGeneration::BeforeRawVectors,
+                SchemaGeneration::BeforeIdHash,
+            ];
+            let Some(generation) = older
+                .into_iter()
+                .find(|g| index.schema() == schema.tantivy_schema_of(*g))
+            else {
                 return Err(TantivyError::SchemaError(message).into());
+            };
+            if generation == SchemaGeneration::BeforeIdHash {
+                tracing::warn!(
+                    collection = %schema.name,
+                    "this shard's text index predates the _idhash column: ties are ranked by hashing _id at query time, slower on queries with many ties; re-create the collection to add the column"
+                );
             }
-            tracing::warn!(
-                collection = %schema.name,
-                "this shard's text index predates the _idhash column: ties are ranked by hashing _id at query time, slower on queries with many ties; re-create the collection to add the column"
-            );
             Ok(index)
         }
         other => Ok(other?),
@@ -515,6 +528,7 @@ pub(crate) fn resolve_fields(schema: &tantivy::schema::Schema, user: &Collection
         source: get(internal::SOURCE),
         id_hash: schema.get_field(internal::ID_HASH).ok(),
         content_hash: schema.get_field(internal::CONTENT_HASH).ok(),
+        raw_vectors: schema.get_field(internal::RAW_VECTORS).ok(),
         user: user
             .fields
             .keys()

@@ -767,3 +767,53 @@ fn recovery_applies_committed_entries_only() {
         .collect();
     assert_eq!(found, [true, true, true, false, false]);
 }
+
+#[test]
+fn get_returns_stored_vectors_as_written_while_the_index_holds_them_normalized() {
+    let s = schema();
+    let dir = tempfile::tempdir().unwrap();
+    let shard = open(dir.path());
+    let doc = json!({"id": "v", "fields": {"title": "t", "emb": [3.0, 4.0, 0.1, 0]}});
+    shard.write_blocking(vec![upsert(&s, doc)]).unwrap();
+    let written: Vec<f32> = vec![3.0, 4.0, 0.1, 0.0];
+    let as_json = serde_json::to_value(&written).unwrap();
+    // From the overlay before a refresh, and from the text index after one and a restart.
+    assert_eq!(shard.get("v").unwrap().unwrap().fields["emb"], as_json);
+    shard.refresh_blocking().unwrap();
+    assert_eq!(shard.get("v").unwrap().unwrap().fields["emb"], as_json);
+    assert!(shard.vector_index("emb").unwrap().normalizes());
+    shard.close().unwrap();
+    drop(shard);
+    let shard = open(dir.path());
+    assert_eq!(shard.get("v").unwrap().unwrap().fields["emb"], as_json);
+    let found = shard
+        .search(&request(json!({"vector": [30, 40, 1, 0], "limit": 1})))
+        .unwrap();
+    assert_eq!(found.results[0].id, "v");
+    assert!((found.results[0].score - 1.0).abs() < 1e-5);
+}
+
+#[test]
+fn a_shard_from_before_raw_vectors_keeps_its_vectors_as_written() {
+    use crate::schema::SchemaGeneration;
+    let s = schema();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("index")).unwrap();
+    tantivy::Index::create_in_dir(
+        dir.path().join("index"),
+        s.tantivy_schema_of(SchemaGeneration::BeforeRawVectors),
+    )
+    .unwrap();
+    let shard = open(dir.path());
+    assert!(shard.shared.fields.raw_vectors.is_none());
+    assert!(!shard.vector_index("emb").unwrap().normalizes());
+    let doc = json!({"id": "v", "fields": {"title": "t", "emb": [3.0, 4.0, 0.1, 0]}});
+    shard.write_blocking(vec![upsert(&s, doc)]).unwrap();
+    shard.refresh_blocking().unwrap();
+    let written = serde_json::to_value(vec![3.0f32, 4.0, 0.1, 0.0]).unwrap();
+    assert_eq!(shard.get("v").unwrap().unwrap().fields["emb"], written);
+    let found = shard
+        .search(&request(json!({"vector": [30, 40, 1, 0], "limit": 1})))
+        .unwrap();
+    assert!((found.results[0].score - 1.0).abs() < 1e-5);
+}

@@ -134,7 +134,14 @@ pub(crate) fn recover(
         keys: vector_keys,
         checkpoint: vector_checkpoint,
         files: vector_files,
-    } = load_vectors(dir, &schema)?;
+    } = load_vectors(
+        dir,
+        &schema,
+        index
+            .schema()
+            .get_field(crate::schema::internal::RAW_VECTORS)
+            .is_err(),
+    )?;
     let (log, recovery) = ShardLog::open(
         &dir.join("log"),
         OpenOptions {
@@ -271,7 +278,16 @@ struct LoadedVectors {
 }
 
 /// Reads `vectors/CHECKPOINT` (`<applied index> <directory>`) and loads that checkpoint.
-fn load_vectors(dir: &Path, schema: &CollectionSchema) -> Result<LoadedVectors> {
+/// `as_written`: the text index keeps no raw vectors (an older shard), so new indexes must
+/// hold vectors as written for GET.
+fn load_vectors(dir: &Path, schema: &CollectionSchema, as_written: bool) -> Result<LoadedVectors> {
+    let fresh = |p| {
+        if as_written {
+            VectorIndex::new_as_written(p)
+        } else {
+            VectorIndex::new(p)
+        }
+    };
     let params: Vec<_> = schema
         .vector_fields()
         .map(|(n, p)| (n.to_string(), p))
@@ -307,7 +323,7 @@ fn load_vectors(dir: &Path, schema: &CollectionSchema) -> Result<LoadedVectors> 
     let mut indexes = BTreeMap::new();
     let Some(files) = files else {
         for (name, p) in params {
-            indexes.insert(name, VectorIndex::new(p)?);
+            indexes.insert(name, fresh(p)?);
         }
         return Ok(LoadedVectors {
             indexes,
@@ -323,7 +339,7 @@ fn load_vectors(dir: &Path, schema: &CollectionSchema) -> Result<LoadedVectors> 
             VectorIndex::load(p, &path)?
         } else {
             // A field added after this checkpoint: it starts empty.
-            VectorIndex::new(p)?
+            fresh(p)?
         };
         indexes.insert(name, index);
     }
@@ -659,6 +675,19 @@ fn build_document(shared: &Shared, key: u64, doc: &PreparedDoc) -> Result<Tantiv
         }
     }
     source.push(b'}');
+    if let Some(field) = fields.raw_vectors {
+        let stored: Vec<&(String, Vec<f32>)> = doc
+            .vectors
+            .iter()
+            .filter(|(name, _)| shared.schema.fields.get(name).is_some_and(|d| d.stored))
+            .collect();
+        if !stored.is_empty() {
+            out.add_bytes(
+                field,
+                &postcard::to_stdvec(&stored).expect("vectors serialize"),
+            );
+        }
+    }
     if let Some(field) = fields.content_hash {
         let parts = spans
             .iter()
