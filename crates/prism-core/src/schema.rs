@@ -30,7 +30,7 @@ pub mod internal {
     /// `shard::content_hash` of the document (id, stored fields, vectors): summed over the
     /// live documents it gives the shard's content checksum.
     pub const CONTENT_HASH: &str = "_hash";
-    /// The stored vector fields as written (postcard of `(field, f32 values)` pairs), for GET:
+    /// The document's vectors as written (postcard of `(field, f32 values)` pairs), for GET:
     /// the HNSW index holds a cosine field's vectors unit-normalized.
     pub const RAW_VECTORS: &str = "_rawvec";
 }

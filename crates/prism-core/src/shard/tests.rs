@@ -817,3 +817,20 @@ fn a_shard_from_before_raw_vectors_keeps_its_vectors_as_written() {
         .unwrap();
     assert!((found.results[0].score - 1.0).abs() < 1e-5);
 }
+
+#[test]
+fn get_returns_an_unstored_vector_field_as_written_too() {
+    let s = Arc::new(
+        CollectionSchema::from_json(
+            br#"{"name":"u","fields":{"title":{"type":"text"},
+            "emb":{"type":"vector","dimension":2,"distance":"cosine","stored":false}}}"#,
+        )
+        .unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let shard = Shard::open(dir.path(), s.clone(), ShardConfig::default()).unwrap();
+    let doc = json!({"id": "a", "fields": {"title": "t", "emb": [3, 4]}});
+    shard.write_blocking(vec![upsert(&s, doc)]).unwrap();
+    shard.refresh_blocking().unwrap();
+    assert_eq!(shard.get("a").unwrap().unwrap().fields["emb"], json!([3.0, 4.0]));
+}

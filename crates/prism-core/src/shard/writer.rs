@@ -675,18 +675,12 @@ fn build_document(shared: &Shared, key: u64, doc: &PreparedDoc) -> Result<Tantiv
         }
     }
     source.push(b'}');
-    if let Some(field) = fields.raw_vectors {
-        let stored: Vec<&(String, Vec<f32>)> = doc
-            .vectors
-            .iter()
-            .filter(|(name, _)| shared.schema.fields.get(name).is_some_and(|d| d.stored))
-            .collect();
-        if !stored.is_empty() {
-            out.add_bytes(
-                field,
-                &postcard::to_stdvec(&stored).expect("vectors serialize"),
-            );
-        }
+    // Every vector as written, for GET, which returns vector fields whatever `stored` says.
+    if let (Some(field), false) = (fields.raw_vectors, doc.vectors.is_empty()) {
+        out.add_bytes(
+            field,
+            &postcard::to_stdvec(&doc.vectors).expect("vectors serialize"),
+        );
     }
     if let Some(field) = fields.content_hash {
         let parts = spans
