@@ -69,12 +69,7 @@ fn a_snapshot_installed_on_another_node_holds_the_same_content_and_takes_writes(
     let b = engine(b_dir.path());
     write(&b, 1000, 1010, "other");
     let target = snap.path().join("s1");
-    let manifest = a
-        .collection("docs")
-        .unwrap()
-        .shard()
-        .build_snapshot(&target)
-        .unwrap();
+    let manifest = snapshot(&a, &target);
     let applied = a
         .collection("docs")
         .unwrap()
@@ -136,6 +131,12 @@ fn a_snapshot_installed_on_another_node_holds_the_same_content_and_takes_writes(
     assert_eq!(leftovers, ["0"], "no staging or replaced copy is left");
 }
 
+/// Builds a snapshot of `engine`'s collection in `target`.
+fn snapshot(engine: &Engine, target: &Path) -> snapshot::SnapshotManifest {
+    let collection = engine.collection("docs").unwrap();
+    collection.shard().build_snapshot(target).unwrap()
+}
+
 fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
@@ -149,12 +150,7 @@ fn a_damaged_or_foreign_snapshot_is_refused_and_changes_nothing() {
     write(&b, 0, 10, "other");
     let before = checksum(&b);
     let target = snap.path().join("s");
-    let manifest = a
-        .collection("docs")
-        .unwrap()
-        .shard()
-        .build_snapshot(&target)
-        .unwrap();
+    let manifest = snapshot(&a, &target);
 
     // A flipped byte in the largest file.
     let largest = manifest.files.iter().max_by_key(|f| f.bytes).unwrap();
@@ -215,11 +211,7 @@ fn searches_keep_answering_while_a_snapshot_is_installed() {
     let b = Arc::new(engine(b_dir.path()));
     write(&b, 0, 200, "beta");
     let target = snap.path().join("s");
-    a.collection("docs")
-        .unwrap()
-        .shard()
-        .build_snapshot(&target)
-        .unwrap();
+    snapshot(&a, &target);
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicU64::new(0));
     let searchers: Vec<_> = (0..2)
@@ -260,12 +252,7 @@ fn an_install_interrupted_by_a_crash_completes_or_undoes_at_the_next_open() {
     let a = engine(a_dir.path());
     write(&a, 0, 50, "alpha");
     let target = snap.path().join("s");
-    let manifest = a
-        .collection("docs")
-        .unwrap()
-        .shard()
-        .build_snapshot(&target)
-        .unwrap();
+    let manifest = snapshot(&a, &target);
     let b = engine(b_dir.path());
     write(&b, 0, 5, "beta");
     let old = checksum(&b);

@@ -31,6 +31,16 @@ fn ids(resp: &SearchResponse) -> Vec<String> {
     resp.results.iter().map(|h| h.id.clone()).collect()
 }
 
+/// The page `r` asks for of ids in rank order.
+fn page_of(ranked: &[String], r: &SearchRequest) -> Vec<String> {
+    ranked
+        .iter()
+        .skip(r.offset)
+        .take(r.limit)
+        .cloned()
+        .collect()
+}
+
 fn request(body: serde_json::Value) -> SearchRequest {
     SearchRequest::from_json(body.to_string().as_bytes()).unwrap()
 }
@@ -475,12 +485,7 @@ fn equal_scores_rank_by_id_hash_whatever_the_indexing_order() {
     let check = |shard: &Shard, what: &str| {
         for r in tied_requests(N) {
             let got = shard.search(&r).unwrap();
-            let want: Vec<String> = expected
-                .iter()
-                .skip(r.offset)
-                .take(r.limit)
-                .cloned()
-                .collect();
+            let want = page_of(&expected, &r);
             assert_eq!(ids(&got), want, "{what}: {r:?}");
             assert!(
                 got.results.windows(2).all(|w| w[0].score == w[1].score),
@@ -598,12 +603,7 @@ fn an_index_made_before_the_id_hash_column_opens_and_ranks_alike() {
     }
     let expected = ids_by_hash(N);
     for r in tied_requests(N) {
-        let want: Vec<String> = expected
-            .iter()
-            .skip(r.offset)
-            .take(r.limit)
-            .cloned()
-            .collect();
+        let want = page_of(&expected, &r);
         assert_eq!(ids(&legacy.search(&r).unwrap()), want, "legacy: {r:?}");
         assert_eq!(ids(&current.search(&r).unwrap()), want, "current: {r:?}");
         let windows = SearchPlan::new(&r, 3, 1.0).windows;
@@ -832,5 +832,8 @@ fn get_returns_an_unstored_vector_field_as_written_too() {
     let doc = json!({"id": "a", "fields": {"title": "t", "emb": [3, 4]}});
     shard.write_blocking(vec![upsert(&s, doc)]).unwrap();
     shard.refresh_blocking().unwrap();
-    assert_eq!(shard.get("a").unwrap().unwrap().fields["emb"], json!([3.0, 4.0]));
+    assert_eq!(
+        shard.get("a").unwrap().unwrap().fields["emb"],
+        json!([3.0, 4.0])
+    );
 }
