@@ -173,7 +173,7 @@ pub struct QueryConfig {
     pub allow_partial_results: bool,
     pub partial_results_timeout_ms: u64,
     pub min_successful_shards: u32,
-    /// Vector queries fetch `k × shard_oversample` candidates from each shard.
+    /// Vector queries fetch `k × shard_oversample` candidates from each shard (1 to 16).
     pub shard_oversample: f32,
     /// Collection-wide BM25 statistics kept per (collection, query); 0 disables the cache.
     /// An entry is used only while every shard still answers from the searcher it described.

@@ -86,11 +86,21 @@ fn serve(engine: &Engine, node_id: &str, envelope: Envelope) -> Reply {
             search,
             stats,
             windows,
-        } => Answer::Hits(collection()?.shard().query_phase(
-            &SearchRequest::try_from(search)?,
-            stats.as_ref(),
-            windows,
-        )?),
+        } => {
+            // A plan never asks for more than the result window, over-fetched.
+            let most = prism_core::search::MAX_RESULT_WINDOW
+                * prism_core::search::plan::MAX_OVERSAMPLE as usize;
+            if windows.text_offset + windows.text_limit > most || windows.vector_k > most {
+                return Err(RpcError::InvalidRequest(format!(
+                    "list windows {windows:?} exceed {most} hits"
+                )));
+            }
+            Answer::Hits(collection()?.shard().query_phase(
+                &SearchRequest::try_from(search)?,
+                stats.as_ref(),
+                windows,
+            )?)
+        }
         Request::Fetch {
             search,
             generation,

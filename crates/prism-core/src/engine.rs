@@ -204,6 +204,8 @@ pub struct Engine {
     /// Collections whose data could not be opened, with the reason. They stay on disk and
     /// are reported; the rest of the node serves.
     unavailable: RwLock<BTreeMap<String, String>>,
+    /// One snapshot install at a time: installs stage into a fixed directory beside the shard.
+    installing: parking_lot::Mutex<()>,
     _lock: File,
 }
 
@@ -252,6 +254,7 @@ impl Engine {
             config,
             collections: RwLock::new(BTreeMap::new()),
             unavailable: RwLock::new(BTreeMap::new()),
+            installing: parking_lot::Mutex::new(()),
             _lock: lock,
         };
         let mut names = Vec::new();
@@ -409,6 +412,7 @@ impl Engine {
     /// hold the old copy finish on it. A crash at any point leaves the old copy or the new
     /// one. Blocking.
     pub fn install_snapshot(&self, name: &str, snapshot_dir: &Path) -> Result<Arc<Collection>> {
+        let _one_at_a_time = self.installing.lock();
         let current = self.collection(name)?;
         let manifest = snapshot::verify(snapshot_dir)?;
         let schema_path = snapshot_dir.join(snapshot::SCHEMA);

@@ -397,6 +397,15 @@ fn scan_segment(path: &Path, first_index: u64, previous: Option<LogId>) -> Resul
     Ok(scan)
 }
 
+/// The hard state a log directory holds (its default when there is none), read without
+/// opening the log: for a snapshot install, which keeps the replaced copy's vote.
+pub fn read_hard_state(dir: &Path) -> Result<HardState> {
+    if !dir.join(STATE_FILE).exists() {
+        return Ok(HardState::default());
+    }
+    read_state(dir)
+}
+
 fn read_state(dir: &Path) -> Result<HardState> {
     let path = dir.join(STATE_FILE);
     match fs::read(&path) {

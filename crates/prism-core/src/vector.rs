@@ -238,11 +238,22 @@ impl VectorIndex {
         if !self.normalize {
             return std::borrow::Cow::Borrowed(vector);
         }
-        let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+        // In f64: an f32 sum of squares overflows from components near 2e19 and underflows
+        // below 1e-19, either of which would leave a vector unnormalized.
+        let norm = vector
+            .iter()
+            .map(|&x| f64::from(x) * f64::from(x))
+            .sum::<f64>()
+            .sqrt();
         if norm == 0.0 || !norm.is_finite() || norm == 1.0 {
             return std::borrow::Cow::Borrowed(vector);
         }
-        std::borrow::Cow::Owned(vector.iter().map(|x| x / norm).collect())
+        std::borrow::Cow::Owned(
+            vector
+                .iter()
+                .map(|&x| (f64::from(x) / norm) as f32)
+                .collect(),
+        )
     }
 
     /// Tombstones `keys`; missing keys are not an error.
@@ -469,6 +480,23 @@ mod tests {
         assert!(back.normalizes());
         back.add(4, &[0.0, 2.0, 0.0, 0.0]).unwrap();
         assert_eq!(back.get(4), Some(vec![0.0, 1.0, 0.0, 0.0]));
+    }
+
+    #[test]
+    fn huge_and_tiny_cosine_vectors_are_normalized_too() {
+        let idx = VectorIndex::new(params(Distance::Cosine)).unwrap();
+        idx.add(1, &[1e20, 0.0, 0.0, 0.0]).unwrap();
+        idx.add(2, &[0.0, 1e-25, 0.0, 0.0]).unwrap();
+        idx.add(3, &[0.7, 0.7, 0.0, 0.0]).unwrap();
+        let along_x = idx.search(&[1.0, 0.0, 0.0, 0.0], 3, |_| true).unwrap();
+        assert_eq!(along_x[0].0, 1);
+        assert!(along_x[0].1.abs() < 1e-6, "{along_x:?}");
+        let along_y = idx.search(&[0.0, 3e30, 0.0, 0.0], 3, |_| true).unwrap();
+        assert_eq!(along_y[0].0, 2);
+        assert!(along_y[0].1.abs() < 1e-6, "{along_y:?}");
+        assert!(along_y
+            .iter()
+            .all(|(_, d)| (-1e-6..=1.0 + 1e-6).contains(d)));
     }
 
     #[test]

@@ -85,6 +85,11 @@ fn a_snapshot_installed_on_another_node_holds_the_same_content_and_takes_writes(
         .iter()
         .any(|f| f.path.ends_with("emb.usearch")));
     assert!(manifest.files.iter().all(|f| f.sha256.len() == 64));
+    // The copy's tantivy manages (and so garbage-collects) the files it receives.
+    assert!(manifest
+        .files
+        .iter()
+        .any(|f| f.path == "index/.managed.json"));
 
     b.install_snapshot("docs", &target).unwrap();
     assert_eq!(checksum(&b), checksum(&a));

@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 use crate::fusion::HybridStrategy;
 use crate::search::SearchRequest;
 
+/// The largest vector over-fetch a plan asks of a shard: `shard_oversample` is clamped to it,
+/// and shards refuse larger windows.
+pub const MAX_OVERSAMPLE: f32 = 16.0;
+
 /// How the shards' lists combine.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Ranking {
@@ -54,7 +58,7 @@ pub fn has_text_query(request: &SearchRequest) -> bool {
 
 impl SearchPlan {
     /// The plan of `request` over `shards` shards. Vector lists over-fetch by `oversample`
-    /// (at least 1) when there is more than one shard, because each shard's approximate
+    /// (between 1 and [`MAX_OVERSAMPLE`]) when there is more than one shard, because each shard's approximate
     /// top-k is less exact than one index's.
     pub fn new(request: &SearchRequest, shards: usize, oversample: f32) -> SearchPlan {
         let window = request.offset + request.limit;
@@ -70,7 +74,7 @@ impl SearchPlan {
             if shards <= 1 {
                 k
             } else {
-                ((k as f64) * f64::from(oversample.max(1.0))).ceil() as usize
+                ((k as f64) * f64::from(oversample.clamp(1.0, MAX_OVERSAMPLE))).ceil() as usize
             }
         };
         let (windows, merge_offset) = match &ranking {

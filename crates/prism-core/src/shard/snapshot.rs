@@ -48,55 +48,67 @@ pub(crate) fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
     }
 }
 
-/// The segment ids `meta.json` names.
-fn segments_of(meta: &[u8], path: &Path) -> Result<Vec<String>> {
-    let value: serde_json::Value = serde_json::from_slice(meta).map_err(|e| Error::Corrupt {
-        path: path.to_path_buf(),
-        message: format!("unreadable tantivy meta: {e}"),
-    })?;
-    let segments = value["segments"].as_array().cloned().unwrap_or_default();
-    Ok(segments
-        .iter()
-        .filter_map(|s| s["segment_id"].as_str())
-        .map(|id| id.replace('-', ""))
-        .collect())
+/// The files of a committed segment: every component tantivy writes, and the deletes of the
+/// commit's opstamp.
+fn segment_files(segment: &tantivy::index::SegmentMeta) -> Vec<PathBuf> {
+    use tantivy::index::SegmentComponent as C;
+    let mut components = vec![
+        C::Postings,
+        C::Positions,
+        C::FastFields,
+        C::FieldNorms,
+        C::Terms,
+        C::Store,
+    ];
+    if segment.has_deletes() {
+        components.push(C::Delete);
+    }
+    components
+        .into_iter()
+        .map(|c| segment.relative_path(c))
+        .collect()
 }
 
-/// Links the committed text index in `index_dir` into `target/index`: `meta.json` as read
-/// once, and the files of every segment it names. A merge may delete a segment's files
-/// between the read and the links; then the links start over from a fresh read.
-pub(crate) fn link_text_index(index_dir: &Path, target: &Path) -> Result<()> {
+/// Links the committed text index into `target/index`: the files of every segment of the
+/// commit tantivy reads (`load_metas`), that commit's `meta.json`, and a `.managed.json`
+/// naming them, so that the copy's garbage collector deletes them once merges replace
+/// them. A merge may delete a segment between the read and the links; then the links start
+/// over from a fresh read. A component file a live segment lacks is simply not there.
+pub(crate) fn link_text_index(
+    index: &tantivy::Index,
+    index_dir: &Path,
+    target: &Path,
+) -> Result<()> {
     let out = target.join("index");
-    for _attempt in 0..8 {
+    'attempt: for _attempt in 0..8 {
         let _ = fs::remove_dir_all(&out);
         create_dir_durable(&out)?;
-        let meta_path = index_dir.join("meta.json");
-        let meta = fs::read(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
-        let segments = segments_of(&meta, &meta_path)?;
-        let mut complete = true;
-        let entries = fs::read_dir(index_dir).map_err(|e| Error::io(index_dir, e))?;
-        let mut linked_segments = std::collections::HashSet::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io(index_dir, e))?;
-            let name = entry.file_name().to_string_lossy().to_string();
-            let Some(segment) = name.split('.').next() else {
-                continue;
-            };
-            if !segments.iter().any(|s| s == segment) {
-                continue;
-            }
-            match link_or_copy(&entry.path(), &out.join(&name)) {
-                Ok(()) => {
-                    linked_segments.insert(segment.to_string());
+        let metas = index.load_metas()?;
+        let mut linked: Vec<PathBuf> = Vec::new();
+        for segment in &metas.segments {
+            for file in segment_files(segment) {
+                match link_or_copy(&index_dir.join(&file), &out.join(&file)) {
+                    Ok(()) => linked.push(file),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        let live = index
+                            .load_metas()?
+                            .segments
+                            .iter()
+                            .any(|s| s.id() == segment.id());
+                        if !live {
+                            continue 'attempt;
+                        }
+                    }
+                    Err(e) => return Err(Error::io(index_dir.join(&file), e)),
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => complete = false,
-                Err(e) => return Err(Error::io(entry.path(), e)),
             }
         }
-        if complete && linked_segments.len() == segments.len() {
-            write_atomically(&out.join("meta.json"), &meta)?;
-            return sync_dir(&out);
-        }
+        let meta = serde_json::to_vec_pretty(&metas).expect("tantivy metas serialize");
+        write_atomically(&out.join("meta.json"), &meta)?;
+        linked.push(PathBuf::from("meta.json"));
+        let managed = serde_json::to_vec(&linked).expect("paths serialize");
+        write_atomically(&out.join(".managed.json"), &managed)?;
+        return sync_dir(&out);
     }
     Err(Error::StorageFailed {
         path: index_dir.to_path_buf(),
@@ -143,6 +155,41 @@ fn sha256_of(path: &Path) -> Result<(u64, String)> {
     }
     let digest = hasher.finalize();
     Ok((bytes, digest.iter().map(|b| format!("{b:02x}")).collect()))
+}
+
+/// Copies `from` to `to`, checking size and SHA-256 against `expected` on the way, and syncs it.
+fn copy_verified(from: &Path, to: &Path, expected: &SnapshotFile) -> Result<()> {
+    use std::io::Write;
+    let mut source = fs::File::open(from).map_err(|e| Error::io(from, e))?;
+    let mut out = fs::File::create(to).map_err(|e| Error::io(to, e))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = source.read(&mut buffer).map_err(|e| Error::io(from, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        out.write_all(&buffer[..n]).map_err(|e| Error::io(to, e))?;
+        bytes += n as u64;
+    }
+    out.sync_all().map_err(|e| Error::io(to, e))?;
+    let sha256: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if bytes != expected.bytes || sha256 != expected.sha256 {
+        return Err(Error::Corrupt {
+            path: from.to_path_buf(),
+            message: format!(
+                "the file changed after it was verified ({bytes} bytes, sha256 {sha256}; expected {} bytes, sha256 {}); fetch the snapshot again",
+                expected.bytes, expected.sha256
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Every file under `dir`, as paths relative to it, sorted.
@@ -262,8 +309,9 @@ fn sibling(shard_dir: &Path, prefix: &str) -> PathBuf {
 pub(crate) const STAGED: &str = "STAGED";
 
 /// Prepares `shard_dir`'s replacement from the verified snapshot in `snapshot`: its files
-/// linked (or copied), an empty log that starts after the snapshot's entry, and the STAGED
-/// marker. Returns the staging directory.
+/// copied and checked again, an empty log that starts after the snapshot's entry and keeps
+/// the old copy's vote (a replica must not vote twice in a term), and the STAGED marker.
+/// Returns the staging directory.
 pub(crate) fn stage(
     snapshot: &Path,
     manifest: &SnapshotManifest,
@@ -273,6 +321,8 @@ pub(crate) fn stage(
     let staging = installing_dir(shard_dir);
     let _ = fs::remove_dir_all(&staging);
     create_dir_durable(&staging)?;
+    // Copied, not linked, and hashed as copied: the live shard shares no file with a
+    // directory its sender may still change, and what is installed is what was verified.
     for file in manifest.files.iter().filter(|f| f.path != SCHEMA) {
         let to = staging.join(&file.path);
         if let Some(parent) = to.parent() {
@@ -280,10 +330,7 @@ pub(crate) fn stage(
                 fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
             }
         }
-        link_or_copy(&snapshot.join(&file.path), &to).map_err(|e| Error::io(&to, e))?;
-        fs::File::open(&to)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| Error::io(&to, e))?;
+        copy_verified(&snapshot.join(&file.path), &to, file)?;
     }
     for dir in ["index", "vectors"] {
         let sub = staging.join(dir);
@@ -299,8 +346,12 @@ pub(crate) fn stage(
             sync_dir(&sub)?;
         }
     }
+    let vote = crate::log::read_hard_state(&shard_dir.join("log"))?.vote;
     let (log, _) = crate::log::ShardLog::open(&staging.join("log"), log_options)?;
     log.purge(manifest.applied)?;
+    if let Some(vote) = vote {
+        log.save_vote(&vote)?;
+    }
     drop(log);
     write_atomically(&staging.join(STAGED), b"")?;
     sync_dir(&staging)?;

@@ -973,7 +973,7 @@ impl WriterState {
         let applied = self.applied_id()?;
         let _ = fs::remove_dir_all(target);
         create_dir_durable(target)?;
-        snapshot::link_text_index(&shared.dir.join("index"), target)?;
+        snapshot::link_text_index(&shared.index, &shared.dir.join("index"), target)?;
         if let (false, Some(files)) = (shared.vectors.is_empty(), &self.machine.vector_files) {
             snapshot::link_vectors(
                 &vectors_dir(&shared.dir),
