@@ -5,6 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use prism_core::search::merge::merge_page;
+use prism_core::search::plan::SearchPlan;
 use prism_core::search::{merge_aggregations, SearchRequest};
 use prism_fuzz::{on_server_stack, shard};
 
@@ -27,18 +29,16 @@ fuzz_target!(|data: &[u8]| {
         let Ok((statistics, _)) = shard.term_statistics(&request) else {
             return;
         };
-        let vector_k = request.rank_window();
-        let Ok(hits) = shard.query_phase(&request, Some(&statistics), vector_k) else {
+        // The plan a coordinator of two shards makes, and its merge of this shard's answer.
+        let plan = SearchPlan::new(&request, 2, 2.0);
+        let Ok(hits) = shard.query_phase(&request, Some(&statistics), plan.windows) else {
             return;
         };
-        let page: Vec<_> = hits
-            .text
-            .iter()
-            .chain(&hits.vector)
+        let page: Vec<_> = merge_page(&[(0, &hits)], &plan.ranking, plan.merge_offset, plan.limit)
+            .into_iter()
             .map(|hit| hit.doc)
-            .skip(request.offset)
-            .take(request.limit)
             .collect();
+        assert!(page.len() <= request.limit);
         let _ = shard.fetch(&request, &hits.generation, &page);
         if let (Some(aggregations), Some(part)) =
             (&request.aggregations, &hits.intermediate_aggregations)
