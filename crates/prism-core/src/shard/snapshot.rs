@@ -140,7 +140,9 @@ pub(crate) fn link_vectors(
     sync_dir(&out)
 }
 
-fn sha256_of(path: &Path) -> Result<(u64, String)> {
+/// Size and SHA-256 (hex) of the file at `path`, each chunk also handed to `sink` (which
+/// reports its own errors).
+fn hash_file(path: &Path, mut sink: impl FnMut(&[u8]) -> Result<()>) -> Result<(u64, String)> {
     let mut file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
@@ -151,35 +153,25 @@ fn sha256_of(path: &Path) -> Result<(u64, String)> {
             break;
         }
         hasher.update(&buffer[..n]);
+        sink(&buffer[..n])?;
         bytes += n as u64;
     }
     let digest = hasher.finalize();
     Ok((bytes, digest.iter().map(|b| format!("{b:02x}")).collect()))
 }
 
+fn sha256_of(path: &Path) -> Result<(u64, String)> {
+    hash_file(path, |_| Ok(()))
+}
+
 /// Copies `from` to `to`, checking size and SHA-256 against `expected` on the way, and syncs it.
 fn copy_verified(from: &Path, to: &Path, expected: &SnapshotFile) -> Result<()> {
     use std::io::Write;
-    let mut source = fs::File::open(from).map_err(|e| Error::io(from, e))?;
     let mut out = fs::File::create(to).map_err(|e| Error::io(to, e))?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    let mut bytes = 0u64;
-    loop {
-        let n = source.read(&mut buffer).map_err(|e| Error::io(from, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-        out.write_all(&buffer[..n]).map_err(|e| Error::io(to, e))?;
-        bytes += n as u64;
-    }
+    let (bytes, sha256) = hash_file(from, |chunk| {
+        out.write_all(chunk).map_err(|e| Error::io(to, e))
+    })?;
     out.sync_all().map_err(|e| Error::io(to, e))?;
-    let sha256: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
     if bytes != expected.bytes || sha256 != expected.sha256 {
         return Err(Error::Corrupt {
             path: from.to_path_buf(),
