@@ -90,6 +90,13 @@ pub fn free_port() -> u16 {
 }
 
 /// Polls `check` until it returns `Some` or the deadline passes.
+/// How long a server took to answer `/health`, and to be ready (every collection open).
+#[derive(Debug, Clone, Copy)]
+pub struct StartTimes {
+    pub listening: Duration,
+    pub ready: Duration,
+}
+
 pub fn wait_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
@@ -112,6 +119,8 @@ pub struct Server {
     env: Vec<(String, String)>,
     args: Vec<String>,
     pub client: reqwest::blocking::Client,
+    /// When the running process first answered `/health`.
+    listening_after: Option<Instant>,
 }
 
 impl Server {
@@ -125,6 +134,7 @@ impl Server {
         let mut server = Server {
             args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
+            listening_after: None,
             port: free_port(),
             data_dir: data_dir.to_path_buf(),
             env: env
@@ -171,25 +181,60 @@ impl Server {
     }
 
     fn spawn(&mut self) {
+        self.spawn_timed();
+    }
+
+    /// Starts the server and waits until it is ready (`/health` no longer says
+    /// `recovering`); returns how long its port took to answer `/health` at all.
+    fn spawn_timed(&mut self) -> Duration {
+        let started = Instant::now();
+        self.spawn_unready();
+        self.wait_ready(|_| {});
+        self.listening_after
+            .map_or(Duration::ZERO, |at| at - started)
+    }
+
+    /// Starts the server process without waiting for it.
+    fn spawn_unready(&mut self) {
         let child = self.command().spawn().expect("start prism-server");
         self.child = Some(child);
+        self.listening_after = None;
+    }
+
+    /// Waits until the server answers `/health` with a status other than `recovering`,
+    /// handing every answer it gets on the way to `seen`.
+    pub fn wait_ready(&mut self, mut seen: impl FnMut(&Value)) {
         let url = self.url("/health");
         let client = self.client.clone();
-        let child = self.child.as_mut().unwrap();
+        let child = self.child.as_mut().expect("started");
+        let mut listening = self.listening_after;
         wait_until(
-            Duration::from_secs(60),
-            "the server to answer /health",
+            Duration::from_secs(120),
+            "the server to answer /health, recovered",
             || {
                 if let Ok(Some(status)) = child.try_wait() {
                     panic!("prism-server exited during start-up: {status}");
                 }
-                client
+                let health: Value = client
                     .get(&url)
                     .send()
                     .ok()
-                    .filter(|r| r.status().is_success())
+                    .filter(|r| r.status().is_success())?
+                    .json()
+                    .ok()?;
+                listening.get_or_insert_with(Instant::now);
+                seen(&health);
+                (health["status"] != "recovering").then_some(())
             },
         );
+        self.listening_after = listening;
+    }
+
+    /// Restarts a stopped server without waiting for it to be ready: see
+    /// [`Server::wait_ready`].
+    pub fn start_again_unready(&mut self) {
+        assert!(self.child.is_none(), "the server is still running");
+        self.spawn_unready();
     }
 
     /// Runs the server binary over this data directory in the foreground and returns its
@@ -254,10 +299,18 @@ impl Server {
 
     /// Starts a stopped or killed server again and returns how long it took to answer.
     pub fn start_again(&mut self) -> Duration {
+        self.start_again_timed().ready
+    }
+
+    /// Restarts a stopped server and times the two stages of its start.
+    pub fn start_again_timed(&mut self) -> StartTimes {
         assert!(self.child.is_none(), "the server is still running");
         let started = Instant::now();
-        self.spawn();
-        started.elapsed()
+        let listening = self.spawn_timed();
+        StartTimes {
+            listening,
+            ready: started.elapsed(),
+        }
     }
 
     /// The value of one Prometheus sample on `/metrics`, e.g.
@@ -310,5 +363,15 @@ fn into_parts(response: reqwest::Result<reqwest::blocking::Response>) -> (u16, V
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Asserts that a vector read back is the one written, each f32 component equal or its
+/// neighbour: a cosine field keeps unit vectors and their norms, and multiplies back.
+pub fn assert_vector_as_written(got: &[f32], written: &[f32]) {
+    assert_eq!(got.len(), written.len(), "{got:?} is not {written:?}");
+    for (a, b) in got.iter().zip(written) {
+        let ulps = (i64::from(a.to_bits() as i32) - i64::from(b.to_bits() as i32)).abs();
+        assert!(ulps <= 1, "{got:?} is not {written:?}");
     }
 }

@@ -435,3 +435,92 @@ fn an_entry_that_cannot_be_applied_fails_its_collection_only() {
         "nothing was cut or rewritten"
     );
 }
+
+/// Acceptance (#10): after SIGKILL the port answers at once; a collection whose log is still
+/// replaying answers `503 collection_recovering` with its progress, `/health` says
+/// `recovering` with the same progress, and once it is ready every acknowledged write is
+/// searchable.
+#[test]
+fn a_restarting_node_listens_at_once_and_reports_its_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(
+        &dir.path().join("data"),
+        &[
+            ("PRISM_VECTOR_CHECKPOINT_INTERVAL_MS", "3600000"),
+            ("PRISM_VECTOR_CHECKPOINT_VECTORS", "100000000"),
+        ],
+    );
+    let dimension = 96;
+    let (status, body) = server.put_json(
+        "/collections/slow",
+        &json!({"fields": {"body": {"type": "text"},
+            "emb": {"type": "vector", "dimension": dimension}}}),
+    );
+    assert_eq!(status, 201, "{body}");
+    // Enough vectors that their replay takes seconds, not milliseconds.
+    let (batches, per_batch) = (30, 500);
+    for b in 0..batches {
+        let documents: Vec<Value> = (0..per_batch)
+            .map(|i| {
+                let n = b * per_batch + i;
+                let emb: Vec<f64> = (0..dimension)
+                    .map(|d| ((n * 7919 + d * 104_729) % 1000) as f64 / 1000.0 - 0.5)
+                    .collect();
+                json!({"id": format!("d{n}"), "fields": {"body": format!("doc {n}"), "emb": emb}})
+            })
+            .collect();
+        let (status, body) = server.post_json(
+            "/collections/slow/documents",
+            &json!({ "documents": documents }),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    server.kill();
+    server.start_again_unready();
+    let search_url = server.url("/collections/slow/search");
+    let client = server.client.clone();
+    let mut during_replay: Vec<(Value, u16, Value)> = Vec::new();
+    server.wait_ready(|health| {
+        if health["status"] == "recovering" && during_replay.len() < 3 {
+            let answer = client
+                .post(&search_url)
+                .json(&json!({"query": "doc", "limit": 1}))
+                .send()
+                .unwrap();
+            let status = answer.status().as_u16();
+            during_replay.push((health.clone(), status, answer.json().unwrap()));
+        }
+    });
+    let (health, status, body) = during_replay
+        .first()
+        .expect("/health answered while the log replayed");
+    let entry = &health["recovering"][0];
+    assert_eq!(entry["collection"], json!("slow"), "{health}");
+    assert_eq!(entry["total_entries"], json!(batches), "{health}");
+    // A search sent while /health said recovering: refused with the progress, unless the
+    // replay ended in between.
+    if *status != 200 {
+        assert_eq!(*status, 503, "{body}");
+        assert_eq!(
+            body["error"]["code"],
+            json!("collection_recovering"),
+            "{body}"
+        );
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("of {batches} log entries")),
+            "{message}"
+        );
+    }
+    assert!(
+        during_replay.iter().any(|(_, status, _)| *status == 503),
+        "no request was refused while recovering: {during_replay:?}"
+    );
+    let (status, body) = server.get("/collections/slow");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["stats"]["num_docs"],
+        json!(batches * per_batch),
+        "{body}"
+    );
+}

@@ -264,7 +264,7 @@ fn verify(server: &Server, batches: &Batches) {
                 assert_eq!(doc["fields"]["batch"], json!(batch));
                 let stored: Vec<f32> =
                     serde_json::from_value(doc["fields"]["emb"].clone()).unwrap();
-                assert_eq!(&stored, vector);
+                prism_tests::assert_vector_as_written(&stored, vector);
             }
             // And findable by its vector.
             let (id, vector) = &docs[0];

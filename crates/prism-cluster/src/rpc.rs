@@ -140,6 +140,7 @@ impl From<prism_core::Error> for RpcError {
             | E::StorageFailed { .. }
             | E::WriteUnknown { .. }
             | E::CollectionUnavailable { .. }
+            | E::CollectionRecovering { .. }
             | E::Corrupt { .. }
             | E::Io { .. } => RpcError::Unavailable(message),
             _ => RpcError::Internal(message),

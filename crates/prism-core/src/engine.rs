@@ -17,7 +17,9 @@ use crate::error::{Error, Result};
 use crate::log::LogId;
 use crate::log::{create_dir_durable, sync_dir};
 use crate::schema::{validate_collection_name, CollectionSchema};
-use crate::shard::{snapshot, Op, Proposer, Shard, ShardConfig, ShardStats, WriteHealth};
+use crate::shard::{
+    snapshot, Op, Proposer, ReplayProgress, Shard, ShardConfig, ShardStats, WriteHealth,
+};
 
 /// Settings of the engine.
 #[derive(Debug, Clone)]
@@ -204,6 +206,11 @@ pub struct Engine {
     /// Collections whose data could not be opened, with the reason. They stay on disk and
     /// are reported; the rest of the node serves.
     unavailable: RwLock<BTreeMap<String, String>>,
+    /// Collections found on disk and not opened yet (see [`Engine::recover`]): their requests
+    /// are answered `collection_recovering` with this progress.
+    recovering: RwLock<BTreeMap<String, Arc<Recovery>>>,
+    /// Set by [`Engine::close`]: a recovery still running closes what it opens.
+    closed: std::sync::atomic::AtomicBool,
     /// One snapshot install at a time: installs stage into a fixed directory beside the shard.
     installing: parking_lot::Mutex<()>,
     _lock: File,
@@ -222,9 +229,54 @@ fn collection_dir_name(dir: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// A collection waiting for, or in, its opening replay.
+#[derive(Debug)]
+pub struct Recovery {
+    pub progress: ReplayProgress,
+    /// Set when its replay began.
+    started: parking_lot::Mutex<Option<std::time::Instant>>,
+}
+
+/// What `/health` reports of a recovering collection.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecoveryStatus {
+    pub collection: String,
+    /// `waiting` (another collection replays first) or `replaying`.
+    pub state: &'static str,
+    pub replayed_entries: u64,
+    pub total_entries: u64,
+    pub elapsed_ms: u64,
+}
+
+impl Recovery {
+    fn status(&self, collection: &str) -> RecoveryStatus {
+        let started = *self.started.lock();
+        RecoveryStatus {
+            collection: collection.to_string(),
+            state: if started.is_some() {
+                "replaying"
+            } else {
+                "waiting"
+            },
+            replayed_entries: self.progress.replayed(),
+            total_entries: self.progress.total(),
+            elapsed_ms: started.map_or(0, |s| s.elapsed().as_millis() as u64),
+        }
+    }
+}
+
 impl Engine {
     /// Locks the data directory and opens every collection in it.
     pub fn open(config: EngineConfig) -> Result<Engine> {
+        let engine = Self::open_deferred(config)?;
+        engine.recover();
+        Ok(engine)
+    }
+
+    /// Locks the data directory and lists its collections without opening them: each
+    /// answers `collection_recovering` until [`Engine::recover`] has opened it, so that a
+    /// server can listen (and report progress) while logs replay.
+    pub fn open_deferred(config: EngineConfig) -> Result<Engine> {
         let root = &config.data_dir;
         let collections_dir = root.join("collections");
         create_dir_durable(&collections_dir)?;
@@ -254,6 +306,8 @@ impl Engine {
             config,
             collections: RwLock::new(BTreeMap::new()),
             unavailable: RwLock::new(BTreeMap::new()),
+            recovering: RwLock::new(BTreeMap::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
             installing: parking_lot::Mutex::new(()),
             _lock: lock,
         };
@@ -280,29 +334,80 @@ impl Engine {
             );
         }
         for name in names {
-            let dir = collections_dir.join(&name);
-            match engine.open_existing(dir) {
-                Ok(collection) => {
-                    engine.collections.write().insert(name, collection);
-                }
-                // One bad collection never stops the node.
-                Err(e) => {
-                    tracing::error!(collection = %name, error = %e, "collection could not be opened; it is reported as unavailable and left on disk");
-                    engine.unavailable.write().insert(name, e.to_string());
-                }
-            }
+            let recovery = Recovery {
+                progress: ReplayProgress::default(),
+                started: parking_lot::Mutex::new(None),
+            };
+            engine.recovering.write().insert(name, Arc::new(recovery));
         }
         Ok(engine)
     }
 
-    fn open_existing(&self, dir: PathBuf) -> Result<Arc<Collection>> {
+    /// Opens every collection [`Engine::open_deferred`] found, one after the other (each
+    /// replay spreads its vector inserts over the cores), each becoming available as soon as
+    /// it is open. One bad collection never stops the node: it is reported unavailable.
+    /// Blocking.
+    pub fn recover(&self) {
+        let waiting: Vec<(String, Arc<Recovery>)> = self
+            .recovering
+            .read()
+            .iter()
+            .map(|(n, r)| (n.clone(), r.clone()))
+            .collect();
+        for (name, recovery) in waiting {
+            if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            *recovery.started.lock() = Some(std::time::Instant::now());
+            let opened = self.open_existing(self.collections_dir().join(&name), &recovery.progress);
+            let mut collections = self.collections.write();
+            self.recovering.write().remove(&name);
+            match opened {
+                Ok(collection) if self.closed.load(std::sync::atomic::Ordering::SeqCst) => {
+                    drop(collections);
+                    if let Err(e) = collection.shard.close() {
+                        tracing::error!(collection = %name, error = %e, "closing a collection opened during shutdown failed");
+                    }
+                }
+                Ok(collection) => {
+                    collections.insert(name, collection);
+                }
+                Err(e) => {
+                    tracing::error!(collection = %name, error = %e, "collection could not be opened; it is reported as unavailable and left on disk");
+                    self.unavailable.write().insert(name, e.to_string());
+                }
+            }
+        }
+    }
+
+    /// The collections not open yet, with their replay progress.
+    pub fn recovering(&self) -> Vec<RecoveryStatus> {
+        self.recovering
+            .read()
+            .iter()
+            .map(|(name, r)| r.status(name))
+            .collect()
+    }
+
+    fn recovering_error(&self, name: &str) -> Option<Error> {
+        let recovering = self.recovering.read();
+        let status = recovering.get(name)?.status(name);
+        Some(Error::CollectionRecovering {
+            name: name.to_string(),
+            replayed: status.replayed_entries,
+            total: status.total_entries,
+            elapsed_ms: status.elapsed_ms,
+        })
+    }
+
+    fn open_existing(&self, dir: PathBuf, progress: &ReplayProgress) -> Result<Arc<Collection>> {
         let schema_path = dir.join("collection.json");
         let bytes = fs::read(&schema_path).map_err(|e| Error::io(&schema_path, e))?;
         let schema = CollectionSchema::from_json(&bytes).map_err(|e| Error::Corrupt {
             path: schema_path.clone(),
             message: e.to_string(),
         })?;
-        self.open_collection(dir, schema)
+        self.open_collection(dir, schema, progress)
     }
 
     /// Collections that could not be opened, with the reason.
@@ -324,13 +429,18 @@ impl Engine {
 
     /// Opens a collection's shard. A panic inside a component (a bug, or data it cannot
     /// read) becomes an error, so that it fails this collection alone.
-    fn open_collection(&self, dir: PathBuf, schema: CollectionSchema) -> Result<Arc<Collection>> {
+    fn open_collection(
+        &self,
+        dir: PathBuf,
+        schema: CollectionSchema,
+        progress: &ReplayProgress,
+    ) -> Result<Arc<Collection>> {
         let schema = Arc::new(schema);
         let shard_dir = dir.join("shards").join("0");
         let config = self.config.shard.clone();
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             snapshot::finish_interrupted_install(&shard_dir)?;
-            Shard::open(&shard_dir, schema.clone(), config)
+            Shard::open_reporting(&shard_dir, schema.clone(), config, progress)
         }))
         .unwrap_or_else(|panic| {
             Err(Error::Corrupt {
@@ -360,13 +470,16 @@ impl Engine {
                 Err(Error::CollectionExists(schema.name))
             };
         }
+        if let Some(recovering) = self.recovering_error(&schema.name) {
+            return Err(recovering);
+        }
         if let Some(reason) = self.unavailable.read().get(&schema.name) {
             return Err(Error::CollectionUnavailable {
                 name: schema.name.clone(),
                 reason: reason.clone(),
             });
         }
-        let held = collections.len() + self.unavailable.read().len();
+        let held = collections.len() + self.unavailable.read().len() + self.recovering.read().len();
         if held >= self.config.max_collections {
             return Err(Error::LimitExceeded(format!(
                 "this node holds {held} collections, its limit of {}; the limit follows the open-file and memory-map limits of the process (ulimit -n, vm.max_map_count) and server.max_collections: raise them, or delete a collection",
@@ -386,7 +499,7 @@ impl Engine {
         let dir = root.join(&schema.name);
         fs::rename(&staging, &dir).map_err(|e| Error::io(&dir, e))?;
         sync_dir(&root)?;
-        match self.open_collection(dir.clone(), schema) {
+        match self.open_collection(dir.clone(), schema, &ReplayProgress::default()) {
             Ok(collection) => {
                 collections.insert(collection.name().to_string(), collection.clone());
                 Ok((collection, true))
@@ -450,7 +563,9 @@ impl Engine {
         }
         let swapped = snapshot::swap_in(&staging, &shard_dir);
         let schema = (**current.schema()).clone();
-        let opened = swapped.and_then(|_| self.open_collection(current.dir.clone(), schema));
+        let opened = swapped.and_then(|_| {
+            self.open_collection(current.dir.clone(), schema, &ReplayProgress::default())
+        });
         match opened {
             Ok(collection) => {
                 collections.insert(name.to_string(), collection.clone());
@@ -471,6 +586,9 @@ impl Engine {
         validate_collection_name(name)?;
         let root = self.collections_dir();
         let mut collections = self.collections.write();
+        if let Some(recovering) = self.recovering_error(name) {
+            return Err(recovering);
+        }
         let dir = match collections.get(name) {
             Some(collection) => collection.dir.clone(),
             None if self.unavailable.read().contains_key(name) => root.join(name),
@@ -506,9 +624,16 @@ impl Engine {
 
     pub fn collection(&self, name: &str) -> Result<Arc<Collection>> {
         validate_collection_name(name)?;
-        if let Some(c) = self.collections.read().get(name) {
+        // Held while `recovering` is read: a recovery moves a collection from there to here
+        // under this lock, so one of the two has it.
+        let collections = self.collections.read();
+        if let Some(c) = collections.get(name) {
             return Ok(c.clone());
         }
+        if let Some(recovering) = self.recovering_error(name) {
+            return Err(recovering);
+        }
+        drop(collections);
         match self.unavailable.read().get(name) {
             Some(reason) => Err(Error::CollectionUnavailable {
                 name: name.to_string(),
@@ -522,8 +647,10 @@ impl Engine {
         self.collections.read().values().cloned().collect()
     }
 
-    /// Checkpoints and closes every collection.
+    /// Checkpoints and closes every collection. A recovery still running opens no more
+    /// collections and closes the one it is opening.
     pub fn close(&self) -> Result<()> {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         let collections: Vec<_> = std::mem::take(&mut *self.collections.write())
             .into_values()
             .collect();

@@ -36,6 +36,13 @@ pub enum Error {
     WriteUnknown { path: PathBuf, message: String },
     #[error("collection {name:?} is unavailable: {reason}")]
     CollectionUnavailable { name: String, reason: String },
+    #[error("collection {name:?} is recovering: {replayed} of {total} log entries replayed after {elapsed_ms} ms. Retry shortly; GET /health shows the progress")]
+    CollectionRecovering {
+        name: String,
+        replayed: u64,
+        total: u64,
+        elapsed_ms: u64,
+    },
     #[error("limit reached: {0}")]
     LimitExceeded(String),
     #[error("corrupt data in {path}: {message}")]
@@ -74,6 +81,7 @@ impl Error {
             Error::InsufficientStorage { .. } => "insufficient_storage",
             Error::StorageFailed { .. } => "storage_failed",
             Error::CollectionUnavailable { .. } => "collection_unavailable",
+            Error::CollectionRecovering { .. } => "collection_recovering",
             Error::WriteUnknown { .. } => "write_unknown",
             Error::LimitExceeded(_) => "limit_exceeded",
             Error::Corrupt { .. } => "corrupt_data",

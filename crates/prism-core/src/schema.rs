@@ -30,8 +30,9 @@ pub mod internal {
     /// `shard::content_hash` of the document (id, stored fields, vectors): summed over the
     /// live documents it gives the shard's content checksum.
     pub const CONTENT_HASH: &str = "_hash";
-    /// The document's vectors as written (postcard of `(field, f32 values)` pairs), for GET:
-    /// the HNSW index holds a cosine field's vectors unit-normalized.
+    /// The document's vectors as written (postcard of `(field, f32 values)` pairs), in shards
+    /// of [`super::SchemaGeneration::WithRawVectors`] only: a second copy of every vector,
+    /// which the vector index's norms made unnecessary.
     pub const RAW_VECTORS: &str = "_rawvec";
 }
 
@@ -39,11 +40,12 @@ pub mod internal {
 /// field, so a shard keeps the generation it was created with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SchemaGeneration {
-    /// With `_idhash`, `_hash` and `_rawvec`.
+    /// With `_idhash` and `_hash`; GET reads vectors from the vector index.
     Current,
-    /// Before `_rawvec`: vectors are read from the HNSW index, which holds them as written.
-    BeforeRawVectors,
-    /// Before `_idhash` and `_hash` as well.
+    /// With `_rawvec` as well: documents written then keep their vectors in the text index,
+    /// which GET reads; later documents' come from the vector index.
+    WithRawVectors,
+    /// Before `_idhash` and `_hash`.
     BeforeIdHash,
 }
 
@@ -333,7 +335,7 @@ impl CollectionSchema {
     /// The tantivy schema of one generation of shards.
     pub fn tantivy_schema_of(&self, generation: SchemaGeneration) -> Schema {
         let id_hash = generation != SchemaGeneration::BeforeIdHash;
-        let raw_vectors = generation == SchemaGeneration::Current;
+        let raw_vectors = generation == SchemaGeneration::WithRawVectors;
         let mut b = Schema::builder();
         b.add_text_field(internal::ID, STRING | STORED | FAST);
         b.add_u64_field(internal::KEY, INDEXED | FAST);

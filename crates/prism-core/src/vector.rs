@@ -2,7 +2,8 @@
 //! document version key. Deletes are tombstones in the graph; keys that are no longer live are
 //! also excluded at search time by the caller's filter.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -29,6 +30,9 @@ pub struct VectorIndex {
     /// are searched, unit-normalized, one dot product per candidate against the cosine
     /// kernel's three. Indexes built with usearch's cosine metric hold vectors as written.
     normalize: bool,
+    /// The norm of every vector a normalizing index holds, so that [`VectorIndex::get`]
+    /// returns what was written without a second copy of the vectors. Saved beside the graph.
+    norms: RwLock<HashMap<u64, f64>>,
     /// Slots in use: adds less removals (usearch reuses removed slots).
     slots: AtomicUsize,
     structure: RwLock<()>,
@@ -91,13 +95,19 @@ fn vector_err(e: impl std::fmt::Display) -> Error {
 }
 
 impl VectorIndex {
-    fn with_index(params: VectorParams, index: Index, slots: usize) -> Result<Self> {
+    fn with_index(
+        params: VectorParams,
+        index: Index,
+        slots: usize,
+        norms: HashMap<u64, f64>,
+    ) -> Result<Self> {
         let contexts = context_count();
         index
             .reserve_capacity_and_threads((slots * 2).max(1024), contexts)
             .map_err(vector_err)?;
         Ok(VectorIndex {
             normalize: params.distance == Distance::Cosine && index.metric_kind() == MetricKind::IP,
+            norms: RwLock::new(norms),
             params,
             index,
             slots: AtomicUsize::new(slots),
@@ -107,27 +117,28 @@ impl VectorIndex {
         })
     }
 
-    /// Creates an empty index. A cosine field's is searched with inner product over
-    /// unit-normalized vectors, so [`VectorIndex::get`] returns those, not what was written.
+    /// Creates an empty index. A cosine field's holds unit-normalized vectors and their norms
+    /// and is searched with inner product.
     pub fn new(params: VectorParams) -> Result<Self> {
         let metric = match params.distance {
             Distance::Cosine | Distance::Dot => MetricKind::IP,
             Distance::L2 => MetricKind::L2sq,
         };
         let index = Index::new(&options(&params, metric)).map_err(vector_err)?;
-        Self::with_index(params, index, 0)
+        Self::with_index(params, index, 0, HashMap::new())
     }
 
-    /// Creates an empty index that holds vectors as written (usearch's cosine metric for a
-    /// cosine field), for shards whose text index keeps no raw vectors.
-    pub fn new_as_written(params: VectorParams) -> Result<Self> {
-        let metric = match params.distance {
-            Distance::Cosine => MetricKind::Cos,
-            Distance::Dot => MetricKind::IP,
-            Distance::L2 => MetricKind::L2sq,
-        };
-        let index = Index::new(&options(&params, metric)).map_err(vector_err)?;
-        Self::with_index(params, index, 0)
+    /// Creates an empty cosine index of usearch's cosine metric, which holds vectors as
+    /// written: what shards created before normalization have.
+    #[cfg(test)]
+    fn new_with_cosine_metric(params: VectorParams) -> Result<Self> {
+        let index = Index::new(&options(&params, MetricKind::Cos)).map_err(vector_err)?;
+        Self::with_index(params, index, 0, HashMap::new())
+    }
+
+    /// Where the norms of the index saved at `path` are kept.
+    fn norms_path(path: &Path) -> PathBuf {
+        path.with_extension("norms")
     }
 
     /// Loads an index saved by [`VectorIndex::save`].
@@ -162,12 +173,27 @@ impl VectorIndex {
         index.load(&path_str).map_err(vector_err)?;
         index.change_expansion_search(params.ef_search);
         let slots = (meta.count_present + meta.count_deleted) as usize;
-        Self::with_index(params, index, slots)
+        // A checkpoint from before norms were kept has none: its shard keeps the vectors as
+        // written in the text index (`_rawvec`).
+        let norms_path = Self::norms_path(path);
+        let norms = match std::fs::read(&norms_path) {
+            Ok(bytes) => postcard::from_bytes::<Vec<(u64, f64)>>(&bytes)
+                .map_err(|e| Error::Corrupt {
+                    path: norms_path.clone(),
+                    message: format!("unreadable vector norms: {e}"),
+                })?
+                .into_iter()
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+            Err(e) => return Err(Error::io(&norms_path, e)),
+        };
+        Self::with_index(params, index, slots, norms)
     }
 
-    /// Writes the whole index to `path`. usearch writes through a C `FILE*` and ignores the
-    /// result of `fclose`, so a disk that fills during the last flush would leave a short file
-    /// reported as saved: the file's length is checked against the serialized size.
+    /// Writes the whole index to `path` (and a normalizing index's norms beside it), synced
+    /// to disk. usearch writes through a C `FILE*` and ignores the result of `fclose`, so a
+    /// disk that fills during the last flush would leave a short file reported as saved: the
+    /// file's length is checked against the serialized size.
     pub fn save(&self, path: &Path) -> Result<()> {
         let _shared = self.structure.read();
         self.index
@@ -185,6 +211,14 @@ impl VectorIndex {
                     format!("the vector index file is {written} bytes, {expected} expected: the disk filled during the save"),
                 ),
             ));
+        }
+        sync_file(path)?;
+        if self.normalize {
+            let norms: Vec<(u64, f64)> = self.norms.read().iter().map(|(k, n)| (*k, *n)).collect();
+            let bytes = postcard::to_stdvec(&norms).expect("norms serialize");
+            let norms_path = Self::norms_path(path);
+            std::fs::write(&norms_path, bytes).map_err(|e| Error::io(&norms_path, e))?;
+            sync_file(&norms_path)?;
         }
         Ok(())
     }
@@ -222,10 +256,14 @@ impl VectorIndex {
                     .map_err(vector_err)?;
             }
         }
-        let vector = self.prepared(vector);
+        let (vector, norm) = self.prepared(vector);
         let _shared = self.structure.read();
         let _context = self.contexts.acquire();
-        self.index.add(key, &vector).map_err(vector_err)
+        self.index.add(key, &vector).map_err(vector_err)?;
+        if self.normalize {
+            self.norms.write().insert(key, norm);
+        }
+        Ok(())
     }
 
     /// Whether this index holds a cosine field's vectors unit-normalized.
@@ -233,10 +271,11 @@ impl VectorIndex {
         self.normalize
     }
 
-    /// `vector` as this index holds and searches it. A zero vector stays as it is.
-    fn prepared<'a>(&self, vector: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+    /// `vector` as this index holds and searches it, and the norm it was divided by. A zero
+    /// vector stays as it is.
+    fn prepared<'a>(&self, vector: &'a [f32]) -> (std::borrow::Cow<'a, [f32]>, f64) {
         if !self.normalize {
-            return std::borrow::Cow::Borrowed(vector);
+            return (std::borrow::Cow::Borrowed(vector), 1.0);
         }
         // In f64: an f32 sum of squares overflows from components near 2e19 and underflows
         // below 1e-19, either of which would leave a vector unnormalized.
@@ -246,14 +285,13 @@ impl VectorIndex {
             .sum::<f64>()
             .sqrt();
         if norm == 0.0 || !norm.is_finite() || norm == 1.0 {
-            return std::borrow::Cow::Borrowed(vector);
+            return (std::borrow::Cow::Borrowed(vector), 1.0);
         }
-        std::borrow::Cow::Owned(
-            vector
-                .iter()
-                .map(|&x| (f64::from(x) / norm) as f32)
-                .collect(),
-        )
+        let unit = vector
+            .iter()
+            .map(|&x| (f64::from(x) / norm) as f32)
+            .collect();
+        (std::borrow::Cow::Owned(unit), norm)
     }
 
     /// Tombstones `keys`; missing keys are not an error.
@@ -262,10 +300,12 @@ impl VectorIndex {
             return Ok(());
         }
         let _exclusive = self.structure.write();
+        let mut norms = self.norms.write();
         for &key in keys {
             // usearch reuses a removed slot for a later add, so it no longer counts as used.
             let removed = self.index.remove(key).map_err(vector_err)?;
             self.slots.fetch_sub(removed, Ordering::Relaxed);
+            norms.remove(&key);
         }
         Ok(())
     }
@@ -275,10 +315,28 @@ impl VectorIndex {
         self.remove_many(&[key])
     }
 
-    /// The vector of `key` as the index holds it: unit-normalized when [`Self::normalizes`].
+    /// The vector of `key` as written. A normalizing index multiplies the unit vector back
+    /// by its norm in f64, which gives each component within one unit in the last place of
+    /// the written f32 (about 88% exactly): no exact copy is kept, as no unit vector can
+    /// multiply back exactly for every component. A vector from a checkpoint that kept no
+    /// norms comes back unit-normalized.
     pub fn get(&self, key: u64) -> Option<Vec<f32>> {
         let _shared = self.structure.read();
-        self.get_unlocked(key)
+        let mut vector = self.get_unlocked(key)?;
+        if self.normalize {
+            if let Some(&norm) = self.norms.read().get(&key) {
+                for x in &mut vector {
+                    *x = (f64::from(*x) * norm) as f32;
+                }
+            }
+        }
+        Some(vector)
+    }
+
+    /// Whether the index knows the norm of `key`'s vector (always, for an index that does
+    /// not normalize).
+    pub fn has_written_form(&self, key: u64) -> bool {
+        !self.normalize || self.norms.read().contains_key(&key)
     }
 
     fn get_unlocked(&self, key: u64) -> Option<Vec<f32>> {
@@ -328,7 +386,7 @@ impl VectorIndex {
             return Ok(Vec::new());
         }
         let _context = self.contexts.acquire();
-        let query = self.prepared(query);
+        let (query, _) = self.prepared(query);
         let query = query.as_ref();
         let fetch = k + k / 4 + 4;
         let plain = self.index.search(query, fetch).map_err(vector_err)?;
@@ -380,6 +438,12 @@ impl VectorIndex {
     pub fn distance(&self, a: &[f32], b: &[f32]) -> f32 {
         distance(self.params.distance, a, b)
     }
+}
+
+fn sync_file(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(path, e))
 }
 
 /// Distance as usearch defines it: cosine `1 - cos`, dot `1 - a·b`, l2 squared Euclidean.
@@ -471,15 +535,66 @@ mod tests {
         let exact = idx.exact_search(&[6.0, 8.0, 0.0, 0.0], 2, [(1, 1), (2, 2)].into_iter());
         assert_eq!(exact[0].0, 1);
         assert!((exact[0].1 - hits[0].1).abs() < 1e-6);
-        assert_eq!(idx.get(1), Some(vec![0.6, 0.8, 0.0, 0.0]));
-        // Saved and loaded, it still normalizes.
+        // GET gives what was written: the unit vector times its norm.
+        assert_eq!(idx.get(1), Some(vec![3.0, 4.0, 0.0, 0.0]));
+        // Saved and loaded, it still normalizes and still knows the norms.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ip.usearch");
         idx.save(&path).unwrap();
         let back = VectorIndex::load(params(Distance::Cosine), &path).unwrap();
         assert!(back.normalizes());
+        assert_eq!(back.get(1), Some(vec![3.0, 4.0, 0.0, 0.0]));
+        assert_eq!(back.get(2), Some(vec![0.0, 0.0, 5.0, 0.0]));
         back.add(4, &[0.0, 2.0, 0.0, 0.0]).unwrap();
-        assert_eq!(back.get(4), Some(vec![0.0, 1.0, 0.0, 0.0]));
+        assert_eq!(back.get(4), Some(vec![0.0, 2.0, 0.0, 0.0]));
+        back.remove(4).unwrap();
+        assert!(!back.has_written_form(4));
+        // A checkpoint saved before norms were kept loads with none: unit vectors come back.
+        std::fs::remove_file(dir.path().join("ip.norms")).unwrap();
+        let without = VectorIndex::load(params(Distance::Cosine), &path).unwrap();
+        assert!(!without.has_written_form(1));
+        assert_eq!(without.get(1), Some(vec![0.6, 0.8, 0.0, 0.0]));
+    }
+
+    #[test]
+    fn cosine_vectors_come_back_within_one_ulp_of_what_was_written() {
+        let dimension = 384;
+        let idx = VectorIndex::new(VectorParams {
+            dimension,
+            ..params(Distance::Cosine)
+        })
+        .unwrap();
+        // Deterministic pseudo-random components over several magnitudes.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        };
+        let written: Vec<Vec<f32>> = (0..200)
+            .map(|i| {
+                let scale = 10f64.powi(i % 7 - 3);
+                (0..dimension).map(|_| (next() * scale) as f32).collect()
+            })
+            .collect();
+        for (key, v) in written.iter().enumerate() {
+            idx.add(key as u64, v).unwrap();
+        }
+        let (mut equal, mut total) = (0, 0);
+        for (key, v) in written.iter().enumerate() {
+            let back = idx.get(key as u64).unwrap();
+            for (a, b) in v.iter().zip(&back) {
+                let ulps = (a.to_bits() as i64 - b.to_bits() as i64).abs();
+                assert!(ulps <= 1, "{a} came back as {b}");
+                equal += usize::from(ulps == 0);
+                total += 1;
+            }
+        }
+        assert!(
+            equal * 100 >= total * 85,
+            "{equal} of {total} components came back exactly"
+        );
     }
 
     #[test]
@@ -504,7 +619,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old.usearch");
         let cosine = params(Distance::Cosine);
-        let old = VectorIndex::new_as_written(cosine).unwrap();
+        let old = VectorIndex::new_with_cosine_metric(cosine).unwrap();
         assert!(!old.normalizes());
         old.add(1, &[3.0, 4.0, 0.0, 0.0]).unwrap();
         old.add(2, &[0.0, 0.0, 5.0, 0.0]).unwrap();

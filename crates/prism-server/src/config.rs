@@ -91,6 +91,8 @@ pub struct StorageConfig {
     pub refresh_interval_ms: u64,
     /// How often changed vector indexes are saved.
     pub vector_checkpoint_interval_ms: u64,
+    /// Vectors inserted since the last save that make the next refresh save.
+    pub vector_checkpoint_vectors: usize,
     /// Size of a shard log segment.
     pub log_segment_bytes: u64,
     /// Indexing memory per shard.
@@ -106,7 +108,8 @@ impl Default for StorageConfig {
             schemas_dir: None,
             refresh_interval_ms: 1000,
             vector_checkpoint_interval_ms: 10_000,
-            log_segment_bytes: 64 << 20,
+            vector_checkpoint_vectors: 10_000,
+            log_segment_bytes: 16 << 20,
             writer_memory_bytes: 128 << 20,
             max_collections: None,
         }
@@ -118,6 +121,7 @@ impl StorageConfig {
         prism_core::shard::ShardConfig {
             refresh_interval: Duration::from_millis(self.refresh_interval_ms.max(1)),
             vector_checkpoint_interval: Duration::from_millis(self.vector_checkpoint_interval_ms),
+            vector_checkpoint_vectors: self.vector_checkpoint_vectors,
             log_segment_bytes: self.log_segment_bytes.max(1 << 20),
             writer_memory_bytes: self.writer_memory_bytes.max(15 << 20),
             ..Default::default()
@@ -178,6 +182,10 @@ fn apply_env(config: &mut Config, env: impl Fn(&str) -> Option<String>) -> anyho
     if let Some(v) = env("PRISM_VECTOR_CHECKPOINT_INTERVAL_MS") {
         config.storage.vector_checkpoint_interval_ms =
             parse_env("PRISM_VECTOR_CHECKPOINT_INTERVAL_MS", &v)?;
+    }
+    if let Some(v) = env("PRISM_VECTOR_CHECKPOINT_VECTORS") {
+        config.storage.vector_checkpoint_vectors =
+            parse_env("PRISM_VECTOR_CHECKPOINT_VECTORS", &v)?;
     }
     if let Some(v) = env("PRISM_WRITER_MEMORY_BYTES") {
         config.storage.writer_memory_bytes = parse_env("PRISM_WRITER_MEMORY_BYTES", &v)?;

@@ -50,6 +50,7 @@ pub fn status_of(error: &Error) -> StatusCode {
         Error::ShuttingDown
         | Error::StorageFailed { .. }
         | Error::CollectionUnavailable { .. }
+        | Error::CollectionRecovering { .. }
         | Error::WriteUnknown { .. } => StatusCode::SERVICE_UNAVAILABLE,
         Error::InsufficientStorage { .. } => StatusCode::INSUFFICIENT_STORAGE,
         Error::LimitExceeded(_) => StatusCode::BAD_REQUEST,

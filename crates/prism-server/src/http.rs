@@ -23,6 +23,8 @@ use crate::metrics;
 /// What every handler can reach.
 pub struct AppState {
     pub engine: Arc<Engine>,
+    /// Set once the data directory is recovered and the `--schemas-dir` collections exist.
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
     /// Present when `[cluster] enabled = true`.
     #[cfg(feature = "cluster")]
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
@@ -276,8 +278,15 @@ async fn health(State(state): Shared) -> Json<Value> {
         problems
             .push(json!({"collection": name, "write": {"state": "unavailable", "reason": reason}}));
     }
+    let recovering = state.engine.recovering();
+    let ready = state.ready.load(std::sync::atomic::Ordering::SeqCst);
+    let status = match (ready && recovering.is_empty(), problems.is_empty()) {
+        (false, _) => "recovering",
+        (true, true) => "ok",
+        (true, false) => "degraded",
+    };
     let mut body = json!({
-        "status": if problems.is_empty() { "ok" } else { "degraded" },
+        "status": status,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_secs": state.started.elapsed().as_secs(),
         "collections": collections.len(),
@@ -285,6 +294,9 @@ async fn health(State(state): Shared) -> Json<Value> {
     });
     if !problems.is_empty() {
         body["degraded"] = Value::Array(problems);
+    }
+    if !recovering.is_empty() {
+        body["recovering"] = json!(recovering);
     }
     Json(body)
 }

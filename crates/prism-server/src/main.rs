@@ -103,22 +103,16 @@ async fn run(cli: config::Cli) -> anyhow::Result<()> {
         },
         max_collections: capacity.collections,
     };
-    let opened = Instant::now();
-    let engine = tokio::task::spawn_blocking(move || Engine::open(engine_config))
-        .await?
+    // The port opens before any log replays: collections answer `collection_recovering`
+    // (and `/health` shows their progress) until they are open.
+    let engine = Engine::open_deferred(engine_config)
         .with_context(|| format!("cannot open data directory {}", data_dir.display()))?;
     let engine = Arc::new(engine);
-    tracing::info!(
-        data_dir = %data_dir.display(),
-        collections = engine.collections().len(),
-        ms = opened.elapsed().as_millis() as u64,
-        "data directory opened"
-    );
-    if let Some(dir) = &config.storage.schemas_dir {
-        let engine = engine.clone();
-        let dir = dir.clone();
-        tokio::task::spawn_blocking(move || load_schemas(&engine, &dir)).await??;
-    }
+    let schemas = match &config.storage.schemas_dir {
+        Some(dir) => read_schemas(dir)?,
+        None => Vec::new(),
+    };
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
     let listener = tokio::net::TcpListener::bind(&config.server.bind_addr)
         .await
@@ -143,7 +137,25 @@ async fn run(cli: config::Cli) -> anyhow::Result<()> {
         None
     };
     tokio::spawn(return_freed_memory());
+    let recovery = {
+        let engine = engine.clone();
+        let ready = ready.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            engine.recover();
+            tracing::info!(
+                data_dir = %data_dir.display(),
+                collections = engine.collections().len(),
+                unavailable = engine.unavailable().len(),
+                ms = started.elapsed().as_millis() as u64,
+                "data directory recovered"
+            );
+            create_from_schemas(&engine, schemas);
+            ready.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
     let state = Arc::new(http::AppState {
+        ready,
         engine: engine.clone(),
         #[cfg(feature = "cluster")]
         cluster: cluster.clone(),
@@ -168,7 +180,12 @@ async fn run(cli: config::Cli) -> anyhow::Result<()> {
         cluster.close();
     }
     tracing::info!("shutting down: writing checkpoints");
-    tokio::task::spawn_blocking(move || engine.close()).await??;
+    let closing = engine.clone();
+    tokio::task::spawn_blocking(move || closing.close()).await??;
+    if !recovery.is_finished() {
+        tracing::info!("waiting for the collection being recovered to open, to close it");
+    }
+    recovery.await?;
     tracing::info!("stopped cleanly");
     Ok(())
 }
@@ -193,8 +210,10 @@ async fn return_freed_memory() {
     }
 }
 
-/// Creates each collection described in `dir` (`*.yaml`, `*.yml`, `*.json`) that does not exist.
-fn load_schemas(engine: &Engine, dir: &Path) -> anyhow::Result<()> {
+/// Reads the collection schemas in `dir` (`*.yaml`, `*.yml`, `*.json`); a file that does not
+/// parse stops the start.
+fn read_schemas(dir: &Path) -> anyhow::Result<Vec<(std::path::PathBuf, CollectionSchema)>> {
+    let mut schemas = Vec::new();
     let entries = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read --schemas-dir {}", dir.display()))?;
     let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
@@ -215,6 +234,15 @@ fn load_schemas(engine: &Engine, dir: &Path) -> anyhow::Result<()> {
             CollectionSchema::from_yaml(&text)
         }
         .with_context(|| format!("schema file {}", path.display()))?;
+        schemas.push((path, schema));
+    }
+    Ok(schemas)
+}
+
+/// Creates each collection of `schemas` that does not exist, once the data directory is
+/// recovered.
+fn create_from_schemas(engine: &Engine, schemas: Vec<(std::path::PathBuf, CollectionSchema)>) {
+    for (path, schema) in schemas {
         let name = schema.name.clone();
         match engine.create_collection(schema) {
             Ok((_, true)) => {
@@ -226,10 +254,14 @@ fn load_schemas(engine: &Engine, dir: &Path) -> anyhow::Result<()> {
                 file = %path.display(),
                 "collection exists with a different schema; keeping the existing one"
             ),
-            Err(e) => return Err(e).with_context(|| format!("schema file {}", path.display())),
+            Err(e) => tracing::error!(
+                collection = %name,
+                file = %path.display(),
+                error = %e,
+                "the collection of this schema file could not be created; fix the cause and restart"
+            ),
         }
     }
-    Ok(())
 }
 
 async fn shutdown_signal() {

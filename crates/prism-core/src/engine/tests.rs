@@ -285,3 +285,87 @@ fn an_install_interrupted_by_a_crash_completes_or_undoes_at_the_next_open() {
     assert_eq!(checksum(&b), checksum(&a));
     assert!(!snapshot::replaced_dir(&shard_dir).exists());
 }
+
+#[test]
+fn a_deferred_open_answers_recovering_until_the_replay_is_done() {
+    let dir = tempdir();
+    let config = EngineConfig {
+        data_dir: dir.path().to_path_buf(),
+        shard: ShardConfig {
+            refresh_interval: Duration::from_secs(3600),
+            vector_checkpoint_interval: Duration::from_secs(3600),
+            vector_checkpoint_vectors: usize::MAX,
+            ..ShardConfig::default()
+        },
+        max_collections: 8,
+    };
+    {
+        let first = Engine::open(config.clone()).unwrap();
+        first
+            .create_collection(CollectionSchema::from_json(SCHEMA.as_bytes()).unwrap())
+            .unwrap();
+        // Many small entries: each one doc, so the replay batches them.
+        for i in 0..300 {
+            let collection = first.collection("docs").unwrap();
+            let angle = i as f64 * 0.02;
+            let doc = json!({"id": format!("d{i}"), "fields": {"title": format!("t {i}"),
+                "emb": [angle.cos(), angle.sin(), 0.0]}});
+            let batch = collection.prepare_upserts(vec![doc]);
+            collection.shard().write_blocking(batch.ops).unwrap();
+        }
+        // A crash: no final checkpoint, so every entry replays.
+        let collection = first.collection("docs").unwrap();
+        collection.shard().close_for_delete().unwrap();
+    }
+    let engine = Engine::open_deferred(config).unwrap();
+    let recovering = engine.collection("docs").err().expect("not open yet");
+    assert_eq!(recovering.code(), "collection_recovering");
+    assert!(recovering.to_string().contains("Retry"), "{recovering}");
+    assert_eq!(engine.recovering()[0].state, "waiting");
+    let schema = CollectionSchema::from_json(SCHEMA.as_bytes()).unwrap();
+    assert_eq!(
+        engine.create_collection(schema).err().unwrap().code(),
+        "collection_recovering"
+    );
+    assert_eq!(
+        engine.delete_collection("docs").err().unwrap().code(),
+        "collection_recovering"
+    );
+    engine.recover();
+    assert!(engine.recovering().is_empty());
+    let collection = engine.collection("docs").unwrap();
+    assert_eq!(collection.stats().num_docs, 300);
+    let angle = 299.0f64 * 0.02;
+    let hit = top_ids(
+        &engine,
+        json!({"vector": [angle.cos(), angle.sin(), 0.0], "limit": 1}),
+    );
+    assert_eq!(hit, vec!["d299"]);
+}
+
+#[test]
+fn a_replay_reports_its_progress() {
+    let dir = tempdir();
+    let schema = Arc::new(CollectionSchema::from_json(SCHEMA.as_bytes()).unwrap());
+    let config = ShardConfig {
+        refresh_interval: Duration::from_secs(3600),
+        vector_checkpoint_interval: Duration::from_secs(3600),
+        vector_checkpoint_vectors: usize::MAX,
+        ..ShardConfig::default()
+    };
+    let shard = Shard::open(dir.path(), schema.clone(), config.clone()).unwrap();
+    for i in 0..50 {
+        let doc =
+            json!({"id": format!("d{i}"), "fields": {"title": "t", "emb": [1.0, i as f64, 0.5]}});
+        let prepared = schema.prepare_document(doc).unwrap();
+        shard
+            .write_blocking(vec![Op::Upsert(Arc::new(prepared))])
+            .unwrap();
+    }
+    shard.close_for_delete().unwrap();
+    drop(shard);
+    let progress = ReplayProgress::default();
+    let shard = Shard::open_reporting(dir.path(), schema, config, &progress).unwrap();
+    assert_eq!((progress.replayed(), progress.total()), (50, 50));
+    assert_eq!(shard.stats().num_docs, 50);
+}

@@ -204,12 +204,82 @@ fn check_aggregation_level(aggs: &Value, depth: usize, count: &mut usize) -> Res
 }
 
 /// A vector to search with: a bare array when the collection has one vector field, or the
-/// field named explicitly.
+/// field named explicitly. Either form's values may also be a string: the base64 of the
+/// little-endian f32 values (OpenAI's `encoding_format: "base64"`), which skips parsing a
+/// decimal number per dimension.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, try_from = "VectorQueryForm")]
 pub enum VectorQuery {
     Values(Vec<f64>),
     Field { field: String, values: Vec<f64> },
+}
+
+/// [`VectorQuery`] as sent, before base64 values are decoded.
+#[derive(Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a vector: an array of numbers, a base64 string of little-endian f32 values, or {\"field\": ..., \"values\": ...}"
+)]
+enum VectorQueryForm {
+    Values(VectorValues),
+    Field { field: String, values: VectorValues },
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum VectorValues {
+    Numbers(Vec<f64>),
+    Base64(String),
+}
+
+/// The longest base64 vector accepted: 4,096 dimensions (the schema's limit).
+const MAX_BASE64_VECTOR_CHARS: usize = 4096 * 4 * 4 / 3 + 4;
+
+impl TryFrom<VectorValues> for Vec<f64> {
+    type Error = String;
+
+    fn try_from(values: VectorValues) -> Result<Self, String> {
+        use base64::Engine as _;
+        let text = match values {
+            VectorValues::Numbers(values) => return Ok(values),
+            VectorValues::Base64(text) => text,
+        };
+        if text.len() > MAX_BASE64_VECTOR_CHARS {
+            return Err(format!(
+                "a base64 vector of {} characters is longer than 4,096 dimensions",
+                text.len()
+            ));
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map_err(|e| {
+                format!("a vector given as a string must be base64 (standard alphabet, padded) of little-endian f32 values: {e}")
+            })?;
+        if bytes.len() % 4 != 0 {
+            return Err(format!(
+                "a base64 vector must decode to whole f32 values (4 bytes each), got {} bytes",
+                bytes.len()
+            ));
+        }
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+            .collect())
+    }
+}
+
+impl TryFrom<VectorQueryForm> for VectorQuery {
+    type Error = String;
+
+    fn try_from(form: VectorQueryForm) -> Result<Self, String> {
+        Ok(match form {
+            VectorQueryForm::Values(values) => VectorQuery::Values(values.try_into()?),
+            VectorQueryForm::Field { field, values } => VectorQuery::Field {
+                field,
+                values: values.try_into()?,
+            },
+        })
+    }
 }
 
 /// Which fields to highlight: `true` for every text field the query touches, or a list.
@@ -397,6 +467,34 @@ pub fn merge_aggregations(request: &Value, parts: &[Vec<u8>]) -> Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vector_accepts_base64_little_endian_f32() {
+        use base64::Engine as _;
+        let values = [1.0f32, -2.5, 0.1];
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let text = base64::engine::general_purpose::STANDARD.encode(bytes);
+        let expected: Vec<f64> = values.iter().map(|v| f64::from(*v)).collect();
+        let bare = format!(r#"{{"vector":"{text}"}}"#);
+        let r = SearchRequest::from_json(bare.as_bytes()).unwrap();
+        assert_eq!(r.vector, Some(VectorQuery::Values(expected.clone())));
+        let field = format!(r#"{{"vector":{{"field":"e","values":"{text}"}}}}"#);
+        let r = SearchRequest::from_json(field.as_bytes()).unwrap();
+        assert_eq!(
+            r.vector,
+            Some(VectorQuery::Field {
+                field: "e".into(),
+                values: expected
+            })
+        );
+        for bad in [r#"{"vector":"not base64!"}"#, r#"{"vector":"AAAAAAA="}"#] {
+            let e = SearchRequest::from_json(bad.as_bytes()).expect_err(bad);
+            assert_eq!(e.code(), "invalid_query", "{bad}: {e}");
+            assert!(e.to_string().contains("base64"), "{e}");
+        }
+        let huge = format!(r#"{{"vector":"{}"}}"#, "A".repeat(1 << 20));
+        assert!(SearchRequest::from_json(huge.as_bytes()).is_err());
+    }
 
     #[test]
     fn vector_accepts_bare_array_or_field_form() {

@@ -17,6 +17,7 @@ mod writer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,7 +48,12 @@ pub struct ShardConfig {
     /// How often the vector indexes are saved when they changed. Default 10 s. Replay after a
     /// crash re-inserts at most this much work.
     pub vector_checkpoint_interval: Duration,
-    /// Size at which a log segment is closed and a new one begun. Default 64 MiB.
+    /// Vectors inserted since the last vector checkpoint that make the next refresh take one
+    /// before its interval: replay after a crash re-inserts at most about this many. Default
+    /// 10,000.
+    pub vector_checkpoint_vectors: usize,
+    /// Size at which a log segment is closed and a new one begun. Default 16 MiB: the log is
+    /// purged a whole segment at a time, so up to this much stays after a checkpoint.
     pub log_segment_bytes: u64,
     /// Memory the tantivy index writer may buffer. Default 128 MiB.
     pub writer_memory_bytes: usize,
@@ -66,12 +72,41 @@ impl Default for ShardConfig {
         ShardConfig {
             refresh_interval: Duration::from_secs(1),
             vector_checkpoint_interval: Duration::from_secs(10),
-            log_segment_bytes: 64 << 20,
+            vector_checkpoint_vectors: 10_000,
+            log_segment_bytes: 16 << 20,
             writer_memory_bytes: 128 << 20,
             write_queue_len: 4096,
             idle_writer_close: Duration::from_secs(5),
             truncate_corrupt_log: false,
         }
+    }
+}
+
+/// How far the log replay of a shard being opened has come, for `/health` and the
+/// `collection_recovering` answer.
+#[derive(Debug, Default)]
+pub struct ReplayProgress {
+    replayed: AtomicU64,
+    total: AtomicU64,
+}
+
+impl ReplayProgress {
+    /// Entries replayed so far.
+    pub fn replayed(&self) -> u64 {
+        self.replayed.load(Ordering::Relaxed)
+    }
+
+    /// Entries to replay in all; 0 until the log is open.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_total(&self, total: u64) {
+        self.total.store(total, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_replayed(&self, entries: u64) {
+        self.replayed.fetch_add(entries, Ordering::Relaxed);
     }
 }
 
@@ -85,8 +120,8 @@ pub(crate) struct Fields {
     pub id_hash: Option<Field>,
     /// `None` in an index made before the `_hash` column existed.
     pub content_hash: Option<Field>,
-    /// `_rawvec`, absent from shards created before it: their HNSW indexes hold vectors as
-    /// written, and GET reads them there.
+    /// `_rawvec`, only in shards of [`SchemaGeneration::WithRawVectors`]: GET reads the
+    /// vectors of documents written then from there.
     pub raw_vectors: Option<Field>,
     pub user: HashMap<String, Field>,
 }
@@ -265,7 +300,17 @@ pub struct Shard {
 impl Shard {
     /// Opens the shard in `dir`, creating it if empty, and replays its log.
     pub fn open(dir: &Path, schema: Arc<CollectionSchema>, config: ShardConfig) -> Result<Shard> {
-        let (shared, state) = writer::recover(dir, schema, &config)?;
+        Self::open_reporting(dir, schema, config, &ReplayProgress::default())
+    }
+
+    /// [`Shard::open`], counting the log entries it replays into `progress` as it goes.
+    pub fn open_reporting(
+        dir: &Path,
+        schema: Arc<CollectionSchema>,
+        config: ShardConfig,
+        progress: &ReplayProgress,
+    ) -> Result<Shard> {
+        let (shared, state) = writer::recover(dir, schema, &config, progress)?;
         let (tx, rx) = crossbeam_channel::bounded(config.write_queue_len);
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -486,7 +531,7 @@ fn content_checksum(searcher: &tantivy::Searcher) -> Option<u64> {
 /// A tantivy index cannot gain a field, so an index of an older [`SchemaGeneration`] keeps its
 /// schema and is accepted as it is. Before `_idhash`, ranking hashes `_id` instead of reading
 /// the column, so it ranks exactly as a new index, only slower on queries with many ties;
-/// before `_rawvec`, GET reads vectors from the HNSW index, which then holds them as written.
+/// with `_rawvec`, GET reads the vectors of documents written then from there.
 /// Refusing such an index would break the promise that a data directory that opened once
 /// always opens again. Any other difference is refused.
 pub(crate) fn open_index(directory: MmapDirectory, schema: &CollectionSchema) -> Result<Index> {
@@ -494,7 +539,7 @@ pub(crate) fn open_index(directory: MmapDirectory, schema: &CollectionSchema) ->
         Err(TantivyError::SchemaError(message)) => {
             let index = Index::open(directory)?;
             let older = [
-                SchemaGeneration::BeforeRawVectors,
+                SchemaGeneration::WithRawVectors,
                 SchemaGeneration::BeforeIdHash,
             ];
             let Some(generation) = older

@@ -26,6 +26,14 @@ impl Op {
             Op::Delete(id) => id,
         }
     }
+
+    /// Vectors the operation inserts.
+    pub fn vector_count(&self) -> usize {
+        match self {
+            Op::Upsert(doc) => doc.vectors.len(),
+            Op::Delete(_) => 0,
+        }
+    }
 }
 
 /// Encodes the operations of one log entry.

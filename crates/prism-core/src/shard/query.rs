@@ -809,26 +809,26 @@ pub(crate) fn get(shared: &Shared, id: &str) -> Result<Option<super::StoredDocum
     };
     let doc: TantivyDocument = searcher.doc(address)?;
     let (id, mut fields) = source_of(shared, &doc);
-    match shared.fields.raw_vectors {
-        // The stored vectors as written.
-        Some(field) => {
-            if let Some(bytes) = doc.get_first(field).and_then(|v| v.as_bytes()) {
-                let vectors: Vec<(String, Vec<f32>)> =
-                    postcard::from_bytes(bytes).map_err(|e| Error::Corrupt {
-                        path: shared.dir.join("index"),
-                        message: format!("the stored vectors of {id:?} are unreadable: {e}"),
-                    })?;
-                for (name, values) in vectors {
-                    fields.insert(name, Value::from(values));
-                }
-            }
+    // A shard of the generation that kept vectors in the text index (`_rawvec`) returns
+    // those; the vector index gives the rest as written.
+    let raw = shared
+        .fields
+        .raw_vectors
+        .and_then(|field| doc.get_first(field))
+        .and_then(|v| v.as_bytes());
+    if let Some(bytes) = raw {
+        let vectors: Vec<(String, Vec<f32>)> =
+            postcard::from_bytes(bytes).map_err(|e| Error::Corrupt {
+                path: shared.dir.join("index"),
+                message: format!("the stored vectors of {id:?} are unreadable: {e}"),
+            })?;
+        for (name, values) in vectors {
+            fields.insert(name, Value::from(values));
         }
-        // An older shard: its HNSW indexes hold the vectors as written.
-        None => {
-            for (name, index) in &shared.vectors {
-                if let Some(values) = index.get(key) {
-                    fields.insert(name.clone(), Value::from(values));
-                }
+    } else {
+        for (name, index) in &shared.vectors {
+            if let Some(values) = index.get(key) {
+                fields.insert(name.clone(), Value::from(values));
             }
         }
     }

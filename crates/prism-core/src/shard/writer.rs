@@ -17,7 +17,10 @@ use tantivy::{Index, IndexWriter, TantivyDocument, Term};
 use tokio::sync::{oneshot, watch};
 
 use super::ops::{self, version_key, Op};
-use super::{open_reader, resolve_fields, snapshot, Command, ShardConfig, Shared, WriteHealth};
+use super::{
+    open_reader, resolve_fields, snapshot, Command, ReplayProgress, ShardConfig, Shared,
+    WriteHealth,
+};
 use crate::error::{Error, Result};
 use crate::log::{
     create_dir_durable, sync_dir, write_atomically, LogId, OpenOptions, ShardLog, MAX_ENTRY_BYTES,
@@ -75,6 +78,8 @@ pub(crate) struct StateMachine {
     vectors_saved_at: Instant,
     /// The vector indexes changed since the last save.
     vectors_dirty: bool,
+    /// Vectors inserted since the last save: what a crash now would make the replay redo.
+    vectors_since_checkpoint: usize,
     /// Directory (under `vectors/`) of the files of the current vector checkpoint.
     vector_files: Option<String>,
 }
@@ -109,6 +114,7 @@ pub(crate) fn recover(
     dir: &Path,
     schema: Arc<CollectionSchema>,
     config: &ShardConfig,
+    progress: &ReplayProgress,
 ) -> Result<(Arc<Shared>, WriterState)> {
     let started = Instant::now();
     let index_dir = dir.join("index");
@@ -134,14 +140,7 @@ pub(crate) fn recover(
         keys: vector_keys,
         checkpoint: vector_checkpoint,
         files: vector_files,
-    } = load_vectors(
-        dir,
-        &schema,
-        index
-            .schema()
-            .get_field(crate::schema::internal::RAW_VECTORS)
-            .is_err(),
-    )?;
+    } = load_vectors(dir, &schema)?;
     let (log, recovery) = ShardLog::open(
         &dir.join("log"),
         OpenOptions {
@@ -203,6 +202,7 @@ pub(crate) fn recover(
         pending_removals: Vec::new(),
         vectors_saved_at: Instant::now(),
         vectors_dirty: false,
+        vectors_since_checkpoint: 0,
         vector_files,
     };
 
@@ -213,13 +213,31 @@ pub(crate) fn recover(
         Some(committed) => committed.index.min(log.last_index()),
         None => log.last_index(),
     };
+    progress.set_total(replay_through.saturating_sub(machine.applied));
     let mut replayed = 0u64;
+    // Entries are applied in batches, so that the vectors of many small entries are inserted
+    // in parallel (one entry's alone often are too few to spread over the cores).
+    let mut batch: Vec<(u64, Vec<Op>)> = Vec::new();
+    let mut batch_vectors = 0;
+    let mut apply_batch = |batch: &mut Vec<(u64, Vec<Op>)>, machine: &mut StateMachine| {
+        let entries: Vec<(u64, &[Op])> = batch.iter().map(|(i, o)| (*i, o.as_slice())).collect();
+        machine.apply(&shared, &entries, false)?;
+        progress.add_replayed(entries.len() as u64);
+        replayed += entries.len() as u64;
+        batch.clear();
+        Ok::<_, Error>(())
+    };
     log.read_from(machine.applied + 1, replay_through, |entry| {
         let ops = ops::decode(&entry.payload)?;
-        machine.apply(&shared, entry.id.index, &ops, false)?;
-        replayed += 1;
+        batch_vectors += ops.iter().map(Op::vector_count).sum::<usize>();
+        batch.push((entry.id.index, ops));
+        if batch_vectors >= REPLAY_BATCH_VECTORS || batch.len() >= REPLAY_BATCH_ENTRIES {
+            batch_vectors = 0;
+            apply_batch(&mut batch, &mut machine)?;
+        }
         Ok(())
     })?;
+    apply_batch(&mut batch, &mut machine)?;
     if cut_below_checkpoint {
         tracing::error!(
             shard = %dir.display(),
@@ -269,6 +287,11 @@ pub(crate) fn recover(
     Ok((shared, state))
 }
 
+/// Vectors that make a replay batch: enough to keep every core inserting.
+const REPLAY_BATCH_VECTORS: usize = 2048;
+/// Entries that make a replay batch at most, whatever their vectors.
+const REPLAY_BATCH_ENTRIES: usize = 1024;
+
 struct LoadedVectors {
     indexes: BTreeMap<String, VectorIndex>,
     keys: HashMap<String, u64>,
@@ -278,16 +301,8 @@ struct LoadedVectors {
 }
 
 /// Reads `vectors/CHECKPOINT` (`<applied index> <directory>`) and loads that checkpoint.
-/// `as_written`: the text index keeps no raw vectors (an older shard), so new indexes must
-/// hold vectors as written for GET.
-fn load_vectors(dir: &Path, schema: &CollectionSchema, as_written: bool) -> Result<LoadedVectors> {
-    let fresh = |p| {
-        if as_written {
-            VectorIndex::new_as_written(p)
-        } else {
-            VectorIndex::new(p)
-        }
-    };
+fn load_vectors(dir: &Path, schema: &CollectionSchema) -> Result<LoadedVectors> {
+    let fresh = VectorIndex::new;
     let params: Vec<_> = schema
         .vector_fields()
         .map(|(n, p)| (n.to_string(), p))
@@ -358,28 +373,60 @@ fn load_vectors(dir: &Path, schema: &CollectionSchema, as_written: bool) -> Resu
 }
 
 impl StateMachine {
-    /// Applies one entry to each component that has not applied it yet. A text index failure
-    /// drops the writer (see [`StateMachine::writer`]) rather than failing the entry: the
-    /// entry is durable, and [`StateMachine::repair_text`] re-adds it from the log.
+    /// Applies entries, in log order, to each component that has not applied them yet; the
+    /// vectors of all of them are inserted at once, spread over the cores. A text index
+    /// failure drops the writer (see [`StateMachine::writer`]) rather than failing the entry:
+    /// the entry is durable, and [`StateMachine::repair_text`] re-adds it from the log.
     pub(crate) fn apply(
         &mut self,
         shared: &Shared,
-        index: u64,
-        ops: &[Op],
+        entries: &[(u64, &[Op])],
         live: bool,
     ) -> Result<()> {
         self.last_write = Instant::now();
-        if index > self.text_checkpoint && self.text_broken.is_none() {
-            if let Err(e) = self.apply_text(shared, index, ops) {
-                self.break_text(shared, &e);
+        let mut inserts: Vec<(&VectorIndex, u64, &[f32])> = Vec::new();
+        for &(index, ops) in entries {
+            if index > self.text_checkpoint && self.text_broken.is_none() {
+                if let Err(e) = self.apply_text(shared, index, ops) {
+                    self.break_text(shared, &e);
+                }
+            }
+            if !shared.vectors.is_empty() && index > self.vector_checkpoint {
+                self.index_vectors(shared, index, ops, &mut inserts);
             }
         }
-        let to_vectors = !shared.vectors.is_empty() && index > self.vector_checkpoint;
-        let mut inserts: Vec<(&VectorIndex, u64, &[f32])> = Vec::new();
-        for (position, op) in ops.iter().enumerate() {
-            if !to_vectors {
-                break;
+        if !inserts.is_empty() {
+            self.vectors_dirty = true;
+            self.vectors_since_checkpoint += inserts.len();
+            insert_vectors(&inserts)?;
+        }
+        if live {
+            let mut overlay = shared.unrefreshed.write();
+            for (_, ops) in entries {
+                for op in ops.iter() {
+                    let value = match op {
+                        Op::Upsert(doc) => Some(doc.clone()),
+                        Op::Delete(_) => None,
+                    };
+                    overlay.insert(op.id().to_string(), value);
+                }
             }
+        }
+        if let Some((last, _)) = entries.last() {
+            self.applied = self.applied.max(*last);
+        }
+        Ok(())
+    }
+
+    /// Moves the vector keys of one entry's documents and collects its vectors to insert.
+    fn index_vectors<'a>(
+        &mut self,
+        shared: &'a Shared,
+        index: u64,
+        ops: &'a [Op],
+        inserts: &mut Vec<(&'a VectorIndex, u64, &'a [f32])>,
+    ) {
+        for (position, op) in ops.iter().enumerate() {
             let key = version_key(index, position);
             let id = op.id();
             let old = match op {
@@ -400,22 +447,6 @@ impl StateMachine {
                 }
             }
         }
-        if !inserts.is_empty() {
-            self.vectors_dirty = true;
-            insert_vectors(&inserts)?;
-        }
-        if live {
-            let mut overlay = shared.unrefreshed.write();
-            for op in ops {
-                let value = match op {
-                    Op::Upsert(doc) => Some(doc.clone()),
-                    Op::Delete(_) => None,
-                };
-                overlay.insert(op.id().to_string(), value);
-            }
-        }
-        self.applied = self.applied.max(index);
-        Ok(())
     }
 
     /// The writer, opened on first use after start, an idle close or a failure.
@@ -567,6 +598,7 @@ impl StateMachine {
         }
         self.vector_checkpoint = self.applied;
         self.vectors_dirty = false;
+        self.vectors_since_checkpoint = 0;
         // Older checkpoints are no longer needed.
         if self.vector_files.as_deref() != Some(files.as_str()) {
             if let Ok(entries) = fs::read_dir(&root) {
@@ -590,11 +622,7 @@ impl StateMachine {
         let _ = fs::remove_dir_all(target);
         create_dir_durable(target)?;
         for (name, vi) in &shared.vectors {
-            let path = target.join(format!("{name}.usearch"));
-            vi.save(&path)?;
-            fs::File::open(&path)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| Error::io(&path, e))?;
+            vi.save(&target.join(format!("{name}.usearch")))?;
         }
         let keys = postcard::to_stdvec(&self.vector_keys).expect("key map serializes");
         write_atomically(&target.join("keys.bin"), &keys)?;
@@ -675,13 +703,6 @@ fn build_document(shared: &Shared, key: u64, doc: &PreparedDoc) -> Result<Tantiv
         }
     }
     source.push(b'}');
-    // Every vector as written, for GET, which returns vector fields whatever `stored` says.
-    if let (Some(field), false) = (fields.raw_vectors, doc.vectors.is_empty()) {
-        out.add_bytes(
-            field,
-            &postcard::to_stdvec(&doc.vectors).expect("vectors serialize"),
-        );
-    }
     if let Some(field) = fields.content_hash {
         let parts = spans
             .iter()
@@ -877,20 +898,25 @@ impl WriterState {
         };
         // Every entry is durable now, so every one is acknowledged, even when applying fails:
         // the restart's replay (or the text repair) applies it.
-        for (i, (ops, reply)) in accepted.into_iter().enumerate() {
-            let index = first + i as u64;
-            if self.failed.is_none() {
-                // A panic in a component must not drop the replies of durable writes.
-                let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    self.machine.apply(shared, index, &ops, true)
-                }))
-                .unwrap_or_else(|_| Err(Error::Vector("applying the entry panicked".into())));
-                if let Err(e) = applied {
-                    tracing::error!(error = %e, index, "applying a durable log entry to the vector index failed; the shard stops writing until restart");
-                    self.failed = Some(format!("applying entry {index} failed: {e}"));
-                }
+        if self.failed.is_none() {
+            let entries: Vec<(u64, &[Op])> = accepted
+                .iter()
+                .enumerate()
+                .map(|(i, (ops, _))| (first + i as u64, ops.as_slice()))
+                .collect();
+            // A panic in a component must not drop the replies of durable writes.
+            let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.machine.apply(shared, &entries, true)
+            }))
+            .unwrap_or_else(|_| Err(Error::Vector("applying the entries panicked".into())));
+            if let Err(e) = applied {
+                let last = first + entries.len() as u64 - 1;
+                tracing::error!(error = %e, first, last, "applying durable log entries to the vector index failed; the shard stops writing until restart");
+                self.failed = Some(format!("applying entries {first}–{last} failed: {e}"));
             }
-            let _ = reply.send(Ok(index));
+        }
+        for (i, (_, reply)) in accepted.into_iter().enumerate() {
+            let _ = reply.send(Ok(first + i as u64));
         }
         self.publish_health(shared);
     }
@@ -943,7 +969,11 @@ impl WriterState {
     fn checkpoints(&mut self, shared: &Shared, config: &ShardConfig, retry: bool) -> Result<()> {
         self.machine.refresh(shared, &self.log)?;
         // After a full disk the vector checkpoint is retried at once: it is what frees the log.
-        if retry || self.machine.vectors_saved_at.elapsed() >= config.vector_checkpoint_interval {
+        // Bounding it by vectors as well as by time bounds the replay after a crash.
+        if retry
+            || self.machine.vectors_saved_at.elapsed() >= config.vector_checkpoint_interval
+            || self.machine.vectors_since_checkpoint >= config.vector_checkpoint_vectors
+        {
             self.machine.save_vectors(shared)?;
         }
         self.log
