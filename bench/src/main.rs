@@ -15,6 +15,7 @@ mod relevance;
 mod report;
 mod restart;
 mod serve;
+mod targets;
 mod text;
 mod vector;
 
@@ -287,6 +288,9 @@ fn run(args: Args) -> Result<()> {
     }
     if !memory.rows.is_empty() {
         tables.push(memory);
+    }
+    if args.bench == Bench::All {
+        tables.push(targets::table(&summary));
     }
     report::write_json(&out, "summary", &summary)?;
     for t in &tables {

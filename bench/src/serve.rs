@@ -83,6 +83,17 @@ pub fn run(corpus: &Corpus, smoke: bool) -> Result<(Table, Value)> {
             .map(|(_, v)| json!({"vector": v, "limit": limit}))
             .collect()
     };
+    let vector_base64 = || -> Vec<Value> {
+        use base64::Engine as _;
+        topics
+            .iter()
+            .map(|(_, v)| {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                let text = base64::engine::general_purpose::STANDARD.encode(bytes);
+                json!({"vector": text, "limit": 10})
+            })
+            .collect()
+    };
     let hybrid = |window: usize| -> Vec<Value> {
         topics
             .iter()
@@ -110,6 +121,12 @@ pub fn run(corpus: &Corpus, smoke: bool) -> Result<(Table, Value)> {
             "/collections/ef64/search",
             vector(10),
             Some(312.0),
+        ),
+        (
+            "vector top 10, ef 64, base64 query".into(),
+            "/collections/ef64/search",
+            vector_base64(),
+            None,
         ),
         (
             "vector top 10, ef 128".into(),

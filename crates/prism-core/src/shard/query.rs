@@ -360,7 +360,7 @@ fn collect(
 
     let hashes = id_hashes(shared, searcher)?;
     let prune = plan.text.as_deref().is_none_or(prunes_exactly);
-    let Some((_, vindex, values)) = &plan.vector else {
+    let Some((field, vindex, values)) = &plan.vector else {
         let scan = match (&plan.text, matching.as_ref().is::<TermQuery>()) {
             // Match-all or filter-only: every match scores alike.
             (None, _) => Scan::ConstantScore,
@@ -400,9 +400,29 @@ fn collect(
             vector: Vec::new(),
         });
     };
-    let (count, aggregations) = searcher
-        .search(matching.as_ref(), &(Count, agg_collector))
-        .map_err(query_error)?;
+    let (count, aggregations) = match (&plan.text, agg_collector) {
+        // Without aggregations, text ∪ documents with a vector is counted as two disjoint
+        // parts: a pass over the union would visit every document with a vector, most of a
+        // collection, where the two parts cost a term's document count and the text matches.
+        (Some(text), None) => {
+            let with_vector = with_filter(has_vector(shared, field), &plan.filter);
+            let text_only: Box<dyn Query> = Box::new(BooleanQuery::new(vec![
+                (Occur::Must, text.box_clone()),
+                (Occur::MustNot, has_vector(shared, field)),
+            ]));
+            let text_only = with_filter(text_only, &plan.filter);
+            let with_vector = searcher
+                .search(with_vector.as_ref(), &Count)
+                .map_err(query_error)?;
+            let text_only = searcher
+                .search(text_only.as_ref(), &Count)
+                .map_err(query_error)?;
+            (with_vector + text_only, None)
+        }
+        (_, agg_collector) => searcher
+            .search(matching.as_ref(), &(Count, agg_collector))
+            .map_err(query_error)?,
+    };
     let live = live_keys(shared, searcher)?;
     let vector = vector_search(
         searcher,
