@@ -13,6 +13,8 @@ use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 use crate::error::{Error, Result};
 use crate::schema::{Distance, VectorParams};
 
+pub mod kernel;
+
 /// An HNSW index over f32 vectors of one dimension and distance, safe under any mix of
 /// concurrent search, get, insert, remove and growth.
 ///
@@ -97,10 +99,42 @@ fn vector_err(e: impl std::fmt::Display) -> Error {
 impl VectorIndex {
     fn with_index(
         params: VectorParams,
-        index: Index,
+        mut index: Index,
         slots: usize,
         norms: HashMap<u64, f64>,
     ) -> Result<Self> {
+        // The inner-product and L2 metrics run this crate's kernels (see [`kernel`]); a file
+        // keeps its metric kind, so a load installs them again.
+        let dimension = params.dimension;
+        match index.metric_kind() {
+            MetricKind::IP => {
+                let dot = kernel::dot();
+                index.change_metric::<f32>(Box::new(move |a, b| {
+                    // SAFETY: usearch passes two vectors of the index's dimension.
+                    let (a, b) = unsafe {
+                        (
+                            std::slice::from_raw_parts(a, dimension),
+                            std::slice::from_raw_parts(b, dimension),
+                        )
+                    };
+                    1.0 - dot(a, b)
+                }));
+            }
+            MetricKind::L2sq => {
+                let l2 = kernel::l2_squared();
+                index.change_metric::<f32>(Box::new(move |a, b| {
+                    // SAFETY: usearch passes two vectors of the index's dimension.
+                    let (a, b) = unsafe {
+                        (
+                            std::slice::from_raw_parts(a, dimension),
+                            std::slice::from_raw_parts(b, dimension),
+                        )
+                    };
+                    l2(a, b)
+                }));
+            }
+            _ => {}
+        }
         let contexts = context_count();
         index
             .reserve_capacity_and_threads((slots * 2).max(1024), contexts)
@@ -421,10 +455,11 @@ impl VectorIndex {
     ) -> Vec<(u64, f32)> {
         let _shared = self.structure.read();
         let kind = self.params.distance;
+        let (query, _) = self.prepared(query);
         let mut scored: Vec<(u64, f32, f32, u64)> = keys
             .filter_map(|(key, tie)| {
                 self.get_unlocked(key).map(|v| {
-                    let d = self.distance(query, &v);
+                    let d = self.graph_distance(&query, &v);
                     (key, d, similarity(kind, d), tie)
                 })
             })
@@ -434,9 +469,14 @@ impl VectorIndex {
         scored.into_iter().map(|(key, d, _, _)| (key, d)).collect()
     }
 
-    /// The distance usearch reports for this metric.
-    pub fn distance(&self, a: &[f32], b: &[f32]) -> f32 {
-        distance(self.params.distance, a, b)
+    /// The distance the graph computes between a prepared query and a vector as the index
+    /// holds it, so that an exact search scores exactly as the graph walk.
+    fn graph_distance(&self, query: &[f32], held: &[f32]) -> f32 {
+        match self.index.metric_kind() {
+            MetricKind::IP => 1.0 - kernel::dot()(query, held),
+            MetricKind::L2sq => kernel::l2_squared()(query, held),
+            _ => distance(self.params.distance, query, held),
+        }
     }
 }
 
@@ -676,8 +716,9 @@ mod tests {
             exact.iter().map(|h| h.0).collect::<Vec<_>>(),
             approx.iter().map(|h| h.0).collect::<Vec<_>>()
         );
+        // The same kernel on the same prepared query: the same bits.
         for (e, a) in exact.iter().zip(&approx) {
-            assert!((e.1 - a.1).abs() < 1e-4);
+            assert_eq!(e.1, a.1);
         }
     }
 }
