@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
-use prism_core::engine::{Collection, DocumentError, Engine, Refresh};
+use prism_core::engine::{Collection, DocumentError, Engine, PreparedBatch, Refresh};
 use prism_core::schema::CollectionSchema;
 use prism_core::search::{SearchRequest, SearchResponse};
 use prism_core::shard::Op;
@@ -456,28 +456,27 @@ fn not_yet_searchable(index: u64, why: &str) -> ApiError {
     )
 }
 
+fn too_many_documents(count: usize) -> ApiError {
+    ApiError::bad_request(
+        "too_many_documents",
+        format!(
+            "the request holds {count} documents, over the {} limit per request; split it",
+            prism_core::shard::MAX_OPS_PER_ENTRY
+        ),
+    )
+}
+
+/// Writes the valid documents of a request, `total` of them sent, and answers with what was
+/// indexed and what was refused.
 async fn index_batch(
     collection: Arc<Collection>,
-    documents: Vec<Value>,
+    batch: PreparedBatch,
+    total: usize,
     mut errors: Vec<DocumentError>,
-    unparsed: usize,
     refresh: Refresh,
     started: Instant,
 ) -> ApiResult<Json<Value>> {
-    if documents.len() > prism_core::shard::MAX_OPS_PER_ENTRY {
-        return Err(ApiError::bad_request(
-            "too_many_documents",
-            format!(
-                "the request holds {} documents, over the {} limit per request; split it",
-                documents.len(),
-                prism_core::shard::MAX_OPS_PER_ENTRY
-            ),
-        ));
-    }
-    let total = documents.len() + unparsed;
-    let mut failed = unparsed;
-    let batch = collection.prepare_upserts(documents);
-    failed += batch.failed;
+    let failed = total - batch.ops.len();
     errors.extend(batch.errors);
     errors.truncate(prism_core::engine::MAX_REPORTED_ERRORS);
     let ops = batch.ops;
@@ -542,7 +541,15 @@ async fn index_documents(
             ))
         }
     };
-    index_batch(collection, documents, Vec::new(), 0, refresh, started).await
+    if documents.len() > prism_core::shard::MAX_OPS_PER_ENTRY {
+        return Err(too_many_documents(documents.len()));
+    }
+    let total = documents.len();
+    let preparing = collection.clone();
+    let batch = tokio::task::spawn_blocking(move || preparing.prepare_upserts(documents))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    index_batch(collection, batch, total, Vec::new(), refresh, started).await
 }
 
 /// Newline-delimited JSON: one `{"id": ..., "fields": {...}}` per line. A line that is not
@@ -556,18 +563,36 @@ async fn bulk_documents(
     let started = Instant::now();
     let refresh = refresh_mode(&params)?;
     let collection = collection(&state, &name)?;
-    let (documents, errors, unparsed) = tokio::task::spawn_blocking(move || {
-        let mut documents = Vec::new();
+    let preparing = collection.clone();
+    // Each line is validated as soon as it is parsed, so that one document's JSON tree (32
+    // bytes a number: 12 KB for a 384-d vector) is alive at a time, not the whole batch's.
+    let prepared = tokio::task::spawn_blocking(move || {
+        let mut batch = PreparedBatch {
+            ops: Vec::new(),
+            errors: Vec::new(),
+            failed: 0,
+        };
         let mut errors = Vec::new();
-        let mut unparsed = 0;
+        let mut total = 0;
         for (n, line) in body.split(|b| *b == b'\n').enumerate() {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
+            total += 1;
+            if total > prism_core::shard::MAX_OPS_PER_ENTRY {
+                return Err(too_many_documents(total));
+            }
             match prism_core::schema::parse_json_strict(line) {
-                Ok(doc) => documents.push(doc),
+                Ok(doc) => {
+                    let one = preparing.prepare_upserts(vec![doc]);
+                    batch.ops.extend(one.ops);
+                    batch.failed += one.failed;
+                    if batch.errors.len() < prism_core::engine::MAX_REPORTED_ERRORS {
+                        batch.errors.extend(one.errors);
+                    }
+                }
                 Err(e) => {
-                    unparsed += 1;
+                    batch.failed += 1;
                     if errors.len() < prism_core::engine::MAX_REPORTED_ERRORS {
                         errors.push(DocumentError {
                             id: String::new(),
@@ -578,11 +603,12 @@ async fn bulk_documents(
                 }
             }
         }
-        (documents, errors, unparsed)
+        Ok((batch, total, errors))
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    index_batch(collection, documents, errors, unparsed, refresh, started).await
+    let (batch, total, errors) = prepared?;
+    index_batch(collection, batch, total, errors, refresh, started).await
 }
 
 async fn get_document(
