@@ -725,3 +725,62 @@ fn benchmark_smoke_run_produces_every_table() {
         .iter()
         .all(|r| r["server_cpu_us"].as_f64().is_some()));
 }
+
+/// Issue #11: the original Prism's routes answer beside ours, in its shapes.
+#[test]
+fn the_original_prisms_routes_answer_in_its_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let (status, body) = server.get("/");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["name"], json!("prism"));
+    assert_eq!(body["status"], json!("ok"));
+    assert!(body["version"].is_string(), "{body}");
+    let (status, body) = server.put_json(
+        "/collections/articles",
+        &json!({"fields": {"title": {"type": "text"}, "tag": {"type": "keyword", "stored": false},
+            "emb": {"type": "vector", "dimension": 3}}}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = server.post_json(
+        "/collections/articles/documents?refresh=true",
+        &json!({"documents": [{"id": "a", "fields": {"title": "hello", "tag": "x", "emb": [1, 0, 0]}},
+            {"id": "b", "fields": {"title": 5}}]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["indexed"].clone(), body["failed"].clone()),
+        (json!(1), json!(1)),
+        "{body}"
+    );
+    assert_eq!(body["successful_docs"], json!(1), "{body}");
+    let (status, body) = server.get("/admin/collections");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"collections": ["articles"]}));
+    let (status, body) = server.get("/collections/articles/schema");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["collection"], json!("articles"));
+    assert_eq!(body["vector_field"], json!("emb"));
+    assert_eq!(body["vector_dimensions"], json!(3));
+    let fields = body["fields"].as_array().unwrap();
+    assert!(
+        fields.contains(&json!({"name": "tag", "type": "string", "indexed": true, "stored": false, "vector_source": false})),
+        "{body}"
+    );
+    let (status, body) = server.get("/collections/articles/stats");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["document_count"], json!(1), "{body}");
+    assert!(body["storage_bytes"].as_u64().unwrap() > 0, "{body}");
+    let (status, body) = server.get("/stats/server");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["version"], body["prism_version"]);
+    for path in ["/collections/missing/schema", "/collections/missing/stats"] {
+        let (status, body) = server.get(path);
+        assert_eq!(status, 404, "{path}: {body}");
+        assert_eq!(
+            body["error"]["code"],
+            json!("collection_not_found"),
+            "{body}"
+        );
+    }
+}

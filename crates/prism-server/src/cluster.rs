@@ -287,6 +287,9 @@ impl Cluster {
             .await;
         let mut out = serde_json::to_value(&summary).expect("summaries serialize");
         out["latency_ms"] = json!(started.elapsed().as_millis() as u64);
+        // The original Prism's names for the same counts.
+        out["indexed"] = json!(summary.successful_docs);
+        out["failed"] = json!(summary.failed_docs);
         Ok(out)
     }
 

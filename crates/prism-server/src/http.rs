@@ -44,7 +44,13 @@ pub fn router(
     body_read_timeout: std::time::Duration,
 ) -> Router {
     Router::new()
+        .route("/", get(root))
         .route("/health", get(health))
+        // The original Prism's routes, beside ours (docs/api.md, "Routes of the original Prism").
+        .route("/admin/collections", get(collection_names))
+        .route("/collections/{name}/schema", get(original_schema))
+        .route("/collections/{name}/stats", get(original_stats))
+        .route("/stats/server", get(server_info))
         .route("/metrics", get(render_metrics))
         .route("/collections", get(list_collections))
         .route(
@@ -352,6 +358,84 @@ async fn list_collections(State(state): Shared) -> ApiResult<Json<Value>> {
     Ok(Json(json!({ "collections": list })))
 }
 
+/// `GET /`: what this server is.
+async fn root(State(state): Shared) -> Json<Value> {
+    let ready = state.ready.load(std::sync::atomic::Ordering::SeqCst)
+        && state.engine.recovering().is_empty();
+    Json(json!({
+        "name": "prism",
+        "version": env!("CARGO_PKG_VERSION"),
+        "status": if ready { "ok" } else { "recovering" },
+    }))
+}
+
+/// `GET /admin/collections`: the names of the open collections, as the original Prism lists
+/// them.
+async fn collection_names(State(state): Shared) -> Json<Value> {
+    let names: Vec<String> = state
+        .engine
+        .collections()
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect();
+    Json(json!({ "collections": names }))
+}
+
+/// `GET /collections/{name}/schema` in the original Prism's shape: its field types (`string`
+/// for keyword), and the vector field with its dimensions.
+async fn original_schema(State(state): Shared, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    let collection = state.engine.collection(&name)?;
+    let schema = collection.schema();
+    let mut fields = Vec::new();
+    let mut vector = None;
+    for (field, def) in &schema.fields {
+        if let Some(params) = def.vector_params() {
+            vector.get_or_insert((field.clone(), params.dimension));
+            continue;
+        }
+        let kind = match def.field_type {
+            prism_core::schema::FieldType::Keyword => "string".to_string(),
+            other => serde_json::to_value(other)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+        };
+        fields.push(json!({"name": field, "type": kind, "indexed": def.indexed,
+            "stored": def.stored, "vector_source": false}));
+    }
+    Ok(Json(json!({
+        "collection": schema.name,
+        "description": Value::Null,
+        "fields": fields,
+        "vector_dimensions": vector.as_ref().map(|v| v.1),
+        "vector_field": vector.map(|v| v.0),
+    })))
+}
+
+/// `GET /collections/{name}/stats` in the original Prism's shape.
+async fn original_stats(State(state): Shared, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    let engine = state.engine.clone();
+    let stats = blocking(move || {
+        engine
+            .collection(&name)
+            .map(|c| (c.name().to_string(), c.stats()))
+    })
+    .await?;
+    Ok(Json(json!({
+        "collection": stats.0,
+        "document_count": stats.1.num_docs,
+        "storage_bytes": stats.1.size_bytes,
+    })))
+}
+
+/// `GET /stats/server`.
+async fn server_info() -> Json<Value> {
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "prism_version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
 fn describe(c: &Collection) -> Value {
     let stats = c.stats();
     json!({
@@ -511,6 +595,9 @@ async fn index_batch(
         "failed_docs": failed,
         "errors": errors,
         "latency_ms": started.elapsed().as_millis() as u64,
+        // The original Prism's names for the same counts.
+        "indexed": successful,
+        "failed": failed,
     })))
 }
 
