@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use prism_tests::{binary, wait_until, Server};
+use prism_tests::{binary, Server};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
@@ -610,7 +610,11 @@ fn clean_restart_and_schema_files() {
 #[test]
 fn cli_imports_jsonl_and_csv_and_searches() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), &[]);
+    // No scheduled refresh during the test: only the import's own makes documents searchable.
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[("PRISM_REFRESH_INTERVAL_MS", "3600000")],
+    );
     let (status, _) = server.put_json(
         "/collections/films",
         &json!({"fields":{"title":{"type":"text"},"year":{"type":"i64"},"emb":{"type":"vector","dimension":2}}}),
@@ -644,23 +648,32 @@ fn cli_imports_jsonl_and_csv_and_searches() {
     let (ok, stdout, stderr) = run(&["import", "--collection", "films", jsonl.to_str().unwrap()]);
     assert!(ok, "{stdout}{stderr}");
     assert!(
-        stdout.contains("imported 2500 documents (1 errors)"),
+        stdout.contains("imported 2500 documents (1 errors)") && stdout.contains("searchable now"),
         "{stdout}"
     );
-    let (ok, stdout, stderr) = run(&["import", "-c", "films", csv.to_str().unwrap()]);
+    let total = || {
+        let (_, r) = server.post_json("/collections/films/search", &json!({"limit": 1}));
+        r["total"].clone()
+    };
+    // An import that is done is searchable.
+    assert_eq!(total(), json!(2500));
+    let (ok, stdout, stderr) = run(&[
+        "import",
+        "-c",
+        "films",
+        "--no-refresh",
+        csv.to_str().unwrap(),
+    ]);
     assert!(ok, "{stdout}{stderr}");
     assert!(
-        stdout.contains("imported 1 documents (1 errors)"),
+        stdout.contains("imported 1 documents (1 errors)")
+            && stdout.contains("searchable after the server's next refresh"),
         "{stdout}"
     );
-    wait_until(
-        Duration::from_secs(10),
-        "the import to become searchable",
-        || {
-            let (_, r) = server.post_json("/collections/films/search", &json!({"limit":1}));
-            (r["total"] == 2501).then_some(())
-        },
-    );
+    assert_eq!(total(), json!(2500), "--no-refresh skips the refresh");
+    let (status, _) = server.post_json("/collections/films/refresh", &json!({}));
+    assert_eq!(status, 200);
+    assert_eq!(total(), json!(2501));
     let (ok, stdout, _) = run(&["search", "films", "alien"]);
     assert!(ok && stdout.contains("c1"), "{stdout}");
     let (ok, stdout, _) = run(&["collections"]);

@@ -204,6 +204,12 @@ impl Client {
         )
     }
 
+    /// Makes every acknowledged write of `collection` searchable, waiting for it.
+    pub fn refresh(&self, collection: &str) -> Result<Value, ApiError> {
+        let url = self.url(&["collections", collection, "refresh"]);
+        self.send(self.http.post(url.clone()), &url)
+    }
+
     pub fn search(&self, collection: &str, request: &SearchRequest) -> Result<Value, ApiError> {
         let url = self.url(&["collections", collection, "search"]);
         self.send(self.http.post(url.clone()).json(request), &url)

@@ -74,6 +74,11 @@ struct ImportArgs {
     /// Exit with status 1 if any document failed to import
     #[arg(long)]
     fail_on_error: bool,
+
+    /// Do not refresh at the end: the documents become searchable at the server's next
+    /// scheduled refresh (within `refresh_interval_ms`) instead of before the import returns
+    #[arg(long)]
+    no_refresh: bool,
 }
 
 #[derive(Args)]
@@ -172,10 +177,21 @@ fn import(client: &Client, args: ImportArgs) -> Result<ExitCode> {
         id_field: args.id_field,
     };
     let report = import::run(client, &options)?;
+    // An import that is done is searchable: `prism search` right after it sees every document.
+    let searchable = if args.no_refresh || report.imported == 0 {
+        "searchable after the server's next refresh"
+    } else {
+        client.refresh(&options.collection).map_err(|e| {
+            anyhow::anyhow!(
+                "the documents are imported and durable, but the final refresh failed: {e}"
+            )
+        })?;
+        "searchable now"
+    };
 
     let secs = report.elapsed.as_secs_f64();
     println!(
-        "imported {} documents ({} errors) in {secs:.1}s, {} docs/s",
+        "imported {} documents ({} errors) in {secs:.1}s, {} docs/s; {searchable}",
         report.imported,
         report.errors,
         import::per_second(report.imported, report.elapsed)

@@ -59,6 +59,8 @@ pub struct NodeReport {
     pub address: String,
     pub node_id: Option<String>,
     pub state: NodeState,
+    /// `state` is alive: the original Prism's field.
+    pub healthy: bool,
     #[serde(rename = "self")]
     pub is_self: bool,
 }
@@ -68,6 +70,11 @@ pub struct NodeReport {
 pub struct HealthReport {
     pub status: &'static str,
     pub node_id: String,
+    /// Always true: the report of a federation (the original Prism's summary fields follow).
+    pub federated: bool,
+    pub total_nodes: usize,
+    /// Nodes alive.
+    pub healthy_nodes: usize,
     pub nodes: Vec<NodeReport>,
 }
 
@@ -197,13 +204,18 @@ impl Membership {
             address: self.self_key.clone(),
             node_id: Some(self.node_id.clone()),
             state: NodeState::Alive,
+            healthy: true,
             is_self: true,
         }];
-        nodes.extend(self.peers.iter().map(|(address, peer)| NodeReport {
-            address: address.clone(),
-            node_id: peer.node_id.clone(),
-            state: peer.health.state(now, config),
-            is_self: false,
+        nodes.extend(self.peers.iter().map(|(address, peer)| {
+            let state = peer.health.state(now, config);
+            NodeReport {
+                address: address.clone(),
+                node_id: peer.node_id.clone(),
+                state,
+                healthy: state == NodeState::Alive,
+                is_self: false,
+            }
         }));
         let alive = nodes.iter().filter(|n| n.state == NodeState::Alive).count();
         let status = if alive == nodes.len() {
@@ -216,6 +228,9 @@ impl Membership {
         HealthReport {
             status,
             node_id: self.node_id.clone(),
+            federated: true,
+            total_nodes: nodes.len(),
+            healthy_nodes: alive,
             nodes,
         }
     }
@@ -330,6 +345,12 @@ mod tests {
         let report = m.report(at(8_000), &config);
         assert_eq!(report.status, "yellow");
         assert_eq!(report.nodes[2].node_id.as_deref(), Some("n3"));
+        assert!(report.federated);
+        assert_eq!((report.total_nodes, report.healthy_nodes), (3, 2));
+        assert_eq!(
+            report.nodes.iter().map(|n| n.healthy).collect::<Vec<_>>(),
+            vec![true, false, true]
+        );
         assert_eq!(m.report(at(20_000), &config).status, "red");
         // A heartbeat brings it back.
         m.apply(

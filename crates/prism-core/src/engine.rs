@@ -380,6 +380,11 @@ impl Engine {
         }
     }
 
+    /// Whether [`Engine::close`] ran: no collection opens any more.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// The collections not open yet, with their replay progress.
     pub fn recovering(&self) -> Vec<RecoveryStatus> {
         self.recovering
@@ -463,6 +468,10 @@ impl Engine {
     pub fn create_collection(&self, schema: CollectionSchema) -> Result<(Arc<Collection>, bool)> {
         schema.validate()?;
         let mut collections = self.collections.write();
+        // Checked under the lock `close` takes: nothing opens after it.
+        if self.is_closed() {
+            return Err(Error::ShuttingDown);
+        }
         if let Some(existing) = collections.get(&schema.name) {
             return if **existing.schema() == schema {
                 Ok((existing.clone(), false))

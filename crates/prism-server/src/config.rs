@@ -131,9 +131,11 @@ impl StorageConfig {
 
 /// Reads the configuration: file, then environment, then flags.
 pub fn load(cli: &Cli, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
-    let path = match &cli.config {
-        Some(p) => Some(p.clone()),
-        None => Some(PathBuf::from("prism.toml")).filter(|p| p.exists()),
+    // The original Prism reads PRISM_CONFIG_PATH; PRISM_CONFIG (or --config) wins over it.
+    let path = match (&cli.config, env("PRISM_CONFIG_PATH")) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(p)) if !p.is_empty() => Some(PathBuf::from(p)),
+        (None, _) => Some(PathBuf::from("prism.toml")).filter(|p| p.exists()),
     };
     let mut config = match &path {
         Some(p) => from_file(p)?,
@@ -293,6 +295,26 @@ mod tests {
         .unwrap();
         assert_eq!(file_only.storage.refresh_interval_ms, 50);
         assert_eq!(file_only.storage.data_dir, PathBuf::from("/file"));
+    }
+
+    #[test]
+    fn the_original_prisms_config_path_variable_names_the_file() {
+        let dir = tempfile_dir();
+        let path = dir.join("original.toml");
+        std::fs::write(&path, "[storage]\nrefresh_interval_ms = 70\n").unwrap();
+        let named = path.to_string_lossy().to_string();
+        let env = |k: &str| (k == "PRISM_CONFIG_PATH").then(|| named.clone());
+        let config = load(&Cli::default(), env).unwrap();
+        assert_eq!(config.file.as_deref(), Some(path.as_path()));
+        assert_eq!(config.storage.refresh_interval_ms, 70);
+        // --config (or PRISM_CONFIG, which clap reads into it) wins.
+        let other = dir.join("other.toml");
+        std::fs::write(&other, "[storage]\nrefresh_interval_ms = 80\n").unwrap();
+        let cli = Cli {
+            config: Some(other),
+            ..Default::default()
+        };
+        assert_eq!(load(&cli, env).unwrap().storage.refresh_interval_ms, 80);
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// Set once the data directory is recovered and the `--schemas-dir` collections exist.
     pub ready: Arc<std::sync::atomic::AtomicBool>,
+    /// Collections of `--schemas-dir` that could not be created, with why.
+    pub schema_failures: Arc<std::sync::Mutex<Vec<(String, String)>>>,
     /// Present when `[cluster] enabled = true`.
     #[cfg(feature = "cluster")]
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
@@ -280,7 +282,13 @@ async fn health(State(state): Shared) -> Json<Value> {
             (!health.is_ok()).then(|| json!({"collection": c.name(), "write": health}))
         })
         .collect();
-    for (name, reason) in state.engine.unavailable() {
+    let schema_failures = state.schema_failures.lock().expect("not poisoned").clone();
+    for (name, reason) in state
+        .engine
+        .unavailable()
+        .into_iter()
+        .chain(schema_failures)
+    {
         problems
             .push(json!({"collection": name, "write": {"state": "unavailable", "reason": reason}}));
     }
@@ -540,7 +548,7 @@ fn not_yet_searchable(index: u64, why: &str) -> ApiError {
     )
 }
 
-fn too_many_documents(count: usize) -> ApiError {
+fn too_many_documents(count: &str) -> ApiError {
     ApiError::bad_request(
         "too_many_documents",
         format!(
@@ -629,7 +637,7 @@ async fn index_documents(
         }
     };
     if documents.len() > prism_core::shard::MAX_OPS_PER_ENTRY {
-        return Err(too_many_documents(documents.len()));
+        return Err(too_many_documents(&documents.len().to_string()));
     }
     let total = documents.len();
     let preparing = collection.clone();
@@ -660,17 +668,23 @@ async fn bulk_documents(
             failed: 0,
         };
         let mut errors = Vec::new();
-        let mut total = 0;
+        let (mut total, mut parsed) = (0, 0);
         for (n, line) in body.split(|b| *b == b'\n').enumerate() {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
             total += 1;
-            if total > prism_core::shard::MAX_OPS_PER_ENTRY {
-                return Err(too_many_documents(total));
-            }
             match prism_core::schema::parse_json_strict(line) {
                 Ok(doc) => {
+                    // Documents count against the limit, as in the JSON route; lines that
+                    // are not JSON are refused one by one.
+                    parsed += 1;
+                    if parsed > prism_core::shard::MAX_OPS_PER_ENTRY {
+                        return Err(too_many_documents(&format!(
+                            "more than {}",
+                            prism_core::shard::MAX_OPS_PER_ENTRY
+                        )));
+                    }
                     let one = preparing.prepare_upserts(vec![doc]);
                     batch.ops.extend(one.ops);
                     batch.failed += one.failed;

@@ -135,6 +135,7 @@ async fn run(cli: config::Cli) -> anyhow::Result<()> {
         None => Vec::new(),
     };
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let schema_failures = Arc::new(std::sync::Mutex::new(Vec::new()));
 
     let listener = tokio::net::TcpListener::bind(&config.server.bind_addr)
         .await
@@ -162,6 +163,7 @@ async fn run(cli: config::Cli) -> anyhow::Result<()> {
     let recovery = {
         let engine = engine.clone();
         let ready = ready.clone();
+        let schema_failures = schema_failures.clone();
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             engine.recover();
@@ -172,12 +174,17 @@ async fn run(cli: config::Cli) -> anyhow::Result<()> {
                 ms = started.elapsed().as_millis() as u64,
                 "data directory recovered"
             );
-            create_from_schemas(&engine, schemas);
+            if engine.is_closed() {
+                return;
+            }
+            let failures = create_from_schemas(&engine, schemas);
+            *schema_failures.lock().expect("not poisoned") = failures;
             ready.store(true, std::sync::atomic::Ordering::SeqCst);
         })
     };
     let state = Arc::new(http::AppState {
         ready,
+        schema_failures,
         engine: engine.clone(),
         #[cfg(feature = "cluster")]
         cluster: cluster.clone(),
@@ -262,8 +269,13 @@ fn read_schemas(dir: &Path) -> anyhow::Result<Vec<(std::path::PathBuf, Collectio
 }
 
 /// Creates each collection of `schemas` that does not exist, once the data directory is
-/// recovered.
-fn create_from_schemas(engine: &Engine, schemas: Vec<(std::path::PathBuf, CollectionSchema)>) {
+/// recovered; returns the collections that could not be created, with why (`/health` lists
+/// them).
+fn create_from_schemas(
+    engine: &Engine,
+    schemas: Vec<(std::path::PathBuf, CollectionSchema)>,
+) -> Vec<(String, String)> {
+    let mut failures = Vec::new();
     for (path, schema) in schemas {
         let name = schema.name.clone();
         match engine.create_collection(schema) {
@@ -276,14 +288,24 @@ fn create_from_schemas(engine: &Engine, schemas: Vec<(std::path::PathBuf, Collec
                 file = %path.display(),
                 "collection exists with a different schema; keeping the existing one"
             ),
-            Err(e) => tracing::error!(
-                collection = %name,
-                file = %path.display(),
-                error = %e,
-                "the collection of this schema file could not be created; fix the cause and restart"
-            ),
+            Err(e) => {
+                tracing::error!(
+                    collection = %name,
+                    file = %path.display(),
+                    error = %e,
+                    "the collection of this schema file could not be created; fix the cause and restart"
+                );
+                failures.push((
+                    name,
+                    format!(
+                        "schema file {} could not be applied: {e}; fix the cause and restart",
+                        path.display()
+                    ),
+                ));
+            }
         }
     }
+    failures
 }
 
 async fn shutdown_signal() {

@@ -49,8 +49,9 @@ pub struct ShardConfig {
     /// crash re-inserts at most this much work.
     pub vector_checkpoint_interval: Duration,
     /// Vectors inserted since the last vector checkpoint that make the next refresh take one
-    /// before its interval: replay after a crash re-inserts at most about this many. Default
-    /// 10,000.
+    /// before its interval: replay after a crash re-inserts at most about this many. Raised to
+    /// a tenth of the vectors held, since a checkpoint rewrites whole indexes; 0 takes one at
+    /// every refresh. Default 10,000.
     pub vector_checkpoint_vectors: usize,
     /// Size at which a log segment is closed and a new one begun. Default 16 MiB: the log is
     /// purged a whole segment at a time, so up to this much stays after a checkpoint.

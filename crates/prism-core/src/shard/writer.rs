@@ -218,7 +218,14 @@ pub(crate) fn recover(
     // Entries are applied in batches, so that the vectors of many small entries are inserted
     // in parallel (one entry's alone often are too few to spread over the cores).
     let mut batch: Vec<(u64, Vec<Op>)> = Vec::new();
-    let mut batch_vectors = 0;
+    let (mut batch_vectors, mut batch_bytes) = (0, 0);
+    // Without vector fields there is nothing to spread over the cores: entries apply one by
+    // one, holding one decoded entry at a time.
+    let batch_entries = if shared.vectors.is_empty() {
+        1
+    } else {
+        REPLAY_BATCH_ENTRIES
+    };
     let mut apply_batch = |batch: &mut Vec<(u64, Vec<Op>)>, machine: &mut StateMachine| {
         let entries: Vec<(u64, &[Op])> = batch.iter().map(|(i, o)| (*i, o.as_slice())).collect();
         machine.apply(&shared, &entries, false)?;
@@ -230,9 +237,13 @@ pub(crate) fn recover(
     log.read_from(machine.applied + 1, replay_through, |entry| {
         let ops = ops::decode(&entry.payload)?;
         batch_vectors += ops.iter().map(Op::vector_count).sum::<usize>();
+        batch_bytes += entry.payload.len();
         batch.push((entry.id.index, ops));
-        if batch_vectors >= REPLAY_BATCH_VECTORS || batch.len() >= REPLAY_BATCH_ENTRIES {
-            batch_vectors = 0;
+        if batch_vectors >= REPLAY_BATCH_VECTORS
+            || batch.len() >= batch_entries
+            || batch_bytes >= REPLAY_BATCH_BYTES
+        {
+            (batch_vectors, batch_bytes) = (0, 0);
             apply_batch(&mut batch, &mut machine)?;
         }
         Ok(())
@@ -291,6 +302,9 @@ pub(crate) fn recover(
 const REPLAY_BATCH_VECTORS: usize = 2048;
 /// Entries that make a replay batch at most, whatever their vectors.
 const REPLAY_BATCH_ENTRIES: usize = 1024;
+/// Encoded bytes that make a replay batch at most: entries of large documents without
+/// vectors must not pile up (an entry may be hundreds of MiB).
+const REPLAY_BATCH_BYTES: usize = 32 << 20;
 
 struct LoadedVectors {
     indexes: BTreeMap<String, VectorIndex>,
@@ -628,6 +642,18 @@ impl StateMachine {
         write_atomically(&target.join("keys.bin"), &keys)?;
         sync_dir(target)?;
         sync_dir(&vectors_dir(&shared.dir))
+    }
+
+    /// Vectors inserted since the last save that make the next refresh save again: the
+    /// configured count, raised to a tenth of the vectors held, so that a save (which rewrites
+    /// every index) never costs more than ten times the vectors it covers. 0 saves at every
+    /// refresh.
+    fn vector_save_threshold(&self, shared: &Shared, config: &ShardConfig) -> usize {
+        if config.vector_checkpoint_vectors == 0 {
+            return 0;
+        }
+        let held: usize = shared.vectors.values().map(VectorIndex::len).sum();
+        config.vector_checkpoint_vectors.max(held / 10)
     }
 
     /// The entry through which every component's checkpoint has passed.
@@ -972,7 +998,8 @@ impl WriterState {
         // Bounding it by vectors as well as by time bounds the replay after a crash.
         if retry
             || self.machine.vectors_saved_at.elapsed() >= config.vector_checkpoint_interval
-            || self.machine.vectors_since_checkpoint >= config.vector_checkpoint_vectors
+            || self.machine.vectors_since_checkpoint
+                >= self.machine.vector_save_threshold(shared, config)
         {
             self.machine.save_vectors(shared)?;
         }
