@@ -562,6 +562,12 @@ fn clean_restart_and_schema_files() {
         "name: books\nfields:\n  title: {type: text}\n  year: {type: i64}\n",
     )
     .unwrap();
+    // The original Prism's format, as its own e2e test data writes it (issue #11).
+    std::fs::write(
+        schemas.join("articles.yaml"),
+        "collection: articles\ndescription: News\nbackends:\n  text:\n    fields:\n      - name: title\n        type: text\n        stored: true\n        indexed: true\n      - name: category\n        type: string\n        indexed: true\n        stored: true\n  vector:\n    embedding_field: embedding\n    dimension: 2\n",
+    )
+    .unwrap();
     let schemas_env = schemas.to_string_lossy().to_string();
     let mut server = Server::start(
         &dir.path().join("data"),
@@ -569,6 +575,20 @@ fn clean_restart_and_schema_files() {
     );
     let (status, body) = server.get("/collections/books");
     assert_eq!(status, 200, "{body}");
+    let (status, body) = server.get("/collections/articles/schema");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["description"], json!("News"), "{body}");
+    assert_eq!(body["vector_field"], json!("embedding"), "{body}");
+    let (status, body) = server.post_json(
+        "/collections/articles/documents?refresh=true",
+        &json!({"documents": [{"id": "a1", "fields": {"title": "Rust Search", "category": "Tech", "embedding": [1, 0]}}]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (_, found) = server.post_json(
+        "/collections/articles/search",
+        &json!({"query": "category:Tech AND rust", "vector": [1, 0]}),
+    );
+    assert_eq!(found["results"][0]["id"], json!("a1"), "{found}");
     let (status, _) = server.post_json(
         "/collections/books/documents",
         &json!({"documents":[{"id":"b1","fields":{"title":"Dune","year":1965}}]}),
@@ -585,7 +605,7 @@ fn clean_restart_and_schema_files() {
     assert_eq!(found["total"], 1, "{found}");
     let (_, health) = server.get("/health");
     assert_eq!(health["status"], "ok");
-    assert_eq!(health["collections"], 1);
+    assert_eq!(health["collections"], 2);
     let metrics = server
         .client
         .get(server.url("/metrics"))
@@ -796,4 +816,26 @@ fn the_original_prisms_routes_answer_in_its_shapes() {
             "{body}"
         );
     }
+}
+
+/// Issue #11: as the original Prism does, `<data_dir>/schemas` is read when no schemas
+/// directory is named.
+#[test]
+fn schemas_in_the_data_directory_are_read_without_a_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("schemas")).unwrap();
+    std::fs::write(
+        data.join("schemas").join("docs.yaml"),
+        "collection: docs\nbackends:\n  text:\n    fields:\n      - {name: body, type: text, indexed: true, stored: true}\n",
+    )
+    .unwrap();
+    let server = Server::start(&data, &[]);
+    let (status, body) = server.get("/collections/docs");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["schema"]["fields"]["body"]["type"],
+        json!("text"),
+        "{body}"
+    );
 }

@@ -413,7 +413,7 @@ async fn original_schema(State(state): Shared, Path(name): Path<String>) -> ApiR
     }
     Ok(Json(json!({
         "collection": schema.name,
-        "description": Value::Null,
+        "description": schema.description,
         "fields": fields,
         "vector_dimensions": vector.as_ref().map(|v| v.1),
         "vector_field": vector.map(|v| v.0),

@@ -130,8 +130,11 @@ async fn run(cli: config::Cli) -> anyhow::Result<()> {
     let engine = Engine::open_deferred(engine_config)
         .with_context(|| format!("cannot open data directory {}", data_dir.display()))?;
     let engine = Arc::new(engine);
+    // As the original Prism does, `<data_dir>/schemas` is read when no directory is named.
+    let default_schemas = data_dir.join("schemas");
     let schemas = match &config.storage.schemas_dir {
         Some(dir) => read_schemas(dir)?,
+        None if default_schemas.is_dir() => read_schemas(&default_schemas)?,
         None => Vec::new(),
     };
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));

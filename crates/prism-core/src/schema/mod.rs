@@ -20,6 +20,8 @@ pub const MAX_ID_LEN: usize = 512;
 pub const MAX_VECTOR_DIMENSION: usize = 4096;
 
 /// Names of the internal tantivy fields. User field names may not start with `_`.
+pub mod original;
+
 pub mod internal {
     pub const ID: &str = "_id";
     pub const KEY: &str = "_key";
@@ -166,6 +168,9 @@ pub struct CollectionSchema {
     /// Schema version, raised by every accepted change.
     #[serde(default = "default_one")]
     pub version: u32,
+    /// Free text about the collection (the original Prism's `description`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
 /// Text analyzers a text field may name.
@@ -224,16 +229,24 @@ impl CollectionSchema {
     /// Parses a schema from JSON, reporting serde's message (unknown types, typos) clearly.
     pub fn from_json(body: &[u8]) -> Result<Self> {
         let value = parse_json_strict(body).map_err(|e| Error::InvalidSchema(e.to_string()))?;
-        let schema: Self =
-            serde_json::from_value(value).map_err(|e| Error::InvalidSchema(e.to_string()))?;
-        schema.validate()?;
-        Ok(schema)
+        Self::from_value(value)
     }
 
     /// Parses a schema from YAML (the `--schemas-dir` format).
     pub fn from_yaml(text: &str) -> Result<Self> {
-        let schema: Self =
-            serde_yaml::from_str(text).map_err(|e| Error::InvalidSchema(e.to_string()))?;
+        let value: Value =
+            serde_yaml_ng::from_str(text).map_err(|e| Error::InvalidSchema(e.to_string()))?;
+        Self::from_value(value)
+    }
+
+    /// A schema in this crate's format, or in the original Prism's (`collection:` and
+    /// `backends:`, see [`original`]), validated.
+    fn from_value(value: Value) -> Result<Self> {
+        let schema = if original::is_original(&value) {
+            original::convert(value)?
+        } else {
+            serde_json::from_value(value).map_err(|e| Error::InvalidSchema(e.to_string()))?
+        };
         schema.validate()?;
         Ok(schema)
     }
