@@ -340,6 +340,23 @@ impl Server {
         self.send_raw("POST", path, body.to_string().into_bytes())
     }
 
+    /// [`Server::send_raw`], with a transport failure as an error instead of a panic.
+    pub fn try_send_raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> reqwest::Result<(u16, Value)> {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let response = self
+            .client
+            .request(method, self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()?;
+        Ok(into_parts(Ok(response)))
+    }
+
     pub fn send_raw(&self, method: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         into_parts(

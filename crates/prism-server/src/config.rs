@@ -44,6 +44,11 @@ pub struct Cli {
 pub struct Config {
     pub server: ServerConfig,
     pub storage: StorageConfig,
+    /// Log level and format, and whether `/metrics` is served (the original Prism's section).
+    pub observability: ObservabilityConfig,
+    /// The original Prism's API keys, roles and audit log: not implemented, so accepted only
+    /// while disabled (see [`Config::unimplemented`]).
+    pub security: Option<SecurityConfig>,
     #[cfg(feature = "cluster")]
     pub cluster: prism_cluster::config::ClusterConfig,
     #[cfg(feature = "cluster")]
@@ -69,6 +74,10 @@ pub struct ServerConfig {
     pub header_read_timeout_ms: u64,
     /// Longest a client may take to send a request's body; slower requests get 408.
     pub body_read_timeout_ms: u64,
+    /// Cross-origin requests from browsers.
+    pub cors: CorsConfig,
+    /// HTTPS on the API: not implemented, so accepted only while disabled.
+    pub tls: Option<UnimplementedSection>,
 }
 
 impl Default for ServerConfig {
@@ -78,7 +87,109 @@ impl Default for ServerConfig {
             max_body_bytes: 100 << 20,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 30_000,
+            cors: CorsConfig::default(),
+            tls: None,
         }
+    }
+}
+
+/// `[server.cors]`: which browser origins may call the API.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    pub enabled: bool,
+    /// Allowed origins (`https://app.example.com`); `"*"` allows any.
+    pub origins: Vec<String>,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        CorsConfig {
+            enabled: false,
+            origins: vec!["*".into()],
+        }
+    }
+}
+
+/// A section of the original Prism's configuration that Prism does not implement: its keys
+/// are kept only to say which section it is.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+pub struct UnimplementedSection {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(flatten)]
+    pub rest: toml::Table,
+}
+
+/// `[security]` and `[security.audit]` of the original Prism.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+pub struct SecurityConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default)]
+    pub audit: Option<UnimplementedSection>,
+    #[serde(flatten)]
+    pub rest: toml::Table,
+}
+
+/// `[observability]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ObservabilityConfig {
+    /// A tracing filter (`info`, `info,prism_cluster=debug`); `PRISM_LOG` wins. Default `info`.
+    pub log_level: String,
+    /// `text` or `json` (one JSON object a line). Default `text`.
+    pub log_format: String,
+    /// Serve Prometheus metrics on `/metrics`. Default true.
+    pub metrics_enabled: bool,
+}
+
+impl Default for ObservabilityConfig {
+    fn default() -> Self {
+        ObservabilityConfig {
+            log_level: "info".into(),
+            log_format: "text".into(),
+            metrics_enabled: true,
+        }
+    }
+}
+
+impl Config {
+    /// The original Prism's sections this server does not implement: the names of those
+    /// present and disabled (to warn about once), or an error for one that is enabled, since
+    /// ignoring `[server.tls]` or `[security]` would leave the API open while the operator
+    /// believes it is protected.
+    pub fn unimplemented(&self) -> anyhow::Result<Vec<&'static str>> {
+        let mut disabled = Vec::new();
+        let mut check = |name: &'static str, enabled: bool, what: &str| {
+            if enabled {
+                anyhow::bail!("[{name}] enabled = true: {what}; set enabled = false");
+            }
+            disabled.push(name);
+            Ok(())
+        };
+        if let Some(tls) = &self.server.tls {
+            check(
+                "server.tls",
+                tls.enabled,
+                "Prism does not serve HTTPS yet. Terminate TLS in a reverse proxy (nginx, Caddy, Envoy) in front of it",
+            )?;
+        }
+        if let Some(security) = &self.security {
+            check(
+                "security",
+                security.enabled,
+                "Prism has no API keys or roles yet. Restrict access at the network (bind to 127.0.0.1, or a proxy that authenticates)",
+            )?;
+            if let Some(audit) = &security.audit {
+                check(
+                    "security.audit",
+                    audit.enabled,
+                    "Prism writes no audit log yet. Log requests in a reverse proxy",
+                )?;
+            }
+        }
+        Ok(disabled)
     }
 }
 
@@ -144,6 +255,13 @@ pub fn load(cli: &Cli, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<C
     config.file = path;
     apply_env(&mut config, env)?;
     apply_cli(&mut config, cli)?;
+    if !matches!(config.observability.log_format.as_str(), "text" | "json") {
+        anyhow::bail!(
+            "observability.log_format = {:?}: use \"text\" or \"json\"",
+            config.observability.log_format
+        );
+    }
+    config.unimplemented()?;
     Ok(config)
 }
 
@@ -315,6 +433,73 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(load(&cli, env).unwrap().storage.refresh_interval_ms, 80);
+    }
+
+    /// The original Prism's e2e configuration, every section it has present.
+    const ORIGINAL: &str = "[storage]\ndata_dir = \"/data\"\n\n[server]\nbind_addr = \"0.0.0.0:3000\"\n\n[server.cors]\nenabled = true\norigins = [\"*\"]\n\n[server.tls]\nenabled = false\n\n[security]\nenabled = false\n\n[security.audit]\nenabled = false\n\n[observability]\nlog_level = \"info,prism_cluster=debug\"\nlog_format = \"json\"\nmetrics_enabled = true\n";
+
+    fn load_text(name: &str, text: &str) -> anyhow::Result<Config> {
+        let path = tempfile_dir().join(name);
+        std::fs::write(&path, text).unwrap();
+        load(
+            &Cli {
+                config: Some(path),
+                ..Default::default()
+            },
+            no_env,
+        )
+    }
+
+    #[test]
+    fn the_original_prisms_config_loads_with_its_disabled_sections_named() {
+        let config = load_text("original.toml", ORIGINAL).unwrap();
+        assert!(config.server.cors.enabled);
+        assert_eq!(config.server.cors.origins, vec!["*".to_string()]);
+        assert_eq!(config.observability.log_format, "json");
+        assert_eq!(config.observability.log_level, "info,prism_cluster=debug");
+        assert_eq!(
+            config.unimplemented().unwrap(),
+            vec!["server.tls", "security", "security.audit"]
+        );
+        // Without those sections nothing is named.
+        let plain = load_text("plain.toml", "[server]\nbind_addr = \"127.0.0.1:1\"\n").unwrap();
+        assert!(plain.unimplemented().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_enabled_section_prism_does_not_implement_is_refused() {
+        for (section, enabled) in [
+            (
+                "server.tls",
+                ORIGINAL.replace(
+                    "[server.tls]\nenabled = false",
+                    "[server.tls]\nenabled = true\ncert_path = \"c.pem\"",
+                ),
+            ),
+            (
+                "security",
+                ORIGINAL.replace("[security]\nenabled = false", "[security]\nenabled = true"),
+            ),
+            (
+                "security.audit",
+                ORIGINAL.replace(
+                    "[security.audit]\nenabled = false",
+                    "[security.audit]\nenabled = true",
+                ),
+            ),
+        ] {
+            let error = load_text("enabled.toml", &enabled).unwrap_err().to_string();
+            assert!(
+                error.contains(&format!("[{section}] enabled = true"))
+                    && error.contains("set enabled = false"),
+                "{section}: {error}"
+            );
+        }
+        let bad_format = ORIGINAL.replace("log_format = \"json\"", "log_format = \"xml\"");
+        let error = load_text("format.toml", &bad_format)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("log_format"), "{error}");
     }
 
     #[test]

@@ -42,13 +42,35 @@ fn tune_allocator() {
 fn main() -> std::process::ExitCode {
     #[cfg(target_env = "gnu")]
     tune_allocator();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("PRISM_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = config::Cli::parse();
+    let config = match config::load(&cli, |k| std::env::var(k).ok()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    // PRISM_LOG wins over [observability] log_level.
+    let filter = EnvFilter::try_from_env("PRISM_LOG")
+        .or_else(|_| EnvFilter::try_new(&config.observability.log_level));
+    let filter = match filter {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!(
+                "error: observability.log_level = {:?} is not a log filter: {e}",
+                config.observability.log_level
+            );
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.observability.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -59,7 +81,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, config)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -106,15 +128,25 @@ fn process_capacity(configured: Option<usize>) -> prism_core::limits::Capacity {
     capacity
 }
 
-async fn run(cli: config::Cli) -> anyhow::Result<()> {
-    let config = config::load(&cli, |k| std::env::var(k).ok())?;
+async fn run(cli: config::Cli, config: config::Config) -> anyhow::Result<()> {
+    let unimplemented = config.unimplemented()?;
+    if !unimplemented.is_empty() {
+        tracing::warn!(
+            sections = ?unimplemented,
+            "these sections of the original Prism's configuration are accepted because they are disabled; Prism does not implement them"
+        );
+    }
     match &config.file {
         Some(file) => tracing::info!(file = %file.display(), "configuration file read"),
         None => tracing::info!(
             "no configuration file (--config / PRISM_CONFIG unset, no ./prism.toml): defaults, PRISM_* variables and flags apply"
         ),
     }
-    let metrics = metrics::install()?;
+    let metrics = if config.observability.metrics_enabled {
+        Some(metrics::install()?)
+    } else {
+        None
+    };
     let data_dir = config.storage.data_dir.clone();
     let capacity = process_capacity(config.storage.max_collections);
     let engine_config = EngineConfig {
@@ -191,7 +223,7 @@ async fn run(cli: config::Cli) -> anyhow::Result<()> {
         engine: engine.clone(),
         #[cfg(feature = "cluster")]
         cluster: cluster.clone(),
-        metrics: Some(metrics),
+        metrics,
         started: Instant::now(),
     });
     let app = http::router(
@@ -199,6 +231,10 @@ async fn run(cli: config::Cli) -> anyhow::Result<()> {
         config.server.max_body_bytes,
         std::time::Duration::from_millis(config.server.body_read_timeout_ms.max(1)),
     );
+    let app = match cors_layer(&config.server.cors)? {
+        Some(layer) => app.layer(layer),
+        None => app,
+    };
     serve::serve(
         listener,
         app,
@@ -220,6 +256,35 @@ async fn run(cli: config::Cli) -> anyhow::Result<()> {
     recovery.await?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// `[server.cors]` as a tower-http layer: preflights and `Access-Control-Allow-*` headers for
+/// the listed origins (`"*"`: any), every method and header.
+fn cors_layer(config: &config::CorsConfig) -> anyhow::Result<Option<tower_http::cors::CorsLayer>> {
+    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    if !config.enabled {
+        return Ok(None);
+    }
+    let origin = if config.origins.is_empty() || config.origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let origins = config
+            .origins
+            .iter()
+            .map(|o| {
+                axum::http::HeaderValue::from_str(o).map_err(|e| {
+                    anyhow::anyhow!("server.cors.origins: {o:?} is not a valid origin: {e}")
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        AllowOrigin::list(origins)
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(origin)
+            .allow_methods(Any)
+            .allow_headers(Any),
+    ))
 }
 
 /// Gives memory freed by closed index writers back to the OS. glibc keeps it in its
