@@ -903,3 +903,81 @@ fn the_original_prisms_config_starts_the_server_and_cors_answers() {
         preflight.headers()
     );
 }
+
+/// Issue #11: ingest pipelines from `conf/pipelines/*.yaml` beside the config file, as the
+/// original Prism's smoke test uses them; an unknown pipeline indexes nothing.
+#[test]
+fn a_pipeline_rewrites_documents_and_an_unknown_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipelines = dir.path().join("conf").join("pipelines");
+    std::fs::create_dir_all(&pipelines).unwrap();
+    std::fs::write(
+        pipelines.join("normalize.yaml"),
+        "name: normalize\ndescription: Normalize text fields for E2E tests\nprocessors:\n  - lowercase:\n      field: title\n  - set:\n      field: indexed_at\n      value: \"{{_now}}\"\n  - html_strip:\n      field: body\n",
+    )
+    .unwrap();
+    let config = dir.path().join("prism.toml");
+    std::fs::write(&config, "[server]\nbind_addr = \"127.0.0.1:3000\"\n").unwrap();
+    let config = config.to_string_lossy().to_string();
+    let server = Server::start_with_args(&dir.path().join("data"), &[], &["--config", &config]);
+    let (status, body) = server.get("/admin/pipelines");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"pipelines": [{"name": "normalize", "description": "Normalize text fields for E2E tests", "processor_count": 3}]})
+    );
+    let (status, _) = server.put_json(
+        "/collections/articles",
+        &json!({"fields": {"title": {"type": "text"}, "body": {"type": "text"}, "indexed_at": {"type": "keyword"}}}),
+    );
+    assert_eq!(status, 201);
+    let (status, body) = server.post_json(
+        "/collections/articles/documents?pipeline=normalize&refresh=true",
+        &json!({"documents": [{"id": "p1", "fields": {"title": "Hello WORLD", "body": "<p>Fish &amp; chips</p>"}},
+            {"id": "p2", "fields": {"title": 7}}]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["indexed"].clone(), body["failed"].clone()),
+        (json!(1), json!(1)),
+        "{body}"
+    );
+    assert_eq!(
+        body["errors"][0]["code"],
+        json!("pipeline_failed"),
+        "{body}"
+    );
+    let (_, doc) = server.get("/collections/articles/documents/p1");
+    assert_eq!(doc["fields"]["title"], json!("hello world"), "{doc}");
+    assert_eq!(doc["fields"]["body"], json!("Fish & chips"), "{doc}");
+    assert!(
+        doc["fields"]["indexed_at"].as_str().unwrap().contains('T'),
+        "{doc}"
+    );
+    let bulk = server
+        .client
+        .post(server.url("/collections/articles/documents/bulk?pipeline=normalize&refresh=true"))
+        .body("{\"id\": \"p3\", \"fields\": {\"title\": \"LOUD\"}}\n")
+        .send()
+        .unwrap();
+    assert_eq!(bulk.status(), 200);
+    assert_eq!(
+        server.get("/collections/articles/documents/p3").1["fields"]["title"],
+        json!("loud")
+    );
+    for path in [
+        "/collections/articles/documents?pipeline=missing&refresh=true",
+        "/collections/articles/documents/bulk?pipeline=missing&refresh=true",
+    ] {
+        let (status, body) = server.send_raw(
+            "POST",
+            path,
+            br#"{"documents": [{"id": "never", "fields": {"title": "x"}}]}"#.to_vec(),
+        );
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["error"]["code"], json!("unknown_pipeline"), "{body}");
+    }
+    assert_eq!(server.get("/collections/articles/documents/never").0, 404);
+    let (_, found) = server.post_json("/collections/articles/search", &json!({}));
+    assert_eq!(found["total"], json!(2), "{found}");
+}

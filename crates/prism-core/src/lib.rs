@@ -16,6 +16,7 @@ pub mod error;
 pub mod fusion;
 pub mod limits;
 pub mod log;
+pub mod pipeline;
 pub mod rank;
 pub mod routing;
 pub mod schema;

@@ -268,7 +268,12 @@ impl Cluster {
 
     /// `POST /cluster/collections/{c}/documents`: each document goes to the node that owns
     /// `stable_hash(id) % members`.
-    pub async fn index(&self, collection: &str, body: &[u8]) -> ApiResult<Value> {
+    pub async fn index(
+        &self,
+        collection: &str,
+        body: &[u8],
+        pipeline: Option<&prism_core::pipeline::Pipeline>,
+    ) -> ApiResult<Value> {
         let started = Instant::now();
         let value: Value = prism_core::schema::parse_json_strict(body).map_err(|e| {
             ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
@@ -279,12 +284,33 @@ impl Cluster {
                 "the body must be {\"documents\": [{\"id\": ..., \"fields\": {...}}, ...]}",
             ));
         };
+        let processed;
+        let (documents, refused) = match pipeline {
+            Some(pipeline) => {
+                let (kept, refused) = crate::http::run_pipeline(pipeline, documents.clone());
+                processed = kept;
+                (&processed, refused)
+            }
+            None => (documents, Vec::new()),
+        };
         let map = self.membership.read().shard_map();
         let deadline = Duration::from_millis(self.config.request_timeout_ms);
         let summary = self
             .coordinator
             .index(collection, documents, &map, deadline)
             .await;
+        let mut summary = summary;
+        summary.total_docs += refused.len() as u64;
+        summary.failed_docs += refused.len() as u64;
+        summary.errors.extend(
+            refused
+                .into_iter()
+                .map(|e| prism_cluster::rpc::RefusedDocument {
+                    id: e.id,
+                    code: e.code,
+                    message: e.message,
+                }),
+        );
         let mut out = serde_json::to_value(&summary).expect("summaries serialize");
         out["latency_ms"] = json!(started.elapsed().as_millis() as u64);
         // The original Prism's names for the same counts.

@@ -25,6 +25,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// Set once the data directory is recovered and the `--schemas-dir` collections exist.
     pub ready: Arc<std::sync::atomic::AtomicBool>,
+    /// Ingest pipelines (`conf/pipelines/*.yaml` beside the config file), by name.
+    pub pipelines: Arc<prism_core::pipeline::Pipelines>,
     /// Collections of `--schemas-dir` that could not be created, with why.
     pub schema_failures: Arc<std::sync::Mutex<Vec<(String, String)>>>,
     /// Present when `[cluster] enabled = true`.
@@ -53,6 +55,7 @@ pub fn router(
         .route("/collections/{name}/schema", get(original_schema))
         .route("/collections/{name}/stats", get(original_stats))
         .route("/stats/server", get(server_info))
+        .route("/admin/pipelines", get(list_pipelines))
         .route("/metrics", get(render_metrics))
         .route("/collections", get(list_collections))
         .route(
@@ -132,9 +135,11 @@ async fn check_request_head(
 /// The query parameters each route takes; any other is refused rather than ignored.
 fn allowed_parameters(route: &str) -> &'static [&'static str] {
     match route {
-        "/collections/{name}/documents"
-        | "/collections/{name}/documents/bulk"
-        | "/collections/{name}/documents/{id}" => &["refresh"],
+        "/collections/{name}/documents" | "/collections/{name}/documents/bulk" => {
+            &["refresh", "pipeline"]
+        }
+        "/collections/{name}/documents/{id}" => &["refresh"],
+        "/cluster/collections/{name}/documents" => &["pipeline"],
         _ => &[],
     }
 }
@@ -436,6 +441,56 @@ async fn original_stats(State(state): Shared, Path(name): Path<String>) -> ApiRe
     })))
 }
 
+/// `GET /admin/pipelines`: `{"pipelines": [{"name", "description", "processor_count"}]}`.
+async fn list_pipelines(State(state): Shared) -> Json<Value> {
+    let list: Vec<_> = state.pipelines.values().map(|p| p.summary()).collect();
+    Json(json!({ "pipelines": list }))
+}
+
+/// The pipeline a request names with `?pipeline=`; an unknown name is a 400, before anything
+/// is written.
+pub fn named_pipeline(
+    pipelines: &Arc<prism_core::pipeline::Pipelines>,
+    params: &QueryParameters,
+) -> ApiResult<Option<prism_core::pipeline::Pipeline>> {
+    let Some(name) = params.get("pipeline") else {
+        return Ok(None);
+    };
+    match pipelines.get(name) {
+        Some(pipeline) => Ok(Some(pipeline.clone())),
+        None => {
+            let known: Vec<&str> = pipelines.keys().map(String::as_str).collect();
+            Err(ApiError::bad_request(
+                "unknown_pipeline",
+                format!(
+                    "no pipeline is named {name:?}; this node has {known:?} (conf/pipelines/*.yaml beside the config file); nothing was indexed"
+                ),
+            ))
+        }
+    }
+}
+
+/// Runs `pipeline` over `documents`: those it refuses come out as errors, the rest go on.
+pub fn run_pipeline(
+    pipeline: &prism_core::pipeline::Pipeline,
+    documents: Vec<Value>,
+) -> (Vec<Value>, Vec<DocumentError>) {
+    let now = prism_core::pipeline::now_rfc3339();
+    let mut kept = Vec::with_capacity(documents.len());
+    let mut refused = Vec::new();
+    for mut doc in documents {
+        match pipeline.apply(&mut doc, &now) {
+            Ok(()) => kept.push(doc),
+            Err(message) => refused.push(DocumentError {
+                id: doc["id"].as_str().unwrap_or_default().to_string(),
+                code: "pipeline_failed".into(),
+                message,
+            }),
+        }
+    }
+    (kept, refused)
+}
+
 /// `GET /stats/server`.
 async fn server_info() -> Json<Value> {
     Json(json!({
@@ -617,6 +672,7 @@ async fn index_documents(
 ) -> ApiResult<Json<Value>> {
     let started = Instant::now();
     let refresh = refresh_mode(&params)?;
+    let pipeline = named_pipeline(&state.pipelines, &params)?;
     let collection = collection(&state, &name)?;
     let value = parse_json(&body)?;
     let documents = match value {
@@ -641,10 +697,16 @@ async fn index_documents(
     }
     let total = documents.len();
     let preparing = collection.clone();
-    let batch = tokio::task::spawn_blocking(move || preparing.prepare_upserts(documents))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    index_batch(collection, batch, total, Vec::new(), refresh, started).await
+    let (batch, refused) = tokio::task::spawn_blocking(move || {
+        let (documents, refused) = match &pipeline {
+            Some(pipeline) => run_pipeline(pipeline, documents),
+            None => (documents, Vec::new()),
+        };
+        (preparing.prepare_upserts(documents), refused)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    index_batch(collection, batch, total, refused, refresh, started).await
 }
 
 /// Newline-delimited JSON: one `{"id": ..., "fields": {...}}` per line. A line that is not
@@ -657,6 +719,7 @@ async fn bulk_documents(
 ) -> ApiResult<Json<Value>> {
     let started = Instant::now();
     let refresh = refresh_mode(&params)?;
+    let pipeline = named_pipeline(&state.pipelines, &params)?;
     let collection = collection(&state, &name)?;
     let preparing = collection.clone();
     // Each line is validated as soon as it is parsed, so that one document's JSON tree (32
@@ -685,7 +748,15 @@ async fn bulk_documents(
                             prism_core::shard::MAX_OPS_PER_ENTRY
                         )));
                     }
-                    let one = preparing.prepare_upserts(vec![doc]);
+                    let (docs, refused) = match &pipeline {
+                        Some(pipeline) => run_pipeline(pipeline, vec![doc]),
+                        None => (vec![doc], Vec::new()),
+                    };
+                    batch.failed += refused.len();
+                    if errors.len() < prism_core::engine::MAX_REPORTED_ERRORS {
+                        errors.extend(refused);
+                    }
+                    let one = preparing.prepare_upserts(docs);
                     batch.ops.extend(one.ops);
                     batch.failed += one.failed;
                     if batch.errors.len() < prism_core::engine::MAX_REPORTED_ERRORS {
@@ -778,10 +849,16 @@ async fn cluster_search(
 async fn cluster_index(
     State(state): Shared,
     Path(name): Path<String>,
+    axum::Extension(params): axum::Extension<QueryParameters>,
     Body(body): Body,
 ) -> ApiResult<Json<Value>> {
     prism_core::schema::validate_collection_name(&name)?;
-    Ok(Json(cluster_of(&state)?.index(&name, &body).await?))
+    let pipeline = named_pipeline(&state.pipelines, &params)?;
+    Ok(Json(
+        cluster_of(&state)?
+            .index(&name, &body, pipeline.as_ref())
+            .await?,
+    ))
 }
 
 #[cfg(not(feature = "cluster"))]

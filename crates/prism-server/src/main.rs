@@ -169,6 +169,19 @@ async fn run(cli: config::Cli, config: config::Config) -> anyhow::Result<()> {
         None if default_schemas.is_dir() => read_schemas(&default_schemas)?,
         None => Vec::new(),
     };
+    // As the original Prism: `conf/pipelines/*.yaml` beside the config file (or under the
+    // working directory without one).
+    let pipelines_dir = config
+        .file
+        .as_deref()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("."))
+        .join("conf")
+        .join("pipelines");
+    let pipelines = Arc::new(prism_core::pipeline::load_dir(&pipelines_dir)?);
+    if !pipelines.is_empty() {
+        tracing::info!(dir = %pipelines_dir.display(), pipelines = ?pipelines.keys().collect::<Vec<_>>(), "ingest pipelines loaded");
+    }
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let schema_failures = Arc::new(std::sync::Mutex::new(Vec::new()));
 
@@ -219,6 +232,7 @@ async fn run(cli: config::Cli, config: config::Config) -> anyhow::Result<()> {
     };
     let state = Arc::new(http::AppState {
         ready,
+        pipelines,
         schema_failures,
         engine: engine.clone(),
         #[cfg(feature = "cluster")]
