@@ -215,11 +215,12 @@ impl Server {
                 if let Ok(Some(status)) = child.try_wait() {
                     panic!("prism-server exited during start-up: {status}");
                 }
+                // 503 while recovering, with the progress in the body.
                 let health: Value = client
                     .get(&url)
                     .send()
                     .ok()
-                    .filter(|r| r.status().is_success())?
+                    .filter(|r| r.status().is_success() || r.status().as_u16() == 503)?
                     .json()
                     .ok()?;
                 listening.get_or_insert_with(Instant::now);

@@ -275,7 +275,7 @@ fn two_collections(dir: &Path) -> Server {
                 &format!("/collections/{name}/documents"),
                 &json!({"documents": [{"id": format!("d{v}"), "fields": fields_of(v)}]}),
             );
-            assert_eq!(status, 200, "{body}");
+            assert_eq!(status, 201, "{body}");
         }
     }
     server
@@ -360,7 +360,7 @@ fn a_corrupt_log_fails_its_collection_only_and_names_file_and_offset() {
         "/collections/hurt/documents",
         &json!({"documents": [{"id": "after-repair", "fields": fields_of(77)}]}),
     );
-    assert_eq!(status, 200, "{body}");
+    assert_eq!(status, 201, "{body}");
     repaired.kill();
     repaired.start_again();
     let (status, doc) = repaired.get("/collections/hurt/documents/after-repair");
@@ -394,7 +394,7 @@ fn a_torn_tail_is_cut_and_the_node_serves() {
         "/collections/hurt/documents",
         &json!({"documents": [{"id": "after", "fields": fields_of(99)}]}),
     );
-    assert_eq!(status, 200, "{body}");
+    assert_eq!(status, 201, "{body}");
     server.stop();
 }
 
@@ -487,28 +487,35 @@ fn a_restarting_node_listens_at_once_and_reports_its_replay() {
             "/collections/slow/documents",
             &json!({ "documents": documents }),
         );
-        assert_eq!(status, 200, "{body}");
+        assert_eq!(status, 201, "{body}");
     }
-    server.kill();
-    server.start_again_unready();
     let search_url = server.url("/collections/slow/search");
     let client = server.client.clone();
     let mut during_replay: Vec<(Value, u16, Value)> = Vec::new();
     let mut healths: Vec<Value> = Vec::new();
-    server.wait_ready(|health| {
-        if health["status"] == "recovering" {
-            healths.push(health.clone());
+    // On a loaded machine the first answer can come after a short replay: kill and start
+    // again (the log still holds every entry) until a request lands during the replay.
+    for _attempt in 0..4 {
+        server.kill();
+        server.start_again_unready();
+        server.wait_ready(|health| {
+            if health["status"] == "recovering" {
+                healths.push(health.clone());
+            }
+            if health["status"] == "recovering" && during_replay.len() < 3 {
+                let answer = client
+                    .post(&search_url)
+                    .json(&json!({"query": "doc", "limit": 1}))
+                    .send()
+                    .unwrap();
+                let status = answer.status().as_u16();
+                during_replay.push((health.clone(), status, answer.json().unwrap()));
+            }
+        });
+        if during_replay.iter().any(|(_, status, _)| *status == 503) {
+            break;
         }
-        if health["status"] == "recovering" && during_replay.len() < 3 {
-            let answer = client
-                .post(&search_url)
-                .json(&json!({"query": "doc", "limit": 1}))
-                .send()
-                .unwrap();
-            let status = answer.status().as_u16();
-            during_replay.push((health.clone(), status, answer.json().unwrap()));
-        }
-    });
+    }
     let (health, status, body) = during_replay
         .first()
         .expect("/health answered while the log replayed");
@@ -544,10 +551,7 @@ fn a_restarting_node_listens_at_once_and_reports_its_replay() {
             "{body}"
         );
         let message = body["error"]["message"].as_str().unwrap();
-        assert!(
-            message.contains(&format!("of {batches} log entries")),
-            "{message}"
-        );
+        assert!(message.contains("log entries replayed"), "{message}");
     }
     assert!(
         during_replay.iter().any(|(_, status, _)| *status == 503),

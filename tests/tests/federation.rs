@@ -42,7 +42,7 @@ fn quick_start_partial_results_and_health_on_three_nodes() {
         "/collections/docs/documents?refresh=wait_for",
         &json!({"documents": [{"id": "doc1", "fields": {"title": "hello world"}}]}),
     );
-    assert_eq!(status, 200, "{body}");
+    assert_eq!(status, 201, "{body}");
     // 4. Federated search from node 3 finds it.
     let (status, found) = nodes[2].post_json(
         "/cluster/collections/docs/search",
@@ -241,7 +241,7 @@ fn federation_ranks_like_a_single_node() {
             let (status, r) = nodes[0].post_json("/cluster/collections/docs/documents", &body);
             assert!(status == 200 && r["failed_docs"] == 0, "{r}");
             let (status, r) = single.post_json("/collections/docs/documents", &body);
-            assert!(status == 200 && r["failed_docs"] == 0, "{r}");
+            assert!(status == 201 && r["failed_docs"] == 0, "{r}");
         }
         for node in &nodes {
             node.post_json("/collections/docs/refresh", &json!({}));
@@ -384,7 +384,7 @@ fn nave_kjv_ranks_alike(nodes: &[Server], single: &Server, dir: &std::path::Path
         let (status, r) = nodes[0].post_json("/cluster/collections/kjv/documents", &body);
         assert!(status == 200 && r["failed_docs"] == 0, "{r}");
         let (status, r) = single.post_json("/collections/kjv/documents", &body);
-        assert!(status == 200 && r["failed_docs"] == 0, "{r}");
+        assert!(status == 201 && r["failed_docs"] == 0, "{r}");
     }
     for server in nodes.iter().chain([single]) {
         server.post_json("/collections/kjv/refresh", &json!({}));

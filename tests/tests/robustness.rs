@@ -140,7 +140,7 @@ fn full_disk_refuses_writes_then_resumes_and_loses_nothing() {
             &json!({ "documents": docs }),
         );
         match status {
-            200 => {
+            201 => {
                 *acked.get_mut(collection).unwrap() += 40;
             }
             507 => assert_eq!(body["error"]["code"], "insufficient_storage", "{body}"),
@@ -151,8 +151,8 @@ fn full_disk_refuses_writes_then_resumes_and_loses_nothing() {
 
     // Some writes land, then the disk is filled to its last few hundred KiB.
     for _ in 0..10 {
-        assert_eq!(write(&server, "text", &mut acked), 200);
-        assert_eq!(write(&server, "vec", &mut acked), 200);
+        assert_eq!(write(&server, "text", &mut acked), 201);
+        assert_eq!(write(&server, "vec", &mut acked), 201);
     }
     let ballast = disk.dir.join("ballast");
     fill(&ballast, 256 << 10, &disk);
@@ -184,12 +184,12 @@ fn full_disk_refuses_writes_then_resumes_and_loses_nothing() {
     std::fs::remove_file(&ballast).unwrap();
     for collection in ["text", "vec"] {
         wait_until(Duration::from_secs(30), "writes to resume", || {
-            (write(&server, collection, &mut acked) == 200).then_some(())
+            (write(&server, collection, &mut acked) == 201).then_some(())
         });
     }
     for _ in 0..5 {
-        assert_eq!(write(&server, "text", &mut acked), 200);
-        assert_eq!(write(&server, "vec", &mut acked), 200);
+        assert_eq!(write(&server, "text", &mut acked), 201);
+        assert_eq!(write(&server, "vec", &mut acked), 201);
     }
     wait_until(Duration::from_secs(30), "health to be ok again", || {
         (server.get("/health").1["status"] == "ok").then_some(())
@@ -312,7 +312,7 @@ fn vector_search_during_ingest_is_safe_and_durable() {
                 let (status, body) =
                     server.post_json("/collections/v/documents", &json!({ "documents": docs }));
                 requests.fetch_add(1, Ordering::Relaxed);
-                if status != 200 {
+                if status != 201 {
                     failures.lock().unwrap().push(format!("upsert: {status} {body}"));
                     continue;
                 }
@@ -498,7 +498,7 @@ fn hostile_requests_get_json_4xx_and_change_nothing() {
             {"id": "b", "fields": {"title": "beta gamma", "tag": "y", "year": 2021, "e": [0, 1, 0]}}
         ]}),
     );
-    assert_eq!(s, 200, "{b}");
+    assert_eq!(s, 201, "{b}");
     let before = server.get("/collections/h").1;
 
     let nested = |open: &str, n: usize| format!("{}x{}", open.repeat(n), ")".repeat(n));
@@ -526,7 +526,8 @@ fn hostile_requests_get_json_4xx_and_change_nothing() {
         ("search body that is an array", "POST", search.into(), b"[\"beta\", null, null, null, 10]".to_vec(), 400, "invalid_query"),
         ("search body with a duplicate key", "POST", search.into(), br#"{"query": "beta", "query": "alpha"}"#.to_vec(), 400, "invalid_query"),
         ("unknown parameter on search", "POST", format!("{search}?timeout=1ms"), json!({"query": "beta"}).to_string().into_bytes(), 400, "invalid_parameter"),
-        ("unknown parameter on index", "POST", format!("{docs}?pipeline=x"), json!({"documents": [{"id": "p", "fields": {"title": "t"}}]}).to_string().into_bytes(), 400, "invalid_parameter"),
+        ("unknown parameter on index", "POST", format!("{docs}?routing=x"), json!({"documents": [{"id": "p", "fields": {"title": "t"}}]}).to_string().into_bytes(), 400, "invalid_parameter"),
+        ("unknown pipeline on index", "POST", format!("{docs}?pipeline=x"), json!({"documents": [{"id": "p", "fields": {"title": "t"}}]}).to_string().into_bytes(), 400, "unknown_pipeline"),
         ("duplicate refresh parameter", "POST", format!("{docs}?refresh=true&refresh=false"), json!({"documents": [{"id": "p", "fields": {"title": "t"}}]}).to_string().into_bytes(), 400, "invalid_parameter"),
         ("bad refresh value", "POST", format!("{docs}?refresh=soon"), json!({"documents": [{"id": "p", "fields": {"title": "t"}}]}).to_string().into_bytes(), 400, "invalid_parameter"),
         ("a document with a duplicate id key", "POST", docs.into(), br#"{"documents": [{"id": "p", "id": "q", "fields": {"title": "t"}}]}"#.to_vec(), 400, "malformed_json"),
@@ -753,7 +754,7 @@ fn a_thousand_collections_fit_and_the_limit_is_enforced() {
             &format!("/collections/c{i}/documents"),
             &json!({ "documents": docs }),
         );
-        assert_eq!(s, 200, "{b}");
+        assert_eq!(s, 201, "{b}");
     }
     let indexed = started.elapsed();
     let busy = usage(server.pid().unwrap());

@@ -325,7 +325,7 @@ fn bad_input_gets_a_4xx_json_error_and_changes_nothing() {
         "/collections/docs/documents?refresh=wait_for",
         &json!({"documents":[{"id":"keep","fields":{"title":"kept","emb":[1,0,0]}}]}),
     );
-    assert_eq!(status, 200);
+    assert_eq!(status, 201);
     let snapshot = |s: &Server| {
         let (_, collections) = s.get("/collections");
         let (_, doc) = s.get("/collections/docs/documents/keep");
@@ -543,7 +543,7 @@ fn bad_input_gets_a_4xx_json_error_and_changes_nothing() {
         "/collections/docs/documents?refresh=true",
         &json!({"documents":[{"id":"good","fields":{"title":"fine"}},{"id":"bad","fields":{"emb":[1]}}]}),
     );
-    assert_eq!(status, 200, "{mixed}");
+    assert_eq!(status, 201, "{mixed}");
     assert_eq!(
         (
             mixed["successful_docs"].clone(),
@@ -596,7 +596,7 @@ fn clean_restart_and_schema_files() {
         "/collections/articles/documents?refresh=true",
         &json!({"documents": [{"id": "a1", "fields": {"title": "Rust Search", "category": "Tech", "embedding": [1, 0]}}]}),
     );
-    assert_eq!(status, 200, "{body}");
+    assert_eq!(status, 201, "{body}");
     let (_, found) = server.post_json(
         "/collections/articles/search",
         &json!({"query": "category:Tech AND rust", "vector": [1, 0]}),
@@ -606,7 +606,7 @@ fn clean_restart_and_schema_files() {
         "/collections/books/documents",
         &json!({"documents":[{"id":"b1","fields":{"title":"Dune","year":1965}}]}),
     );
-    assert_eq!(status, 200);
+    assert_eq!(status, 201);
     // Real-time GET before any refresh.
     assert_eq!(
         server.get("/collections/books/documents/b1").1["fields"]["title"],
@@ -793,7 +793,7 @@ fn the_original_prisms_routes_answer_in_its_shapes() {
         &json!({"documents": [{"id": "a", "fields": {"title": "hello", "tag": "x", "emb": [1, 0, 0]}},
             {"id": "b", "fields": {"title": 5}}]}),
     );
-    assert_eq!(status, 200, "{body}");
+    assert_eq!(status, 201, "{body}");
     assert_eq!(
         (body["indexed"].clone(), body["failed"].clone()),
         (json!(1), json!(1)),
@@ -936,7 +936,7 @@ fn a_pipeline_rewrites_documents_and_an_unknown_one_is_refused() {
         &json!({"documents": [{"id": "p1", "fields": {"title": "Hello WORLD", "body": "<p>Fish &amp; chips</p>"}},
             {"id": "p2", "fields": {"title": 7}}]}),
     );
-    assert_eq!(status, 200, "{body}");
+    assert_eq!(status, 201, "{body}");
     assert_eq!(
         (body["indexed"].clone(), body["failed"].clone()),
         (json!(1), json!(1)),

@@ -278,7 +278,10 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// `ok`, or `degraded` with every collection that cannot take writes (or open) and why.
-async fn health(State(state): Shared) -> Json<Value> {
+/// `GET /health`: 200 once every collection is open (`ok` or `degraded`), 503 while logs
+/// replay after a start (`recovering`, with the progress), so that a client or load balancer
+/// that waits for 200 waits for a node that can answer. `GET /` answers 200 throughout.
+async fn health(State(state): Shared) -> (StatusCode, Json<Value>) {
     let collections = state.engine.collections();
     let mut problems: Vec<Value> = collections
         .iter()
@@ -317,7 +320,12 @@ async fn health(State(state): Shared) -> Json<Value> {
     if !recovering.is_empty() {
         body["recovering"] = json!(recovering);
     }
-    Json(body)
+    let code = if status == "recovering" {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, Json(body))
 }
 
 async fn render_metrics(State(state): Shared) -> Response {
@@ -622,7 +630,8 @@ async fn index_batch(
     mut errors: Vec<DocumentError>,
     refresh: Refresh,
     started: Instant,
-) -> ApiResult<Json<Value>> {
+    success: StatusCode,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     let failed = total - batch.ops.len();
     errors.extend(batch.errors);
     errors.truncate(prism_core::engine::MAX_REPORTED_ERRORS);
@@ -652,16 +661,19 @@ async fn index_batch(
     write(&collection, ops, refresh).await?;
     ::metrics::counter!(metrics::DOCS_INDEXED, "collection" => collection.name().to_string())
         .increment(successful as u64);
-    Ok(Json(json!({
-        "total_docs": total,
-        "successful_docs": successful,
-        "failed_docs": failed,
-        "errors": errors,
-        "latency_ms": started.elapsed().as_millis() as u64,
-        // The original Prism's names for the same counts.
-        "indexed": successful,
-        "failed": failed,
-    })))
+    Ok((
+        success,
+        Json(json!({
+            "total_docs": total,
+            "successful_docs": successful,
+            "failed_docs": failed,
+            "errors": errors,
+            "latency_ms": started.elapsed().as_millis() as u64,
+            // The original Prism's names for the same counts.
+            "indexed": successful,
+            "failed": failed,
+        })),
+    ))
 }
 
 async fn index_documents(
@@ -669,7 +681,7 @@ async fn index_documents(
     Path(name): Path<String>,
     axum::Extension(params): axum::Extension<QueryParameters>,
     Body(body): Body,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<(StatusCode, Json<Value>)> {
     let started = Instant::now();
     let refresh = refresh_mode(&params)?;
     let pipeline = named_pipeline(&state.pipelines, &params)?;
@@ -706,7 +718,17 @@ async fn index_documents(
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    index_batch(collection, batch, total, refused, refresh, started).await
+    // 201, as the original Prism answers (spec 000 is silent on this route's status).
+    index_batch(
+        collection,
+        batch,
+        total,
+        refused,
+        refresh,
+        started,
+        StatusCode::CREATED,
+    )
+    .await
 }
 
 /// Newline-delimited JSON: one `{"id": ..., "fields": {...}}` per line. A line that is not
@@ -716,7 +738,7 @@ async fn bulk_documents(
     Path(name): Path<String>,
     axum::Extension(params): axum::Extension<QueryParameters>,
     Body(body): Body,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<(StatusCode, Json<Value>)> {
     let started = Instant::now();
     let refresh = refresh_mode(&params)?;
     let pipeline = named_pipeline(&state.pipelines, &params)?;
@@ -780,7 +802,16 @@ async fn bulk_documents(
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     let (batch, total, errors) = prepared?;
-    index_batch(collection, batch, total, errors, refresh, started).await
+    index_batch(
+        collection,
+        batch,
+        total,
+        errors,
+        refresh,
+        started,
+        StatusCode::OK,
+    )
+    .await
 }
 
 async fn get_document(
