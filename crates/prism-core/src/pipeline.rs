@@ -203,21 +203,12 @@ fn find_ascii_case_insensitive(haystack: &str, needle: &str) -> Option<usize> {
 /// file that does not parse, or a name used twice, is an error naming the file.
 pub fn load_dir(dir: &Path) -> Result<BTreeMap<String, Pipeline>> {
     let mut pipelines = BTreeMap::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
+    let paths = match crate::schema::files_with_extensions(dir, &["yaml", "yml"]) {
+        Ok(paths) => paths,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(pipelines),
         Err(e) => return Err(Error::io(dir, e)),
     };
-    let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    paths.sort();
     for path in paths {
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .unwrap_or_default();
-        if !matches!(ext, "yaml" | "yml") {
-            continue;
-        }
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         let pipeline = Pipeline::from_yaml(&text)
             .map_err(|e| Error::InvalidRequest(format!("pipeline file {}: {e}", path.display())))?;

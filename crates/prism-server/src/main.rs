@@ -325,18 +325,13 @@ async fn return_freed_memory() {
 /// parse stops the start.
 fn read_schemas(dir: &Path) -> anyhow::Result<Vec<(std::path::PathBuf, CollectionSchema)>> {
     let mut schemas = Vec::new();
-    let entries = std::fs::read_dir(dir)
+    let paths = prism_core::schema::files_with_extensions(dir, &["yaml", "yml", "json"])
         .with_context(|| format!("cannot read --schemas-dir {}", dir.display()))?;
-    let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    paths.sort();
     for path in paths {
         let ext = path
             .extension()
             .and_then(|e| e.to_str())
             .unwrap_or_default();
-        if !matches!(ext, "yaml" | "yml" | "json") {
-            continue;
-        }
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         let schema = if ext == "json" {

@@ -22,6 +22,25 @@ pub const MAX_VECTOR_DIMENSION: usize = 4096;
 /// Names of the internal tantivy fields. User field names may not start with `_`.
 pub mod original;
 
+/// The files of `dir` (not its subdirectories) whose extension is one of `extensions`, in
+/// file-name order: how schema and pipeline directories are read.
+pub fn files_with_extensions(
+    dir: &std::path::Path,
+    extensions: &[&str],
+) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut paths: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| extensions.contains(&e))
+        })
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
 pub mod internal {
     pub const ID: &str = "_id";
     pub const KEY: &str = "_key";
