@@ -106,34 +106,24 @@ impl VectorIndex {
         // The inner-product and L2 metrics run this crate's kernels (see [`kernel`]); a file
         // keeps its metric kind, so a load installs them again.
         let dimension = params.dimension;
-        match index.metric_kind() {
-            MetricKind::IP => {
-                let dot = kernel::dot();
-                index.change_metric::<f32>(Box::new(move |a, b| {
-                    // SAFETY: usearch passes two vectors of the index's dimension.
-                    let (a, b) = unsafe {
-                        (
-                            std::slice::from_raw_parts(a, dimension),
-                            std::slice::from_raw_parts(b, dimension),
-                        )
-                    };
-                    1.0 - dot(a, b)
-                }));
-            }
-            MetricKind::L2sq => {
-                let l2 = kernel::l2_squared();
-                index.change_metric::<f32>(Box::new(move |a, b| {
-                    // SAFETY: usearch passes two vectors of the index's dimension.
-                    let (a, b) = unsafe {
-                        (
-                            std::slice::from_raw_parts(a, dimension),
-                            std::slice::from_raw_parts(b, dimension),
-                        )
-                    };
-                    l2(a, b)
-                }));
-            }
-            _ => {}
+        // The kernel, and how its value becomes usearch's distance.
+        type Metric = (kernel::Kernel, fn(f32) -> f32);
+        let metric: Option<Metric> = match index.metric_kind() {
+            MetricKind::IP => Some((kernel::dot(), |dot| 1.0 - dot)),
+            MetricKind::L2sq => Some((kernel::l2_squared(), |l2| l2)),
+            _ => None,
+        };
+        if let Some((measure, to_distance)) = metric {
+            index.change_metric::<f32>(Box::new(move |a, b| {
+                // SAFETY: usearch passes two vectors of the index's dimension.
+                let (a, b) = unsafe {
+                    (
+                        std::slice::from_raw_parts(a, dimension),
+                        std::slice::from_raw_parts(b, dimension),
+                    )
+                };
+                to_distance(measure(a, b))
+            }));
         }
         let contexts = context_count();
         index
