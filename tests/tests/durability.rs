@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prism_crashfs::CrashFs;
-use prism_tests::Server;
+use prism_tests::{wait_until, Server};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
@@ -557,6 +557,18 @@ fn a_restarting_node_listens_at_once_and_reports_its_replay() {
         during_replay.iter().any(|(_, status, _)| *status == 503),
         "no request was refused while recovering: {during_replay:?}"
     );
+    // SIGKILL in the middle of a replay loses nothing either: the next start replays again.
+    server.kill();
+    server.start_again_unready();
+    // The first answer comes while the replay runs (it takes seconds): kill right then.
+    let health_url = server.url("/health");
+    wait_until(
+        Duration::from_secs(60),
+        "the restarted node to answer",
+        || client.get(&health_url).send().ok().map(|_| ()),
+    );
+    server.kill();
+    server.start_again();
     let (status, body) = server.get("/collections/slow");
     assert_eq!(status, 200, "{body}");
     assert_eq!(
