@@ -549,6 +549,9 @@ fn hostile_requests_get_json_4xx_and_change_nothing() {
             b
         }, 400, "invalid_documents"),
         ("an unknown route", "GET", "/nope".into(), vec![], 404, "not_found"),
+        ("a collection name that is not UTF-8", "POST", "/collections/%FF/search".into(), json!({"query": "beta"}).to_string().into_bytes(), 400, "invalid_path"),
+        ("a document id that is not UTF-8", "GET", "/collections/h/documents/%C3%28".into(), vec![], 400, "invalid_path"),
+        ("an index body with an unknown key", "POST", docs.into(), json!({"documents": [{"id": "p", "fields": {"title": "t"}}], "routing": "x"}).to_string().into_bytes(), 400, "invalid_request"),
     ];
     // The largest request the limits admit still runs.
     cases.push((
@@ -809,5 +812,68 @@ fn a_thousand_collections_fit_and_the_limit_is_enforced() {
     assert!(
         restart < Duration::from_secs(60),
         "restart took {restart:?}"
+    );
+}
+
+/// Issue #11: the OpenAPI document at `/openapi.json` lists what the server serves. Each of its
+/// operations is sent once, and answers with a status the document lists for it (never the
+/// router's 404 or 405), and a 4xx or 5xx as `{"error": {"code", "message"}}`.
+#[test]
+fn every_operation_of_the_openapi_document_is_served_as_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let (s, b) = server.put_json(
+        "/collections/c",
+        &json!({"fields": {"title": {"type": "text"}}}),
+    );
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = server.post_json(
+        "/collections/c/documents?refresh=true",
+        &json!({"documents": [{"id": "d", "fields": {"title": "alpha"}}]}),
+    );
+    assert_eq!(s, 201, "{b}");
+    let (s, doc) = server.get("/openapi.json");
+    assert_eq!(s, 200);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut operations: Vec<(String, String, Value)> = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            operations.push((method.to_uppercase(), path.clone(), operation.clone()));
+        }
+    }
+    // Deleting the collection goes last, so that the rest find it.
+    operations.sort_by_key(|(method, path, _)| {
+        (
+            method == "DELETE" && path == "/collections/{name}",
+            path.clone(),
+        )
+    });
+    assert!(operations.len() >= 21, "{} operations", operations.len());
+    for (method, path, operation) in operations {
+        let url = path.replace("{name}", "c").replace("{id}", "d");
+        let body = if method == "POST" || method == "PUT" {
+            b"{}".to_vec()
+        } else {
+            Vec::new()
+        };
+        let (status, answer) = server.send_raw(&method, &url, body);
+        let what = format!("{method} {url} answered {status} {answer}");
+        assert!(
+            operation["responses"].get(status.to_string()).is_some(),
+            "{what}, which the document does not list for it"
+        );
+        assert_ne!(answer["error"]["code"], "not_found", "{what}");
+        assert_ne!(status, 405, "{what}");
+        if status >= 400 {
+            assert!(
+                answer["error"]["code"].is_string() && answer["error"]["message"].is_string(),
+                "{what}"
+            );
+        }
+    }
+    let (s, _) = server.get("/collections/c");
+    assert_eq!(
+        s, 404,
+        "DELETE /collections/{{name}} ran last and deleted it"
     );
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::config::HealthConfig;
 
 /// A node's state as `/cluster/health` reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeState {
     Alive,

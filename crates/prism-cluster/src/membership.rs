@@ -54,7 +54,7 @@ pub struct Membership {
 }
 
 /// One node of the health report.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct NodeReport {
     pub address: String,
     pub node_id: Option<String>,
@@ -66,8 +66,11 @@ pub struct NodeReport {
 }
 
 /// `/cluster/health`: green when every node is alive, yellow while a majority is, else red.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(as = ClusterHealth)]
 pub struct HealthReport {
+    /// `green`, `yellow` or `red`.
+    #[schema(value_type = String)]
     pub status: &'static str,
     pub node_id: String,
     /// Always true: the report of a federation (the original Prism's summary fields follow).

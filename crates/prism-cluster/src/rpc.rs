@@ -60,7 +60,7 @@ pub enum Request {
 }
 
 /// One document a write refused, and why.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RefusedDocument {
     pub id: String,
     pub code: String,

@@ -32,7 +32,7 @@ pub struct EngineConfig {
 }
 
 /// Why one document of a batch was refused.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct DocumentError {
     pub id: String,
     pub code: String,
@@ -238,10 +238,11 @@ pub struct Recovery {
 }
 
 /// What `/health` reports of a recovering collection.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RecoveryStatus {
     pub collection: String,
     /// `waiting` (another collection replays first) or `replaying`.
+    #[schema(value_type = String)]
     pub state: &'static str,
     pub replayed_entries: u64,
     pub total_entries: u64,

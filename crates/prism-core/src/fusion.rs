@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::rank::{best_first, TieBreak};
 
 /// How a hybrid query combines its text and vector lists.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "strategy", rename_all = "lowercase", deny_unknown_fields)]
 pub enum HybridStrategy {
     /// `score = Σ 1 / (rrf_k + rank)`, ranks from 1, over the lists a document appears in.

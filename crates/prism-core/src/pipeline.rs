@@ -68,7 +68,7 @@ pub struct Pipeline {
 }
 
 /// What `GET /admin/pipelines` lists of a pipeline.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct PipelineSummary {
     pub name: String,
     pub description: Option<String>,

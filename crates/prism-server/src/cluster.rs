@@ -11,8 +11,11 @@ use axum::http::StatusCode;
 use futures::StreamExt;
 use parking_lot::{Mutex, RwLock};
 use prism_cluster::config::{ClusterConfig, FederationConfig, QueryConfig};
+use prism_cluster::coordinator::status::ShardStatus;
+use prism_cluster::coordinator::IndexSummary;
 use prism_cluster::coordinator::{Coordinator, RpcShardClient, SearchError};
 use prism_cluster::discovery::{self, ClusterEvent};
+use prism_cluster::membership::HealthReport;
 use prism_cluster::membership::{Change, Event, Membership};
 use prism_cluster::network::{HandlerService, LocalFirst, Network};
 use prism_cluster::node::EngineHandler;
@@ -20,9 +23,58 @@ use prism_cluster::rpc::{Answer, Envelope, Request};
 use prism_cluster::transport::{Transport, TransportConfig, PROTOCOL_VERSION};
 use prism_core::engine::Engine;
 use prism_core::search::SearchRequest;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::error::{ApiError, ApiResult};
+
+/// The settings of one federated search, beside its search request.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FederationSettings {
+    /// Answer with the shards that did answer (`is_partial`) rather than fail. Default from
+    /// `[federation.query]`.
+    pub allow_partial_results: Option<bool>,
+    /// Fewest shards that must answer. Default from `[federation.query]`.
+    pub min_successful_shards: Option<u32>,
+}
+
+impl FederationSettings {
+    /// The keys it takes out of a search body.
+    pub const KEYS: &'static [&'static str] = &["allow_partial_results", "min_successful_shards"];
+}
+
+/// `POST /cluster/collections/{c}/search`: a [`SearchRequest`] whose object also takes the
+/// keys of [`FederationSettings`]. Only its schema is used (`openapi::finish` merges the two).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct FederatedSearchRequest {}
+
+/// The answer to a federated search.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FederatedSearchResponse {
+    pub results: Vec<prism_core::search::Hit>,
+    pub total: u64,
+    pub latency_ms: u64,
+    /// Some shard did not answer; `shard_status` says which.
+    pub is_partial: bool,
+    pub shard_status: ShardStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregations: Option<Value>,
+}
+
+/// The answer to a federated write.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FederatedIndexResponse {
+    #[serde(flatten)]
+    pub summary: IndexSummary,
+    pub latency_ms: u64,
+    /// The original Prism's name for `successful_docs`.
+    pub indexed: u64,
+    /// The original Prism's name for `failed_docs`.
+    pub failed: u64,
+}
 
 /// This node's view of the federation.
 pub struct Cluster {
@@ -211,25 +263,30 @@ impl Cluster {
     }
 
     /// `POST /cluster/collections/{c}/search`.
-    pub async fn search(&self, collection: &str, body: &[u8]) -> ApiResult<Value> {
+    pub async fn search(
+        &self,
+        collection: &str,
+        body: &[u8],
+    ) -> ApiResult<FederatedSearchResponse> {
         let started = Instant::now();
         let mut value: Value = prism_core::schema::parse_json_strict(body).map_err(|e| {
             ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
         })?;
         let mut query = self.query.clone();
         if let Some(obj) = value.as_object_mut() {
-            if let Some(v) = obj.remove("allow_partial_results") {
-                query.allow_partial_results = v.as_bool().ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_query",
-                        "allow_partial_results must be true or false",
-                    )
-                })?;
+            let mut settings = serde_json::Map::new();
+            for key in FederationSettings::KEYS {
+                if let Some(v) = obj.remove(*key) {
+                    settings.insert(key.to_string(), v);
+                }
             }
-            if let Some(v) = obj.remove("min_successful_shards") {
-                query.min_successful_shards = v.as_u64().ok_or_else(|| {
-                    ApiError::bad_request("invalid_query", "min_successful_shards must be a number")
-                })? as u32;
+            let settings: FederationSettings = serde_json::from_value(Value::Object(settings))
+                .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?;
+            if let Some(allow) = settings.allow_partial_results {
+                query.allow_partial_results = allow;
+            }
+            if let Some(min) = settings.min_successful_shards {
+                query.min_successful_shards = min;
             }
         }
         let request = SearchRequest::from_json(value.to_string().as_bytes())?;
@@ -253,17 +310,14 @@ impl Cluster {
         if let Some(used) = cache {
             metrics::counter!(crate::metrics::STATS_CACHE, "result" => used.as_str()).increment(1);
         }
-        let mut out = json!({
-            "results": answer.results,
-            "total": answer.total,
-            "latency_ms": started.elapsed().as_millis() as u64,
-            "is_partial": answer.is_partial,
-            "shard_status": answer.shard_status,
-        });
-        if let Some(aggregations) = answer.aggregations {
-            out["aggregations"] = aggregations;
-        }
-        Ok(out)
+        Ok(FederatedSearchResponse {
+            results: answer.results,
+            total: answer.total,
+            latency_ms: started.elapsed().as_millis() as u64,
+            is_partial: answer.is_partial,
+            shard_status: answer.shard_status,
+            aggregations: answer.aggregations,
+        })
     }
 
     /// `POST /cluster/collections/{c}/documents`: each document goes to the node that owns
@@ -273,7 +327,7 @@ impl Cluster {
         collection: &str,
         body: &[u8],
         pipeline: Option<&prism_core::pipeline::Pipeline>,
-    ) -> ApiResult<Value> {
+    ) -> ApiResult<FederatedIndexResponse> {
         let started = Instant::now();
         let value: Value = prism_core::schema::parse_json_strict(body).map_err(|e| {
             ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
@@ -311,21 +365,19 @@ impl Cluster {
                     message: e.message,
                 }),
         );
-        let mut out = serde_json::to_value(&summary).expect("summaries serialize");
-        out["latency_ms"] = json!(started.elapsed().as_millis() as u64);
-        // The original Prism's names for the same counts.
-        out["indexed"] = json!(summary.successful_docs);
-        out["failed"] = json!(summary.failed_docs);
-        Ok(out)
+        Ok(FederatedIndexResponse {
+            latency_ms: started.elapsed().as_millis() as u64,
+            indexed: summary.successful_docs,
+            failed: summary.failed_docs,
+            summary,
+        })
     }
 
     /// `GET /cluster/health`.
-    pub fn health(&self) -> Value {
-        let report = self
-            .membership
+    pub fn health(&self) -> HealthReport {
+        self.membership
             .read()
-            .report(Instant::now(), &self.config.health);
-        serde_json::to_value(report).expect("reports serialize")
+            .report(Instant::now(), &self.config.health)
     }
 
     /// Closes the transport's connections and endpoint.

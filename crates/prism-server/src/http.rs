@@ -4,10 +4,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Path, Request, State};
+use axum::extract::{
+    DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Request, State,
+};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+#[cfg(test)]
+use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -17,6 +20,11 @@ use prism_core::search::{SearchRequest, SearchResponse};
 use prism_core::shard::Op;
 use serde_json::{json, Value};
 
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::answers::*;
 use crate::error::{ApiError, ApiResult};
 use crate::metrics;
 
@@ -41,41 +49,54 @@ type Shared = State<Arc<AppState>>;
 /// Longest URI accepted. hyper itself answers longer than 64 KiB with an empty 414.
 pub const MAX_URI_BYTES: usize = 8 << 10;
 
+/// The routes of the API with their OpenAPI description: each handler's `#[utoipa::path]`
+/// both registers it and describes it, so the two cannot differ.
+pub fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .routes(routes!(root))
+        .routes(routes!(health))
+        .routes(routes!(openapi_document))
+        // The original Prism's routes, beside ours (docs/api.md, "Routes of the original Prism").
+        .routes(routes!(collection_names))
+        .routes(routes!(original_schema))
+        .routes(routes!(original_stats))
+        .routes(routes!(server_info))
+        .routes(routes!(list_pipelines))
+        .routes(routes!(render_metrics))
+        .routes(routes!(list_collections))
+        .routes(routes!(
+            get_collection,
+            create_collection,
+            delete_collection
+        ))
+        .routes(routes!(index_documents))
+        .routes(routes!(bulk_documents))
+        .routes(routes!(get_document, delete_document))
+        .routes(routes!(search))
+        .routes(routes!(refresh))
+        .routes(routes!(cluster_health))
+        .routes(routes!(cluster_search))
+        .routes(routes!(cluster_index))
+}
+
 /// The router of the single-node API.
 pub fn router(
     state: Arc<AppState>,
     max_body_bytes: usize,
     body_read_timeout: std::time::Duration,
 ) -> Router {
-    Router::new()
-        .route("/", get(root))
-        .route("/health", get(health))
-        // The original Prism's routes, beside ours (docs/api.md, "Routes of the original Prism").
-        .route("/admin/collections", get(collection_names))
-        .route("/collections/{name}/schema", get(original_schema))
-        .route("/collections/{name}/stats", get(original_stats))
-        .route("/stats/server", get(server_info))
-        .route("/admin/pipelines", get(list_pipelines))
-        .route("/metrics", get(render_metrics))
-        .route("/collections", get(list_collections))
-        .route(
-            "/collections/{name}",
-            get(get_collection)
-                .put(create_collection)
-                .delete(delete_collection),
-        )
-        .route("/collections/{name}/documents", post(index_documents))
-        .route("/collections/{name}/documents/bulk", post(bulk_documents))
-        .route(
-            "/collections/{name}/documents/{id}",
-            get(get_document).delete(delete_document),
-        )
-        .route("/collections/{name}/search", post(search))
-        .route("/collections/{name}/refresh", post(refresh))
-        .route("/cluster/health", get(cluster_health))
-        .route("/cluster/collections/{name}/search", post(cluster_search))
-        .route("/cluster/collections/{name}/documents", post(cluster_index))
-        .route_layer(axum::middleware::from_fn(check_query_parameters))
+    let (router, document) = routes().split_for_parts();
+    let document = crate::openapi::finish(document);
+    let parameters = Arc::new(crate::openapi::QueryParameterNames::of(&document));
+    let document = Arc::new(crate::openapi::OpenApiJson(
+        document.to_json().expect("the OpenAPI document serializes"),
+    ));
+    router
+        .route_layer(axum::middleware::from_fn_with_state(
+            parameters,
+            check_query_parameters,
+        ))
+        .layer(axum::Extension(document))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -132,25 +153,32 @@ async fn check_request_head(
     next.run(request).await
 }
 
-/// The query parameters each route takes; any other is refused rather than ignored.
-fn allowed_parameters(route: &str) -> &'static [&'static str] {
-    match route {
-        "/collections/{name}/documents" | "/collections/{name}/documents/bulk" => {
-            &["refresh", "pipeline"]
-        }
-        "/collections/{name}/documents/{id}" => &["refresh"],
-        "/cluster/collections/{name}/documents" => &["pipeline"],
-        _ => &[],
-    }
-}
-
 /// Parsed query parameters of a request, each named at most once.
 #[derive(Debug, Clone, Default)]
 pub struct QueryParameters(pub std::collections::BTreeMap<String, String>);
 
 impl QueryParameters {
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str)
+    /// The parameters as the route's parameter type, whose `IntoParams` the OpenAPI document
+    /// lists: a value it does not take is a 400.
+    pub fn typed<T: serde::de::DeserializeOwned>(&self) -> ApiResult<T> {
+        let as_object = |params: &mut dyn Iterator<Item = (&String, &String)>| {
+            let object = params
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect::<serde_json::Map<_, _>>();
+            serde_json::from_value::<T>(Value::Object(object))
+        };
+        as_object(&mut self.0.iter()).map_err(|e| {
+            // Name the parameter: serde's message for a bad enum value does not.
+            let culprit = self
+                .0
+                .iter()
+                .find(|(k, v)| as_object(&mut std::iter::once((*k, *v))).is_err());
+            let message = match culprit {
+                Some((k, v)) => format!("{k}={v:?}: {e}"),
+                None => format!("query parameters: {e}"),
+            };
+            ApiError::bad_request("invalid_parameter", message)
+        })
     }
 }
 
@@ -178,19 +206,42 @@ fn parse_query_parameters(query: &str, allowed: &[&str]) -> ApiResult<QueryParam
     Ok(QueryParameters(params))
 }
 
-async fn check_query_parameters(mut request: Request, next: axum::middleware::Next) -> Response {
+/// Refuses a query parameter the route does not take, rather than ignoring it.
+async fn check_query_parameters(
+    State(names): State<Arc<crate::openapi::QueryParameterNames>>,
+    mut request: Request,
+    next: axum::middleware::Next,
+) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
+    let allowed = names.of_route(request.method(), &route);
     let query = request.uri().query().unwrap_or("");
-    match parse_query_parameters(query, allowed_parameters(&route)) {
+    match parse_query_parameters(query, &allowed) {
         Ok(params) => {
             request.extensions_mut().insert(params);
             next.run(request).await
         }
         Err(e) => e.into_response(),
+    }
+}
+
+/// Path parameters whose rejections (such as a name that is not UTF-8) are JSON errors.
+pub struct JsonPath<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for JsonPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(JsonPath(value)),
+            Err(e) => Err(ApiError::bad_request("invalid_path", e.body_text())),
+        }
     }
 }
 
@@ -277,17 +328,25 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// `ok`, or `degraded` with every collection that cannot take writes (or open) and why.
-/// `GET /health`: 200 once every collection is open (`ok` or `degraded`), 503 while logs
-/// replay after a start (`recovering`, with the progress), so that a client or load balancer
-/// that waits for 200 waits for a node that can answer. `GET /` answers 200 throughout.
-async fn health(State(state): Shared) -> (StatusCode, Json<Value>) {
+/// `GET /health`: 200 once every collection is open (`ok`, or `degraded` with every
+/// collection that cannot take writes or open, and why), 503 while logs replay after a start
+/// (`recovering`, with the progress), so that a client or load balancer that waits for 200
+/// waits for a node that can answer. `GET /` answers 200 throughout.
+#[utoipa::path(get, path = "/health", tag = "node",
+    responses(
+        (status = 200, description = "Every collection is open: `ok` or `degraded`", body = NodeHealth),
+        (status = 503, description = "Logs are replaying after a start: `recovering`", body = NodeHealth),
+    ))]
+async fn health(State(state): Shared) -> (StatusCode, Json<NodeHealth>) {
     let collections = state.engine.collections();
-    let mut problems: Vec<Value> = collections
+    let mut degraded: Vec<CollectionProblem> = collections
         .iter()
         .filter_map(|c| {
             let health = c.shard().health();
-            (!health.is_ok()).then(|| json!({"collection": c.name(), "write": health}))
+            (!health.is_ok()).then(|| CollectionProblem {
+                collection: c.name().to_string(),
+                write: WriteState::Shard(health),
+            })
         })
         .collect();
     let schema_failures = state.schema_failures.lock().expect("not poisoned").clone();
@@ -297,37 +356,57 @@ async fn health(State(state): Shared) -> (StatusCode, Json<Value>) {
         .into_iter()
         .chain(schema_failures)
     {
-        problems
-            .push(json!({"collection": name, "write": {"state": "unavailable", "reason": reason}}));
+        degraded.push(CollectionProblem {
+            collection: name,
+            write: WriteState::Unavailable(Unavailable {
+                state: UnavailableState::Unavailable,
+                reason,
+            }),
+        });
     }
     let recovering = state.engine.recovering();
     let ready = state.ready.load(std::sync::atomic::Ordering::SeqCst);
-    let status = match (ready && recovering.is_empty(), problems.is_empty()) {
-        (false, _) => "recovering",
-        (true, true) => "ok",
-        (true, false) => "degraded",
+    let status = match (ready && recovering.is_empty(), degraded.is_empty()) {
+        (false, _) => HealthStatus::Recovering,
+        (true, true) => HealthStatus::Ok,
+        (true, false) => HealthStatus::Degraded,
     };
-    let mut body = json!({
-        "status": status,
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime_secs": state.started.elapsed().as_secs(),
-        "collections": collections.len(),
-        "max_collections": state.engine.max_collections(),
-    });
-    if !problems.is_empty() {
-        body["degraded"] = Value::Array(problems);
-    }
-    if !recovering.is_empty() {
-        body["recovering"] = json!(recovering);
-    }
-    let code = if status == "recovering" {
+    let code = if status == HealthStatus::Recovering {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK
     };
-    (code, Json(body))
+    let report = NodeHealth {
+        status,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        uptime_secs: state.started.elapsed().as_secs(),
+        collections: collections.len(),
+        max_collections: state.engine.max_collections(),
+        degraded,
+        recovering,
+    };
+    (code, Json(report))
 }
 
+/// `GET /openapi.json`: this document.
+#[utoipa::path(get, path = "/openapi.json", tag = "node",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API", body = Object)))]
+async fn openapi_document(
+    axum::Extension(document): axum::Extension<Arc<crate::openapi::OpenApiJson>>,
+) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        document.0.clone(),
+    )
+        .into_response()
+}
+
+/// `GET /metrics`: Prometheus' text format.
+#[utoipa::path(get, path = "/metrics", tag = "node",
+    responses(
+        (status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"),
+        (status = 503, description = "`metrics_disabled`: `[observability] metrics_enabled = false`", body = ErrorBody),
+    ))]
 async fn render_metrics(State(state): Shared) -> Response {
     let Some(handle) = &state.metrics else {
         return ApiError::new(
@@ -355,20 +434,22 @@ async fn render_metrics(State(state): Shared) -> Response {
         .into_response()
 }
 
-fn collection_summary(c: &Collection) -> Value {
+fn collection_summary(c: &Collection) -> CollectionSummary {
     let stats = c.stats();
-    json!({
-        "name": c.name(),
-        "num_docs": stats.num_docs,
-        "size_bytes": stats.size_bytes,
-        "shards": c.schema().shards,
-        "replication_factor": c.schema().replication_factor,
-    })
+    CollectionSummary {
+        name: c.name().to_string(),
+        num_docs: stats.num_docs,
+        size_bytes: stats.size_bytes,
+        shards: c.schema().shards,
+        replication_factor: c.schema().replication_factor,
+    }
 }
 
-async fn list_collections(State(state): Shared) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/collections", tag = "collections",
+    responses((status = 200, description = "The open collections", body = CollectionList)))]
+async fn list_collections(State(state): Shared) -> ApiResult<Json<CollectionList>> {
     let engine = state.engine.clone();
-    let list = blocking(move || {
+    let collections = blocking(move || {
         Ok(engine
             .collections()
             .iter()
@@ -376,35 +457,53 @@ async fn list_collections(State(state): Shared) -> ApiResult<Json<Value>> {
             .collect::<Vec<_>>())
     })
     .await?;
-    Ok(Json(json!({ "collections": list })))
+    Ok(Json(CollectionList { collections }))
 }
 
 /// `GET /`: what this server is.
-async fn root(State(state): Shared) -> Json<Value> {
+#[utoipa::path(get, path = "/", tag = "node",
+    responses((status = 200, description = "Answers throughout a start; `status` says whether it is ready", body = ServerIdentity)))]
+async fn root(State(state): Shared) -> Json<ServerIdentity> {
     let ready = state.ready.load(std::sync::atomic::Ordering::SeqCst)
         && state.engine.recovering().is_empty();
-    Json(json!({
-        "name": "prism",
-        "version": env!("CARGO_PKG_VERSION"),
-        "status": if ready { "ok" } else { "recovering" },
-    }))
+    Json(ServerIdentity {
+        name: "prism".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        status: if ready {
+            ServerStatus::Ok
+        } else {
+            ServerStatus::Recovering
+        },
+    })
 }
 
 /// `GET /admin/collections`: the names of the open collections, as the original Prism lists
 /// them.
-async fn collection_names(State(state): Shared) -> Json<Value> {
-    let names: Vec<String> = state
+#[utoipa::path(get, path = "/admin/collections", tag = "original",
+    responses((status = 200, description = "The names of the open collections", body = CollectionNames)))]
+async fn collection_names(State(state): Shared) -> Json<CollectionNames> {
+    let collections = state
         .engine
         .collections()
         .iter()
         .map(|c| c.name().to_string())
         .collect();
-    Json(json!({ "collections": names }))
+    Json(CollectionNames { collections })
 }
 
 /// `GET /collections/{name}/schema` in the original Prism's shape: its field types (`string`
 /// for keyword), and the vector field with its dimensions.
-async fn original_schema(State(state): Shared, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/collections/{name}/schema", tag = "original",
+    params(CollectionPath),
+    responses(
+        (status = 200, description = "The schema in the original Prism's shape", body = OriginalSchema),
+        (status = 404, description = "`collection_not_found`", body = ErrorBody),
+        (status = 503, description = "`collection_recovering` or `collection_unavailable`", body = ErrorBody),
+    ))]
+async fn original_schema(
+    State(state): Shared,
+    JsonPath(CollectionPath { name }): JsonPath<CollectionPath>,
+) -> ApiResult<Json<OriginalSchema>> {
     let collection = state.engine.collection(&name)?;
     let schema = collection.schema();
     let mut fields = Vec::new();
@@ -414,54 +513,72 @@ async fn original_schema(State(state): Shared, Path(name): Path<String>) -> ApiR
             vector.get_or_insert((field.clone(), params.dimension));
             continue;
         }
-        let kind = match def.field_type {
+        let field_type = match def.field_type {
             prism_core::schema::FieldType::Keyword => "string".to_string(),
             other => serde_json::to_value(other)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default(),
         };
-        fields.push(json!({"name": field, "type": kind, "indexed": def.indexed,
-            "stored": def.stored, "vector_source": false}));
+        fields.push(OriginalField {
+            name: field.clone(),
+            field_type,
+            indexed: def.indexed,
+            stored: def.stored,
+            vector_source: false,
+        });
     }
-    Ok(Json(json!({
-        "collection": schema.name,
-        "description": schema.description,
-        "fields": fields,
-        "vector_dimensions": vector.as_ref().map(|v| v.1),
-        "vector_field": vector.map(|v| v.0),
-    })))
+    Ok(Json(OriginalSchema {
+        collection: schema.name.clone(),
+        description: schema.description.clone(),
+        fields,
+        vector_dimensions: vector.as_ref().map(|v| v.1),
+        vector_field: vector.map(|v| v.0),
+    }))
 }
 
 /// `GET /collections/{name}/stats` in the original Prism's shape.
-async fn original_stats(State(state): Shared, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/collections/{name}/stats", tag = "original",
+    params(CollectionPath),
+    responses(
+        (status = 200, description = "Counts in the original Prism's shape", body = OriginalStats),
+        (status = 404, description = "`collection_not_found`", body = ErrorBody),
+        (status = 503, description = "`collection_recovering` or `collection_unavailable`", body = ErrorBody),
+    ))]
+async fn original_stats(
+    State(state): Shared,
+    JsonPath(CollectionPath { name }): JsonPath<CollectionPath>,
+) -> ApiResult<Json<OriginalStats>> {
     let engine = state.engine.clone();
-    let stats = blocking(move || {
+    let (collection, stats) = blocking(move || {
         engine
             .collection(&name)
             .map(|c| (c.name().to_string(), c.stats()))
     })
     .await?;
-    Ok(Json(json!({
-        "collection": stats.0,
-        "document_count": stats.1.num_docs,
-        "storage_bytes": stats.1.size_bytes,
-    })))
+    Ok(Json(OriginalStats {
+        collection,
+        document_count: stats.num_docs,
+        storage_bytes: stats.size_bytes,
+    }))
 }
 
-/// `GET /admin/pipelines`: `{"pipelines": [{"name", "description", "processor_count"}]}`.
-async fn list_pipelines(State(state): Shared) -> Json<Value> {
-    let list: Vec<_> = state.pipelines.values().map(|p| p.summary()).collect();
-    Json(json!({ "pipelines": list }))
+/// `GET /admin/pipelines`: the ingest pipelines loaded at start.
+#[utoipa::path(get, path = "/admin/pipelines", tag = "original",
+    responses((status = 200, description = "The ingest pipelines of this node", body = PipelineList)))]
+async fn list_pipelines(State(state): Shared) -> Json<PipelineList> {
+    Json(PipelineList {
+        pipelines: state.pipelines.values().map(|p| p.summary()).collect(),
+    })
 }
 
 /// The pipeline a request names with `?pipeline=`; an unknown name is a 400, before anything
 /// is written.
 pub fn named_pipeline(
     pipelines: &Arc<prism_core::pipeline::Pipelines>,
-    params: &QueryParameters,
+    name: Option<&str>,
 ) -> ApiResult<Option<prism_core::pipeline::Pipeline>> {
-    let Some(name) = params.get("pipeline") else {
+    let Some(name) = name else {
         return Ok(None);
     };
     match pipelines.get(name) {
@@ -500,36 +617,65 @@ pub fn run_pipeline(
 }
 
 /// `GET /stats/server`.
-async fn server_info() -> Json<Value> {
-    Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "prism_version": env!("CARGO_PKG_VERSION"),
-    }))
-}
-
-fn describe(c: &Collection) -> Value {
-    let stats = c.stats();
-    json!({
-        "name": c.name(),
-        "schema": &**c.schema(),
-        "stats": {"num_docs": stats.num_docs, "size_bytes": stats.size_bytes, "visible_log_index": stats.visible_index,
-            "content_checksum": stats.content_checksum.map(|c| format!("{c:016x}"))},
-        "write": c.shard().health(),
+#[utoipa::path(get, path = "/stats/server", tag = "original",
+    responses((status = 200, description = "The server's version", body = ServerVersion)))]
+async fn server_info() -> Json<ServerVersion> {
+    Json(ServerVersion {
+        version: env!("CARGO_PKG_VERSION").into(),
+        prism_version: env!("CARGO_PKG_VERSION").into(),
     })
 }
 
-async fn get_collection(State(state): Shared, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+fn describe(c: &Collection) -> CollectionDescription {
+    let stats = c.stats();
+    CollectionDescription {
+        name: c.name().to_string(),
+        schema: (**c.schema()).clone(),
+        stats: CollectionStats {
+            num_docs: stats.num_docs,
+            size_bytes: stats.size_bytes,
+            visible_log_index: stats.visible_index,
+            content_checksum: stats.content_checksum.map(|c| format!("{c:016x}")),
+        },
+        write: c.shard().health(),
+    }
+}
+
+#[utoipa::path(get, path = "/collections/{name}", tag = "collections",
+    params(CollectionPath),
+    responses(
+        (status = 200, description = "The collection's schema, counts and write state", body = CollectionDescription),
+        (status = 404, description = "`collection_not_found`", body = ErrorBody),
+        (status = 503, description = "`collection_recovering` or `collection_unavailable`", body = ErrorBody),
+    ))]
+async fn get_collection(
+    State(state): Shared,
+    JsonPath(CollectionPath { name }): JsonPath<CollectionPath>,
+) -> ApiResult<Json<CollectionDescription>> {
     let engine = state.engine.clone();
     blocking(move || Ok(describe(&*engine.collection(&name)?)))
         .await
         .map(Json)
 }
 
+/// Creates a collection; the same schema again is a no-op (200), a different one a 409. The
+/// body may also be a schema in the original Prism's format (`collection:`, `backends:`).
+#[utoipa::path(put, path = "/collections/{name}", tag = "collections",
+    params(CollectionPath),
+    request_body(content = crate::openapi::NewCollection, description = "The schema; `name` may be left out"),
+    responses(
+        (status = 201, description = "Created", body = CollectionDescription),
+        (status = 200, description = "Exists already with this schema", body = CollectionDescription),
+        (status = 400, description = "`invalid_schema`, `invalid_collection_name`, `malformed_json`, `limit_exceeded`", body = ErrorBody),
+        (status = 409, description = "`collection_exists` with another schema", body = ErrorBody),
+        (status = 503, description = "`shutting_down`, `collection_recovering`", body = ErrorBody),
+        (status = 507, description = "`insufficient_storage`: the disk is full", body = ErrorBody),
+    ))]
 async fn create_collection(
     State(state): Shared,
-    Path(name): Path<String>,
+    JsonPath(CollectionPath { name }): JsonPath<CollectionPath>,
     Body(body): Body,
-) -> ApiResult<Response> {
+) -> ApiResult<(StatusCode, Json<CollectionDescription>)> {
     prism_core::schema::validate_collection_name(&name)?;
     let mut value = parse_json(&body)?;
     let Some(obj) = value.as_object_mut() else {
@@ -558,33 +704,36 @@ async fn create_collection(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(describe(&collection))).into_response())
+    Ok((status, Json(describe(&collection))))
 }
 
+#[utoipa::path(delete, path = "/collections/{name}", tag = "collections",
+    params(CollectionPath),
+    responses(
+        (status = 200, description = "Deleted with all its data", body = Deleted),
+        (status = 404, description = "`collection_not_found`", body = ErrorBody),
+        (status = 503, description = "`collection_recovering`, `shutting_down`", body = ErrorBody),
+    ))]
 async fn delete_collection(
     State(state): Shared,
-    Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+    JsonPath(CollectionPath { name }): JsonPath<CollectionPath>,
+) -> ApiResult<Json<Deleted>> {
     let engine = state.engine.clone();
     let deleted = name.clone();
     blocking(move || engine.delete_collection(&name)).await?;
     // Gauges sampled at scrape time would otherwise keep the last values forever.
     ::metrics::gauge!(metrics::COLLECTION_DOCS, "collection" => deleted.clone()).set(0.0);
     ::metrics::gauge!(metrics::COLLECTION_BYTES, "collection" => deleted.clone()).set(0.0);
-    Ok(Json(json!({ "deleted": deleted })))
+    Ok(Json(Deleted { deleted }))
 }
 
 /// When a write returns relative to search visibility: `false` (default) once durable,
 /// `wait_for` once a scheduled refresh made it searchable, `true` after refreshing now.
-fn refresh_mode(params: &QueryParameters) -> ApiResult<Refresh> {
-    match params.get("refresh") {
-        None | Some("false") => Ok(Refresh::No),
-        Some("wait_for") => Ok(Refresh::WaitFor),
-        Some("true") | Some("") => Ok(Refresh::Now),
-        Some(other) => Err(ApiError::bad_request(
-            "invalid_parameter",
-            format!("refresh={other:?} is not one of false, wait_for, true"),
-        )),
+fn refresh_mode(param: Option<RefreshParam>) -> Refresh {
+    match param.unwrap_or_default() {
+        RefreshParam::False => Refresh::No,
+        RefreshParam::WaitFor => Refresh::WaitFor,
+        RefreshParam::True | RefreshParam::Bare => Refresh::Now,
     }
 }
 
@@ -631,7 +780,7 @@ async fn index_batch(
     refresh: Refresh,
     started: Instant,
     success: StatusCode,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<IndexResponse>)> {
     let failed = total - batch.ops.len();
     errors.extend(batch.errors);
     errors.truncate(prism_core::engine::MAX_REPORTED_ERRORS);
@@ -663,44 +812,50 @@ async fn index_batch(
         .increment(successful as u64);
     Ok((
         success,
-        Json(json!({
-            "total_docs": total,
-            "successful_docs": successful,
-            "failed_docs": failed,
-            "errors": errors,
-            "latency_ms": started.elapsed().as_millis() as u64,
-            // The original Prism's names for the same counts.
-            "indexed": successful,
-            "failed": failed,
-        })),
+        Json(IndexResponse {
+            total_docs: total,
+            successful_docs: successful,
+            failed_docs: failed,
+            errors,
+            latency_ms: started.elapsed().as_millis() as u64,
+            indexed: successful,
+            failed,
+        }),
     ))
 }
 
+/// Indexes a batch of documents: each is checked alone, the valid ones are written together.
+#[utoipa::path(post, path = "/collections/{name}/documents", tag = "documents",
+    params(CollectionPath, IndexParams),
+    request_body(content = IndexRequest),
+    responses(
+        (status = 201, description = "Durable (and searchable as `refresh` asks); refused documents are listed", body = IndexResponse),
+        (status = 400, description = "`invalid_documents` (every one refused), `invalid_request`, `malformed_json`, `too_many_documents`, `unknown_pipeline`", body = ErrorBody),
+        (status = 404, description = "`collection_not_found`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: over `server.max_body_bytes`", body = ErrorBody),
+        (status = 429, description = "`overloaded`: the write queue is full; retry with backoff", body = ErrorBody),
+        (status = 503, description = "`storage_failed`, `collection_recovering`, `write_unknown`, `shutting_down`: nothing acknowledged", body = ErrorBody),
+        (status = 504, description = "`refresh_timeout`: durable, not yet searchable", body = ErrorBody),
+        (status = 507, description = "`insufficient_storage`: the disk is full; nothing was applied", body = ErrorBody),
+    ))]
 async fn index_documents(
     State(state): Shared,
-    Path(name): Path<String>,
+    JsonPath(CollectionPath { name }): JsonPath<CollectionPath>,
     axum::Extension(params): axum::Extension<QueryParameters>,
     Body(body): Body,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<IndexResponse>)> {
     let started = Instant::now();
-    let refresh = refresh_mode(&params)?;
-    let pipeline = named_pipeline(&state.pipelines, &params)?;
+    let params: IndexParams = params.typed()?;
+    let refresh = refresh_mode(params.refresh);
+    let pipeline = named_pipeline(&state.pipelines, params.pipeline.as_deref())?;
     let collection = collection(&state, &name)?;
     let value = parse_json(&body)?;
-    let documents = match value {
-        Value::Object(mut obj) => match obj.remove("documents") {
-            Some(Value::Array(docs)) => docs,
-            _ => {
-                return Err(ApiError::bad_request(
-                    "invalid_request",
-                    "the body must be {\"documents\": [{\"id\": ..., \"fields\": {...}}, ...]}",
-                ))
-            }
-        },
-        _ => {
+    let documents = match serde_json::from_value::<IndexRequest>(value) {
+        Ok(request) => request.documents,
+        Err(e) => {
             return Err(ApiError::bad_request(
                 "invalid_request",
-                "the body must be a JSON object with a \"documents\" array",
+                format!("the body must be {{\"documents\": [{{\"id\": ..., \"fields\": {{...}}}}, ...]}}: {e}"),
             ))
         }
     };
@@ -733,15 +888,30 @@ async fn index_documents(
 
 /// Newline-delimited JSON: one `{"id": ..., "fields": {...}}` per line. A line that is not
 /// JSON fails alone, like an invalid document.
+#[utoipa::path(post, path = "/collections/{name}/documents/bulk", tag = "documents",
+    params(CollectionPath, IndexParams),
+    request_body(content = String, content_type = "application/x-ndjson",
+        description = "One `{\"id\": ..., \"fields\": {...}}` per line"),
+    responses(
+        (status = 200, description = "Durable (and searchable as `refresh` asks); refused lines are listed", body = IndexResponse),
+        (status = 400, description = "`invalid_documents` (every line refused), `no_documents`, `too_many_documents`, `unknown_pipeline`", body = ErrorBody),
+        (status = 404, description = "`collection_not_found`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: over `server.max_body_bytes`", body = ErrorBody),
+        (status = 429, description = "`overloaded`: the write queue is full; retry with backoff", body = ErrorBody),
+        (status = 503, description = "`storage_failed`, `collection_recovering`, `write_unknown`, `shutting_down`: nothing acknowledged", body = ErrorBody),
+        (status = 504, description = "`refresh_timeout`: durable, not yet searchable", body = ErrorBody),
+        (status = 507, description = "`insufficient_storage`: the disk is full; nothing was applied", body = ErrorBody),
+    ))]
 async fn bulk_documents(
     State(state): Shared,
-    Path(name): Path<String>,
+    JsonPath(CollectionPath { name }): JsonPath<CollectionPath>,
     axum::Extension(params): axum::Extension<QueryParameters>,
     Body(body): Body,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<IndexResponse>)> {
     let started = Instant::now();
-    let refresh = refresh_mode(&params)?;
-    let pipeline = named_pipeline(&state.pipelines, &params)?;
+    let params: IndexParams = params.typed()?;
+    let refresh = refresh_mode(params.refresh);
+    let pipeline = named_pipeline(&state.pipelines, params.pipeline.as_deref())?;
     let collection = collection(&state, &name)?;
     let preparing = collection.clone();
     // Each line is validated as soon as it is parsed, so that one document's JSON tree (32
@@ -814,25 +984,46 @@ async fn bulk_documents(
     .await
 }
 
+#[utoipa::path(get, path = "/collections/{name}/documents/{id}", tag = "documents",
+    params(DocumentPath),
+    responses(
+        (status = 200, description = "The document's stored fields, as last written (durable writes are visible at once)", body = DocumentOutput),
+        (status = 404, description = "`collection_not_found`, `document_not_found`", body = ErrorBody),
+        (status = 503, description = "`collection_recovering` or `collection_unavailable`", body = ErrorBody),
+    ))]
 async fn get_document(
     State(state): Shared,
-    Path((name, id)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+    JsonPath(DocumentPath { name, id }): JsonPath<DocumentPath>,
+) -> ApiResult<Json<DocumentOutput>> {
     let collection = collection(&state, &name)?;
     let wanted = id.clone();
     let doc = blocking(move || collection.shard().get(&wanted)).await?;
     match doc {
-        Some(doc) => Ok(Json(json!({"id": doc.id, "fields": doc.fields}))),
+        Some(doc) => Ok(Json(DocumentOutput {
+            id: doc.id,
+            fields: doc.fields,
+        })),
         None => Err(prism_core::Error::DocumentNotFound(id).into()),
     }
 }
 
+#[utoipa::path(delete, path = "/collections/{name}/documents/{id}", tag = "documents",
+    params(DocumentPath, DeleteParams),
+    responses(
+        (status = 200, description = "Deleted, durably", body = Deleted),
+        (status = 404, description = "`collection_not_found`, `document_not_found`", body = ErrorBody),
+        (status = 429, description = "`overloaded`: the write queue is full; retry with backoff", body = ErrorBody),
+        (status = 503, description = "`storage_failed`, `collection_recovering`, `write_unknown`, `shutting_down`", body = ErrorBody),
+        (status = 504, description = "`refresh_timeout`: durable, not yet searchable", body = ErrorBody),
+        (status = 507, description = "`insufficient_storage`: the disk is full; nothing was applied", body = ErrorBody),
+    ))]
 async fn delete_document(
     State(state): Shared,
-    Path((name, id)): Path<(String, String)>,
+    JsonPath(DocumentPath { name, id }): JsonPath<DocumentPath>,
     axum::Extension(params): axum::Extension<QueryParameters>,
-) -> ApiResult<Json<Value>> {
-    let refresh = refresh_mode(&params)?;
+) -> ApiResult<Json<Deleted>> {
+    let params: DeleteParams = params.typed()?;
+    let refresh = refresh_mode(params.refresh);
     let collection = collection(&state, &name)?;
     let check = collection.clone();
     let wanted = id.clone();
@@ -845,7 +1036,7 @@ async fn delete_document(
     write(&collection, vec![Op::Delete(id.clone())], refresh).await?;
     ::metrics::counter!(metrics::DOCS_DELETED, "collection" => collection.name().to_string())
         .increment(1);
-    Ok(Json(json!({"deleted": id})))
+    Ok(Json(Deleted { deleted: id }))
 }
 
 #[cfg(feature = "cluster")]
@@ -862,29 +1053,57 @@ fn cluster_disabled() -> ApiError {
 }
 
 #[cfg(feature = "cluster")]
-async fn cluster_health(State(state): Shared) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/cluster/health", tag = "cluster",
+    responses(
+        (status = 200, description = "The federation's members as this node sees them", body = prism_cluster::membership::HealthReport),
+        (status = 404, description = "`cluster_disabled`", body = ErrorBody),
+    ))]
+async fn cluster_health(
+    State(state): Shared,
+) -> ApiResult<Json<prism_cluster::membership::HealthReport>> {
     Ok(Json(cluster_of(&state)?.health()))
 }
 
+/// A search over every shard of the federation, ranked as one index would rank it.
 #[cfg(feature = "cluster")]
+#[utoipa::path(post, path = "/cluster/collections/{name}/search", tag = "cluster",
+    params(CollectionPath),
+    request_body(content = crate::cluster::FederatedSearchRequest,
+        description = "A search request, with the partial-results settings of this query"),
+    responses(
+        (status = 200, description = "Results; `is_partial` when some shards did not answer", body = crate::cluster::FederatedSearchResponse),
+        (status = 400, description = "`invalid_query`, `malformed_json`", body = ErrorBody),
+        (status = 404, description = "`cluster_disabled`, `collection_not_found`", body = ErrorBody),
+        (status = 503, description = "`shards_unavailable`: too few shards answered; `details` has the shard status", body = ErrorBody),
+    ))]
 async fn cluster_search(
     State(state): Shared,
-    Path(name): Path<String>,
+    JsonPath(CollectionPath { name }): JsonPath<CollectionPath>,
     Body(body): Body,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<crate::cluster::FederatedSearchResponse>> {
     prism_core::schema::validate_collection_name(&name)?;
     Ok(Json(cluster_of(&state)?.search(&name, &body).await?))
 }
 
+/// Indexes documents, each on the node that owns its id.
 #[cfg(feature = "cluster")]
+#[utoipa::path(post, path = "/cluster/collections/{name}/documents", tag = "cluster",
+    params(CollectionPath, PipelineParam),
+    request_body(content = IndexRequest),
+    responses(
+        (status = 200, description = "What each owner indexed and refused", body = crate::cluster::FederatedIndexResponse),
+        (status = 400, description = "`invalid_request`, `malformed_json`, `unknown_pipeline`", body = ErrorBody),
+        (status = 404, description = "`cluster_disabled`", body = ErrorBody),
+    ))]
 async fn cluster_index(
     State(state): Shared,
-    Path(name): Path<String>,
+    JsonPath(CollectionPath { name }): JsonPath<CollectionPath>,
     axum::Extension(params): axum::Extension<QueryParameters>,
     Body(body): Body,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<crate::cluster::FederatedIndexResponse>> {
     prism_core::schema::validate_collection_name(&name)?;
-    let pipeline = named_pipeline(&state.pipelines, &params)?;
+    let params: PipelineParam = params.typed()?;
+    let pipeline = named_pipeline(&state.pipelines, params.pipeline.as_deref())?;
     Ok(Json(
         cluster_of(&state)?
             .index(&name, &body, pipeline.as_ref())
@@ -893,36 +1112,66 @@ async fn cluster_index(
 }
 
 #[cfg(not(feature = "cluster"))]
+#[utoipa::path(get, path = "/cluster/health", tag = "cluster",
+    responses((status = 404, description = "`cluster_disabled`: built without the cluster feature", body = ErrorBody)))]
 async fn cluster_health() -> ApiError {
     cluster_disabled()
 }
 
 #[cfg(not(feature = "cluster"))]
+#[utoipa::path(post, path = "/cluster/collections/{name}/search", tag = "cluster",
+    params(CollectionPath),
+    responses((status = 404, description = "`cluster_disabled`: built without the cluster feature", body = ErrorBody)))]
 async fn cluster_search() -> ApiError {
     cluster_disabled()
 }
 
 #[cfg(not(feature = "cluster"))]
+#[utoipa::path(post, path = "/cluster/collections/{name}/documents", tag = "cluster",
+    params(CollectionPath, PipelineParam),
+    responses((status = 404, description = "`cluster_disabled`: built without the cluster feature", body = ErrorBody)))]
 async fn cluster_index() -> ApiError {
     cluster_disabled()
 }
 
 /// Makes every acknowledged write searchable now, like Elasticsearch's `_refresh`.
-async fn refresh(State(state): Shared, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+#[utoipa::path(post, path = "/collections/{name}/refresh", tag = "documents",
+    params(CollectionPath),
+    responses(
+        (status = 200, description = "Every acknowledged write is searchable", body = Refreshed),
+        (status = 404, description = "`collection_not_found`", body = ErrorBody),
+        (status = 503, description = "`storage_failed`, `collection_recovering`, `shutting_down`", body = ErrorBody),
+        (status = 507, description = "`insufficient_storage`", body = ErrorBody),
+    ))]
+async fn refresh(
+    State(state): Shared,
+    JsonPath(CollectionPath { name }): JsonPath<CollectionPath>,
+) -> ApiResult<Json<Refreshed>> {
     let collection = collection(&state, &name)?;
     let visible = collection
         .shard()
         .request_refresh()?
         .await
         .map_err(|_| ApiError::from(prism_core::Error::ShuttingDown))??;
-    Ok(Json(
-        json!({"collection": name, "visible_log_index": visible}),
-    ))
+    Ok(Json(Refreshed {
+        collection: name,
+        visible_log_index: visible,
+    }))
 }
 
+/// Full-text (BM25), vector (HNSW) or hybrid search; see docs/api.md for the query forms.
+#[utoipa::path(post, path = "/collections/{name}/search", tag = "search",
+    params(CollectionPath),
+    request_body(content = SearchRequest),
+    responses(
+        (status = 200, description = "The page of results and the true total", body = SearchResponse),
+        (status = 400, description = "`invalid_query`, `malformed_json`, `limit_exceeded`", body = ErrorBody),
+        (status = 404, description = "`collection_not_found`", body = ErrorBody),
+        (status = 503, description = "`collection_recovering` or `collection_unavailable`", body = ErrorBody),
+    ))]
 async fn search(
     State(state): Shared,
-    Path(name): Path<String>,
+    JsonPath(CollectionPath { name }): JsonPath<CollectionPath>,
     Body(body): Body,
 ) -> ApiResult<Json<SearchResponse>> {
     let started = Instant::now();
@@ -957,8 +1206,21 @@ mod tests {
 
     #[test]
     fn query_parameters_are_known_and_given_once() {
-        let p = parse_query_parameters("refresh=wait_for", &["refresh"]).unwrap();
-        assert_eq!(p.get("refresh"), Some("wait_for"));
+        let p: IndexParams = parse_query_parameters("refresh=wait_for", &["refresh"])
+            .unwrap()
+            .typed()
+            .unwrap();
+        assert_eq!(p.refresh, Some(RefreshParam::WaitFor));
+        let bad = parse_query_parameters("refresh=soon", &["refresh"])
+            .unwrap()
+            .typed::<IndexParams>()
+            .unwrap_err();
+        assert_eq!(bad.code, "invalid_parameter");
+        assert!(
+            bad.message.starts_with("refresh=\"soon\""),
+            "{}",
+            bad.message
+        );
         for (query, allowed) in [
             ("refresh=true&refresh=false", &["refresh"][..]),
             ("pipeline=x", &["refresh"][..]),

@@ -1,12 +1,14 @@
 //! `prism-server`: one Prism node. Reads its configuration, opens the data directory, creates
 //! collections from `--schemas-dir`, and serves the HTTP API until SIGINT or SIGTERM.
 
+mod answers;
 #[cfg(feature = "cluster")]
 mod cluster;
 mod config;
 mod error;
 mod http;
 mod metrics;
+mod openapi;
 mod serve;
 
 use std::path::Path;

@@ -210,7 +210,7 @@ pub enum SearchError {
 }
 
 /// The outcome of a federated write.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct IndexSummary {
     pub total_docs: u64,
     pub successful_docs: u64,

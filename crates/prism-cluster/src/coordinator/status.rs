@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::QueryConfig;
 
 /// One shard's failure.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ShardFailure {
     pub shard: u32,
     pub node: String,
@@ -14,7 +14,7 @@ pub struct ShardFailure {
 }
 
 /// How many shards answered, as the federated response reports it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ShardStatus {
     pub total: u32,
     pub successful: u32,

@@ -71,7 +71,7 @@ pub enum SchemaGeneration {
 }
 
 /// The type of a field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FieldType {
     Text,
@@ -85,7 +85,7 @@ pub enum FieldType {
 }
 
 /// Distance function of a vector field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Distance {
     #[default]
@@ -95,7 +95,7 @@ pub enum Distance {
 }
 
 /// One field of a collection, as the user declares it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FieldDef {
     #[serde(rename = "type")]
@@ -116,18 +116,22 @@ pub struct FieldDef {
     pub analyzer: Option<String>,
     /// Vector fields: number of dimensions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 4096)]
     pub dimension: Option<usize>,
     /// Vector fields: distance function.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distance: Option<Distance>,
     /// Vector fields: HNSW graph degree. Default 16.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 2, maximum = 128)]
     pub m: Option<usize>,
     /// Vector fields: HNSW build-time candidate list size. Default 200.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 4096)]
     pub ef_construction: Option<usize>,
     /// Vector fields: HNSW search-time candidate list size. Default 64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 4096)]
     pub ef_search: Option<usize>,
 }
 
@@ -173,16 +177,18 @@ impl FieldDef {
 }
 
 /// A collection's schema and settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CollectionSchema {
     pub name: String,
     pub fields: BTreeMap<String, FieldDef>,
     /// Number of shards the collection is split into. Default 1.
     #[serde(default = "default_one")]
+    #[schema(minimum = 1, maximum = 1024)]
     pub shards: u32,
     /// Copies of each shard in a cluster. Default 1.
     #[serde(default = "default_one")]
+    #[schema(minimum = 1, maximum = 16)]
     pub replication_factor: u32,
     /// Schema version, raised by every accepted change.
     #[serde(default = "default_one")]

@@ -214,8 +214,10 @@ pub enum VectorQuery {
     Field { field: String, values: Vec<f64> },
 }
 
-/// [`VectorQuery`] as sent, before base64 values are decoded.
-#[derive(Deserialize)]
+/// A query vector: its values, or `{"field", "values"}` to name the vector field; values are
+/// numbers or the base64 of little-endian f32 values. (The form sent, before decoding.)
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = VectorQuery)]
 #[serde(
     untagged,
     expecting = "a vector: an array of numbers, a base64 string of little-endian f32 values, or {\"field\": ..., \"values\": ...}"
@@ -225,7 +227,8 @@ enum VectorQueryForm {
     Field { field: String, values: VectorValues },
 }
 
-#[derive(Deserialize)]
+/// The values of a query vector: numbers, or the base64 of little-endian f32 values.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum VectorValues {
     Numbers(Vec<f64>),
@@ -283,7 +286,7 @@ impl TryFrom<VectorQueryForm> for VectorQuery {
 }
 
 /// Which fields to highlight: `true` for every text field the query touches, or a list.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum HighlightRequest {
     Enabled(bool),
@@ -302,7 +305,7 @@ fn default_limit() -> usize {
 }
 
 /// `POST /collections/{c}/search`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchRequest {
     /// Query-string syntax (tantivy/Lucene) over the text fields.
@@ -312,6 +315,7 @@ pub struct SearchRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fields: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<VectorQueryForm>)]
     pub vector: Option<VectorQuery>,
     /// Query-string filter; it restricts matches without changing scores, inside the vector
     /// search as well.
@@ -383,7 +387,7 @@ impl SearchRequest {
 }
 
 /// One result.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Hit {
     pub id: String,
     pub score: f32,
@@ -393,7 +397,7 @@ pub struct Hit {
 }
 
 /// The answer to a search.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SearchResponse {
     pub results: Vec<Hit>,
     /// True number of matching documents.

@@ -163,7 +163,7 @@ pub(crate) fn count_writer_closed() {
 }
 
 /// Whether a shard copy takes writes, and why not.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(tag = "state", content = "reason", rename_all = "snake_case")]
 pub enum WriteHealth {
     Ok,

@@ -1,0 +1,329 @@
+//! The JSON bodies of the HTTP API as types. Handlers answer with these and read their query
+//! parameters through them, so the OpenAPI document (`GET /openapi.json`), generated from the
+//! same types, describes what the server does.
+
+use prism_core::engine::{DocumentError, RecoveryStatus};
+use prism_core::pipeline::PipelineSummary;
+use prism_core::schema::CollectionSchema;
+use prism_core::shard::WriteHealth;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
+
+/// Every failure: `{"error": {"code", "message", "details"?}}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `collection_not_found`, `invalid_query`, ...
+    pub code: String,
+    /// What went wrong and what to do about it.
+    pub message: String,
+    /// More about some failures, such as the refused documents of a batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerStatus {
+    Ok,
+    Recovering,
+}
+
+/// `GET /`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServerIdentity {
+    /// Always `prism`.
+    pub name: String,
+    pub version: String,
+    pub status: ServerStatus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    /// Every collection is open and takes writes.
+    Ok,
+    /// Some collection cannot take writes or could not open: see `degraded`.
+    Degraded,
+    /// Logs are replaying after a start: see `recovering`.
+    Recovering,
+}
+
+/// `GET /health`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeHealth {
+    pub status: HealthStatus,
+    pub version: String,
+    pub uptime_secs: u64,
+    /// Collections open.
+    pub collections: usize,
+    pub max_collections: usize,
+    /// Collections that cannot take writes, or could not open, and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub degraded: Vec<CollectionProblem>,
+    /// Collections whose logs are replaying, with the progress.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub recovering: Vec<RecoveryStatus>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CollectionProblem {
+    pub collection: String,
+    pub write: WriteState,
+}
+
+/// A collection's write state: its shard's, or `unavailable` when it could not open.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum WriteState {
+    Shard(WriteHealth),
+    Unavailable(Unavailable),
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Unavailable {
+    pub state: UnavailableState,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum UnavailableState {
+    Unavailable,
+}
+
+/// `GET /collections`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CollectionList {
+    pub collections: Vec<CollectionSummary>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CollectionSummary {
+    pub name: String,
+    pub num_docs: u64,
+    pub size_bytes: u64,
+    pub shards: u32,
+    pub replication_factor: u32,
+}
+
+/// `GET /collections/{name}`, and the answer to creating one.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CollectionDescription {
+    pub name: String,
+    pub schema: CollectionSchema,
+    pub stats: CollectionStats,
+    pub write: WriteHealth,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CollectionStats {
+    pub num_docs: u64,
+    pub size_bytes: u64,
+    /// Highest log index searchable.
+    pub visible_log_index: u64,
+    /// Order-independent checksum of the searchable content, in hex; equal on two copies
+    /// that applied the same writes. Null for an index older than the checksum.
+    pub content_checksum: Option<String>,
+}
+
+/// The answer to a delete.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Deleted {
+    /// The collection or document id deleted.
+    pub deleted: String,
+}
+
+/// `POST /collections/{name}/documents`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IndexRequest {
+    /// Each document is checked alone: an invalid one is refused and reported, the rest are
+    /// indexed.
+    #[schema(value_type = Vec<DocumentInput>)]
+    pub documents: Vec<Value>,
+}
+
+/// A document to index. Indexing an id again replaces the document. Only its schema is used:
+/// the engine checks each document alone, so that one bad document does not fail the batch.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct DocumentInput {
+    pub id: String,
+    /// Field values by name, as the collection's schema types them; a vector field takes an
+    /// array of numbers.
+    pub fields: Map<String, Value>,
+}
+
+/// The answer to indexing documents.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IndexResponse {
+    pub total_docs: usize,
+    pub successful_docs: usize,
+    pub failed_docs: usize,
+    /// The refused documents, the first 100 of them.
+    pub errors: Vec<DocumentError>,
+    pub latency_ms: u64,
+    /// The original Prism's name for `successful_docs`.
+    pub indexed: usize,
+    /// The original Prism's name for `failed_docs`.
+    pub failed: usize,
+}
+
+/// `GET /collections/{name}/documents/{id}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DocumentOutput {
+    pub id: String,
+    /// The stored fields.
+    pub fields: Map<String, Value>,
+}
+
+/// `POST /collections/{name}/refresh`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Refreshed {
+    pub collection: String,
+    /// Highest log index searchable now.
+    pub visible_log_index: u64,
+}
+
+/// When a write answers relative to search visibility.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum RefreshParam {
+    /// Once durable (the default).
+    #[default]
+    #[serde(rename = "false")]
+    False,
+    /// Once a scheduled refresh made the write searchable.
+    #[serde(rename = "wait_for")]
+    WaitFor,
+    /// After refreshing now.
+    #[serde(rename = "true")]
+    True,
+    /// `?refresh` alone, as `true`.
+    #[serde(rename = "")]
+    Bare,
+}
+
+impl RefreshParam {
+    /// Every value `?refresh=` takes.
+    pub const VALUES: [&'static str; 4] = ["false", "wait_for", "true", ""];
+}
+
+// By hand: utoipa drops the `""` of `?refresh` alone (an empty rename means none to it).
+impl utoipa::PartialSchema for RefreshParam {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(Self::VALUES))
+            .into()
+    }
+}
+
+impl ToSchema for RefreshParam {}
+
+/// The collection a route names.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct CollectionPath {
+    /// Collection name: a letter or digit, then letters, digits, `_` and `-`.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9_-]*$", max_length = 64)]
+    pub name: String,
+}
+
+/// The document a route names.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct DocumentPath {
+    /// Collection name: a letter or digit, then letters, digits, `_` and `-`.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9_-]*$", max_length = 64)]
+    pub name: String,
+    /// Document id.
+    #[param(min_length = 1, max_length = 512)]
+    pub id: String,
+}
+
+/// Query parameters of the routes that index documents.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct IndexParams {
+    /// When the write answers: `false` (default) once durable, `wait_for` once searchable,
+    /// `true` after refreshing now.
+    #[param(inline)]
+    pub refresh: Option<RefreshParam>,
+    /// An ingest pipeline (`conf/pipelines/*.yaml` beside the config file) to run on every
+    /// document first; an unknown name is a 400 and nothing is indexed.
+    pub pipeline: Option<String>,
+}
+
+/// Query parameters of deleting a document.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteParams {
+    /// As for indexing.
+    #[param(inline)]
+    pub refresh: Option<RefreshParam>,
+}
+
+/// Query parameters of the federated index route.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineParam {
+    /// An ingest pipeline to run on every document first.
+    pub pipeline: Option<String>,
+}
+
+/// `GET /admin/collections`: the names, as the original Prism lists them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CollectionNames {
+    pub collections: Vec<String>,
+}
+
+/// `GET /collections/{name}/schema`, in the original Prism's shape.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OriginalSchema {
+    pub collection: String,
+    pub description: Option<String>,
+    pub fields: Vec<OriginalField>,
+    pub vector_dimensions: Option<usize>,
+    pub vector_field: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OriginalField {
+    pub name: String,
+    /// `text`, `string` (keyword), `i64`, `u64`, `f64`, `bool` or `date`.
+    #[serde(rename = "type")]
+    pub field_type: String,
+    pub indexed: bool,
+    pub stored: bool,
+    pub vector_source: bool,
+}
+
+/// `GET /collections/{name}/stats`, in the original Prism's shape.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OriginalStats {
+    pub collection: String,
+    pub document_count: u64,
+    pub storage_bytes: u64,
+}
+
+/// `GET /stats/server`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServerVersion {
+    pub version: String,
+    pub prism_version: String,
+}
+
+/// `GET /admin/pipelines`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PipelineList {
+    pub pipelines: Vec<PipelineSummary>,
+}
