@@ -79,7 +79,7 @@ export SCHEMATHESIS_HOOKS=hooks
 for config in schemathesis.toml targeted.toml; do
   echo "== schemathesis, $config, $examples examples per operation"
   $st --config-file "$here/$config" run "$base/openapi.json" \
-    --max-examples "$examples" --workers 2 --no-color \
+    --max-examples "$examples" --workers 1 --no-color \
     --report junit --report-junit-path "$work/junit-$config.xml" || status=1
 done
 
