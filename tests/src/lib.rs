@@ -393,3 +393,52 @@ pub fn assert_vector_as_written(got: &[f32], written: &[f32]) {
         assert!(ulps <= 1, "{got:?} is not {written:?}");
     }
 }
+
+/// The OpenAPI document a server serves (`GET /openapi.json`), to hold its answers to.
+pub struct ApiDocument {
+    document: Value,
+}
+
+impl ApiDocument {
+    pub fn of(server: &Server) -> ApiDocument {
+        let (status, document) = server.get("/openapi.json");
+        assert_eq!(status, 200, "{document}");
+        assert_eq!(document["openapi"], "3.1.0");
+        ApiDocument { document }
+    }
+
+    pub fn operations(&self) -> Vec<(String, String)> {
+        let mut all = Vec::new();
+        for (route, item) in self.document["paths"].as_object().expect("paths") {
+            for method in item.as_object().expect("a path item").keys() {
+                all.push((method.to_uppercase(), route.clone()));
+            }
+        }
+        all
+    }
+
+    /// Asserts that the document lists `status` for `method route` (`/collections/{name}`, as
+    /// the document spells it), and that a JSON `body` matches the schema it gives.
+    pub fn assert_answer(&self, method: &str, route: &str, status: u16, body: &Value) {
+        let what = format!("{method} {route} answered {status} {body}");
+        let operation = &self.document["paths"][route][method.to_lowercase()];
+        assert!(
+            operation.is_object(),
+            "{what}: the document has no such operation"
+        );
+        let answer = &operation["responses"][status.to_string()];
+        assert!(
+            answer.is_object(),
+            "{what}: the document does not list {status}"
+        );
+        let Some(schema) = answer["content"]["application/json"].get("schema") else {
+            return;
+        };
+        let mut schema = schema.clone();
+        schema["components"] = self.document["components"].clone();
+        let validator = jsonschema::draft202012::new(&schema)
+            .unwrap_or_else(|e| panic!("{what}: the document's schema does not load: {e}"));
+        let errors: Vec<String> = validator.iter_errors(body).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{what}: breaks the document: {errors:?}");
+    }
+}

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use prism_tests::cluster::start_federation;
-use prism_tests::{nave, wait_until, Server};
+use prism_tests::{nave, wait_until, ApiDocument, Server};
 use serde_json::{json, Value};
 
 fn ids(response: &Value) -> Vec<String> {
@@ -55,6 +55,8 @@ fn quick_start_partial_results_and_health_on_three_nodes() {
         found["shard_status"],
         json!({"total": 3, "successful": 3, "failed": 0})
     );
+    let api = ApiDocument::of(&nodes[2]);
+    api.assert_answer("POST", "/cluster/collections/{name}/search", 200, &found);
 
     // A federated index through node 3 routes by id; node 1 then finds everything.
     let docs: Vec<Value> = (2..=30)
@@ -65,6 +67,12 @@ fn quick_start_partial_results_and_health_on_three_nodes() {
         &json!({"documents": docs}),
     );
     assert_eq!(status, 200, "{indexed}");
+    api.assert_answer(
+        "POST",
+        "/cluster/collections/{name}/documents",
+        200,
+        &indexed,
+    );
     assert_eq!(
         (
             indexed["total_docs"].clone(),
@@ -163,6 +171,9 @@ fn quick_start_partial_results_and_health_on_three_nodes() {
     );
     assert_eq!(status, 200, "{partial}");
     assert_eq!(partial["is_partial"], true);
+    api.assert_answer("POST", "/cluster/collections/{name}/search", 200, &partial);
+    let (status, health) = nodes[0].get("/cluster/health");
+    api.assert_answer("GET", "/cluster/health", status, &health);
     assert_eq!(partial["shard_status"]["failed"], 1);
     assert_eq!(partial["shard_status"]["successful"], 2);
     assert_eq!(
@@ -176,6 +187,7 @@ fn quick_start_partial_results_and_health_on_three_nodes() {
     );
     assert_eq!(status, 503, "{refused}");
     assert_eq!(refused["error"]["code"], "shards_unavailable");
+    api.assert_answer("POST", "/cluster/collections/{name}/search", 503, &refused);
 
     // Dead once suspect_timeout_ms (1.5 s) has also passed, measured from the kill; alive
     // again after a restart.

@@ -154,10 +154,28 @@ pub struct IndexRequest {
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct DocumentInput {
+    #[schema(schema_with = document_id_schema)]
     pub id: String,
     /// Field values by name, as the collection's schema types them; a vector field takes an
     /// array of numbers.
     pub fields: Map<String, Value>,
+}
+
+/// A document id: 1 to 512 bytes of text, or a number (kept as its decimal text).
+fn document_id_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(prism_core::schema::MAX_ID_LEN)),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Number))
+        .description(Some(
+            "1 to 512 bytes of text, or a number, kept as its decimal text (`3` is \"3\")",
+        ))
+        .into()
 }
 
 /// The answer to indexing documents.
