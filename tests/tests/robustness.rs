@@ -937,6 +937,14 @@ fn every_operation_of_the_openapi_document_is_served_as_listed() {
         ),
         ("GET", "/health", "/health", Value::Null, 200),
         ("GET", "/", "/", Value::Null, 200),
+        // The original Prism's schema format is taken by PUT too.
+        (
+            "PUT",
+            "/collections/{name}",
+            "/collections/orig",
+            json!({"collection": "orig", "backends": {"text": {"fields": [{"name": "title", "type": "text", "stored": true, "indexed": true}]}}}),
+            201,
+        ),
         (
             "DELETE",
             "/collections/{name}/documents/{id}",

@@ -139,19 +139,20 @@ pub struct Deleted {
     pub deleted: String,
 }
 
-/// `POST /collections/{name}/documents`.
-#[derive(Debug, Deserialize, ToSchema)]
+/// `POST /collections/{name}/documents`. Its schema only: `http::documents_of` moves the
+/// documents out of the parsed body rather than rebuilding them through serde.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[allow(dead_code)]
 pub struct IndexRequest {
     /// Each document is checked alone: an invalid one is refused and reported, the rest are
     /// indexed.
-    #[schema(value_type = Vec<DocumentInput>)]
-    pub documents: Vec<Value>,
+    pub documents: Vec<DocumentInput>,
 }
 
 /// A document to index. Indexing an id again replaces the document. Only its schema is used:
 /// the engine checks each document alone, so that one bad document does not fail the batch.
-#[derive(ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[allow(dead_code)]
 pub struct DocumentInput {
     #[schema(schema_with = document_id_schema)]
@@ -284,7 +285,8 @@ pub struct IndexParams {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteParams {
-    /// As for indexing.
+    /// When the delete answers: `false` (default) once durable, `wait_for` once searchable,
+    /// `true` after refreshing now.
     #[param(inline)]
     pub refresh: Option<RefreshParam>,
 }

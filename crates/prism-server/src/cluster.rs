@@ -24,7 +24,7 @@ use prism_cluster::transport::{Transport, TransportConfig, PROTOCOL_VERSION};
 use prism_core::engine::Engine;
 use prism_core::search::SearchRequest;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{json, Value};
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ApiResult};
@@ -277,6 +277,11 @@ impl Cluster {
             let mut settings = serde_json::Map::new();
             for key in FederationSettings::KEYS {
                 if let Some(v) = obj.remove(*key) {
+                    // One key at a time, so that a bad value is named.
+                    serde_json::from_value::<FederationSettings>(json!({ *key: v.clone() }))
+                        .map_err(|e| {
+                            ApiError::bad_request("invalid_query", format!("{key}: {e}"))
+                        })?;
                     settings.insert(key.to_string(), v);
                 }
             }
@@ -332,26 +337,16 @@ impl Cluster {
         let value: Value = prism_core::schema::parse_json_strict(body).map_err(|e| {
             ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
         })?;
-        let Some(documents) = value.get("documents").and_then(Value::as_array) else {
-            return Err(ApiError::bad_request(
-                "invalid_request",
-                "the body must be {\"documents\": [{\"id\": ..., \"fields\": {...}}, ...]}",
-            ));
-        };
-        let processed;
+        let documents = crate::http::documents_of(value)?;
         let (documents, refused) = match pipeline {
-            Some(pipeline) => {
-                let (kept, refused) = crate::http::run_pipeline(pipeline, documents.clone());
-                processed = kept;
-                (&processed, refused)
-            }
+            Some(pipeline) => crate::http::run_pipeline(pipeline, documents),
             None => (documents, Vec::new()),
         };
         let map = self.membership.read().shard_map();
         let deadline = Duration::from_millis(self.config.request_timeout_ms);
         let summary = self
             .coordinator
-            .index(collection, documents, &map, deadline)
+            .index(collection, &documents, &map, deadline)
             .await;
         let mut summary = summary;
         summary.total_docs += refused.len() as u64;

@@ -50,7 +50,9 @@ type Shared = State<Arc<AppState>>;
 pub const MAX_URI_BYTES: usize = 8 << 10;
 
 /// The routes of the API with their OpenAPI description: each handler's `#[utoipa::path]`
-/// both registers it and describes it, so the two cannot differ.
+/// both registers the route and describes it, so no route is served undocumented or documented
+/// unserved. Its answers are listed by hand beside the handler; the tests and
+/// `tests/api-fuzz` hold the server to them.
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
         .routes(routes!(root))
@@ -88,9 +90,9 @@ pub fn router(
     let (router, document) = routes().split_for_parts();
     let document = crate::openapi::finish(document);
     let parameters = Arc::new(crate::openapi::QueryParameterNames::of(&document));
-    let document = Arc::new(crate::openapi::OpenApiJson(
+    let document = Arc::new(crate::openapi::OpenApiJson(Bytes::from(
         document.to_json().expect("the OpenAPI document serializes"),
-    ));
+    )));
     router
         .route_layer(axum::middleware::from_fn_with_state(
             parameters,
@@ -240,6 +242,14 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> 
     ) -> Result<Self, Self::Rejection> {
         match Path::<T>::from_request_parts(parts, state).await {
             Ok(Path(value)) => Ok(JsonPath(value)),
+            Err(e) if e.status().is_server_error() => {
+                tracing::error!(error = %e.body_text(), "a route's path parameters do not fit its handler");
+                Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the server failed on this request's path; please report it",
+                ))
+            }
             Err(e) => Err(ApiError::bad_request("invalid_path", e.body_text())),
         }
     }
@@ -684,9 +694,15 @@ async fn create_collection(
             "the schema must be a JSON object",
         ));
     };
-    match obj.get("name") {
+    // The original Prism's format names the collection with `collection`.
+    let key = if prism_core::schema::original::is_original(&Value::Object(obj.clone())) {
+        "collection"
+    } else {
+        "name"
+    };
+    match obj.get(key) {
         None => {
-            obj.insert("name".into(), Value::String(name.clone()));
+            obj.insert(key.into(), Value::String(name.clone()));
         }
         Some(Value::String(n)) if *n == name => {}
         Some(other) => {
@@ -824,6 +840,26 @@ async fn index_batch(
     ))
 }
 
+/// The `documents` of an [`IndexRequest`] body, moved out rather than rebuilt (a serde pass
+/// over `Vec<Value>` would copy every vector); any other key is refused by name.
+pub fn documents_of(value: Value) -> ApiResult<Vec<Value>> {
+    let shape = "the body must be {\"documents\": [{\"id\": ..., \"fields\": {...}}, ...]}";
+    let Value::Object(mut obj) = value else {
+        return Err(ApiError::bad_request("invalid_request", shape));
+    };
+    let documents = match obj.remove("documents") {
+        Some(Value::Array(documents)) => documents,
+        _ => return Err(ApiError::bad_request("invalid_request", shape)),
+    };
+    if let Some(key) = obj.keys().next() {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("unknown key {key:?}: {shape}"),
+        ));
+    }
+    Ok(documents)
+}
+
 /// Indexes a batch of documents: each is checked alone, the valid ones are written together.
 #[utoipa::path(post, path = "/collections/{name}/documents", tag = "documents",
     params(CollectionPath, IndexParams),
@@ -849,16 +885,7 @@ async fn index_documents(
     let refresh = refresh_mode(params.refresh);
     let pipeline = named_pipeline(&state.pipelines, params.pipeline.as_deref())?;
     let collection = collection(&state, &name)?;
-    let value = parse_json(&body)?;
-    let documents = match serde_json::from_value::<IndexRequest>(value) {
-        Ok(request) => request.documents,
-        Err(e) => {
-            return Err(ApiError::bad_request(
-                "invalid_request",
-                format!("the body must be {{\"documents\": [{{\"id\": ..., \"fields\": {{...}}}}, ...]}}: {e}"),
-            ))
-        }
-    };
+    let documents = documents_of(parse_json(&body)?)?;
     if documents.len() > prism_core::shard::MAX_OPS_PER_ENTRY {
         return Err(too_many_documents(&documents.len().to_string()));
     }
@@ -1073,7 +1100,7 @@ async fn cluster_health(
     responses(
         (status = 200, description = "Results; `is_partial` when some shards did not answer", body = crate::cluster::FederatedSearchResponse),
         (status = 400, description = "`invalid_query`, `malformed_json`", body = ErrorBody),
-        (status = 404, description = "`cluster_disabled`, `collection_not_found`", body = ErrorBody),
+        (status = 404, description = "`cluster_disabled`", body = ErrorBody),
         (status = 503, description = "`shards_unavailable`: too few shards answered; `details` has the shard status", body = ErrorBody),
     ))]
 async fn cluster_search(
@@ -1140,6 +1167,7 @@ async fn cluster_index() -> ApiError {
     responses(
         (status = 200, description = "Every acknowledged write is searchable", body = Refreshed),
         (status = 404, description = "`collection_not_found`", body = ErrorBody),
+        (status = 429, description = "`overloaded`: the write queue is full; retry with backoff", body = ErrorBody),
         (status = 503, description = "`storage_failed`, `collection_recovering`, `shutting_down`", body = ErrorBody),
         (status = 507, description = "`insufficient_storage`", body = ErrorBody),
     ))]
@@ -1165,7 +1193,7 @@ async fn refresh(
     request_body(content = SearchRequest),
     responses(
         (status = 200, description = "The page of results and the true total", body = SearchResponse),
-        (status = 400, description = "`invalid_query`, `malformed_json`, `limit_exceeded`", body = ErrorBody),
+        (status = 400, description = "`invalid_query`, `malformed_json`", body = ErrorBody),
         (status = 404, description = "`collection_not_found`", body = ErrorBody),
         (status = 503, description = "`collection_recovering` or `collection_unavailable`", body = ErrorBody),
     ))]

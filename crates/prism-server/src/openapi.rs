@@ -35,13 +35,14 @@ pub struct ApiDoc;
 pub struct NewCollection {}
 
 /// The document as served.
-pub struct OpenApiJson(pub String);
+pub struct OpenApiJson(pub bytes::Bytes);
 
 /// Answers that any route can give before or around its handler, with when.
 const MIDDLEWARE_ANSWERS: &[(&str, &str, bool)] = &[
     (
         "400",
-        "`invalid_parameter`: a query parameter the route does not take, or a bad value",
+        "`invalid_parameter`: a query parameter the route does not take, or a bad value; \
+         `invalid_path`: a path parameter that is not UTF-8; `invalid_collection_name`",
         false,
     ),
     (
@@ -51,8 +52,8 @@ const MIDDLEWARE_ANSWERS: &[(&str, &str, bool)] = &[
     ),
     (
         "413",
-        "`payload_too_large`: the body is over `server.max_body_bytes`",
-        true,
+        "`payload_too_large`: the body (or its declared length) is over `server.max_body_bytes`",
+        false,
     ),
     (
         "414",
@@ -100,11 +101,19 @@ pub fn finish(mut document: OpenApi) -> OpenApi {
                 if *needs_body && !has_body {
                     continue;
                 }
-                operation
-                    .responses
-                    .responses
-                    .entry(status.to_string())
-                    .or_insert_with(|| error_answer(description));
+                match operation.responses.responses.get_mut(*status) {
+                    // The route lists its own; the middleware's codes are added to it.
+                    Some(RefOr::T(answer)) => {
+                        answer.description = format!("{}; {description}", answer.description);
+                    }
+                    Some(RefOr::Ref(_)) => {}
+                    None => {
+                        operation
+                            .responses
+                            .responses
+                            .insert(status.to_string(), error_answer(description));
+                    }
+                }
             }
         }
     }
@@ -172,8 +181,14 @@ impl QueryParameterNames {
 
     /// The names `method` on `route` (as axum matched it, `/collections/{name}/...`) takes.
     pub fn of_route(&self, method: &axum::http::Method, route: &str) -> Vec<&str> {
+        // axum answers HEAD with the GET handler.
+        let method = if method == axum::http::Method::HEAD {
+            "GET"
+        } else {
+            method.as_str()
+        };
         self.0
-            .get(&(method.as_str().to_string(), route.to_string()))
+            .get(&(method.to_string(), route.to_string()))
             .map(|names| names.iter().map(String::as_str).collect())
             .unwrap_or_default()
     }
@@ -281,9 +296,11 @@ mod tests {
     fn federated_and_new_collection_bodies_are_completed() {
         let doc = document_json();
         let schemas = &doc["components"]["schemas"];
-        let federated = &schemas["FederatedSearchRequest"]["properties"];
-        for key in ["query", "vector", "hybrid", "allow_partial_results"] {
-            assert!(federated.get(key).is_some(), "{key}: {federated}");
+        if cfg!(feature = "cluster") {
+            let federated = &schemas["FederatedSearchRequest"]["properties"];
+            for key in ["query", "vector", "hybrid", "allow_partial_results"] {
+                assert!(federated.get(key).is_some(), "{key}: {federated}");
+            }
         }
         let new = &schemas["NewCollection"];
         assert!(new["properties"].get("fields").is_some(), "{new}");
@@ -333,5 +350,24 @@ mod tests {
             refresh["schema"]["enum"],
             serde_json::json!(RefreshParam::VALUES)
         );
+    }
+
+    #[test]
+    fn the_documented_bounds_are_the_engines() {
+        use prism_core::schema::{MAX_COLLECTION_NAME_LEN, MAX_ID_LEN, MAX_VECTOR_DIMENSION};
+        let doc = document_json();
+        let parameters = doc["paths"]["/collections/{name}/documents/{id}"]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let bound = |name: &str| {
+            parameters.iter().find(|p| p["name"] == name).unwrap()["schema"]["maxLength"].clone()
+        };
+        assert_eq!(bound("name"), MAX_COLLECTION_NAME_LEN);
+        assert_eq!(bound("id"), MAX_ID_LEN);
+        let dimension = &doc["components"]["schemas"]["FieldDef"]["properties"]["dimension"];
+        assert_eq!(dimension["maximum"], MAX_VECTOR_DIMENSION, "{dimension}");
+        let id = &doc["components"]["schemas"]["DocumentInput"]["properties"]["id"];
+        assert_eq!(id["oneOf"][0]["maxLength"], MAX_ID_LEN, "{id}");
     }
 }
