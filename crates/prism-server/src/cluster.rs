@@ -272,8 +272,15 @@ impl Cluster {
         let mut value: Value = prism_core::schema::parse_json_strict(body).map_err(|e| {
             ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
         })?;
+        let Some(obj) = value.as_object_mut() else {
+            // serde would read an array into the request by position.
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "the search body must be a JSON object",
+            ));
+        };
         let mut query = self.query.clone();
-        if let Some(obj) = value.as_object_mut() {
+        {
             let mut settings = serde_json::Map::new();
             for key in FederationSettings::KEYS {
                 if let Some(v) = obj.remove(*key) {
@@ -305,6 +312,9 @@ impl Cluster {
             .await
             .map_err(|e| match e {
                 SearchError::Invalid(message) => ApiError::bad_request("invalid_query", message),
+                SearchError::NotFound(message) => {
+                    ApiError::new(StatusCode::NOT_FOUND, "collection_not_found", message)
+                }
                 SearchError::Unavailable { message, status } => ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "shards_unavailable",

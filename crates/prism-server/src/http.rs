@@ -1100,7 +1100,7 @@ async fn cluster_health(
     responses(
         (status = 200, description = "Results; `is_partial` when some shards did not answer", body = crate::cluster::FederatedSearchResponse),
         (status = 400, description = "`invalid_query`, `malformed_json`", body = ErrorBody),
-        (status = 404, description = "`cluster_disabled`", body = ErrorBody),
+        (status = 404, description = "`cluster_disabled`; `collection_not_found` when no shard that answered has the collection", body = ErrorBody),
         (status = 503, description = "`shards_unavailable`: too few shards answered; `details` has the shard status", body = ErrorBody),
     ))]
 async fn cluster_search(

@@ -201,6 +201,10 @@ pub enum SearchError {
     /// The request is wrong on every shard (a bad query, an unknown field): a client error.
     #[error("{0}")]
     Invalid(String),
+    /// Every shard copy that answered has no such collection: the client's error, as on a
+    /// single node, not an unavailable shard.
+    #[error("{0}")]
+    NotFound(String),
     /// Too few shards answered for the partial-result settings.
     #[error("{message}")]
     Unavailable {
@@ -256,12 +260,23 @@ async fn within<T>(
 }
 
 /// One phase's answers: the copies that answered, and failures for the rest. A request every
-/// shard must refuse (an invalid query) ends the search as a client error.
+/// shard must refuse (an invalid query) ends the search as a client error, and so does a
+/// collection that no copy which answered has.
 fn sort_out<T>(
     copies: &[(u32, NodeId)],
     answers: Vec<Result<T, RpcError>>,
     failures: &mut Vec<ShardFailure>,
 ) -> Result<Vec<Answered<T>>, SearchError> {
+    let missing: Vec<&String> = answers
+        .iter()
+        .filter_map(|a| match a {
+            Err(RpcError::NotFound(message)) => Some(message),
+            _ => None,
+        })
+        .collect();
+    if !answers.is_empty() && missing.len() == answers.len() {
+        return Err(SearchError::NotFound(missing[0].clone()));
+    }
     let mut answered = Vec::new();
     for ((shard, node), answer) in copies.iter().zip(answers) {
         match answer {

@@ -442,6 +442,41 @@ async fn an_invalid_query_is_the_clients_error_not_a_shard_failure() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_collection_no_shard_has_is_not_found_and_one_shard_without_it_is_partial() {
+    let mut missing = shard(&[]);
+    missing.behaviour = Behaviour::Fail(RpcError::NotFound(
+        "collection \"docs\" does not exist".into(),
+    ));
+    let nowhere = FakeClient::with(&[("a", missing.clone()), ("b", missing.clone())]);
+    let coordinator = Coordinator::new(nowhere, 10);
+    let route = copies(&["a", "b"]);
+    assert_eq!(
+        search(
+            &coordinator,
+            &text("x", 10),
+            &route,
+            &QueryConfig::default()
+        )
+        .await,
+        Err(SearchError::NotFound(
+            "collection \"docs\" does not exist".into()
+        ))
+    );
+    let somewhere = FakeClient::with(&[("a", shard(&[("a1", 1.0)])), ("b", missing)]);
+    let coordinator = Coordinator::new(somewhere, 10);
+    let answer = search(
+        &coordinator,
+        &text("x", 10),
+        &route,
+        &QueryConfig::default(),
+    )
+    .await
+    .unwrap();
+    assert!(answer.is_partial);
+    assert_eq!(ids(&answer), ["a1"]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_failed_fetch_drops_that_shards_hits_and_makes_the_answer_partial() {
     let mut unreadable = shard(&[("b1", 8.0)]);
     unreadable.fetch_fails = true;
