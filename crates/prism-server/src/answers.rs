@@ -211,26 +211,42 @@ pub struct Refreshed {
 }
 
 /// When a write answers relative to search visibility.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum RefreshParam {
     /// Once durable (the default).
     #[default]
-    #[serde(rename = "false")]
     False,
     /// Once a scheduled refresh made the write searchable.
-    #[serde(rename = "wait_for")]
     WaitFor,
     /// After refreshing now.
-    #[serde(rename = "true")]
     True,
     /// `?refresh` alone, as `true`.
-    #[serde(rename = "")]
     Bare,
 }
 
 impl RefreshParam {
-    /// Every value `?refresh=` takes.
-    pub const VALUES: [&'static str; 4] = ["false", "wait_for", "true", ""];
+    /// Every value `?refresh=` takes, as parsed and as documented.
+    pub const BY_NAME: [(&'static str, RefreshParam); 4] = [
+        ("false", RefreshParam::False),
+        ("wait_for", RefreshParam::WaitFor),
+        ("true", RefreshParam::True),
+        ("", RefreshParam::Bare),
+    ];
+}
+
+impl<'de> Deserialize<'de> for RefreshParam {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        RefreshParam::BY_NAME
+            .iter()
+            .find(|(name, _)| *name == text)
+            .map(|(_, value)| *value)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "{text:?} is not one of false, wait_for, true (or empty, as true)"
+                ))
+            })
+    }
 }
 
 // By hand: utoipa drops the `""` of `?refresh` alone (an empty rename means none to it).
@@ -238,7 +254,7 @@ impl utoipa::PartialSchema for RefreshParam {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         utoipa::openapi::ObjectBuilder::new()
             .schema_type(utoipa::openapi::schema::Type::String)
-            .enum_values(Some(Self::VALUES))
+            .enum_values(Some(Self::BY_NAME.map(|(name, _)| name)))
             .into()
     }
 }

@@ -184,14 +184,15 @@ impl QueryParameters {
     }
 }
 
-fn parse_query_parameters(query: &str, allowed: &[&str]) -> ApiResult<QueryParameters> {
+fn parse_query_parameters<S: AsRef<str>>(query: &str, allowed: &[S]) -> ApiResult<QueryParameters> {
     let mut params = std::collections::BTreeMap::new();
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-        if !allowed.contains(&key.as_ref()) {
+        if !allowed.iter().any(|name| name.as_ref() == key) {
             let known = if allowed.is_empty() {
                 "this route takes no query parameters".to_string()
             } else {
-                format!("this route takes only {}", allowed.join(", "))
+                let names: Vec<&str> = allowed.iter().map(AsRef::as_ref).collect();
+                format!("this route takes only {}", names.join(", "))
             };
             return Err(ApiError::bad_request(
                 "invalid_parameter",
@@ -214,14 +215,10 @@ async fn check_query_parameters(
     mut request: Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_default();
-    let allowed = names.of_route(request.method(), &route);
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let allowed = names.of_route(request.method(), route.as_ref().map_or("", |r| r.as_str()));
     let query = request.uri().query().unwrap_or("");
-    match parse_query_parameters(query, &allowed) {
+    match parse_query_parameters(query, allowed) {
         Ok(params) => {
             request.extensions_mut().insert(params);
             next.run(request).await

@@ -154,9 +154,10 @@ pub fn finish(mut document: OpenApi) -> OpenApi {
     document
 }
 
-/// The query parameters each operation takes, read from the document.
+/// The query parameters each operation takes, read from the document: by route, then method
+/// (looked up on every request, without allocating).
 #[derive(Debug, Default)]
-pub struct QueryParameterNames(HashMap<(String, String), Vec<String>>);
+pub struct QueryParameterNames(HashMap<String, HashMap<&'static str, Vec<String>>>);
 
 impl QueryParameterNames {
     pub fn of(document: &OpenApi) -> QueryParameterNames {
@@ -173,14 +174,17 @@ impl QueryParameterNames {
                         _ => None,
                     })
                     .collect();
-                names.insert((method.to_string(), path.clone()), query);
+                names
+                    .entry(path.clone())
+                    .or_insert_with(HashMap::new)
+                    .insert(method, query);
             }
         }
         QueryParameterNames(names)
     }
 
     /// The names `method` on `route` (as axum matched it, `/collections/{name}/...`) takes.
-    pub fn of_route(&self, method: &axum::http::Method, route: &str) -> Vec<&str> {
+    pub fn of_route(&self, method: &axum::http::Method, route: &str) -> &[String] {
         // axum answers HEAD with the GET handler.
         let method = if method == axum::http::Method::HEAD {
             "GET"
@@ -188,9 +192,9 @@ impl QueryParameterNames {
             method.as_str()
         };
         self.0
-            .get(&(method.to_string(), route.to_string()))
-            .map(|names| names.iter().map(String::as_str).collect())
-            .unwrap_or_default()
+            .get(route)
+            .and_then(|methods| methods.get(method))
+            .map_or(&[], Vec::as_slice)
     }
 }
 
@@ -333,9 +337,10 @@ mod tests {
     #[test]
     fn the_refresh_values_documented_are_the_ones_accepted() {
         use crate::answers::RefreshParam;
-        for value in RefreshParam::VALUES {
-            serde_json::from_value::<RefreshParam>(Value::from(value))
-                .unwrap_or_else(|e| panic!("{value:?}: {e}"));
+        for (name, value) in RefreshParam::BY_NAME {
+            let parsed = serde_json::from_value::<RefreshParam>(Value::from(name))
+                .unwrap_or_else(|e| panic!("{name:?}: {e}"));
+            assert_eq!(parsed, value);
         }
         assert!(serde_json::from_value::<RefreshParam>(Value::from("soon")).is_err());
         let doc = document_json();
@@ -348,7 +353,7 @@ mod tests {
             .clone();
         assert_eq!(
             refresh["schema"]["enum"],
-            serde_json::json!(RefreshParam::VALUES)
+            serde_json::json!(RefreshParam::BY_NAME.map(|(name, _)| name))
         );
     }
 
