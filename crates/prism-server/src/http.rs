@@ -90,15 +90,11 @@ pub fn router(
     let (router, document) = routes().split_for_parts();
     let document = crate::openapi::finish(document);
     let parameters = Arc::new(crate::openapi::QueryParameterNames::of(&document));
-    let document = Arc::new(crate::openapi::OpenApiJson(Bytes::from(
-        document.to_json().expect("the OpenAPI document serializes"),
-    )));
     router
         .route_layer(axum::middleware::from_fn_with_state(
             parameters,
             check_query_parameters,
         ))
-        .layer(axum::Extension(document))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -398,12 +394,18 @@ async fn health(State(state): Shared) -> (StatusCode, Json<NodeHealth>) {
 /// `GET /openapi.json`: this document.
 #[utoipa::path(get, path = "/openapi.json", tag = "node",
     responses((status = 200, description = "The OpenAPI 3.1 document of this API", body = Object)))]
-async fn openapi_document(
-    axum::Extension(document): axum::Extension<Arc<crate::openapi::OpenApiJson>>,
-) -> Response {
+async fn openapi_document() -> Response {
+    // The document is a function of the build alone: made once, on first request.
+    static DOCUMENT: std::sync::LazyLock<Bytes> = std::sync::LazyLock::new(|| {
+        Bytes::from(
+            crate::openapi::document()
+                .to_json()
+                .expect("the OpenAPI document serializes"),
+        )
+    });
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
-        document.0.clone(),
+        DOCUMENT.clone(),
     )
         .into_response()
 }

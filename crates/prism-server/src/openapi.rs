@@ -34,9 +34,6 @@ pub struct ApiDoc;
 #[allow(dead_code)]
 pub struct NewCollection {}
 
-/// The document as served.
-pub struct OpenApiJson(pub bytes::Bytes);
-
 /// Answers that any route can give before or around its handler, with when.
 const MIDDLEWARE_ANSWERS: &[(&str, &str, bool)] = &[
     (
@@ -198,8 +195,7 @@ impl QueryParameterNames {
     }
 }
 
-/// The document, as the router serves it.
-#[cfg(test)]
+/// The document, as `GET /openapi.json` serves it.
 pub fn document() -> OpenApi {
     finish(crate::http::routes().split_for_parts().1)
 }
