@@ -27,6 +27,7 @@ use utoipa_axum::routes;
 use crate::answers::*;
 use crate::error::{ApiError, ApiResult};
 use crate::metrics;
+use crate::openapi::{CollectionReadErrors, WriteErrors};
 
 /// What every handler can reach.
 pub struct AppState {
@@ -506,8 +507,7 @@ async fn collection_names(State(state): Shared) -> Json<CollectionNames> {
     params(CollectionPath),
     responses(
         (status = 200, description = "The schema in the original Prism's shape", body = OriginalSchema),
-        (status = 404, description = "`collection_not_found`", body = ErrorBody),
-        (status = 503, description = "`collection_recovering` or `collection_unavailable`", body = ErrorBody),
+        CollectionReadErrors,
     ))]
 async fn original_schema(
     State(state): Shared,
@@ -551,8 +551,7 @@ async fn original_schema(
     params(CollectionPath),
     responses(
         (status = 200, description = "Counts in the original Prism's shape", body = OriginalStats),
-        (status = 404, description = "`collection_not_found`", body = ErrorBody),
-        (status = 503, description = "`collection_recovering` or `collection_unavailable`", body = ErrorBody),
+        CollectionReadErrors,
     ))]
 async fn original_stats(
     State(state): Shared,
@@ -654,8 +653,7 @@ fn describe(c: &Collection) -> CollectionDescription {
     params(CollectionPath),
     responses(
         (status = 200, description = "The collection's schema, counts and write state", body = CollectionDescription),
-        (status = 404, description = "`collection_not_found`", body = ErrorBody),
-        (status = 503, description = "`collection_recovering` or `collection_unavailable`", body = ErrorBody),
+        CollectionReadErrors,
     ))]
 async fn get_collection(
     State(state): Shared,
@@ -866,12 +864,7 @@ pub fn documents_of(value: Value) -> ApiResult<Vec<Value>> {
     responses(
         (status = 201, description = "Durable (and searchable as `refresh` asks); refused documents are listed", body = IndexResponse),
         (status = 400, description = "`invalid_documents` (every one refused), `invalid_request`, `malformed_json`, `too_many_documents`, `unknown_pipeline`", body = ErrorBody),
-        (status = 404, description = "`collection_not_found`", body = ErrorBody),
-        (status = 413, description = "`payload_too_large`: over `server.max_body_bytes`", body = ErrorBody),
-        (status = 429, description = "`overloaded`: the write queue is full; retry with backoff", body = ErrorBody),
-        (status = 503, description = "`storage_failed`, `collection_recovering`, `write_unknown`, `shutting_down`: nothing acknowledged", body = ErrorBody),
-        (status = 504, description = "`refresh_timeout`: durable, not yet searchable", body = ErrorBody),
-        (status = 507, description = "`insufficient_storage`: the disk is full; nothing was applied", body = ErrorBody),
+        WriteErrors,
     ))]
 async fn index_documents(
     State(state): Shared,
@@ -921,12 +914,7 @@ async fn index_documents(
     responses(
         (status = 200, description = "Durable (and searchable as `refresh` asks); refused lines are listed", body = IndexResponse),
         (status = 400, description = "`invalid_documents` (every line refused), `no_documents`, `too_many_documents`, `unknown_pipeline`", body = ErrorBody),
-        (status = 404, description = "`collection_not_found`", body = ErrorBody),
-        (status = 413, description = "`payload_too_large`: over `server.max_body_bytes`", body = ErrorBody),
-        (status = 429, description = "`overloaded`: the write queue is full; retry with backoff", body = ErrorBody),
-        (status = 503, description = "`storage_failed`, `collection_recovering`, `write_unknown`, `shutting_down`: nothing acknowledged", body = ErrorBody),
-        (status = 504, description = "`refresh_timeout`: durable, not yet searchable", body = ErrorBody),
-        (status = 507, description = "`insufficient_storage`: the disk is full; nothing was applied", body = ErrorBody),
+        WriteErrors,
     ))]
 async fn bulk_documents(
     State(state): Shared,
@@ -1193,8 +1181,7 @@ async fn refresh(
     responses(
         (status = 200, description = "The page of results and the true total", body = SearchResponse),
         (status = 400, description = "`invalid_query`, `malformed_json`", body = ErrorBody),
-        (status = 404, description = "`collection_not_found`", body = ErrorBody),
-        (status = 503, description = "`collection_recovering` or `collection_unavailable`", body = ErrorBody),
+        CollectionReadErrors,
     ))]
 async fn search(
     State(state): Shared,

@@ -12,6 +12,7 @@ use utoipa::PartialSchema;
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
+    components(schemas(crate::answers::ErrorBody, crate::answers::ErrorDetail)),
     info(
         title = "Prism",
         description = "Hybrid search: BM25 full text, HNSW vectors and their fusion. Every \
@@ -86,6 +87,41 @@ fn error_answer(description: &str) -> RefOr<Response> {
         RefOr::T(Content::new(Some(Ref::from_schema_name("ErrorBody")))),
     );
     RefOr::T(response)
+}
+
+fn error_answers(answers: &[(&str, &str)]) -> std::collections::BTreeMap<String, RefOr<Response>> {
+    answers
+        .iter()
+        .map(|(status, description)| (status.to_string(), error_answer(description)))
+        .collect()
+}
+
+/// The error answers of a route that reads a collection.
+pub struct CollectionReadErrors;
+
+impl utoipa::IntoResponses for CollectionReadErrors {
+    fn responses() -> std::collections::BTreeMap<String, RefOr<Response>> {
+        error_answers(&[
+            ("404", "`collection_not_found`"),
+            ("503", "`collection_recovering` or `collection_unavailable`"),
+        ])
+    }
+}
+
+/// The error answers of a route that writes documents: nothing of a refused write is applied;
+/// a 504 is durable, not yet searchable.
+pub struct WriteErrors;
+
+impl utoipa::IntoResponses for WriteErrors {
+    fn responses() -> std::collections::BTreeMap<String, RefOr<Response>> {
+        error_answers(&[
+            ("404", "`collection_not_found`"),
+            ("429", "`overloaded`: the write queue is full; retry with backoff"),
+            ("503", "`storage_failed`, `collection_recovering`, `write_unknown`, `shutting_down`: nothing acknowledged"),
+            ("504", "`refresh_timeout`: durable, not yet searchable"),
+            ("507", "`insufficient_storage`: the disk is full; nothing was applied"),
+        ])
+    }
 }
 
 /// Completes the generated document: the middleware's answers on every operation, and the
