@@ -1,10 +1,16 @@
 //! A search request body as `POST /collections/{c}/search` receives it: queries, filters,
 //! vectors, hybrid fusion, aggregations, highlighting, paging. A body that parses runs on a
 //! small shard both as a local search and as a federated one (statistics, query phase,
-//! fetch phase, aggregation merge), on the server's stack.
+//! fetch phase, aggregation merge), on the server's stack, with the deadline a server gives
+//! it. `.ci/fuzz` runs it under `-rss_limit_mb` and `-timeout`, so that an input that runs
+//! away in memory, or in time past its deadline, is a crash.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prism_core::search::budget::{SearchBudget, SearchLimits};
 use prism_core::search::merge::merge_page;
 use prism_core::search::plan::SearchPlan;
 use prism_core::search::{merge_aggregations, SearchRequest};
@@ -16,7 +22,9 @@ fuzz_target!(|data: &[u8]| {
     };
     on_server_stack(move || {
         let shard = shard();
-        if let Ok(response) = shard.search(&request) {
+        let limits = SearchLimits::default();
+        let budget = Arc::new(SearchBudget::new(&limits, Duration::from_secs(2)));
+        if let Ok(response) = shard.search_within(&request, &budget) {
             assert!(
                 response.results.len() <= request.limit,
                 "{} results for limit {}",
@@ -31,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
         };
         // The plan a coordinator of two shards makes, and its merge of this shard's answer.
         let plan = SearchPlan::new(&request, 2, 2.0);
-        let Ok(hits) = shard.query_phase(&request, Some(&statistics), plan.windows) else {
+        let Ok(hits) = shard.query_phase(&request, Some(&statistics), plan.windows, &budget) else {
             return;
         };
         let page: Vec<_> = merge_page(&[(0, &hits)], &plan.ranking, plan.merge_offset, plan.limit)

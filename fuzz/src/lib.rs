@@ -54,7 +54,10 @@ const SECOND_BATCH: &str = r#"[
   {"id": "6", "fields": {"embedding": [-1, 0.25, 0.75]}},
   {"id": "7", "fields": {"title": "Élan vital, naïve café", "body": "日本語のテキスト",
     "category": "i18n", "tag": ["ünïcode", "日本"], "year": 1677, "price": 1e300,
-    "published": "2262-04-10T23:59:59Z", "embedding": [0.1, -0.2, 0.3]}}
+    "published": "2262-04-10T23:59:59Z", "embedding": [0.1, -0.2, 0.3]}},
+  {"id": "8", "fields": {"title": "fox dog lazy fox dog lazy fox dog lazy fox dog lazy fox dog lazy fox dog lazy fox dog lazy fox dog lazy fox dog lazy fox dog lazy",
+    "body": "the quick brown fox jumps over the lazy dog the quick brown fox jumps over the lazy dog the quick brown fox jumps over the lazy dog the quick brown fox jumps over the lazy dog the quick brown fox jumps over the lazy dog the quick brown fox jumps over the lazy dog the quick brown fox jumps over the lazy dog the quick brown fox jumps over the lazy dog the quick brown fox jumps over the lazy dog the quick brown fox jumps over the lazy dog",
+    "year": 2000}}
 ]"#;
 
 /// The stack of a tokio blocking thread, where the server runs searches and schema changes:
@@ -118,8 +121,8 @@ pub fn shard() -> &'static Shard {
                 })
                 .expect("match-all search");
             assert_eq!(
-                all.total, 6,
-                "the fixture shard holds documents 1, 2, 3, 5, 6 and 7"
+                all.total, 7,
+                "the fixture shard holds documents 1, 2, 3, 5, 6, 7 and 8 (a long text for phrases with slop)"
             );
             Fixture { shard, _dir: dir }
         })

@@ -121,6 +121,8 @@ pub struct Server {
     pub client: reqwest::blocking::Client,
     /// When the running process first answered `/health`.
     listening_after: Option<Instant>,
+    /// `prlimit` options the server runs under (`--as=BYTES`, `--nofile=N:N`).
+    prlimits: Vec<String>,
 }
 
 impl Server {
@@ -131,7 +133,27 @@ impl Server {
 
     /// As [`Server::start`], with extra command-line flags.
     pub fn start_with_args(data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Server {
-        let mut server = Server {
+        let mut server = Self::unstarted(data_dir, env, args);
+        server.spawn();
+        server
+    }
+
+    /// As [`Server::start`], under an address-space limit (`ulimit -v`, through `prlimit`):
+    /// an allocation past it fails, and Rust aborts the process.
+    pub fn start_with_address_space(data_dir: &Path, env: &[(&str, &str)], bytes: u64) -> Server {
+        Self::start_with_prlimits(data_dir, env, &[&format!("--as={bytes}")])
+    }
+
+    /// As [`Server::start`], under `prlimit` resource limits such as `--nofile=4096:4096`.
+    pub fn start_with_prlimits(data_dir: &Path, env: &[(&str, &str)], limits: &[&str]) -> Server {
+        let mut server = Self::unstarted(data_dir, env, &[]);
+        server.prlimits = limits.iter().map(|l| l.to_string()).collect();
+        server.spawn();
+        server
+    }
+
+    fn unstarted(data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Server {
+        Server {
             args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
             listening_after: None,
@@ -145,14 +167,16 @@ impl Server {
                 .timeout(Duration::from_secs(60))
                 .build()
                 .unwrap(),
-        };
-        server.spawn();
-        server
+            prlimits: Vec::new(),
+        }
     }
 
     fn command(&self) -> Command {
         // PRISM_TEST_WRAPPER runs the server under another program, e.g. "valgrind -q".
-        let wrapper = std::env::var("PRISM_TEST_WRAPPER").unwrap_or_default();
+        let mut wrapper = std::env::var("PRISM_TEST_WRAPPER").unwrap_or_default();
+        if !self.prlimits.is_empty() {
+            wrapper = format!("prlimit {} -- {wrapper}", self.prlimits.join(" "));
+        }
         let mut words = wrapper.split_whitespace();
         let mut cmd = match words.next() {
             Some(program) => {
@@ -263,6 +287,13 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// Whether the server process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// SIGKILL: no shutdown hooks, no final checkpoint.

@@ -95,10 +95,18 @@ fn serve(engine: &Engine, node_id: &str, envelope: Envelope) -> Reply {
                     "list windows {windows:?} exceed {most} hits"
                 )));
             }
+            // The shard's part of the search stops at the request's deadline too.
+            let request = SearchRequest::try_from(search)?;
+            let limits = prism_core::search::budget::SearchLimits::default();
+            let budget = std::sync::Arc::new(prism_core::search::budget::SearchBudget::new(
+                &limits,
+                limits.timeout(request.timeout)?,
+            ));
             Answer::Hits(collection()?.shard().query_phase(
-                &SearchRequest::try_from(search)?,
+                &request,
                 stats.as_ref(),
                 windows,
+                &budget,
             )?)
         }
         Request::Fetch {

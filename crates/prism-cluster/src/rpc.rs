@@ -316,6 +316,8 @@ pub struct WireSearch {
     pub rank_window_size: Option<u64>,
     pub aggregations: Option<Json>,
     pub highlight: Option<WireHighlight>,
+    /// The search's deadline, in milliseconds.
+    pub timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -366,6 +368,7 @@ impl From<&SearchRequest> for WireSearch {
                     max_chars: *max_chars as u64,
                 },
             }),
+            timeout_ms: r.timeout.map(|t| t.as_millis() as u64),
         }
     }
 }
@@ -403,6 +406,7 @@ impl TryFrom<WireSearch> for SearchRequest {
                     max_chars: max_chars as usize,
                 },
             }),
+            timeout: w.timeout_ms.map(std::time::Duration::from_millis),
         })
     }
 }

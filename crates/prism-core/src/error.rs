@@ -28,6 +28,33 @@ pub enum Error {
     ShuttingDown,
     #[error("too many writes are waiting for this shard; retry with backoff")]
     Overloaded,
+    /// The search pool's queue is full.
+    #[error("{queued} searches are already waiting for this node's {threads} search threads; retry with backoff")]
+    SearchesQueued { queued: usize, threads: usize },
+    /// A request would hold more memory than a budget has left.
+    #[error("{what} needs about {needed} bytes, over the {available} bytes left of the node's in-flight budget ({setting}); retry with backoff or send smaller requests")]
+    CircuitBreaking {
+        what: String,
+        needed: u64,
+        available: u64,
+        setting: &'static str,
+    },
+    /// One request that can never fit a budget.
+    #[error(
+        "{what} needs about {needed} bytes, over the {limit}-byte limit ({setting}); split it"
+    )]
+    RequestTooLarge {
+        what: String,
+        needed: u64,
+        limit: u64,
+        setting: &'static str,
+    },
+    /// The deadline passed before the search could start.
+    #[error("the search waited {waited_ms} ms for a search thread and reached its deadline before it started; retry with backoff or a longer timeout")]
+    SearchTimedOut { waited_ms: u64 },
+    /// The search was cancelled: its client left, or the node is stopping.
+    #[error("the search was cancelled: its client disconnected or the node is stopping")]
+    Cancelled,
     #[error("no space left for {path}: {message}. Free disk space; writes resume by themselves")]
     InsufficientStorage { path: PathBuf, message: String },
     #[error("storage failed for {path}: {message}. Restart the node once the disk is healthy; the log replays every acknowledged write")]
@@ -77,7 +104,11 @@ impl Error {
             Error::InvalidRequest(_) => "invalid_request",
             Error::DataDirLocked { .. } => "data_dir_locked",
             Error::ShuttingDown => "shutting_down",
-            Error::Overloaded => "overloaded",
+            Error::Overloaded | Error::SearchesQueued { .. } => "overloaded",
+            Error::CircuitBreaking { .. } => "circuit_breaking",
+            Error::RequestTooLarge { .. } => "request_too_large",
+            Error::SearchTimedOut { .. } => "search_timeout",
+            Error::Cancelled => "cancelled",
             Error::InsufficientStorage { .. } => "insufficient_storage",
             Error::StorageFailed { .. } => "storage_failed",
             Error::CollectionUnavailable { .. } => "collection_unavailable",

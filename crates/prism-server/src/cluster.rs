@@ -59,6 +59,9 @@ pub struct FederatedSearchResponse {
     pub latency_ms: u64,
     /// Some shard did not answer; `shard_status` says which.
     pub is_partial: bool,
+    /// Some shard reached the search's deadline: its part of `results`, `total` and
+    /// `aggregations` is what it found until then.
+    pub timed_out: bool,
     pub shard_status: ShardStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aggregations: Option<Value>,
@@ -330,6 +333,7 @@ impl Cluster {
             total: answer.total,
             latency_ms: started.elapsed().as_millis() as u64,
             is_partial: answer.is_partial,
+            timed_out: answer.timed_out,
             shard_status: answer.shard_status,
             aggregations: answer.aggregations,
         })

@@ -44,6 +44,8 @@ pub struct Cli {
 pub struct Config {
     pub server: ServerConfig,
     pub storage: StorageConfig,
+    /// Search threads, deadlines and memory.
+    pub search: SearchConfig,
     /// Log level and format, and whether `/metrics` is served (the original Prism's section).
     pub observability: ObservabilityConfig,
     /// The original Prism's API keys, roles and audit log: not implemented, so accepted only
@@ -74,6 +76,18 @@ pub struct ServerConfig {
     pub header_read_timeout_ms: u64,
     /// Longest a client may take to send a request's body; slower requests get 408.
     pub body_read_timeout_ms: u64,
+    /// A connection with no request in flight that sends nothing for this long is closed
+    /// (before its first request, `header_read_timeout_ms` applies).
+    pub idle_timeout_ms: u64,
+    /// Most open client connections. Past it, the connection idle the longest is closed to
+    /// make room, or the new one is refused if every connection has a request in flight.
+    /// Unset: what the open-file limit leaves beside the collections.
+    pub max_connections: Option<usize>,
+    /// What all requests in flight may hold together (bulk bodies as they are parsed,
+    /// searches); past it, requests get `429 circuit_breaking`, and one that can never fit
+    /// `413 request_too_large`. Unset: a quarter of the machine's memory, and at most a third
+    /// of the address-space limit (`ulimit -v`) when one is set.
+    pub max_in_flight_bytes: Option<u64>,
     /// Cross-origin requests from browsers.
     pub cors: CorsConfig,
     /// HTTPS on the API: not implemented, so accepted only while disabled.
@@ -87,6 +101,9 @@ impl Default for ServerConfig {
             max_body_bytes: 100 << 20,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+            max_connections: None,
+            max_in_flight_bytes: None,
             cors: CorsConfig::default(),
             tls: None,
         }
@@ -193,6 +210,65 @@ impl Config {
     }
 }
 
+/// `[search]`: the pool searches run on, their deadlines and their memory.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchConfig {
+    /// Threads that run searches, apart from the async workers; one collection's searches
+    /// use all but one of them. Unset: one per core, plus one (at least 2).
+    pub threads: Option<usize>,
+    /// Searches that may wait for a thread; past it, `429 overloaded`.
+    pub queue_size: usize,
+    /// The deadline of a search that names no `timeout`.
+    pub default_timeout_ms: u64,
+    /// The longest `timeout` a search may ask for.
+    pub max_timeout_ms: u64,
+    /// What one search's aggregations may hold.
+    pub aggregation_memory_bytes: u64,
+    /// Most buckets one aggregation may return.
+    pub max_buckets: u32,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        let limits = prism_core::search::budget::SearchLimits::default();
+        SearchConfig {
+            threads: None,
+            queue_size: 256,
+            default_timeout_ms: limits.default_timeout.as_millis() as u64,
+            max_timeout_ms: limits.max_timeout.as_millis() as u64,
+            aggregation_memory_bytes: limits.aggregation_memory_bytes,
+            max_buckets: limits.max_buckets,
+        }
+    }
+}
+
+impl SearchConfig {
+    pub fn limits(&self) -> anyhow::Result<prism_core::search::budget::SearchLimits> {
+        if self.default_timeout_ms == 0 || self.default_timeout_ms > self.max_timeout_ms {
+            anyhow::bail!(
+                "search.default_timeout_ms = {} must be positive and at most search.max_timeout_ms = {}",
+                self.default_timeout_ms,
+                self.max_timeout_ms
+            );
+        }
+        Ok(prism_core::search::budget::SearchLimits {
+            default_timeout: Duration::from_millis(self.default_timeout_ms),
+            max_timeout: Duration::from_millis(self.max_timeout_ms),
+            aggregation_memory_bytes: self.aggregation_memory_bytes.max(1 << 20),
+            max_buckets: self.max_buckets.max(1),
+        })
+    }
+
+    /// Search threads: as configured, else one per core plus the one kept for other
+    /// collections than the busiest.
+    pub fn threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()) + 1)
+            .max(2)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
@@ -295,6 +371,27 @@ fn apply_env(config: &mut Config, env: impl Fn(&str) -> Option<String>) -> anyho
     }
     if let Some(v) = env("PRISM_BODY_READ_TIMEOUT_MS") {
         config.server.body_read_timeout_ms = parse_env("PRISM_BODY_READ_TIMEOUT_MS", &v)?;
+    }
+    if let Some(v) = env("PRISM_IDLE_TIMEOUT_MS") {
+        config.server.idle_timeout_ms = parse_env("PRISM_IDLE_TIMEOUT_MS", &v)?;
+    }
+    if let Some(v) = env("PRISM_MAX_CONNECTIONS") {
+        config.server.max_connections = Some(parse_env("PRISM_MAX_CONNECTIONS", &v)?);
+    }
+    if let Some(v) = env("PRISM_MAX_IN_FLIGHT_BYTES") {
+        config.server.max_in_flight_bytes = Some(parse_env("PRISM_MAX_IN_FLIGHT_BYTES", &v)?);
+    }
+    if let Some(v) = env("PRISM_SEARCH_THREADS") {
+        config.search.threads = Some(parse_env("PRISM_SEARCH_THREADS", &v)?);
+    }
+    if let Some(v) = env("PRISM_SEARCH_QUEUE_SIZE") {
+        config.search.queue_size = parse_env("PRISM_SEARCH_QUEUE_SIZE", &v)?;
+    }
+    if let Some(v) = env("PRISM_SEARCH_DEFAULT_TIMEOUT_MS") {
+        config.search.default_timeout_ms = parse_env("PRISM_SEARCH_DEFAULT_TIMEOUT_MS", &v)?;
+    }
+    if let Some(v) = env("PRISM_SEARCH_MAX_TIMEOUT_MS") {
+        config.search.max_timeout_ms = parse_env("PRISM_SEARCH_MAX_TIMEOUT_MS", &v)?;
     }
     if let Some(v) = env("PRISM_REFRESH_INTERVAL_MS") {
         config.storage.refresh_interval_ms = parse_env("PRISM_REFRESH_INTERVAL_MS", &v)?;

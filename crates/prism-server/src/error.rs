@@ -48,7 +48,11 @@ pub fn status_of(error: &Error) -> StatusCode {
         | Error::InvalidRequest(_) => StatusCode::BAD_REQUEST,
         Error::CollectionNotFound(_) | Error::DocumentNotFound(_) => StatusCode::NOT_FOUND,
         Error::CollectionExists(_) => StatusCode::CONFLICT,
-        Error::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+        Error::Overloaded | Error::SearchesQueued { .. } | Error::CircuitBreaking { .. } => {
+            StatusCode::TOO_MANY_REQUESTS
+        }
+        Error::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::SearchTimedOut { .. } | Error::Cancelled => StatusCode::SERVICE_UNAVAILABLE,
         Error::ShuttingDown
         | Error::StorageFailed { .. }
         | Error::CollectionUnavailable { .. }
@@ -85,6 +89,13 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            // Over a queue or a budget that drains within a moment.
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
         if matches!(
             self.status,
             StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT

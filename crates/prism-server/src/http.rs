@@ -25,6 +25,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::answers::*;
+use crate::budget::{InFlightBudget, Reservation};
 use crate::error::{ApiError, ApiResult};
 use crate::metrics;
 use crate::openapi::{CollectionReadErrors, WriteErrors};
@@ -43,6 +44,12 @@ pub struct AppState {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     pub metrics: Option<PrometheusHandle>,
     pub started: Instant,
+    /// The threads searches run on, with their deadlines.
+    pub search_pool: Arc<prism_core::search::pool::SearchPool>,
+    /// What all requests in flight may hold together.
+    pub in_flight: Arc<InFlightBudget>,
+    /// Largest request body accepted, in bytes (`server.max_body_bytes`).
+    pub max_body_bytes: usize,
 }
 
 type Shared = State<Arc<AppState>>;
@@ -249,15 +256,28 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> 
     }
 }
 
-/// A raw request body whose rejections (too large, unreadable) are JSON errors.
-pub struct Body(pub Bytes);
+/// A raw request body whose rejections (too large, unreadable) are JSON errors. Its bytes
+/// are reserved from the node's in-flight budget before they are read, and stay reserved
+/// while the handler holds the reservation.
+pub struct Body(pub Bytes, pub Reservation);
 
-impl<S: Send + Sync> FromRequest<S> for Body {
+impl FromRequest<Arc<AppState>> for Body {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        // A body without a declared length may grow to the limit.
+        let declared = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(state.max_body_bytes as u64);
+        let reserved = state
+            .in_flight
+            .reserve(declared, "this request's body")
+            .map_err(ApiError::from)?;
         match Bytes::from_request(req, state).await {
-            Ok(bytes) => Ok(Body(bytes)),
+            Ok(bytes) => Ok(Body(bytes, reserved)),
             Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(payload_too_large()),
             Err(e)
                 if std::error::Error::source(&e).is_some_and(|s| {
@@ -274,6 +294,10 @@ impl<S: Send + Sync> FromRequest<S> for Body {
         }
     }
 }
+
+/// What parsing a JSON body may hold per byte of it: a tree of small values holds about ten
+/// times its text.
+const JSON_TREE_BYTES_PER_BYTE: u64 = 10;
 
 fn payload_too_large() -> ApiError {
     ApiError::new(
@@ -426,6 +450,10 @@ async fn render_metrics(State(state): Shared) -> Response {
         )
         .into_response();
     };
+    ::metrics::gauge!(metrics::SEARCHES_QUEUED).set(state.search_pool.queued() as f64);
+    ::metrics::gauge!(metrics::SEARCHES_RUNNING).set(state.search_pool.running() as f64);
+    ::metrics::gauge!(metrics::IN_FLIGHT_BYTES).set(state.in_flight.used() as f64);
+    ::metrics::gauge!(metrics::CONNECTIONS_OPEN).set(crate::serve::open_connections() as f64);
     for c in state.engine.collections() {
         let stats = c.stats();
         let name = c.name().to_string();
@@ -681,7 +709,7 @@ async fn get_collection(
 async fn create_collection(
     State(state): Shared,
     JsonPath(CollectionPath { name }): JsonPath<CollectionPath>,
-    Body(body): Body,
+    Body(body, _body_reserved): Body,
 ) -> ApiResult<(StatusCode, Json<CollectionDescription>)> {
     prism_core::schema::validate_collection_name(&name)?;
     let mut value = parse_json(&body)?;
@@ -870,13 +898,18 @@ async fn index_documents(
     State(state): Shared,
     JsonPath(CollectionPath { name }): JsonPath<CollectionPath>,
     axum::Extension(params): axum::Extension<QueryParameters>,
-    Body(body): Body,
+    Body(body, _body_reserved): Body,
 ) -> ApiResult<(StatusCode, Json<IndexResponse>)> {
     let started = Instant::now();
     let params: IndexParams = params.typed()?;
     let refresh = refresh_mode(params.refresh);
     let pipeline = named_pipeline(&state.pipelines, params.pipeline.as_deref())?;
     let collection = collection(&state, &name)?;
+    // A JSON tree of small values holds about ten times its text.
+    let _parsing = state.in_flight.reserve(
+        (body.len() as u64).saturating_mul(JSON_TREE_BYTES_PER_BYTE),
+        "parsing this request's documents",
+    )?;
     let documents = documents_of(parse_json(&body)?)?;
     if documents.len() > prism_core::shard::MAX_OPS_PER_ENTRY {
         return Err(too_many_documents(&documents.len().to_string()));
@@ -920,13 +953,18 @@ async fn bulk_documents(
     State(state): Shared,
     JsonPath(CollectionPath { name }): JsonPath<CollectionPath>,
     axum::Extension(params): axum::Extension<QueryParameters>,
-    Body(body): Body,
+    Body(body, _body_reserved): Body,
 ) -> ApiResult<(StatusCode, Json<IndexResponse>)> {
     let started = Instant::now();
     let params: IndexParams = params.typed()?;
     let refresh = refresh_mode(params.refresh);
     let pipeline = named_pipeline(&state.pipelines, params.pipeline.as_deref())?;
     let collection = collection(&state, &name)?;
+    let lines = body.iter().filter(|b| **b == b'\n').count() + 1;
+    let _preparing = state.in_flight.reserve(
+        crate::budget::batch_estimate(body.len(), lines),
+        format!("preparing this bulk of {lines} lines"),
+    )?;
     let preparing = collection.clone();
     // Each line is validated as soon as it is parsed, so that one document's JSON tree (32
     // bytes a number: 12 KB for a 384-d vector) is alive at a time, not the whole batch's.
@@ -1093,7 +1131,7 @@ async fn cluster_health(
 async fn cluster_search(
     State(state): Shared,
     JsonPath(CollectionPath { name }): JsonPath<CollectionPath>,
-    Body(body): Body,
+    Body(body, _body_reserved): Body,
 ) -> ApiResult<Json<crate::cluster::FederatedSearchResponse>> {
     prism_core::schema::validate_collection_name(&name)?;
     Ok(Json(cluster_of(&state)?.search(&name, &body).await?))
@@ -1113,7 +1151,7 @@ async fn cluster_index(
     State(state): Shared,
     JsonPath(CollectionPath { name }): JsonPath<CollectionPath>,
     axum::Extension(params): axum::Extension<QueryParameters>,
-    Body(body): Body,
+    Body(body, _body_reserved): Body,
 ) -> ApiResult<Json<crate::cluster::FederatedIndexResponse>> {
     prism_core::schema::validate_collection_name(&name)?;
     let params: PipelineParam = params.typed()?;
@@ -1186,7 +1224,7 @@ async fn refresh(
 async fn search(
     State(state): Shared,
     JsonPath(CollectionPath { name }): JsonPath<CollectionPath>,
-    Body(body): Body,
+    Body(body, _body_reserved): Body,
 ) -> ApiResult<Json<SearchResponse>> {
     let started = Instant::now();
     let collection = collection(&state, &name)?;
@@ -1206,11 +1244,53 @@ async fn search(
             }
         }
     })?;
-    // Searches are short and CPU-bound: running them on this worker measured faster than a
-    // hop to the blocking pool or block_in_place (see docs/benchmarks.md).
-    let mut response = collection.shard().search(&request)?;
+    let budget = state.search_pool.budget(request.timeout)?;
+    let reserved = state
+        .in_flight
+        .reserve(search_estimate(&request, &state), "this search")?;
+    // The search runs on the search pool, never on this async worker. If this handler is
+    // dropped (the client left) the guard cancels the search at its next check.
+    let cancel_on_drop = CancelOnDrop(budget.clone());
+    let answer = state.search_pool.submit(&name, budget, move |budget| {
+        let _reserved = reserved;
+        collection.shard().search_within(&request, budget)
+    })?;
+    let mut response = answer.await.map_err(|_| search_failed())??;
+    drop(cancel_on_drop);
     response.latency_ms = started.elapsed().as_millis() as u64;
+    if response.timed_out {
+        ::metrics::counter!(metrics::SEARCHES_TIMED_OUT).increment(1);
+    }
     Ok(Json(response))
+}
+
+/// What a search may hold until it answers: its lists over the result window, and the
+/// memory its aggregations may use.
+fn search_estimate(request: &SearchRequest, state: &AppState) -> u64 {
+    let window = request.rank_window().max(request.offset + request.limit) as u64;
+    let aggregations = if request.aggregations.is_some() {
+        state.search_pool.limits().aggregation_memory_bytes
+    } else {
+        0
+    };
+    crate::budget::SEARCH_BASE_BYTES + window * crate::budget::SEARCH_BYTES_PER_HIT + aggregations
+}
+
+/// Cancels a search when the request that started it is dropped.
+struct CancelOnDrop(Arc<prism_core::search::budget::SearchBudget>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+fn search_failed() -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "the search failed on a bug (it panicked); please report it",
+    )
 }
 
 #[cfg(test)]

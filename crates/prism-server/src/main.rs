@@ -2,6 +2,7 @@
 //! collections from `--schemas-dir`, and serves the HTTP API until SIGINT or SIGTERM.
 
 mod answers;
+mod budget;
 #[cfg(feature = "cluster")]
 mod cluster;
 mod config;
@@ -232,6 +233,27 @@ async fn run(cli: config::Cli, config: config::Config) -> anyhow::Result<()> {
             ready.store(true, std::sync::atomic::Ordering::SeqCst);
         })
     };
+    let search_threads = config.search.threads();
+    let search_pool = Arc::new(
+        prism_core::search::pool::SearchPool::new(
+            search_threads,
+            config.search.queue_size,
+            config.search.limits()?,
+        )
+        .context("cannot start the search threads")?,
+    );
+    let in_flight = budget::InFlightBudget::new(
+        config
+            .server
+            .max_in_flight_bytes
+            .unwrap_or_else(default_in_flight_limit),
+    );
+    tracing::info!(
+        search_threads,
+        search_queue = config.search.queue_size,
+        max_in_flight_bytes = in_flight.limit(),
+        "request limits"
+    );
     let state = Arc::new(http::AppState {
         ready,
         pipelines,
@@ -241,6 +263,9 @@ async fn run(cli: config::Cli, config: config::Config) -> anyhow::Result<()> {
         cluster: cluster.clone(),
         metrics,
         started: Instant::now(),
+        search_pool: search_pool.clone(),
+        in_flight,
+        max_body_bytes: config.server.max_body_bytes,
     });
     let app = http::router(
         state,
@@ -251,13 +276,27 @@ async fn run(cli: config::Cli, config: config::Config) -> anyhow::Result<()> {
         Some(layer) => app.layer(layer),
         None => app,
     };
+    let stopping_searches = search_pool.clone();
     serve::serve(
         listener,
         app,
-        std::time::Duration::from_millis(config.server.header_read_timeout_ms.max(1)),
-        shutdown_signal(),
+        serve::ConnectionLimits {
+            header_read_timeout: std::time::Duration::from_millis(
+                config.server.header_read_timeout_ms.max(1),
+            ),
+            idle_timeout: std::time::Duration::from_millis(config.server.idle_timeout_ms.max(1)),
+            max_connections: max_connections(config.server.max_connections)?,
+        },
+        async move {
+            shutdown_signal().await;
+            // Searches in flight end at their next check instead of holding the drain.
+            stopping_searches.stop();
+        },
     )
     .await;
+    let joining = search_pool.clone();
+    tokio::task::spawn_blocking(move || joining.stop_and_join(std::time::Duration::from_secs(5)))
+        .await?;
     // Peers see the connections close now rather than at their idle timeout.
     #[cfg(feature = "cluster")]
     if let Some(cluster) = &cluster {
@@ -272,6 +311,31 @@ async fn run(cli: config::Cli, config: config::Config) -> anyhow::Result<()> {
     recovery.await?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// `server.max_in_flight_bytes` when unset: from the machine's memory and `ulimit -v`.
+fn default_in_flight_limit() -> u64 {
+    let mem_total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    });
+    let address_space = rlimit::getrlimit(rlimit::Resource::AS)
+        .ok()
+        .map(|(soft, _)| soft)
+        .filter(|soft| *soft != rlimit::INFINITY);
+    budget::default_limit(mem_total, address_space)
+}
+
+/// `server.max_connections`, checked against the open-file limit (raised to its hard limit
+/// at start), or its default from that limit.
+fn max_connections(configured: Option<usize>) -> anyhow::Result<usize> {
+    let open_files = rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    serve::max_connections(open_files, configured).map_err(|e| anyhow::anyhow!(e))
 }
 
 /// `[server.cors]` as a tower-http layer: preflights and `Access-Control-Allow-*` headers for

@@ -14,6 +14,16 @@ pub const DOCS_INDEXED: &str = "prism_documents_indexed_total";
 pub const DOCS_DELETED: &str = "prism_documents_deleted_total";
 pub const COLLECTION_DOCS: &str = "prism_collection_documents";
 pub const COLLECTION_BYTES: &str = "prism_collection_size_bytes";
+/// Searches that reached their deadline and answered `timed_out: true`.
+pub const SEARCHES_TIMED_OUT: &str = "prism_search_timed_out_total";
+/// Searches waiting for a search thread, and running, sampled at scrape time.
+pub const SEARCHES_QUEUED: &str = "prism_search_queued";
+pub const SEARCHES_RUNNING: &str = "prism_search_running";
+/// Bytes reserved by requests in flight, sampled at scrape time.
+pub const IN_FLIGHT_BYTES: &str = "prism_in_flight_bytes";
+/// Client connections open, sampled at scrape time.
+pub const CONNECTIONS_OPEN: &str = "prism_http_connections_open";
+
 /// Federated searches by what the BM25 statistics cache gave: `hit`, `miss` or `stale`.
 pub const STATS_CACHE: &str = "prism_cluster_stats_cache_total";
 

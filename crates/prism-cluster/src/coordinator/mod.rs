@@ -190,6 +190,8 @@ pub struct FederatedSearch {
     pub results: Vec<Hit>,
     pub total: u64,
     pub is_partial: bool,
+    /// True when a shard reached the search's deadline: its part of the answer is partial.
+    pub timed_out: bool,
     pub shard_status: ShardStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aggregations: Option<Value>,
@@ -406,6 +408,7 @@ impl<C: ShardClient> Coordinator<C> {
 
         // Merge, then the fetch phase for the page.
         let total = answers.iter().map(|a| a.answer.total).sum();
+        let timed_out = answers.iter().any(|a| a.answer.timed_out);
         let partial_aggs: Vec<Vec<u8>> = answers
             .iter()
             .filter_map(|a| a.answer.intermediate_aggregations.clone())
@@ -482,6 +485,7 @@ impl<C: ShardClient> Coordinator<C> {
                 results,
                 total,
                 is_partial,
+                timed_out,
                 shard_status: status,
                 aggregations,
             },

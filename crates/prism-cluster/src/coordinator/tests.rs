@@ -129,6 +129,7 @@ impl ShardClient for FakeClient {
             vector: list.iter().take(windows.vector_k).copied().collect(),
             intermediate_aggregations: None,
             generation: shard.generation,
+            timed_out: false,
         })
     }
 

@@ -1,8 +1,10 @@
 //! The search request and response, as the HTTP API and the CLI see them; the [`plan`] every
 //! search runs, and the [`merge`] of shard answers into its page.
 
+pub mod budget;
 pub mod merge;
 pub mod plan;
+pub mod pool;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -19,6 +21,13 @@ pub const MAX_QUERY_DEPTH: usize = 32;
 
 /// Most terms and operators in one query string, as Lucene's `maxClauseCount`.
 pub const MAX_QUERY_CLAUSES: usize = 1024;
+
+/// Longest highlight snippet, in characters.
+pub const MAX_SNIPPET_CHARS: usize = 10_000;
+
+/// Largest phrase slop (`"a b"~N`): tantivy's phrase scorer keeps slops in a byte and would
+/// wrap a larger one into a wrong answer.
+pub const MAX_PHRASE_SLOP: u64 = 255;
 
 /// Deepest nesting of sub-aggregations, and most aggregations in one request.
 pub const MAX_AGGREGATION_DEPTH: usize = 8;
@@ -85,6 +94,22 @@ pub fn check_query_string(text: &str, what: &str) -> Result<()> {
                 chain += 1;
                 deepest = deepest.max(depth + chain);
             }
+            '~' => {
+                let mut slop: u64 = 0;
+                let mut digits = 0;
+                while let Some(d) = chars.peek().and_then(|c| c.to_digit(10)) {
+                    slop = slop.saturating_mul(10).saturating_add(u64::from(d));
+                    digits += 1;
+                    chars.next();
+                }
+                if digits > 0 && slop > MAX_PHRASE_SLOP {
+                    return Err(Error::InvalidQuery(format!(
+                        "{what} asks for a slop of {slop}; the most is {MAX_PHRASE_SLOP}"
+                    )));
+                }
+                token.push('~');
+                in_token = true;
+            }
             c => {
                 token.push(c);
                 in_token = true;
@@ -129,63 +154,256 @@ fn duration_millis(text: &str) -> Option<i64> {
     Some(ms)
 }
 
-/// Checks the shape of an aggregation request before tantivy sees it: nesting, count, and
-/// parameters tantivy would fail on (an empty `ranges` panics inside it).
+/// Most buckets one bucket aggregation may ask for (`size` of `terms`, `multi_terms` and
+/// `composite`; ranges; the buckets `extended_bounds` would create), as Elasticsearch's
+/// `search.max_buckets`.
+pub const MAX_BUCKETS: u64 = 65_000;
+
+/// Most hits a `top_hits` aggregation may return per bucket (`from + size`), as
+/// Elasticsearch's `index.max_inner_result_window`.
+pub const MAX_TOP_HITS: u64 = 100;
+
+/// Most entries of the lists inside an aggregation: `percents`, `sort`, `docvalue_fields`,
+/// the `sources` of a `composite` and the `terms` of a `multi_terms`.
+pub const MAX_AGGREGATION_LIST: usize = 100;
+
+/// Checks an aggregation request before tantivy sees it, in one walk over the whole tree:
+/// nesting and count, and every size, interval, bound and list wherever it appears (inside
+/// sub-aggregations and `composite` sources too). tantivy allocates what it is asked for (a
+/// `top_hits` of size 1e9 is a 64 GB allocation) and panics on some values.
 pub fn check_aggregations(aggs: &Value) -> Result<()> {
     let mut count = 0;
     check_aggregation_level(aggs, 1, &mut count)
 }
 
+fn invalid_aggregation<T>(message: String) -> Result<T> {
+    Err(Error::InvalidQuery(format!("aggregations: {message}")))
+}
+
+/// `params[key]`, when present, must be a whole number between `min` and `max`.
+fn check_count(name: &str, params: &Value, key: &str, min: u64, max: u64) -> Result<()> {
+    match params.get(key) {
+        None | Some(Value::Null) => Ok(()),
+        Some(v) => match v.as_u64() {
+            Some(n) if (min..=max).contains(&n) => Ok(()),
+            _ => invalid_aggregation(format!(
+                "{name:?}: \"{key}\" must be a whole number from {min} to {max}, got {v}"
+            )),
+        },
+    }
+}
+
+/// `params[key]`, when present, must be a finite number (and positive when asked).
+fn check_number(name: &str, params: &Value, key: &str, positive: bool) -> Result<Option<f64>> {
+    match params.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_f64() {
+            Some(x) if x.is_finite() && (!positive || x > 0.0) => Ok(Some(x)),
+            _ => invalid_aggregation(format!(
+                "{name:?}: \"{key}\" must be a {}number, got {v}",
+                if positive { "positive " } else { "finite " }
+            )),
+        },
+    }
+}
+
+/// `params[key]`, when present, must be an array of at most `max` entries.
+fn check_list<'a>(name: &str, params: &'a Value, key: &str, max: usize) -> Result<&'a [Value]> {
+    match params.get(key) {
+        None | Some(Value::Null) => Ok(&[]),
+        Some(Value::Array(items)) if items.len() <= max => Ok(items),
+        Some(_) => invalid_aggregation(format!(
+            "{name:?}: \"{key}\" must be an array of at most {max} entries"
+        )),
+    }
+}
+
+/// `min` and `max` of a histogram's `hard_bounds` or `extended_bounds`: finite, in order.
+fn check_bounds(name: &str, params: &Value, key: &str) -> Result<Option<(f64, f64)>> {
+    let Some(bounds) = params.get(key).filter(|b| !b.is_null()) else {
+        return Ok(None);
+    };
+    let what = format!("{name:?} {key}");
+    let min = check_number(&what, bounds, "min", false)?;
+    let max = check_number(&what, bounds, "max", false)?;
+    match (min, max) {
+        (Some(min), Some(max)) if min <= max => Ok(Some((min, max))),
+        _ => invalid_aggregation(format!(
+            "{name:?}: \"{key}\" must be {{\"min\": number, \"max\": number}} with min <= max"
+        )),
+    }
+}
+
+/// The buckets `extended_bounds` would create at `interval` must fit [`MAX_BUCKETS`].
+fn check_bucket_span(name: &str, span: Option<(f64, f64)>, interval: f64) -> Result<()> {
+    if let Some((min, max)) = span {
+        let buckets = (max - min) / interval;
+        if buckets.is_nan() || buckets > MAX_BUCKETS as f64 {
+            return invalid_aggregation(format!(
+                "{name:?}: \"extended_bounds\" over this interval would create {buckets:.0} buckets, over {MAX_BUCKETS}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_fixed_interval(name: &str, params: &Value, key: &str) -> Result<Option<i64>> {
+    match params.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(i) => match i.as_str().and_then(duration_millis) {
+            Some(ms) if ms > 0 => Ok(Some(ms)),
+            _ => invalid_aggregation(format!("{name:?}: \"{key}\" must be a positive duration such as \"30d\" or \"1h\" that fits in 64-bit nanoseconds")),
+        },
+    }
+}
+
+fn check_histogram(name: &str, params: &Value) -> Result<()> {
+    let Some(interval) = check_number(name, params, "interval", true)? else {
+        return invalid_aggregation(format!("{name:?}: \"interval\" must be a positive number"));
+    };
+    check_number(name, params, "offset", false)?;
+    check_count(name, params, "min_doc_count", 0, u64::MAX)?;
+    check_bounds(name, params, "hard_bounds")?;
+    check_bucket_span(
+        name,
+        check_bounds(name, params, "extended_bounds")?,
+        interval,
+    )
+}
+
+fn check_date_histogram(name: &str, params: &Value) -> Result<()> {
+    let interval = check_fixed_interval(name, params, "fixed_interval")?;
+    if let Some(o) = params.get("offset").filter(|o| !o.is_null()) {
+        let fits = o
+            .as_str()
+            .is_some_and(|o| duration_millis(o.strip_prefix(['-', '+']).unwrap_or(o)).is_some());
+        if !fits {
+            return invalid_aggregation(format!("{name:?}: \"offset\" must be a duration such as \"-1d\" that fits in 64-bit nanoseconds"));
+        }
+    }
+    check_count(name, params, "min_doc_count", 0, u64::MAX)?;
+    check_bounds(name, params, "hard_bounds")?;
+    let extended = check_bounds(name, params, "extended_bounds")?;
+    if let Some(ms) = interval {
+        check_bucket_span(name, extended, ms as f64)?;
+    }
+    Ok(())
+}
+
 fn check_aggregation_level(aggs: &Value, depth: usize, count: &mut usize) -> Result<()> {
-    let invalid = |m: String| Err(Error::InvalidQuery(format!("aggregations: {m}")));
     let Some(aggs) = aggs.as_object() else {
-        return invalid("must be an object of named aggregations".into());
+        return invalid_aggregation("must be an object of named aggregations".into());
     };
     if depth > MAX_AGGREGATION_DEPTH {
-        return invalid(format!(
+        return invalid_aggregation(format!(
             "sub-aggregations nest deeper than {MAX_AGGREGATION_DEPTH} levels"
         ));
     }
     for (name, agg) in aggs {
         *count += 1;
         if *count > MAX_AGGREGATIONS {
-            return invalid(format!("more than {MAX_AGGREGATIONS} aggregations"));
+            return invalid_aggregation(format!("more than {MAX_AGGREGATIONS} aggregations"));
         }
         let Some(agg) = agg.as_object() else {
-            return invalid(format!("{name:?} must be an object"));
+            return invalid_aggregation(format!("{name:?} must be an object"));
         };
         for (kind, params) in agg {
+            if !matches!(kind.as_str(), "aggs" | "aggregations" | "filter") && !params.is_object() {
+                return invalid_aggregation(format!(
+                    "{name:?}: the parameters of {kind:?} must be an object"
+                ));
+            }
             match kind.as_str() {
                 "aggs" | "aggregations" => check_aggregation_level(params, depth + 1, count)?,
-                "range" => match params.get("ranges").and_then(Value::as_array) {
-                    Some(ranges) if !ranges.is_empty() => {}
-                    _ => return invalid(format!("{name:?}: \"ranges\" must be a non-empty array")),
-                },
-                "histogram"
-                    if !params
-                        .get("interval")
-                        .and_then(Value::as_f64)
-                        .is_some_and(|i| i.is_finite() && i > 0.0) =>
-                {
-                    return invalid(format!("{name:?}: \"interval\" must be a positive number"));
+                "range" => {
+                    let ranges = check_list(name, params, "ranges", MAX_BUCKETS as usize)?;
+                    if ranges.is_empty() {
+                        return invalid_aggregation(format!(
+                            "{name:?}: \"ranges\" must be a non-empty array"
+                        ));
+                    }
+                    for range in ranges {
+                        check_number(name, range, "from", false)?;
+                        check_number(name, range, "to", false)?;
+                    }
                 }
-                "date_histogram" => {
-                    if let Some(i) = params.get("fixed_interval") {
-                        if i.as_str()
-                            .and_then(duration_millis)
-                            .is_none_or(|ms| ms <= 0)
-                        {
-                            return invalid(format!("{name:?}: \"fixed_interval\" must be a positive duration such as \"30d\" or \"1h\" that fits in 64-bit nanoseconds"));
+                "histogram" => check_histogram(name, params)?,
+                "date_histogram" => check_date_histogram(name, params)?,
+                "terms" => {
+                    check_count(name, params, "size", 1, MAX_BUCKETS)?;
+                    check_count(name, params, "segment_size", 1, MAX_BUCKETS)?;
+                    check_count(name, params, "shard_size", 1, MAX_BUCKETS)?;
+                    check_count(name, params, "min_doc_count", 0, u64::MAX)?;
+                }
+                "multi_terms" => {
+                    let terms = check_list(name, params, "terms", MAX_AGGREGATION_LIST)?;
+                    if terms.is_empty() {
+                        return invalid_aggregation(format!(
+                            "{name:?}: \"terms\" must be a non-empty array of fields"
+                        ));
+                    }
+                    check_count(name, params, "size", 1, MAX_BUCKETS)?;
+                    check_count(name, params, "segment_size", 1, MAX_BUCKETS)?;
+                    check_count(name, params, "min_doc_count", 0, u64::MAX)?;
+                }
+                "composite" => {
+                    check_count(name, params, "size", 1, MAX_BUCKETS)?;
+                    let sources = check_list(name, params, "sources", MAX_AGGREGATION_LIST)?;
+                    for source in sources {
+                        let Some(source) = source.as_object() else {
+                            return invalid_aggregation(format!(
+                                "{name:?}: each of \"sources\" must be an object"
+                            ));
+                        };
+                        for (source_name, kinds) in source {
+                            let what = format!("{name}.{source_name}");
+                            for (kind, params) in kinds.as_object().into_iter().flatten() {
+                                match kind.as_str() {
+                                    "histogram" => {
+                                        check_number(&what, params, "interval", true)?;
+                                    }
+                                    "date_histogram" => {
+                                        check_fixed_interval(&what, params, "fixed_interval")?;
+                                    }
+                                    _ => {}
+                                }
+                            }
                         }
                     }
-                    if let Some(o) = params.get("offset") {
-                        let fits = o.as_str().is_some_and(|o| {
-                            duration_millis(o.strip_prefix(['-', '+']).unwrap_or(o)).is_some()
-                        });
-                        if !fits {
-                            return invalid(format!("{name:?}: \"offset\" must be a duration such as \"-1d\" that fits in 64-bit nanoseconds"));
+                }
+                "top_hits" => {
+                    check_count(name, params, "size", 0, MAX_TOP_HITS)?;
+                    check_count(name, params, "from", 0, MAX_TOP_HITS)?;
+                    let from = params.get("from").and_then(Value::as_u64).unwrap_or(0);
+                    let size = params.get("size").and_then(Value::as_u64).unwrap_or(0);
+                    if from + size > MAX_TOP_HITS {
+                        return invalid_aggregation(format!(
+                            "{name:?}: \"from\" + \"size\" of top_hits must be at most {MAX_TOP_HITS}"
+                        ));
+                    }
+                    check_list(name, params, "sort", MAX_AGGREGATION_LIST)?;
+                    check_list(name, params, "docvalue_fields", MAX_AGGREGATION_LIST)?;
+                }
+                "percentiles" => {
+                    for p in check_list(name, params, "percents", MAX_AGGREGATION_LIST)? {
+                        if !p.as_f64().is_some_and(|p| (0.0..=100.0).contains(&p)) {
+                            return invalid_aggregation(format!(
+                                "{name:?}: each of \"percents\" must be a number from 0 to 100, got {p}"
+                            ));
                         }
                     }
+                    check_number(name, params, "missing", false)?;
+                }
+                "extended_stats" => {
+                    if check_number(name, params, "sigma", false)?.is_some_and(|s| s < 0.0) {
+                        return invalid_aggregation(format!(
+                            "{name:?}: \"sigma\" must not be negative"
+                        ));
+                    }
+                    check_number(name, params, "missing", false)?;
+                }
+                "avg" | "min" | "max" | "sum" | "stats" => {
+                    check_number(name, params, "missing", false)?;
                 }
                 "filter" => {
                     if let Some(q) = params
@@ -335,6 +553,45 @@ pub struct SearchRequest {
     pub aggregations: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub highlight: Option<HighlightRequest>,
+    /// How long the search may run: milliseconds, or a string such as `"500ms"` or `"2s"`.
+    /// Default `search.default_timeout_ms`, at most `search.max_timeout_ms`. Past it, the
+    /// answer holds what was found and `timed_out: true`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "deserialize_timeout",
+        serialize_with = "serialize_timeout"
+    )]
+    #[schema(value_type = Option<TimeoutForm>)]
+    pub timeout: Option<std::time::Duration>,
+}
+
+/// A search timeout: milliseconds, or a duration string (`"500ms"`, `"2s"`, `"1m"`).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // described in the OpenAPI document; parsed by `budget::parse_timeout`
+enum TimeoutForm {
+    Millis(u64),
+    Text(String),
+}
+
+fn deserialize_timeout<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<std::time::Duration>, D::Error> {
+    let value = Value::deserialize(deserializer)?;
+    budget::parse_timeout(&value)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+fn serialize_timeout<S: serde::Serializer>(
+    timeout: &Option<std::time::Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match timeout {
+        Some(t) => serializer.serialize_u64(t.as_millis() as u64),
+        None => serializer.serialize_none(),
+    }
 }
 
 impl SearchRequest {
@@ -367,6 +624,13 @@ impl SearchRequest {
         }
         if let Some(a) = &self.aggregations {
             check_aggregations(a)?;
+        }
+        if let Some(HighlightRequest::Fields { fields, max_chars }) = &self.highlight {
+            if *max_chars == 0 || *max_chars > MAX_SNIPPET_CHARS || fields.len() > 100 {
+                return Err(Error::InvalidQuery(format!(
+                    "highlight: max_chars must be from 1 to {MAX_SNIPPET_CHARS}, and at most 100 fields"
+                )));
+            }
         }
         if let Some(w) = self.rank_window_size {
             if w == 0 || w > MAX_RESULT_WINDOW {
@@ -403,6 +667,10 @@ pub struct SearchResponse {
     /// True number of matching documents.
     pub total: u64,
     pub latency_ms: u64,
+    /// True when the search reached its deadline: `results`, `total` and `aggregations`
+    /// hold what was found until then.
+    #[serde(default)]
+    pub timed_out: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregations: Option<Value>,
 }
@@ -440,6 +708,8 @@ pub struct ShardHits {
     /// phase names it to read the same documents, and a coordinator compares it with the
     /// generation of statistics it cached.
     pub generation: String,
+    /// True when this shard reached the search's deadline: its lists and total are partial.
+    pub timed_out: bool,
 }
 
 /// Merges shards' intermediate aggregation results and finishes them, so that a sharded

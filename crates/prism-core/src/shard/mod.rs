@@ -8,6 +8,7 @@
 //! reloads the searcher; less often it saves the vector indexes (a second checkpoint). Restart
 //! replays the log from the lower checkpoint; each component skips what it already holds.
 
+mod bounded;
 mod ids;
 mod ops;
 mod query;
@@ -35,6 +36,7 @@ use self::query::LiveKeys;
 use crate::error::{Error, Result};
 use crate::log::LogId;
 use crate::schema::{internal, CollectionSchema, PreparedDoc, SchemaGeneration};
+use crate::search::budget::SearchBudget;
 use crate::search::plan::ShardWindows;
 use crate::search::{DocRef, Hit, SearchRequest, SearchResponse, ShardHits};
 use crate::stats::TermStatistics;
@@ -399,9 +401,20 @@ impl Shard {
         self.shared.visible.subscribe()
     }
 
-    /// Runs a search against the last refreshed state.
+    /// Runs a search against the last refreshed state, without a deadline: for tools and
+    /// tests. Requests from clients go through [`Shard::search_within`].
     pub fn search(&self, request: &SearchRequest) -> Result<SearchResponse> {
-        query::search(&self.shared, request)
+        self.search_within(request, &Arc::new(SearchBudget::unlimited()))
+    }
+
+    /// Runs a search against the last refreshed state until `budget` is spent; past its
+    /// deadline the answer is partial and says `timed_out`.
+    pub fn search_within(
+        &self,
+        request: &SearchRequest,
+        budget: &Arc<SearchBudget>,
+    ) -> Result<SearchResponse> {
+        query::search(&self.shared, request, budget)
     }
 
     /// The query phase of a federated search: ranked documents, scored with `global`
@@ -412,8 +425,9 @@ impl Shard {
         request: &SearchRequest,
         global: Option<&TermStatistics>,
         windows: ShardWindows,
+        budget: &Arc<SearchBudget>,
     ) -> Result<ShardHits> {
-        query::query_phase(&self.shared, request, global, windows)
+        query::query_phase(&self.shared, request, global, windows, budget)
     }
 
     /// The fetch phase: stored fields and highlights of documents ranked by a query phase

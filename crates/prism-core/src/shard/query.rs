@@ -7,9 +7,7 @@ use std::time::Instant;
 use serde_json::{Map, Value};
 use tantivy::aggregation::agg_req::Aggregations;
 use tantivy::aggregation::intermediate_agg_result::IntermediateAggregationResults;
-use tantivy::aggregation::{
-    AggContextParams, AggregationLimitsGuard, DistributedAggregationCollector,
-};
+use tantivy::aggregation::{AggContextParams, DistributedAggregationCollector};
 use tantivy::collector::{Collector, Count, SegmentCollector};
 use tantivy::columnar::Column;
 use tantivy::query::{
@@ -22,11 +20,13 @@ use tantivy::{
     DocAddress, DocId, Score, Searcher, SegmentOrdinal, SegmentReader, TantivyDocument, Term,
 };
 
+use super::bounded::BoundedQuery;
 use super::ids::{id_hashes, IdHashes};
 use super::top::{prunes_exactly, Ranked, Scan, TopRanked};
 use super::Shared;
 use crate::error::{Error, Result};
 use crate::schema::{internal, FieldType};
+use crate::search::budget::SearchBudget;
 use crate::search::merge::merge_page;
 use crate::search::plan::{SearchPlan, ShardWindows};
 use crate::search::{
@@ -322,7 +322,10 @@ fn collect(
     request: &SearchRequest,
     provider: &dyn Bm25StatisticsProvider,
     windows: ShardWindows,
+    budget: &Arc<SearchBudget>,
 ) -> Result<Collected> {
+    // Every query below runs bounded: it stops when the budget is spent.
+    let bounded = |query: &dyn Query| BoundedQuery::new(query.box_clone(), budget.clone());
     let aggs = match &request.aggregations {
         None => None,
         Some(v) => {
@@ -338,7 +341,7 @@ fn collect(
         DistributedAggregationCollector::from_aggs(
             a,
             AggContextParams::new(
-                AggregationLimitsGuard::default(),
+                budget.aggregation_limits(),
                 shared.index.tokenizers().clone(),
             ),
         )
@@ -357,11 +360,13 @@ fn collect(
         (None, None) => Box::new(AllQuery),
     };
     let matching = with_filter(matching, &plan.filter);
+    let is_term = matching.as_ref().is::<TermQuery>();
+    let matching = bounded(matching.as_ref());
 
     let hashes = id_hashes(shared, searcher)?;
     let prune = plan.text.as_deref().is_none_or(prunes_exactly);
     let Some((field, vindex, values)) = &plan.vector else {
-        let scan = match (&plan.text, matching.as_ref().is::<TermQuery>()) {
+        let scan = match (&plan.text, is_term) {
             // Match-all or filter-only: every match scores alike.
             (None, _) => Scan::ConstantScore,
             (Some(_), true) => Scan::Pruned,
@@ -377,20 +382,16 @@ fn collect(
         let (text, count, aggregations) = if scan != Scan::Full && agg_collector.is_none() {
             // The count runs without scoring, the top documents by `scan`.
             let count = searcher
-                .search_with_statistics_provider(matching.as_ref(), &Count, provider)
+                .search_with_statistics_provider(&matching, &Count, provider)
                 .map_err(query_error)?;
             let text = searcher
-                .search_with_statistics_provider(matching.as_ref(), &top, provider)
+                .search_with_statistics_provider(&matching, &top, provider)
                 .map_err(query_error)?;
             (text, count, None)
         } else {
             // Aggregations or the count visit every match anyway: one pass feeds all.
             searcher
-                .search_with_statistics_provider(
-                    matching.as_ref(),
-                    &(top, Count, agg_collector),
-                    provider,
-                )
+                .search_with_statistics_provider(&matching, &(top, Count, agg_collector), provider)
                 .map_err(query_error)?
         };
         return Ok(Collected {
@@ -412,15 +413,15 @@ fn collect(
             ]));
             let text_only = with_filter(text_only, &plan.filter);
             let with_vector = searcher
-                .search(with_vector.as_ref(), &Count)
+                .search(&bounded(with_vector.as_ref()), &Count)
                 .map_err(query_error)?;
             let text_only = searcher
-                .search(text_only.as_ref(), &Count)
+                .search(&bounded(text_only.as_ref()), &Count)
                 .map_err(query_error)?;
             (with_vector + text_only, None)
         }
         (_, agg_collector) => searcher
-            .search(matching.as_ref(), &(Count, agg_collector))
+            .search(&matching, &(Count, agg_collector))
             .map_err(query_error)?,
     };
     let live = live_keys(shared, searcher)?;
@@ -431,15 +432,15 @@ fn collect(
         vindex,
         values,
         windows.vector_k,
-        &plan.filter,
+        &plan.filter.as_deref().map(bounded),
     )?;
     let text = match &plan.text {
         None => Vec::new(),
         Some(text) => {
-            let text_query = with_filter(text.box_clone(), &plan.filter);
+            let text_query = bounded(with_filter(text.box_clone(), &plan.filter).as_ref());
             searcher
                 .search_with_statistics_provider(
-                    text_query.as_ref(),
+                    &text_query,
                     &TopRanked::new(
                         0,
                         windows.text_limit,
@@ -490,6 +491,7 @@ fn run_query<'a>(
     request: &'a SearchRequest,
     global: Option<&TermStatistics>,
     windows: ShardWindows,
+    budget: &Arc<SearchBudget>,
 ) -> Result<Phase<'a>> {
     request.validate()?;
     let parsed = plan(shared, request)?;
@@ -503,7 +505,9 @@ fn run_query<'a>(
         request,
         provider.as_ref(),
         windows,
+        budget,
     )?;
+    budget.check_cancelled()?;
     drop(provider); // it borrows the searcher returned below
     let refs = |list: Vec<Ranked>| -> Vec<RankedDoc> {
         list.into_iter()
@@ -520,6 +524,7 @@ fn run_query<'a>(
         vector: refs(collected.vector),
         intermediate_aggregations: None,
         generation: searcher_generation(shared, &searcher),
+        timed_out: budget.timed_out(),
     };
     Ok(Phase {
         parsed,
@@ -534,10 +539,14 @@ fn run_query<'a>(
 /// A search of this shard alone: the plan over one shard, that is its query phase, the
 /// merge of its one answer, and the fetch of the page, as a federated search runs them over
 /// many.
-pub(crate) fn search(shared: &Shared, request: &SearchRequest) -> Result<SearchResponse> {
+pub(crate) fn search(
+    shared: &Shared,
+    request: &SearchRequest,
+    budget: &Arc<SearchBudget>,
+) -> Result<SearchResponse> {
     let started = Instant::now();
     let plan = SearchPlan::new(request, 1, 1.0);
-    let phase = run_query(shared, request, None, plan.windows)?;
+    let phase = run_query(shared, request, None, plan.windows, budget)?;
     let page = merge_page(
         &[(0, &phase.hits)],
         &plan.ranking,
@@ -559,7 +568,7 @@ pub(crate) fn search(shared: &Shared, request: &SearchRequest) -> Result<SearchR
         (Some(partial), Some(aggs)) => {
             let aggs: Aggregations = serde_json::from_value(aggs.clone()).map_err(invalid_query)?;
             let finished = partial
-                .into_final_result(aggs, AggregationLimitsGuard::default())
+                .into_final_result(aggs, budget.aggregation_limits())
                 .map_err(query_error)?;
             Some(serde_json::to_value(finished).map_err(invalid_query)?)
         }
@@ -569,6 +578,7 @@ pub(crate) fn search(shared: &Shared, request: &SearchRequest) -> Result<SearchR
         results,
         total: phase.hits.total,
         latency_ms: started.elapsed().as_millis() as u64,
+        timed_out: phase.hits.timed_out,
         aggregations,
     })
 }
@@ -581,8 +591,9 @@ pub(crate) fn query_phase(
     request: &SearchRequest,
     global: Option<&TermStatistics>,
     windows: ShardWindows,
+    budget: &Arc<SearchBudget>,
 ) -> Result<ShardHits> {
-    let phase = run_query(shared, request, global, windows)?;
+    let phase = run_query(shared, request, global, windows, budget)?;
     let mut hits = phase.hits;
     hits.intermediate_aggregations = phase
         .aggregations
@@ -674,16 +685,15 @@ fn vector_search(
     index: &VectorIndex,
     values: &[f32],
     k: usize,
-    filter: &Option<Box<dyn Query>>,
+    filter: &Option<BoundedQuery>,
 ) -> Result<Vec<Ranked>> {
     let kind = index.params().distance;
     let found: Vec<(u64, f32)> = match filter {
         // The graph walk's over-fetch beyond k, cut below by the tie rule.
         None => index.candidates(values, k, |key| live.by_key.contains_key(&key))?,
         Some(f) => {
-            let allowed: Vec<(u64, DocAddress)> = searcher
-                .search(f.as_ref(), &KeyCollector)
-                .map_err(query_error)?;
+            let allowed: Vec<(u64, DocAddress)> =
+                searcher.search(f, &KeyCollector).map_err(query_error)?;
             if allowed.len() <= EXACT_SEARCH_THRESHOLD.max(k) {
                 let with_hashes = allowed
                     .into_iter()

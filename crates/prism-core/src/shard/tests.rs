@@ -41,6 +41,10 @@ fn page_of(ranked: &[String], r: &SearchRequest) -> Vec<String> {
         .collect()
 }
 
+fn unbounded() -> Arc<SearchBudget> {
+    Arc::new(SearchBudget::unlimited())
+}
+
 fn request(body: serde_json::Value) -> SearchRequest {
     SearchRequest::from_json(body.to_string().as_bytes()).unwrap()
 }
@@ -397,7 +401,9 @@ fn shards_scoring_with_global_statistics_rank_like_one_index() {
         let mut partial_aggs = Vec::new();
         for shard in &shards {
             let windows = SearchPlan::new(&request, shards.len(), 1.0).windows;
-            let r = shard.query_phase(&request, Some(&stats), windows).unwrap();
+            let r = shard
+                .query_phase(&request, Some(&stats), windows, &unbounded())
+                .unwrap();
             total += r.total;
             partial_aggs.extend(r.intermediate_aggregations);
             // The fetch phase names documents by the query phase's references.
@@ -633,8 +639,10 @@ fn an_index_made_before_the_id_hash_column_opens_and_ranks_alike() {
         assert_eq!(ids(&legacy.search(&r).unwrap()), want, "legacy: {r:?}");
         assert_eq!(ids(&current.search(&r).unwrap()), want, "current: {r:?}");
         let windows = SearchPlan::new(&r, 3, 1.0).windows;
-        let phase = legacy.query_phase(&r, None, windows).unwrap();
-        let current_phase = current.query_phase(&r, None, windows).unwrap();
+        let phase = legacy.query_phase(&r, None, windows, &unbounded()).unwrap();
+        let current_phase = current
+            .query_phase(&r, None, windows, &unbounded())
+            .unwrap();
         let hashes = |h: &ShardHits| -> Vec<u64> {
             h.text.iter().chain(&h.vector).map(|d| d.id_hash).collect()
         };
@@ -878,4 +886,87 @@ fn get_returns_an_unstored_vector_field_as_written_too() {
         shard.get("a").unwrap().unwrap().fields["emb"],
         json!([3.0, 4.0])
     );
+}
+
+/// The hostile phrase: 20 terms with slop 20 over one 90-word document allocated gigabytes
+/// before tantivy's phrase scorer was patched (third_party/README.md). It must answer at
+/// once, with the right matches.
+#[test]
+fn phrase_with_many_terms_and_slop_stays_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = open(dir.path());
+    let s = schema();
+    let words = ["alpha", "beta", "gamma"];
+    let text: Vec<&str> = (0..90).map(|i| words[i % 3]).collect();
+    shard
+        .write_blocking(vec![
+            upsert(&s, json!({"id":"long","fields":{"title": text.join(" ")}})),
+            upsert(&s, json!({"id":"other","fields":{"title":"alpha delta"}})),
+        ])
+        .unwrap();
+    shard.refresh_blocking().unwrap();
+    let phrase: Vec<&str> = (0..20).map(|i| words[(i * 2) % 3]).collect();
+    let started = std::time::Instant::now();
+    let r = shard
+        .search(&request(
+            json!({"query": format!("\"{}\"~20", phrase.join(" ")), "limit": 10}),
+        ))
+        .unwrap();
+    assert_eq!(ids(&r), vec!["long"]);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // A phrase that needs more slop than allowed does not match.
+    let r = shard
+        .search(&request(
+            json!({"query": format!("\"{}\"~0", phrase.join(" ")), "limit": 10}),
+        ))
+        .unwrap();
+    assert!(r.results.is_empty(), "{r:?}");
+    assert!(SearchRequest::from_json(br#"{"query": "\"alpha beta\"~256"}"#).is_err());
+}
+
+/// A search whose budget is spent stops and says so; a cancelled one answers nothing.
+#[test]
+fn a_spent_budget_stops_a_search_and_marks_it_timed_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = open(dir.path());
+    let s = schema();
+    let ops: Vec<Op> = (0..5000)
+        .map(|i| {
+            upsert(
+                &s,
+                json!({"id": format!("d{i}"), "fields": {"title": "common words here", "year": i}}),
+            )
+        })
+        .collect();
+    shard.write_blocking(ops).unwrap();
+    shard.refresh_blocking().unwrap();
+    let limits = crate::search::budget::SearchLimits::default();
+    let forms = [
+        json!({"query": "common", "limit": 10}),
+        json!({"query": "common words", "limit": 10}),
+        json!({"query": "\"common words\"~2", "limit": 10, "aggregations": {"y": {"stats": {"field": "year"}}}}),
+        json!({"filter": "year:[0 TO 10000]", "limit": 10}),
+    ];
+    for body in forms {
+        let full = shard.search(&request(body.clone())).unwrap();
+        assert!(!full.timed_out);
+        assert_eq!(full.total, 5000, "{body}");
+        let spent = Arc::new(SearchBudget::new(&limits, std::time::Duration::ZERO));
+        let r = shard.search_within(&request(body.clone()), &spent).unwrap();
+        assert!(r.timed_out, "{body}");
+        assert!(r.total < 5000, "{body}: {}", r.total);
+        let cancelled = Arc::new(SearchBudget::new(
+            &limits,
+            std::time::Duration::from_secs(60),
+        ));
+        cancelled.cancel();
+        assert!(matches!(
+            shard.search_within(&request(body.clone()), &cancelled),
+            Err(Error::Cancelled)
+        ));
+    }
 }

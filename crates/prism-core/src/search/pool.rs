@@ -1,0 +1,389 @@
+//! The threads searches run on: a fixed number, apart from the async runtime's workers, fed
+//! by a bounded queue. A full queue refuses at once ([`Error::SearchesQueued`], 429), so that
+//! any number of slow searches leaves the runtime free to answer `/health`, writes and cheap
+//! requests, and the node's memory holds a known number of searches.
+//!
+//! Searches are queued per collection and taken round-robin, and one collection's searches
+//! never hold every thread: one is always left for the others. Runaway searches against one
+//! collection therefore slow only that collection.
+//!
+//! Each job carries its [`SearchBudget`]: one that is cancelled or out of time when a thread
+//! takes it is answered without running, and stopping the pool cancels every search in flight.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use tokio::sync::oneshot;
+
+use super::budget::{SearchBudget, SearchLimits};
+use crate::error::{Error, Result};
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Which queued search runs next. Pure: the pool's threads hold it under a lock.
+#[derive(Default)]
+struct Schedule {
+    /// Waiting searches by collection.
+    queued: HashMap<String, VecDeque<Job>>,
+    /// Collections with waiting searches, in the order they are served.
+    turns: VecDeque<String>,
+    /// Running searches by collection.
+    running: HashMap<String, usize>,
+    waiting: usize,
+    stopped: bool,
+}
+
+impl Schedule {
+    fn push(&mut self, key: &str, job: Job) {
+        let queue = self.queued.entry(key.to_string()).or_default();
+        if queue.is_empty() {
+            self.turns.push_back(key.to_string());
+        }
+        queue.push_back(job);
+        self.waiting += 1;
+    }
+
+    /// The next search of the first collection in turn that runs fewer than `per_key`.
+    fn next(&mut self, per_key: usize) -> Option<(String, Job)> {
+        let position = self
+            .turns
+            .iter()
+            .position(|key| self.running.get(key).copied().unwrap_or(0) < per_key)?;
+        let key = self.turns.remove(position)?;
+        let queue = self.queued.get_mut(&key)?;
+        let job = queue.pop_front()?;
+        if queue.is_empty() {
+            self.queued.remove(&key);
+        } else {
+            self.turns.push_back(key.clone());
+        }
+        self.waiting -= 1;
+        *self.running.entry(key.clone()).or_default() += 1;
+        Some((key, job))
+    }
+
+    fn finished(&mut self, key: &str) {
+        if let Some(n) = self.running.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                self.running.remove(key);
+            }
+        }
+    }
+}
+
+struct Shared {
+    schedule: Mutex<Schedule>,
+    ready: Condvar,
+}
+
+/// A bounded pool of search threads.
+pub struct SearchPool {
+    shared: Arc<Shared>,
+    workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    threads: usize,
+    capacity: usize,
+    stopping: Arc<AtomicBool>,
+    limits: SearchLimits,
+}
+
+impl SearchPool {
+    /// Starts `threads` search threads (at least two: one is always left for collections
+    /// other than the busiest) with room for `queue` waiting searches.
+    pub fn new(threads: usize, queue: usize, limits: SearchLimits) -> std::io::Result<Self> {
+        let threads = threads.max(2);
+        let per_key = threads - 1;
+        let shared = Arc::new(Shared {
+            schedule: Mutex::new(Schedule::default()),
+            ready: Condvar::new(),
+        });
+        let mut workers = Vec::with_capacity(threads);
+        for n in 0..threads {
+            let shared = shared.clone();
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("prism-search-{n}"))
+                    .spawn(move || work(&shared, per_key))?,
+            );
+        }
+        Ok(SearchPool {
+            shared,
+            workers: Mutex::new(workers),
+            threads,
+            capacity: queue,
+            stopping: Arc::new(AtomicBool::new(false)),
+            limits,
+        })
+    }
+
+    /// The node-wide search settings.
+    pub fn limits(&self) -> &SearchLimits {
+        &self.limits
+    }
+
+    /// The number of search threads.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// A budget for a search that asked for `timeout` (or for the default), ended early if
+    /// the pool stops.
+    pub fn budget(&self, timeout: Option<Duration>) -> Result<Arc<SearchBudget>> {
+        let timeout = self.limits.timeout(timeout)?;
+        Ok(Arc::new(
+            SearchBudget::new(&self.limits, timeout).stopped_by(self.stopping.clone()),
+        ))
+    }
+
+    /// Searches waiting for a thread.
+    pub fn queued(&self) -> usize {
+        self.shared.schedule.lock().waiting
+    }
+
+    /// Searches running now.
+    pub fn running(&self) -> usize {
+        self.shared.schedule.lock().running.values().sum()
+    }
+
+    /// Queues `work` against collection `key` with its budget; the receiver gets its answer.
+    /// Refused at once when the queue is full or the pool has stopped.
+    pub fn submit<T: Send + 'static>(
+        &self,
+        key: &str,
+        budget: Arc<SearchBudget>,
+        work: impl FnOnce(&Arc<SearchBudget>) -> Result<T> + Send + 'static,
+    ) -> Result<oneshot::Receiver<Result<T>>> {
+        let (reply, answer) = oneshot::channel();
+        let queued_at = Instant::now();
+        let job: Job = Box::new(move || {
+            if budget.is_cancelled() {
+                let _ = reply.send(Err(Error::Cancelled));
+                return;
+            }
+            if budget.exhausted() {
+                let _ = reply.send(Err(Error::SearchTimedOut {
+                    waited_ms: queued_at.elapsed().as_millis() as u64,
+                }));
+                return;
+            }
+            // A panic is a bug in one search: the thread lives on, and the dropped `reply`
+            // tells the caller the search failed.
+            if let Ok(result) =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&budget)))
+            {
+                let _ = reply.send(result);
+            } else {
+                tracing::error!("a search panicked; its client gets an internal error");
+            }
+        });
+        let mut schedule = self.shared.schedule.lock();
+        if schedule.stopped {
+            return Err(Error::ShuttingDown);
+        }
+        if schedule.waiting >= self.capacity {
+            return Err(Error::SearchesQueued {
+                queued: schedule.waiting,
+                threads: self.threads,
+            });
+        }
+        schedule.push(key, job);
+        drop(schedule);
+        self.shared.ready.notify_one();
+        Ok(answer)
+    }
+
+    /// Cancels every search queued or running, refuses new ones, and lets the threads end
+    /// once their current search notices (at its next budget check).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.shared.schedule.lock().stopped = true;
+        self.shared.ready.notify_all();
+    }
+
+    /// Stops the pool and waits up to `grace` for its threads to end.
+    pub fn stop_and_join(&self, grace: Duration) {
+        self.stop();
+        let deadline = Instant::now() + grace;
+        let workers = std::mem::take(&mut *self.workers.lock());
+        for worker in workers {
+            while !worker.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if worker.is_finished() {
+                let _ = worker.join();
+            }
+        }
+    }
+}
+
+/// One search thread: takes the next search allowed to run, until the pool stops and its
+/// queue is drained (queued searches then answer `Cancelled` at once).
+fn work(shared: &Shared, per_key: usize) {
+    let mut schedule = shared.schedule.lock();
+    loop {
+        if let Some((key, job)) = schedule.next(per_key) {
+            drop(schedule);
+            job();
+            schedule = shared.schedule.lock();
+            schedule.finished(&key);
+            // A collection under its cap again may have work another thread skipped.
+            shared.ready.notify_one();
+            continue;
+        }
+        if schedule.stopped && schedule.waiting == 0 {
+            return;
+        }
+        shared.ready.wait(&mut schedule);
+    }
+}
+
+impl Drop for SearchPool {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(threads: usize, queue: usize) -> SearchPool {
+        SearchPool::new(threads, queue, SearchLimits::default()).unwrap()
+    }
+
+    /// Runs until its budget is exhausted, checking it as a search does.
+    fn spin(budget: &Arc<SearchBudget>) -> Result<bool> {
+        while !budget.exhausted() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        budget.check_cancelled()?;
+        Ok(budget.timed_out())
+    }
+
+    fn wait_for(what: &str, check: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_full_queue_refuses_at_once_and_stopping_cancels_everything() {
+        let pool = pool(2, 1);
+        // Two threads, one of which a single collection may use.
+        let running = pool.submit("a", pool.budget(None).unwrap(), spin).unwrap();
+        wait_for("the first search runs", || pool.running() == 1);
+        let queued = pool.submit("a", pool.budget(None).unwrap(), spin).unwrap();
+        let refused = pool.submit("b", pool.budget(None).unwrap(), spin);
+        assert!(
+            matches!(
+                refused,
+                Err(Error::SearchesQueued {
+                    queued: 1,
+                    threads: 2
+                })
+            ),
+            "{refused:?}"
+        );
+        pool.stop_and_join(Duration::from_secs(5));
+        assert!(matches!(
+            running.blocking_recv().unwrap(),
+            Err(Error::Cancelled)
+        ));
+        assert!(matches!(
+            queued.blocking_recv().unwrap(),
+            Err(Error::Cancelled)
+        ));
+        assert!(matches!(
+            pool.submit("a", pool.budget(None).unwrap(), spin),
+            Err(Error::ShuttingDown)
+        ));
+    }
+
+    #[test]
+    fn one_collection_never_holds_every_thread() {
+        let pool = pool(3, 16);
+        let runaway: Vec<_> = (0..6)
+            .map(|_| {
+                pool.submit("slow", pool.budget(None).unwrap(), spin)
+                    .unwrap()
+            })
+            .collect();
+        wait_for("two runaway searches run", || pool.running() == 2);
+        let started = Instant::now();
+        let other = pool
+            .submit("other", pool.budget(None).unwrap(), |_| Ok(1))
+            .unwrap();
+        assert_eq!(other.blocking_recv().unwrap().unwrap(), 1);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            pool.running(),
+            2,
+            "the runaway searches never got the third thread"
+        );
+        pool.stop_and_join(Duration::from_secs(5));
+        for answer in runaway {
+            assert!(matches!(
+                answer.blocking_recv().unwrap(),
+                Err(Error::Cancelled)
+            ));
+        }
+    }
+
+    #[test]
+    fn a_deadline_ends_a_running_search_and_one_passed_in_the_queue_never_starts() {
+        let pool = pool(2, 4);
+        let first = pool
+            .submit(
+                "a",
+                pool.budget(Some(Duration::from_millis(50))).unwrap(),
+                spin,
+            )
+            .unwrap();
+        wait_for("the first search runs", || pool.running() == 1);
+        let second = pool
+            .submit(
+                "a",
+                pool.budget(Some(Duration::from_millis(10))).unwrap(),
+                |_| Ok(true),
+            )
+            .unwrap();
+        assert!(first.blocking_recv().unwrap().unwrap(), "timed out");
+        assert!(matches!(
+            second.blocking_recv().unwrap(),
+            Err(Error::SearchTimedOut { .. })
+        ));
+    }
+
+    #[test]
+    fn a_cancelled_search_stops_and_a_panic_spares_the_thread() {
+        let pool = pool(2, 4);
+        let budget = pool.budget(None).unwrap();
+        let answer = pool.submit("a", budget.clone(), spin).unwrap();
+        budget.cancel();
+        assert!(matches!(
+            answer.blocking_recv().unwrap(),
+            Err(Error::Cancelled)
+        ));
+        for _ in 0..3 {
+            let panicked = pool
+                .submit("a", pool.budget(None).unwrap(), |_| -> Result<()> {
+                    panic!("a bug in one search")
+                })
+                .unwrap();
+            assert!(panicked.blocking_recv().is_err());
+        }
+        let after = pool
+            .submit("a", pool.budget(None).unwrap(), |_| Ok(7))
+            .unwrap();
+        assert_eq!(after.blocking_recv().unwrap().unwrap(), 7);
+    }
+}
