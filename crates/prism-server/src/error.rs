@@ -72,7 +72,10 @@ pub fn status_of(error: &Error) -> StatusCode {
 impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
         let status = status_of(&error);
-        if status.is_server_error() {
+        // A cancelled search has no client to read its answer, and a search that timed out
+        // in the queue is load, not a fault.
+        let expected = matches!(error, Error::Cancelled | Error::SearchTimedOut { .. });
+        if status.is_server_error() && !expected {
             tracing::error!(error = %error, "request failed");
         }
         ApiError::new(status, error.code(), error.to_string())

@@ -106,7 +106,10 @@ impl SearchPool {
             workers.push(
                 std::thread::Builder::new()
                     .name(format!("prism-search-{n}"))
-                    .spawn(move || work(&shared, per_key))?,
+                    .spawn(move || {
+                        yield_to_other_work();
+                        work(&shared, per_key)
+                    })?,
             );
         }
         Ok(SearchPool {
@@ -215,6 +218,27 @@ impl SearchPool {
             if worker.is_finished() {
                 let _ = worker.join();
             }
+        }
+    }
+}
+
+/// How much lower than the rest of the node search threads are scheduled (`nice`): when
+/// searches keep every core busy, the writer, the async workers answering `/health` and
+/// consensus traffic still run first; alone, searches use every core all the same.
+const SEARCH_THREAD_NICENESS: i32 = 10;
+
+/// Lowers this thread's scheduling priority to [`SEARCH_THREAD_NICENESS`] (Linux schedules
+/// threads one by one; raising one's own niceness needs no privilege).
+fn yield_to_other_work() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid and setpriority take no pointers; failing leaves the priority as is.
+        let failed = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, SEARCH_THREAD_NICENESS) != 0
+        };
+        if failed {
+            tracing::warn!("cannot lower the priority of a search thread; searches compete with writes and health checks as equals");
         }
     }
 }

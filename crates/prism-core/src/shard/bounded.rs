@@ -7,8 +7,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tantivy::query::{EnableScoring, Explanation, Query, Scorer, TermQuery, Weight};
-use tantivy::{DocId, DocSet, Score, SegmentReader, COLLECT_BLOCK_BUFFER_LEN, TERMINATED};
+use tantivy::query::{
+    BooleanQuery, EnableScoring, Explanation, Occur, Query, Scorer, TermQuery, Weight,
+};
+use tantivy::{
+    DocId, DocSet, Score, SeekDangerResult, SegmentReader, COLLECT_BLOCK_BUFFER_LEN, TERMINATED,
+};
 
 use crate::search::budget::SearchBudget;
 
@@ -63,6 +67,15 @@ pub(crate) struct BoundedQuery {
 }
 
 impl BoundedQuery {
+    /// `query` with every clause bounded too. A union or an intersection advances its
+    /// clauses over a window of thousands of documents in one step, so a check above it
+    /// alone comes too late when each clause costs milliseconds a document (a phrase with
+    /// slop): every clause of a boolean query is wrapped, down the tree. Lone terms are left
+    /// bare, so that a union of terms keeps block-max WAND, and so are exclusions.
+    pub(crate) fn around(query: &dyn Query, budget: &Arc<SearchBudget>) -> Self {
+        BoundedQuery::new(bound_clauses(query, budget), budget.clone())
+    }
+
     pub(crate) fn new(inner: Box<dyn Query>, budget: Arc<SearchBudget>) -> Self {
         let counts_without_scan = inner.is::<TermQuery>();
         BoundedQuery {
@@ -71,6 +84,34 @@ impl BoundedQuery {
             counts_without_scan,
         }
     }
+}
+
+/// `query` with each clause of a boolean query (at any depth) bounded, terms excepted.
+fn bound_clauses(query: &dyn Query, budget: &Arc<SearchBudget>) -> Box<dyn Query> {
+    let Some(boolean) = query.downcast_ref::<BooleanQuery>() else {
+        return query.box_clone();
+    };
+    let clauses = boolean
+        .clauses()
+        .iter()
+        .map(|(occur, clause)| {
+            // An exclusion that stopped early would let through documents it excludes:
+            // `MustNot` clauses run unbounded (they are only ever asked about candidates).
+            let bounded: Box<dyn Query> = if clause.is::<TermQuery>() || *occur == Occur::MustNot {
+                clause.box_clone()
+            } else {
+                Box::new(BoundedQuery::new(
+                    bound_clauses(clause.as_ref(), budget),
+                    budget.clone(),
+                ))
+            };
+            (*occur, bounded)
+        })
+        .collect();
+    Box::new(BooleanQuery::with_minimum_required_clauses(
+        clauses,
+        boolean.get_minimum_number_should_match(),
+    ))
 }
 
 impl Clone for BoundedQuery {
@@ -206,6 +247,13 @@ impl DocSet for BoundedScorer {
             return TERMINATED;
         }
         self.inner.seek(target)
+    }
+
+    fn seek_danger(&mut self, target: DocId) -> SeekDangerResult {
+        if self.spent(1) {
+            return SeekDangerResult::SeekLowerBound(TERMINATED);
+        }
+        self.inner.seek_danger(target)
     }
 
     fn fill_buffer(&mut self, buffer: &mut [DocId; COLLECT_BLOCK_BUFFER_LEN]) -> usize {

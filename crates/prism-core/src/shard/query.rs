@@ -325,7 +325,7 @@ fn collect(
     budget: &Arc<SearchBudget>,
 ) -> Result<Collected> {
     // Every query below runs bounded: it stops when the budget is spent.
-    let bounded = |query: &dyn Query| BoundedQuery::new(query.box_clone(), budget.clone());
+    let bounded = |query: &dyn Query| BoundedQuery::around(query, budget);
     let aggs = match &request.aggregations {
         None => None,
         Some(v) => {
