@@ -348,6 +348,10 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+        wait_for("the other search to be counted finished", || {
+            pool.running() == 2
+        });
+        std::thread::sleep(Duration::from_millis(50));
         assert_eq!(
             pool.running(),
             2,

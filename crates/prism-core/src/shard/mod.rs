@@ -12,6 +12,7 @@ mod bounded;
 mod ids;
 mod ops;
 mod query;
+mod query_string;
 pub mod snapshot;
 mod top;
 mod writer;
@@ -613,5 +614,7 @@ pub fn dir_size(dir: &Path) -> u64 {
     total
 }
 
+#[cfg(test)]
+mod differential_tests;
 #[cfg(test)]
 mod tests;

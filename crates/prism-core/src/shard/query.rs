@@ -22,6 +22,7 @@ use tantivy::{
 
 use super::bounded::BoundedQuery;
 use super::ids::{id_hashes, IdHashes};
+use super::query_string;
 use super::top::{prunes_exactly, Ranked, Scan, TopRanked};
 use super::Shared;
 use crate::error::{Error, Result};
@@ -130,7 +131,7 @@ struct Plan<'a> {
     vector: Option<(&'a str, &'a VectorIndex, Vec<f32>)>,
 }
 
-fn parser(shared: &Shared, fields: &[&str]) -> Result<QueryParser> {
+fn parser(shared: &Shared, fields: &[&str]) -> Result<query_string::Parser> {
     let mut targets = Vec::new();
     for name in fields {
         let def =
@@ -144,7 +145,11 @@ fn parser(shared: &Shared, fields: &[&str]) -> Result<QueryParser> {
         }
         targets.push(shared.fields.user[*name]);
     }
-    Ok(QueryParser::for_index(&shared.index, targets))
+    Ok(query_string::Parser {
+        parser: QueryParser::for_index(&shared.index, targets.clone()),
+        schema: shared.index.schema(),
+        default_fields: targets,
+    })
 }
 
 fn plan<'a>(shared: &'a Shared, request: &'a SearchRequest) -> Result<Plan<'a>> {
@@ -160,20 +165,16 @@ fn plan<'a>(shared: &'a Shared, request: &'a SearchRequest) -> Result<Plan<'a>> 
                     "the collection has no indexed text field to search; name fields with \"fields\" or use a filter".into(),
                 ));
             }
-            Some(
-                parser(shared, &fields)?
-                    .parse_query(q)
-                    .map_err(invalid_query)?,
-            )
+            Some(query_string::parse(&parser(shared, &fields)?, q, "query")?)
         }
         _ => None,
     };
     let filter = match request.filter.as_deref().map(str::trim) {
-        Some(f) if !f.is_empty() => Some(
-            parser(shared, &text_fields)?
-                .parse_query(f)
-                .map_err(|e| Error::InvalidQuery(format!("filter: {e}")))?,
-        ),
+        Some(f) if !f.is_empty() => Some(query_string::parse(
+            &parser(shared, &text_fields)?,
+            f,
+            "filter",
+        )?),
         _ => None,
     };
     let vector = match &request.vector {

@@ -11,10 +11,21 @@ pub trait ExclusionSet: Send {
     fn contains(&mut self, doc: DocId) -> bool;
 }
 
+/// Whether `docset` holds `doc`. A docset that earlier calls left past `doc` (a
+/// `SeekLowerBound` beyond the next candidate) cannot hold it, and must not be sought
+/// backwards: `seek_danger` requires increasing targets (phrase scorers assert it).
+#[inline]
+fn docset_contains<TDocSet: DocSet + ?Sized>(docset: &mut TDocSet, doc: DocId) -> bool {
+    if doc < docset.doc() {
+        return false;
+    }
+    docset.seek_danger(doc) == SeekDangerResult::Found
+}
+
 impl<TDocSet: DocSet> ExclusionSet for TDocSet {
     #[inline]
     fn contains(&mut self, doc: DocId) -> bool {
-        self.seek_danger(doc) == SeekDangerResult::Found
+        docset_contains(self, doc)
     }
 }
 
@@ -22,7 +33,7 @@ impl<TDocSet: DocSet> ExclusionSet for Vec<TDocSet> {
     #[inline]
     fn contains(&mut self, doc: DocId) -> bool {
         for docset in self.iter_mut() {
-            if docset.seek_danger(doc) == SeekDangerResult::Found {
+            if docset_contains(docset, doc) {
                 return true;
             }
         }

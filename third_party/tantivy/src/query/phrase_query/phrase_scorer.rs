@@ -607,12 +607,12 @@ impl<TPostings: Postings> DocSet for PhraseScorer<TPostings> {
     }
 
     fn seek_danger(&mut self, target: DocId) -> SeekDangerResult {
-        debug_assert!(
-            target >= self.doc(),
-            "target ({}) should be greater than or equal to doc ({})",
-            target,
-            self.doc()
-        );
+        // An intersection in its invalid state (after a `SeekLowerBound`) may ask a member
+        // that is already past `target`: nothing between is a match, and the member must not
+        // move back.
+        if target < self.doc() {
+            return SeekDangerResult::SeekLowerBound(self.doc());
+        }
         let seek_res = self.intersection_docset.seek_danger(target);
         if seek_res != SeekDangerResult::Found {
             return seek_res;

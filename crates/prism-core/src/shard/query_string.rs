@@ -1,0 +1,227 @@
+//! The query-string syntax (`query`, `filter`) turned into a tantivy query. tantivy's grammar
+//! parses it; this module builds the query from the parsed tree itself, so that every form it
+//! accepts means what `docs/api.md` says, and forms tantivy would silently get wrong are
+//! refused with the reason:
+//! - a group of exclusions only (`-a`, `a AND NOT b`) matches every document but those, as in
+//!   Elasticsearch (tantivy matched nothing);
+//! - `field:[* TO *]` matches documents that have the field (tantivy dropped it and matched
+//!   nothing);
+//! - `term~N` is a fuzzy term (edit distance up to 2), as in Lucene (tantivy searched the
+//!   phrase "term N");
+//! - `term*` is a prefix, with no limit on the terms it expands to (tantivy searched the bare
+//!   term); a `*` or `?` anywhere else in a term is refused (tantivy split the term into a
+//!   phrase of its pieces);
+//! - a phrase slop above [`MAX_PHRASE_SLOP`] is refused (tantivy keeps slops in a byte).
+
+use tantivy::query::{
+    AllQuery, BooleanQuery, BoostQuery, FuzzyTermQuery, Occur, Query, QueryParser,
+};
+use tantivy::query_grammar::{
+    Delimiter, Occur as InputOccur, UserInputAst, UserInputBound, UserInputLeaf,
+};
+
+use tantivy::schema::{Field, FieldType, Schema};
+use tantivy::Term;
+
+use crate::error::{Error, Result};
+use crate::search::MAX_PHRASE_SLOP;
+
+/// The largest edit distance of a fuzzy term (`term~2`).
+pub(crate) const MAX_FUZZY_DISTANCE: u32 = 2;
+
+/// tantivy's parser, with what it does not expose: the schema and the default fields.
+pub(crate) struct Parser {
+    pub parser: QueryParser,
+    pub schema: Schema,
+    pub default_fields: Vec<Field>,
+}
+
+/// Parses `text` with `parser`'s fields and tokenizers. `what` names the input in errors.
+pub(crate) fn parse(parser: &Parser, text: &str, what: &str) -> Result<Box<dyn Query>> {
+    let invalid = |message: String| Error::InvalidQuery(format!("{what}: {message}"));
+    let ast = tantivy::query_grammar::parse_query(text).map_err(|_| {
+        invalid("the query string does not parse; see docs/api.md for its syntax".into())
+    })?;
+    build(parser, ast, &invalid)
+}
+
+fn build(
+    parser: &Parser,
+    ast: UserInputAst,
+    invalid: &dyn Fn(String) -> Error,
+) -> Result<Box<dyn Query>> {
+    match ast {
+        UserInputAst::Clause(clauses) => {
+            let mut built = Vec::with_capacity(clauses.len() + 1);
+            for (occur, clause) in clauses {
+                let occur = match occur {
+                    Some(InputOccur::Must) => Occur::Must,
+                    Some(InputOccur::MustNot) => Occur::MustNot,
+                    Some(InputOccur::Should) | None => Occur::Should,
+                };
+                built.push((occur, build(parser, clause, invalid)?));
+            }
+            if built.iter().all(|(occur, _)| *occur == Occur::MustNot) {
+                // Exclusions alone exclude from every document.
+                built.push((Occur::Must, Box::new(AllQuery)));
+            }
+            if let [(Occur::Must | Occur::Should, _)] = built.as_slice() {
+                return Ok(built.pop().expect("one clause").1);
+            }
+            Ok(Box::new(BooleanQuery::new(built)))
+        }
+        UserInputAst::Boost(inner, boost) => {
+            let boost = boost.0 as f32;
+            if !boost.is_finite() || boost < 0.0 {
+                return Err(invalid(format!(
+                    "a boost must be a finite number ≥ 0, got {boost}"
+                )));
+            }
+            Ok(Box::new(BoostQuery::new(
+                build(parser, *inner, invalid)?,
+                boost,
+            )))
+        }
+        UserInputAst::Leaf(leaf) => build_leaf(parser, *leaf, invalid),
+    }
+}
+
+fn build_leaf(
+    parser: &Parser,
+    leaf: UserInputLeaf,
+    invalid: &dyn Fn(String) -> Error,
+) -> Result<Box<dyn Query>> {
+    let leaf = match leaf {
+        UserInputLeaf::Range {
+            field: Some(field),
+            lower: UserInputBound::Unbounded,
+            upper: UserInputBound::Unbounded,
+        } => UserInputLeaf::Exists { field },
+        UserInputLeaf::Literal(mut literal) => {
+            let quoted = literal.delimiter != Delimiter::None;
+            if !quoted {
+                // The grammar reads `~N` as slop after a quoted phrase only: on a bare term it
+                // stays in the term's text (and the tokenizer would make "term N" a phrase).
+                let (text, fuzzy_distance) = match literal.phrase.rsplit_once('~') {
+                    Some((term, digits)) if !term.is_empty() => {
+                        let distance = if digits.is_empty() {
+                            MAX_FUZZY_DISTANCE
+                        } else {
+                            digits.parse::<u32>().map_err(|_| {
+                                invalid(format!(
+                                    "{}: a fuzzy term is term~ or term~N with N from 0 to {MAX_FUZZY_DISTANCE}",
+                                    literal.phrase
+                                ))
+                            })?
+                        };
+                        (term.to_string(), Some(distance))
+                    }
+                    _ => (literal.phrase.clone(), None),
+                };
+                literal.slop = fuzzy_distance.unwrap_or(0);
+                let (body, prefix) = match text.strip_suffix('*') {
+                    Some(body) if !body.is_empty() => (body.to_string(), true),
+                    _ => (text.clone(), false),
+                };
+                if let Some(at) = body.find(['*', '?']) {
+                    return Err(invalid(format!(
+                        "{:?} has a wildcard inside it: only a trailing * (a prefix, such as graph*) is supported",
+                        &body[..=at]
+                    )));
+                }
+                let distance = literal.slop;
+                if prefix || fuzzy_distance.is_some() {
+                    if prefix && distance > 0 {
+                        return Err(invalid(format!(
+                            "{}: a term is a prefix (*) or fuzzy (~N), not both",
+                            literal.phrase
+                        )));
+                    }
+                    if distance > MAX_FUZZY_DISTANCE {
+                        return Err(invalid(format!(
+                            "{}~{distance}: a fuzzy term's edit distance is at most {MAX_FUZZY_DISTANCE}",
+                            literal.phrase
+                        )));
+                    }
+                    let kind = if prefix {
+                        "prefix (term*)"
+                    } else {
+                        "fuzzy term (term~N)"
+                    };
+                    let terms = expansion_terms(parser, literal.field_name.as_deref(), &body)
+                        .map_err(|why| invalid(format!("{}: a {kind} {why}", literal.phrase)))?;
+                    let mut clauses: Vec<(Occur, Box<dyn Query>)> = terms
+                        .into_iter()
+                        .map(|term| -> (Occur, Box<dyn Query>) {
+                            let query: Box<dyn Query> = if prefix {
+                                Box::new(FuzzyTermQuery::new_prefix(term, 0, true))
+                            } else {
+                                Box::new(FuzzyTermQuery::new(term, distance as u8, true))
+                            };
+                            (Occur::Should, query)
+                        })
+                        .collect();
+                    return Ok(match clauses.len() {
+                        1 => clauses.pop().expect("one").1,
+                        _ => Box::new(BooleanQuery::new(clauses)),
+                    });
+                }
+            }
+            if u64::from(literal.slop) > MAX_PHRASE_SLOP {
+                return Err(invalid(format!(
+                    "a phrase slop of {} is over the most, {MAX_PHRASE_SLOP}",
+                    literal.slop
+                )));
+            }
+            UserInputLeaf::Literal(literal)
+        }
+        other => other,
+    };
+    parser
+        .parser
+        .build_query_from_user_input_ast(UserInputAst::Leaf(Box::new(leaf)))
+        .map_err(|e| invalid(e.to_string()))
+}
+
+/// The terms a prefix or fuzzy term expands from: `text` in the named field, or in each
+/// default field. As in Elasticsearch, the text is only normalized (lower-cased on text
+/// fields, as written on keyword fields), never stemmed or stop-worded: it is matched against
+/// the terms the index holds.
+fn expansion_terms(
+    parser: &Parser,
+    field: Option<&str>,
+    text: &str,
+) -> std::result::Result<Vec<Term>, String> {
+    let fields = match field {
+        Some(name) => vec![parser
+            .schema
+            .get_field(name)
+            .map_err(|_| format!("names field {name:?}, which is not in the schema"))?],
+        None => parser.default_fields.clone(),
+    };
+    if text.split_whitespace().count() != 1 {
+        return Err("must be one word".into());
+    }
+    fields
+        .into_iter()
+        .map(|field| {
+            let entry = parser.schema.get_field_entry(field);
+            let indexing = match entry.field_type() {
+                FieldType::Str(options) => options.get_indexing_options(),
+                _ => None,
+            }
+            .ok_or_else(|| {
+                format!(
+                    "needs an indexed text or keyword field, not {:?}",
+                    entry.name()
+                )
+            })?;
+            let normalized = if indexing.tokenizer() == "raw" {
+                text.to_string()
+            } else {
+                text.to_lowercase()
+            };
+            Ok(Term::from_field_text(field, &normalized))
+        })
+        .collect()
+}
