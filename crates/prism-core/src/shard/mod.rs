@@ -13,6 +13,7 @@ mod ops;
 mod query;
 pub mod snapshot;
 mod top;
+mod vector_files;
 mod writer;
 
 use std::collections::{BTreeMap, HashMap};
