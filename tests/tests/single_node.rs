@@ -981,3 +981,106 @@ fn a_pipeline_rewrites_documents_and_an_unknown_one_is_refused() {
     let (_, found) = server.post_json("/collections/articles/search", &json!({}));
     assert_eq!(found["total"], json!(2), "{found}");
 }
+
+/// Issue #18: a numeric id is kept as exactly the digits sent, or refused with the rule, on
+/// the JSON and the NDJSON routes; a vector whose scores could overflow is refused; every
+/// score answered is a finite number.
+#[test]
+fn numeric_ids_are_exact_and_overflowing_vectors_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let (status, body) = server.put_json(
+        "/collections/ids",
+        &json!({"fields": {"title": {"type": "text"},
+            "emb": {"type": "vector", "dimension": 2, "distance": "dot"}}}),
+    );
+    assert_eq!(status, 201, "{body}");
+    // Two ids that an f64 rounds to one number, and forms whose text an f64 changes.
+    let (status, body) = server.send_raw(
+        "POST",
+        "/collections/ids/documents?refresh=wait_for",
+        br#"{"documents": [
+            {"id": 18446744073709551615, "fields": {"title": "max", "emb": [1, 0]}},
+            {"id": -9223372036854775808, "fields": {"title": "min", "emb": [0, 1]}},
+            {"id": 123456789012345678901234567890, "fields": {"title": "big"}},
+            {"id": 123456789012345678901234567891, "fields": {"title": "big too"}},
+            {"id": 1e2, "fields": {"title": "exponent"}},
+            {"id": 2.5, "fields": {"title": "fraction"}},
+            {"id": 3, "fields": {"title": "huge", "emb": [1e19, 1e19]}}
+        ]}"#
+        .to_vec(),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        (body["indexed"].clone(), body["failed"].clone()),
+        (json!(2), json!(5)),
+        "{body}"
+    );
+    let errors = body["errors"].as_array().unwrap();
+    assert_eq!(
+        errors
+            .iter()
+            .filter(|e| e["message"]
+                .as_str()
+                .unwrap()
+                .contains("send any other id as a JSON string"))
+            .count(),
+        4,
+        "{body}"
+    );
+    assert!(
+        errors.iter().any(|e| e["id"] == json!("3")
+            && e["code"] == json!("invalid_document")
+            && e["message"].as_str().unwrap().contains("squared length")),
+        "{body}"
+    );
+    for id in ["18446744073709551615", "-9223372036854775808"] {
+        let (status, doc) = server.get(&format!("/collections/ids/documents/{id}"));
+        assert_eq!(status, 200, "{id}: {doc}");
+        assert_eq!(doc["id"], json!(id), "{doc}");
+    }
+    for id in ["100", "100.0", "1e2", "3"] {
+        assert_eq!(
+            server.get(&format!("/collections/ids/documents/{id}")).0,
+            404,
+            "{id}"
+        );
+    }
+    // The NDJSON route: the same rule, line by line.
+    let bulk = server
+        .client
+        .post(server.url("/collections/ids/documents/bulk?refresh=wait_for"))
+        .body("{\"id\": 42, \"fields\": {\"title\": \"forty-two\"}}\n{\"id\": 4.2e1, \"fields\": {\"title\": \"not quite\"}}\n")
+        .send()
+        .unwrap();
+    assert_eq!(bulk.status(), 200);
+    let bulk: Value = bulk.json().unwrap();
+    assert_eq!(
+        (bulk["indexed"].clone(), bulk["failed"].clone()),
+        (json!(1), json!(1)),
+        "{bulk}"
+    );
+    assert_eq!(
+        server.get("/collections/ids/documents/42").1["id"],
+        json!("42")
+    );
+    // Every score is a finite number (JSON null would be a non-finite one).
+    let (status, found) = server.post_json(
+        "/collections/ids/search",
+        &json!({"vector": [3e18, 1e18], "query": "max OR min OR forty", "hybrid": {"strategy": "weighted"}}),
+    );
+    assert_eq!(status, 200, "{found}");
+    let results = found["results"].as_array().unwrap();
+    assert!(!results.is_empty(), "{found}");
+    assert!(results.iter().all(|r| r["score"].is_f64()), "{found}");
+    let (status, found) =
+        server.post_json("/collections/ids/search", &json!({"vector": [3e18, 1e18]}));
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(
+        found["results"][0]["id"],
+        json!("18446744073709551615"),
+        "{found}"
+    );
+    let score = found["results"][0]["score"].as_f64().unwrap();
+    assert!((score / 3e18 - 1.0).abs() < 1e-6, "{found}");
+}

@@ -472,7 +472,12 @@ fn take_id(object: &mut Map<String, Value>, key: &str) -> Result<String, String>
     match object.remove(key) {
         Some(Value::String(id)) if !id.is_empty() => Ok(id),
         Some(Value::String(_)) => Err(format!("id field `{key}` is empty")),
-        Some(Value::Number(number)) => Ok(number.to_string()),
+        // Kept as its digits, as the server keeps it; a number serde_json read as an f64
+        // (a fraction, an exponent, beyond u64) would be rounded, so it is refused.
+        Some(Value::Number(number)) if !number.is_f64() => Ok(number.to_string()),
+        Some(Value::Number(_)) => Err(format!(
+            "id field `{key}`: a numeric id is kept as its digits, so it must be an integer from -9223372036854775808 to 18446744073709551615 written without a fraction or an exponent; make this id a string"
+        )),
         Some(other) => Err(format!(
             "id field `{key}` must be a string or a number, found {}",
             json_kind(&other)
@@ -769,6 +774,21 @@ mod tests {
         assert_eq!(doc.id, "42");
         // With a custom id field, an `id` key is an ordinary field.
         assert_eq!(doc.fields, fields(json!({"name":"x","id":"kept"})));
+        // Integers are kept as their digits, to the ends of i64 and u64.
+        for digits in ["18446744073709551615", "-9223372036854775808", "0"] {
+            let line = format!(r#"{{"sku":{digits}}}"#);
+            assert_eq!(
+                jsonl_to_document(line.as_bytes(), "sku").unwrap().id,
+                digits
+            );
+        }
+        // Anything else would be rounded through an f64 (two ids beyond u64 would become
+        // one): refused, with the rule.
+        for number in ["123456789012345678901234567890", "1e2", "2.5", "-0"] {
+            let line = format!(r#"{{"sku":{number}}}"#);
+            let err = jsonl_to_document(line.as_bytes(), "sku").unwrap_err();
+            assert!(err.contains("make this id a string"), "{number}: {err}");
+        }
     }
 
     #[test]

@@ -676,4 +676,6 @@ impl Engine {
 }
 
 #[cfg(test)]
+mod damage_tests;
+#[cfg(test)]
 mod tests;

@@ -57,6 +57,14 @@ impl HybridStrategy {
             {
                 Err("text_weight and vector_weight must be finite numbers >= 0".into())
             }
+            // A fused score is at most the sum of the weights (each normalised score is at
+            // most 1), so a finite sum keeps every fused score finite.
+            HybridStrategy::Weighted {
+                text_weight,
+                vector_weight,
+            } if !(text_weight + vector_weight).is_finite() => Err(
+                "text_weight + vector_weight must be a finite 32-bit float (at most 3.4e38)".into(),
+            ),
             _ => Ok(()),
         }
     }
@@ -104,17 +112,27 @@ impl HybridStrategy {
     }
 }
 
-/// Scales scores to [0, 1]; a list whose scores are all equal maps to 1.
+/// Scales scores to [0, 1]; a list whose scores are all equal maps to 1. The arithmetic is
+/// in f64, so that the spread of two finite f32 scores (up to twice `f32::MAX`) cannot
+/// overflow into a NaN; a non-finite score, which no list should hold, counts as the nearest
+/// finite one (NaN as the lowest).
 pub fn min_max_normalise<K: Clone>(list: &[(K, f32)]) -> Vec<(K, f32)> {
+    let finite = |s: f32| {
+        if s.is_nan() {
+            f64::from(f32::MIN)
+        } else {
+            f64::from(s.clamp(f32::MIN, f32::MAX))
+        }
+    };
     let (min, max) = list
         .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), (_, s)| {
-            (lo.min(*s), hi.max(*s))
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), (_, s)| {
+            (lo.min(finite(*s)), hi.max(finite(*s)))
         });
     list.iter()
         .map(|(k, s)| {
             let norm = if max > min {
-                (s - min) / (max - min)
+                ((finite(*s) - min) / (max - min)) as f32
             } else {
                 1.0
             };
@@ -242,5 +260,53 @@ mod tests {
             }
         );
         assert!(serde_json::from_str::<HybridStrategy>(r#"{"strategy":"magic"}"#).is_err());
+    }
+
+    /// Extreme but finite scores and weights never fuse into a non-finite score, and the
+    /// best document of both lists stays first.
+    #[test]
+    fn fusion_of_extreme_finite_scores_is_finite() {
+        let text = list(&[("a", f32::MAX), ("b", 0.0), ("c", -f32::MAX)]);
+        let vector = list(&[("a", 1e37), ("c", -1e37), ("b", -f32::MAX)]);
+        for strategy in [
+            HybridStrategy::Weighted {
+                text_weight: 1.0,
+                vector_weight: 1.0,
+            },
+            HybridStrategy::Weighted {
+                text_weight: f32::MAX / 2.0,
+                vector_weight: f32::MAX / 2.0,
+            },
+            HybridStrategy::Rrf { rrf_k: 0.0 },
+        ] {
+            strategy.validate().unwrap();
+            let out = strategy.fuse(&text, &vector);
+            assert!(
+                out.iter().all(|(_, s)| s.is_finite()),
+                "{strategy:?}: {out:?}"
+            );
+            assert_eq!(out[0].0, "a", "{strategy:?}: {out:?}");
+        }
+        // The largest rrf_k: ranks vanish in its rounding (every score ties), but stay finite.
+        let out = HybridStrategy::Rrf { rrf_k: f32::MAX }.fuse(&text, &vector);
+        assert!(
+            out.iter().all(|(_, s)| s.is_finite() && *s > 0.0),
+            "{out:?}"
+        );
+        // Weights whose sum overflows could overflow a fused score: refused.
+        let err = HybridStrategy::Weighted {
+            text_weight: f32::MAX,
+            vector_weight: f32::MAX,
+        }
+        .validate()
+        .unwrap_err();
+        assert!(err.contains("finite"), "{err}");
+        // A non-finite score (none should reach fusion) still normalises into [0, 1].
+        let odd = list(&[("a", f32::INFINITY), ("b", 1.0), ("c", f32::NAN)]);
+        let normalised = min_max_normalise(&odd);
+        assert!(
+            normalised.iter().all(|(_, s)| (0.0..=1.0).contains(s)),
+            "{normalised:?}"
+        );
     }
 }

@@ -162,7 +162,8 @@ pub struct DocumentInput {
     pub fields: Map<String, Value>,
 }
 
-/// A document id: 1 to 512 bytes of text, or a number (kept as its decimal text).
+/// A document id: 1 to 512 bytes of text, or an integer (kept as its digits); see
+/// [`prism_core::schema::document_id`].
 fn document_id_schema() -> utoipa::openapi::schema::Schema {
     use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
     OneOfBuilder::new()
@@ -172,9 +173,14 @@ fn document_id_schema() -> utoipa::openapi::schema::Schema {
                 .min_length(Some(1))
                 .max_length(Some(prism_core::schema::MAX_ID_LEN)),
         )
-        .item(ObjectBuilder::new().schema_type(Type::Number))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(i64::MIN))
+                .maximum(Some(u64::MAX)),
+        )
         .description(Some(
-            "1 to 512 bytes of text, or a number, kept as its decimal text (`3` is \"3\")",
+            "1 to 512 bytes of text, or an integer from -2^63 to 2^64-1 written without a fraction or an exponent, kept as its digits (`3` is \"3\"); any other number is refused, since it would be rounded",
         ))
         .into()
 }

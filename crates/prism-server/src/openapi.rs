@@ -406,5 +406,9 @@ mod tests {
         assert_eq!(dimension["maximum"], MAX_VECTOR_DIMENSION, "{dimension}");
         let id = &doc["components"]["schemas"]["DocumentInput"]["properties"]["id"];
         assert_eq!(id["oneOf"][0]["maxLength"], MAX_ID_LEN, "{id}");
+        // Numeric ids: exactly the integers the engine keeps as their digits.
+        assert_eq!(id["oneOf"][1]["type"], "integer", "{id}");
+        assert_eq!(id["oneOf"][1]["minimum"], i64::MIN, "{id}");
+        assert_eq!(id["oneOf"][1]["maximum"], u64::MAX, "{id}");
     }
 }

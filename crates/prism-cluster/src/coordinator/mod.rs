@@ -563,20 +563,21 @@ impl<C: ShardClient> Coordinator<C> {
         let mut errors: Vec<RefusedDocument> = Vec::new();
         let mut by_shard: BTreeMap<u32, Vec<Value>> = BTreeMap::new();
         for doc in documents {
-            let id = doc.get("id").and_then(|v| {
-                v.as_str()
-                    .map(String::from)
-                    .or_else(|| v.as_number().map(|n| n.to_string()))
-            });
+            // Routed by the id the owner will store, by the same rule: a numeric id as its
+            // exact digits, and one that would round refused here, before any node sees it.
+            let id = match doc.get("id") {
+                Some(id) => prism_core::schema::document_id(id),
+                None => Err("the document has no \"id\"".into()),
+            };
             match id {
-                Some(id) => by_shard
+                Ok(id) => by_shard
                     .entry(map.route(&id).0)
                     .or_default()
                     .push(doc.clone()),
-                None => errors.push(RefusedDocument {
+                Err(message) => errors.push(RefusedDocument {
                     id: String::new(),
                     code: "invalid_document".into(),
-                    message: "the document has no \"id\"".into(),
+                    message,
                 }),
             }
         }

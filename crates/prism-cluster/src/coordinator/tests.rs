@@ -164,7 +164,7 @@ impl ShardClient for FakeClient {
     ) -> Result<(u64, Vec<RefusedDocument>), RpcError> {
         let ids = documents
             .iter()
-            .map(|d| d["id"].as_str().unwrap_or_default().to_string())
+            .map(|d| prism_core::schema::document_id(&d["id"]).unwrap_or_default())
             .collect();
         self.enter(node, Call::Index(ids)).await?;
         Ok((documents.len() as u64, Vec::new()))
@@ -590,4 +590,31 @@ async fn writes_go_to_the_owner_of_each_id_and_a_failed_owner_is_reported_per_do
         panic!("{to_a:?}")
     };
     assert!(written.iter().all(|id| map.route(id).1 == "a"));
+}
+
+/// A numeric id is routed as the digits its owner stores; one that only an f64 could hold
+/// (and so round) is refused before any node sees it.
+#[tokio::test(start_paused = true)]
+async fn numeric_ids_route_as_their_digits_and_rounding_ones_are_refused() {
+    let client = FakeClient::with(&[("a", shard(&[])), ("b", shard(&[]))]);
+    let coordinator = Coordinator::new(client, 10);
+    let map = ShardMap::assign(["a", "b"], 2).unwrap();
+    let body = r#"[{"id": 18446744073709551615}, {"id": -12}, {"id": 7},
+        {"id": 123456789012345678901234567890}, {"id": 1e2}, {"id": 0.5}]"#;
+    let docs: Vec<Value> = serde_json::from_str(body).unwrap();
+    let summary = coordinator.index("docs", &docs, &map, DEADLINE).await;
+    assert_eq!(summary.successful_docs, 3);
+    assert_eq!(summary.failed_docs, 3);
+    assert!(summary.errors.iter().all(|e| e.code == "invalid_document"
+        && e.message.contains("send any other id as a JSON string")));
+    for id in ["18446744073709551615", "-12", "7"] {
+        let owner = map.route(id).1;
+        let calls = coordinator.client().calls_to(owner);
+        assert!(
+            calls
+                .iter()
+                .any(|c| matches!(c, Call::Index(ids) if ids.iter().any(|i| i == id))),
+            "{id} did not reach its owner {owner}: {calls:?}"
+        );
+    }
 }

@@ -448,20 +448,10 @@ impl CollectionSchema {
             });
         };
         let id = match obj.get("id") {
-            Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_ID_LEN => s.clone(),
-            Some(Value::String(_)) => {
-                return Err(Error::InvalidDocument {
-                    id: String::new(),
-                    message: format!("\"id\" must be 1 to {MAX_ID_LEN} bytes long"),
-                })
-            }
-            Some(Value::Number(n)) => n.to_string(),
-            Some(_) => {
-                return Err(Error::InvalidDocument {
-                    id: String::new(),
-                    message: "\"id\" must be a string".into(),
-                })
-            }
+            Some(value) => document_id(value).map_err(|message| Error::InvalidDocument {
+                id: String::new(),
+                message,
+            })?,
             None => {
                 return Err(Error::InvalidDocument {
                     id: String::new(),
@@ -513,6 +503,29 @@ impl CollectionSchema {
     }
 }
 
+/// The id a document's `"id"` value names, or why it names none.
+///
+/// A string of 1 to [`MAX_ID_LEN`] bytes is the id. A JSON number is kept exactly as its
+/// digits were sent, so it must be an integer in `i64::MIN..=u64::MAX` written without a
+/// fraction or an exponent: serde_json (built without `arbitrary_precision`) reads any other
+/// number as an `f64`, whose text is not what was sent (`1e2` reads as `100.0`) and which
+/// rounds large integers, so that two distinct ids would collapse into one document. Such a
+/// number is refused rather than rounded. A `-0` is read as an `f64` too, and refused.
+pub fn document_id(value: &Value) -> std::result::Result<String, String> {
+    match value {
+        Value::String(s) if !s.is_empty() && s.len() <= MAX_ID_LEN => Ok(s.clone()),
+        Value::String(_) => Err(format!("\"id\" must be 1 to {MAX_ID_LEN} bytes long")),
+        // `is_f64` is the only way serde_json reads a number that is not an exact integer
+        // of i64 or u64; the digits of any other one are exactly its decimal text.
+        Value::Number(n) if !n.is_f64() => Ok(n.to_string()),
+        Value::Number(_) => Err(NUMERIC_ID_RULE.into()),
+        _ => Err("\"id\" must be a string or an integer".into()),
+    }
+}
+
+/// Why a numeric id was refused: the rule, and what to send instead.
+pub const NUMERIC_ID_RULE: &str = "a numeric \"id\" is kept as its digits, so it must be an integer from -9223372036854775808 to 18446744073709551615 written without a fraction or an exponent; send any other id as a JSON string";
+
 /// A validated document: its id, its non-vector fields, and its vectors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PreparedDoc {
@@ -562,11 +575,8 @@ fn parse_vector(name: &str, value: &Value, params: &VectorParams) -> Result<Vec<
         }
         out.push(x);
     }
-    if params.distance == Distance::Cosine && out.iter().all(|x| *x == 0.0) {
-        return Err(format!(
-            "field {name:?}: a zero vector has no cosine distance to anything"
-        ));
-    }
+    crate::vector::check_vector_magnitude(&out, params.distance)
+        .map_err(|why| format!("field {name:?}: {why}"))?;
     Ok(out)
 }
 
@@ -722,7 +732,7 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
@@ -937,5 +947,168 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(e.code(), "invalid_document");
+    }
+
+    /// The seed of a randomized property test: `PRISM_PROPTEST_SEED`, or a fixed default so
+    /// that CI runs the same cases; printed, so that a failure can be replayed.
+    pub(crate) fn property_seed(test: &str) -> u64 {
+        let seed = std::env::var("PRISM_PROPTEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(18);
+        eprintln!("{test}: seed {seed} (PRISM_PROPTEST_SEED={seed} replays it)");
+        seed
+    }
+
+    /// The text of a random JSON number: an i64, a u64, a long run of digits (beyond u64),
+    /// a fraction, an exponent, or a negative zero.
+    fn random_number_text(rng: &mut impl rand::Rng) -> String {
+        let digits = |rng: &mut dyn rand::RngCore, n: usize| -> String {
+            let mut out = String::new();
+            for i in 0..n {
+                let first = i == 0 && n > 1;
+                out.push(char::from(
+                    b'0' + rand::Rng::gen_range(rng, u8::from(first)..10),
+                ));
+            }
+            out
+        };
+        let sign = |rng: &mut dyn rand::RngCore| {
+            if rand::Rng::gen_bool(rng, 0.5) {
+                "-"
+            } else {
+                ""
+            }
+        };
+        match rng.gen_range(0..9) {
+            0 => rng.gen::<i64>().to_string(),
+            1 => rng.gen::<u64>().to_string(),
+            2 => [
+                i64::MIN.to_string(),
+                i64::MAX.to_string(),
+                u64::MAX.to_string(),
+            ][rng.gen_range(0..3)]
+            .clone(),
+            // Around the edges of u64 and i64: one past them, and their neighbours.
+            3 => {
+                let edge = [u128::from(u64::MAX), 1u128 << 63][rng.gen_range(0..2)];
+                let n = edge - 2 + u128::from(rng.gen_range(0u8..5));
+                format!("{}{n}", sign(rng))
+            }
+            4 => {
+                let n = rng.gen_range(1..45);
+                format!("{}{}", sign(rng), digits(rng, n))
+            }
+            5 => {
+                let (a, b) = (rng.gen_range(1..20), rng.gen_range(1..20));
+                format!("{}{}.{}", sign(rng), digits(rng, a), digits(rng, b))
+            }
+            6 => {
+                let a = rng.gen_range(1..20);
+                let e = ["e", "E", "e+", "e-", "E-"][rng.gen_range(0..5)];
+                format!("{}{}{e}{}", sign(rng), digits(rng, a), rng.gen_range(0..30))
+            }
+            7 => {
+                let (a, b) = (rng.gen_range(1..5), rng.gen_range(1..5));
+                format!(
+                    "{}{}.{}e{}",
+                    sign(rng),
+                    digits(rng, a),
+                    digits(rng, b),
+                    rng.gen_range(0..400)
+                )
+            }
+            _ => ["-0", "0", "-0.0", "0.0", "0e0", "1.0", "1e2", "-1"][rng.gen_range(0..8)]
+                .to_string(),
+        }
+    }
+
+    /// Property: a numeric id either comes back as exactly the digits sent, or is refused
+    /// with the rule; an integer that fits i64 or u64 is never refused, and anything else
+    /// (fraction, exponent, beyond u64, negative zero) never accepted.
+    #[test]
+    fn numeric_ids_are_kept_exactly_as_sent_or_refused() {
+        use rand::SeedableRng;
+        let seed = property_seed("numeric_ids_are_kept_exactly_as_sent_or_refused");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let s = articles();
+        let (mut kept, mut refused) = (0, 0);
+        for _ in 0..20_000 {
+            let text = random_number_text(&mut rng);
+            let body = format!(r#"{{"id": {text}, "fields": {{}}}}"#);
+            let exact_integer = !text.contains(['.', 'e', 'E'])
+                && text != "-0"
+                && (text.parse::<i64>().is_ok() || text.parse::<u64>().is_ok());
+            // Both parsers a request can meet: the server's strict one and serde_json's own.
+            // A number past f64's range is no JSON they take (`malformed_json`): never an id.
+            let values = match parse_json_strict(body.as_bytes()) {
+                Ok(strict) => vec![strict, serde_json::from_str(&body).unwrap()],
+                Err(e) => {
+                    assert!(e.to_string().contains("number out of range"), "{body}: {e}");
+                    assert!(!exact_integer, "{body} was refused: {e}");
+                    refused += 1;
+                    continue;
+                }
+            };
+            for value in values {
+                match s.prepare_document(value) {
+                    Ok(doc) => {
+                        assert_eq!(doc.id, text, "{body} was stored under another id");
+                        assert!(exact_integer, "{body} was accepted");
+                        kept += 1;
+                    }
+                    Err(e) => {
+                        assert_eq!(e.code(), "invalid_document");
+                        assert!(e.to_string().contains(NUMERIC_ID_RULE), "{body}: {e}");
+                        assert!(!exact_integer, "{body} was refused: {e}");
+                        refused += 1;
+                    }
+                }
+            }
+        }
+        // Both sides of the property were exercised.
+        assert!(
+            kept > 5_000 && refused > 5_000,
+            "kept {kept}, refused {refused}"
+        );
+    }
+
+    #[test]
+    fn ids_that_fit_no_integer_are_refused_not_merged() {
+        let s = articles();
+        let id = |text: &str| {
+            s.prepare_document(
+                parse_json_strict(format!(r#"{{"id": {text}, "fields": {{}}}}"#).as_bytes())
+                    .unwrap(),
+            )
+            .map(|d| d.id)
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(id("18446744073709551615").unwrap(), "18446744073709551615");
+        assert_eq!(id("-9223372036854775808").unwrap(), "-9223372036854775808");
+        assert_eq!(id("3").unwrap(), "3");
+        // Once two distinct documents that rounded through f64 to one.
+        for text in [
+            "123456789012345678901234567890",
+            "123456789012345678901234567891",
+            "18446744073709551616",
+            "1e2",
+            "100.0",
+            "0.5",
+            "-0",
+            "-9223372036854775809",
+        ] {
+            let e = id(text).unwrap_err();
+            assert!(
+                e.contains("send any other id as a JSON string"),
+                "{text}: {e}"
+            );
+        }
+        assert!(id("true")
+            .unwrap_err()
+            .contains("must be a string or an integer"));
+        assert!(id("null")
+            .unwrap_err()
+            .contains("must be a string or an integer"));
     }
 }

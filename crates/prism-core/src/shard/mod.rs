@@ -15,6 +15,7 @@ mod query;
 mod query_string;
 pub mod snapshot;
 mod top;
+mod vector_files;
 mod writer;
 
 use std::collections::{BTreeMap, HashMap};

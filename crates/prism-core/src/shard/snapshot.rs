@@ -133,10 +133,7 @@ pub(crate) fn link_vectors(
             .map_err(|e| Error::io(entry.path(), e))?;
     }
     sync_dir(&to)?;
-    write_atomically(
-        &out.join("CHECKPOINT"),
-        format!("{applied} {files}").as_bytes(),
-    )?;
+    super::vector_files::write_pointer(&out, applied, files)?;
     sync_dir(&out)
 }
 

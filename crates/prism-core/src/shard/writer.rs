@@ -18,8 +18,8 @@ use tokio::sync::{oneshot, watch};
 
 use super::ops::{self, version_key, Op};
 use super::{
-    open_reader, resolve_fields, snapshot, Command, ReplayProgress, ShardConfig, Shared,
-    WriteHealth,
+    open_reader, resolve_fields, snapshot, vector_files, Command, ReplayProgress, ShardConfig,
+    Shared, WriteHealth,
 };
 use crate::error::{Error, Result};
 use crate::log::{
@@ -135,12 +135,7 @@ pub(crate) fn recover(
         None => 0,
     };
 
-    let LoadedVectors {
-        indexes: vectors,
-        keys: vector_keys,
-        checkpoint: vector_checkpoint,
-        files: vector_files,
-    } = load_vectors(dir, &schema)?;
+    let loaded = load_vectors(dir, &schema);
     let (log, recovery) = ShardLog::open(
         &dir.join("log"),
         OpenOptions {
@@ -148,6 +143,32 @@ pub(crate) fn recover(
             truncate_corrupt: config.truncate_corrupt_log,
         },
     )?;
+    let LoadedVectors {
+        indexes: vectors,
+        keys: vector_keys,
+        checkpoint: vector_checkpoint,
+        files: vector_files,
+        unchecked: vectors_unchecked,
+    } = match loaded {
+        Ok(loaded) => loaded,
+        // A damaged vector checkpoint is only a cache of the log: while the log still holds
+        // every entry from the first, the indexes are rebuilt from it. Otherwise the
+        // collection stays unavailable, naming the damaged file.
+        Err(Error::Corrupt { path, message }) => {
+            let first = log.first_index();
+            if first > 1 {
+                return Err(Error::Corrupt {
+                    path,
+                    message: format!(
+                        "{message}. The vector index cannot be rebuilt from the log, which starts at entry {first}: restore the collection from a backup"
+                    ),
+                });
+            }
+            tracing::error!(shard = %dir.display(), file = %path.display(), %message, "the vector checkpoint is damaged; the vector indexes are rebuilt from the log, which holds every entry");
+            fresh_vectors(&schema)?
+        }
+        Err(e) => return Err(e),
+    };
     let newest_checkpoint = text_checkpoint.max(if vectors.is_empty() {
         0
     } else {
@@ -201,7 +222,8 @@ pub(crate) fn recover(
         vector_keys,
         pending_removals: Vec::new(),
         vectors_saved_at: Instant::now(),
-        vectors_dirty: false,
+        // A checkpoint without checksums is rewritten, with them, at the next save.
+        vectors_dirty: vectors_unchecked,
         vectors_since_checkpoint: 0,
         vector_files,
     };
@@ -312,67 +334,71 @@ struct LoadedVectors {
     /// Last entry the saved indexes include; `u64::MAX` when there are no vector fields.
     checkpoint: u64,
     files: Option<String>,
+    /// Loaded from a checkpoint of an older version, without checksums: the next save
+    /// rewrites it with them.
+    unchecked: bool,
 }
 
-/// Reads `vectors/CHECKPOINT` (`<applied index> <directory>`) and loads that checkpoint.
+/// Empty vector indexes for every vector field of `schema`, as from before the first entry.
+fn fresh_vectors(schema: &CollectionSchema) -> Result<LoadedVectors> {
+    let mut indexes = BTreeMap::new();
+    for (name, params) in schema.vector_fields() {
+        indexes.insert(name.to_string(), VectorIndex::new(params)?);
+    }
+    Ok(LoadedVectors {
+        checkpoint: if indexes.is_empty() { u64::MAX } else { 0 },
+        indexes,
+        keys: HashMap::new(),
+        files: None,
+        unchecked: false,
+    })
+}
+
+/// Reads `vectors/CHECKPOINT` (see [`vector_files`]) and loads that checkpoint, each file
+/// checked against its checksum before usearch reads it. A damaged file is
+/// [`Error::Corrupt`] naming it; [`recover`] then rebuilds the indexes from the log if it can.
 fn load_vectors(dir: &Path, schema: &CollectionSchema) -> Result<LoadedVectors> {
-    let fresh = VectorIndex::new;
-    let params: Vec<_> = schema
-        .vector_fields()
-        .map(|(n, p)| (n.to_string(), p))
-        .collect();
-    if params.is_empty() {
-        return Ok(LoadedVectors {
-            indexes: BTreeMap::new(),
-            keys: HashMap::new(),
-            checkpoint: u64::MAX,
-            files: None,
+    if schema.vector_fields().next().is_none() {
+        return fresh_vectors(schema);
+    }
+    let root = vectors_dir(dir);
+    let Some(pointer) = vector_files::read_pointer(&root)? else {
+        return fresh_vectors(schema);
+    };
+    let ckpt_dir = root.join(&pointer.files);
+    let verified = vector_files::verify(&ckpt_dir)?;
+    if pointer.checked && verified.is_none() {
+        return Err(Error::Corrupt {
+            path: ckpt_dir.join(vector_files::CHECKSUMS),
+            message: format!(
+                "the vector checkpoint's checksum list is missing ({} names a checked checkpoint)",
+                root.join(vector_files::POINTER).display()
+            ),
         });
     }
-    let pointer = vectors_dir(dir).join("CHECKPOINT");
-    let corrupt = |message: String| Error::Corrupt {
-        path: pointer.clone(),
-        message,
-    };
-    let (checkpoint, files) = match fs::read_to_string(&pointer) {
-        Ok(text) => {
-            let mut parts = text.split_whitespace();
-            let index = parts
-                .next()
-                .and_then(|p| p.parse::<u64>().ok())
-                .ok_or_else(|| corrupt(format!("unreadable checkpoint pointer {text:?}")))?;
-            let files = parts
-                .next()
-                .ok_or_else(|| corrupt(format!("unreadable checkpoint pointer {text:?}")))?;
-            (index, Some(files.to_string()))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, None),
-        Err(e) => return Err(Error::io(&pointer, e)),
+    // A checked checkpoint holds exactly the files it lists; an older one, what is there.
+    let holds = |name: &str| match &verified {
+        Some(verified) => verified.holds(name),
+        None => ckpt_dir.join(name).exists(),
     };
     let mut indexes = BTreeMap::new();
-    let Some(files) = files else {
-        for (name, p) in params {
-            indexes.insert(name, fresh(p)?);
-        }
-        return Ok(LoadedVectors {
-            indexes,
-            keys: HashMap::new(),
-            checkpoint,
-            files: None,
-        });
-    };
-    let ckpt_dir = vectors_dir(dir).join(&files);
-    for (name, p) in params {
-        let path = ckpt_dir.join(format!("{name}.usearch"));
-        let index = if path.exists() {
-            VectorIndex::load(p, &path)?
+    for (name, p) in schema.vector_fields() {
+        let file = format!("{name}.usearch");
+        let index = if holds(&file) {
+            VectorIndex::load(p, &ckpt_dir.join(&file))?
         } else {
             // A field added after this checkpoint: it starts empty.
-            fresh(p)?
+            VectorIndex::new(p)?
         };
-        indexes.insert(name, index);
+        indexes.insert(name.to_string(), index);
     }
     let keys_path = ckpt_dir.join("keys.bin");
+    if !holds("keys.bin") {
+        return Err(Error::Corrupt {
+            path: keys_path,
+            message: "the vector checkpoint has no key map".into(),
+        });
+    }
     let bytes = fs::read(&keys_path).map_err(|e| Error::io(&keys_path, e))?;
     let keys = postcard::from_bytes(&bytes).map_err(|e| Error::Corrupt {
         path: keys_path,
@@ -381,8 +407,9 @@ fn load_vectors(dir: &Path, schema: &CollectionSchema) -> Result<LoadedVectors> 
     Ok(LoadedVectors {
         indexes,
         keys,
-        checkpoint,
-        files: Some(files),
+        checkpoint: pointer.applied,
+        files: Some(pointer.files),
+        unchecked: verified.is_none(),
     })
 }
 
@@ -602,9 +629,8 @@ impl StateMachine {
                     .to_string()
             }
         };
-        let pointer = root.join("CHECKPOINT");
-        if let Err(e) = write_atomically(&pointer, format!("{} {files}", self.applied).as_bytes()) {
-            let _ = fs::remove_file(pointer.with_extension("tmp"));
+        if let Err(e) = vector_files::write_pointer(&root, self.applied, &files) {
+            let _ = fs::remove_file(root.join(vector_files::POINTER).with_extension("tmp"));
             if self.vector_files.as_deref() != Some(files.as_str()) {
                 let _ = fs::remove_dir_all(root.join(&files));
             }
@@ -640,6 +666,7 @@ impl StateMachine {
         }
         let keys = postcard::to_stdvec(&self.vector_keys).expect("key map serializes");
         write_atomically(&target.join("keys.bin"), &keys)?;
+        vector_files::write_checksums(target)?;
         sync_dir(target)?;
         sync_dir(&vectors_dir(&shared.dir))
     }

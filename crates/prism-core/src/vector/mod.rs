@@ -476,12 +476,54 @@ fn sync_file(path: &Path) -> Result<()> {
         .map_err(|e| Error::io(path, e))
 }
 
+/// The largest squared Euclidean length a vector of a `dot` or `l2` field may have.
+///
+/// By Cauchy–Schwarz, any two such vectors have `|a·b| ≤ ‖a‖‖b‖ ≤ B` and
+/// `‖a−b‖² ≤ (‖a‖ + ‖b‖)² ≤ 4B`, and so does every partial sum a kernel accumulates (a sum
+/// over some of the components, in any order or lane split): with `B = 1e37` no f32 sum
+/// exceeds 4e37, under an eighth of `f32::MAX` (3.4e38), which leaves room for rounding. A
+/// dot product is then a finite score, and `1 / (1 + d²)` a finite positive one.
+pub const MAX_SQUARED_NORM: f64 = 1e37;
+
+/// Whether `values` may be written to, or searched in, a field of `distance`: every component
+/// finite and, so that every score it takes part in is a finite 32-bit float,
+/// - `dot`, `l2`: a squared length (summed in f64) of at most [`MAX_SQUARED_NORM`];
+/// - `cosine`: not all zeros (a zero vector has no direction). Any other length is fine:
+///   cosine vectors are normalized in f64 before an f32 kernel sees them.
+///
+/// The message says why a vector is refused; a caller adds the field's name.
+pub fn check_vector_magnitude(
+    values: &[f32],
+    distance: Distance,
+) -> std::result::Result<(), String> {
+    if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+        return Err(format!("element {i} is not a finite 32-bit float"));
+    }
+    let squared: f64 = values.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+    match distance {
+        Distance::Cosine if squared == 0.0 => {
+            Err("a zero vector has no cosine distance to anything".into())
+        }
+        Distance::Dot | Distance::L2 if squared > MAX_SQUARED_NORM => Err(format!(
+            "the vector's squared length is {squared:.3e}, over the {MAX_SQUARED_NORM:e} a {} field takes so that every score stays a finite 32-bit float; scale it down",
+            match distance {
+                Distance::Dot => "dot",
+                _ => "l2",
+            }
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Distance as usearch defines it: cosine `1 - cos`, dot `1 - a·b`, l2 squared Euclidean.
+/// Cosine sums in f64, as usearch's own cosine kernel does, so that no length overflows or
+/// underflows the norms.
 pub fn distance(kind: Distance, a: &[f32], b: &[f32]) -> f32 {
     match kind {
         Distance::Cosine => {
-            let (mut dot, mut na, mut nb) = (0f32, 0f32, 0f32);
-            for (x, y) in a.iter().zip(b) {
+            let (mut dot, mut na, mut nb) = (0f64, 0f64, 0f64);
+            for (&x, &y) in a.iter().zip(b) {
+                let (x, y) = (f64::from(x), f64::from(y));
                 dot += x * y;
                 na += x * x;
                 nb += y * y;
@@ -489,7 +531,7 @@ pub fn distance(kind: Distance, a: &[f32], b: &[f32]) -> f32 {
             if na == 0.0 || nb == 0.0 {
                 1.0
             } else {
-                1.0 - dot / (na.sqrt() * nb.sqrt())
+                (1.0 - dot / (na.sqrt() * nb.sqrt())) as f32
             }
         }
         Distance::Dot => 1.0 - a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>(),
@@ -499,10 +541,20 @@ pub fn distance(kind: Distance, a: &[f32], b: &[f32]) -> f32 {
 
 /// Turns a distance into a score where higher is better: cosine similarity, dot product, or
 /// `1 / (1 + l2²)` as Elasticsearch does.
+///
+/// Vectors are checked by [`check_vector_magnitude`] before they are written or searched, so
+/// the score is finite. A vector logged before that check existed could still overflow; its
+/// score is then held to the finite range (an overflowed dot product to ±`f32::MAX`, a NaN
+/// to the worst score), so that no answer ever carries a non-finite score.
 pub fn similarity(kind: Distance, distance: f32) -> f32 {
-    match kind {
+    let score = match kind {
         Distance::Cosine | Distance::Dot => 1.0 - distance,
         Distance::L2 => 1.0 / (1.0 + distance),
+    };
+    if score.is_nan() {
+        f32::MIN
+    } else {
+        score.clamp(f32::MIN, f32::MAX)
     }
 }
 
@@ -709,6 +761,164 @@ mod tests {
         // The same kernel on the same prepared query: the same bits.
         for (e, a) in exact.iter().zip(&approx) {
             assert_eq!(e.1, a.1);
+        }
+    }
+
+    /// A random finite f32 vector: components of one magnitude or of mixed ones, from
+    /// subnormal to `f32::MAX`, with zeros now and then.
+    fn random_vector(rng: &mut impl rand::Rng, dimension: usize) -> Vec<f32> {
+        let scale = rng.gen_range(-45i32..=38);
+        let mixed = rng.gen_bool(0.3);
+        (0..dimension)
+            .map(|_| {
+                if rng.gen_bool(0.1) {
+                    return 0.0;
+                }
+                let exponent = if mixed {
+                    rng.gen_range(-45i32..=38)
+                } else {
+                    scale
+                };
+                let x = rng.gen_range(-10.0f64..10.0) * 10f64.powi(exponent);
+                let x = x.clamp(-f64::from(f32::MAX), f64::from(f32::MAX)) as f32;
+                if x.is_finite() {
+                    x
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    }
+
+    /// Property: in every metric, a random finite vector is either refused by
+    /// [`check_vector_magnitude`], or scores finitely against every accepted vector: through
+    /// each kernel this CPU runs, the reference [`distance`], and an index's graph walk and
+    /// exact search.
+    #[test]
+    fn accepted_vectors_always_score_finitely() {
+        use rand::SeedableRng;
+        let seed = crate::schema::tests::property_seed("accepted_vectors_always_score_finitely");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let (mut accepted_total, mut refused_total, mut large) = (0, 0, 0);
+        for round in 0..24 {
+            let dimension = [1, 2, 3, 7, 8, 16, 17, 33, 64, 100][round % 10];
+            for distance in [Distance::Cosine, Distance::Dot, Distance::L2] {
+                let mut accepted: Vec<Vec<f32>> = Vec::new();
+                for _ in 0..60 {
+                    let v = random_vector(&mut rng, dimension);
+                    match check_vector_magnitude(&v, distance) {
+                        Ok(()) => accepted.push(v),
+                        Err(why) => {
+                            assert!(!why.is_empty());
+                            refused_total += 1;
+                        }
+                    }
+                }
+                // Vectors right at the bound, pointing both ways: the worst pairs.
+                if distance != Distance::Cosine {
+                    let x = ((MAX_SQUARED_NORM / dimension as f64).sqrt() * 0.999_999) as f32;
+                    accepted.push(vec![x; dimension]);
+                    accepted.push(vec![-x; dimension]);
+                }
+                for v in &accepted {
+                    check_vector_magnitude(v, distance).unwrap();
+                    let norm2: f64 = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+                    large += usize::from(norm2 > 1e30);
+                }
+                accepted_total += accepted.len();
+                let params = VectorParams {
+                    dimension,
+                    distance,
+                    m: 16,
+                    ef_construction: 64,
+                    ef_search: 64,
+                };
+                let index = VectorIndex::new(params).unwrap();
+                for (key, v) in accepted.iter().enumerate() {
+                    index.add(key as u64, v).unwrap();
+                }
+                let kernels: [(kernel::Kernel, kernel::Kernel); 2] = [
+                    (kernel::dot(), kernel::l2_squared()),
+                    (kernel::dot_portable, kernel::l2_portable),
+                ];
+                for (qi, q) in accepted.iter().enumerate() {
+                    for v in &accepted {
+                        for (dot, l2) in kernels {
+                            let d = match distance {
+                                Distance::Dot => 1.0 - dot(q, v),
+                                Distance::L2 => l2(q, v),
+                                Distance::Cosine => distance_of_unit(dot, q, v),
+                            };
+                            let score = similarity(distance, d);
+                            assert!(
+                                d.is_finite() && score.is_finite(),
+                                "{distance:?}: {q:?} against {v:?} gives distance {d}"
+                            );
+                        }
+                        let d = super::distance(distance, q, v);
+                        assert!(d.is_finite(), "{distance:?} reference: {q:?} / {v:?}: {d}");
+                    }
+                    let walked = index.search(q, accepted.len(), |_| true).unwrap();
+                    let exact = index.exact_search(
+                        q,
+                        accepted.len(),
+                        (0..accepted.len() as u64).map(|k| (k, k)),
+                    );
+                    assert_eq!(exact.len(), accepted.len());
+                    for (key, d) in walked.iter().chain(&exact) {
+                        assert!(
+                            d.is_finite() && similarity(distance, *d).is_finite(),
+                            "{distance:?}: query {qi} {q:?} against {key}: distance {d}"
+                        );
+                    }
+                }
+            }
+        }
+        // Both sides of the property were exercised, large accepted vectors included.
+        assert!(accepted_total > 1000, "{accepted_total} accepted");
+        assert!(refused_total > 500, "{refused_total} refused");
+        assert!(
+            large > 100,
+            "{large} accepted vectors of squared length over 1e30"
+        );
+    }
+
+    /// The cosine distance a normalizing index computes: both vectors unit-normalized in f64,
+    /// then an f32 kernel.
+    fn distance_of_unit(dot: kernel::Kernel, a: &[f32], b: &[f32]) -> f32 {
+        let unit = |v: &[f32]| -> Vec<f32> {
+            let norm = v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+            v.iter().map(|&x| (f64::from(x) / norm) as f32).collect()
+        };
+        1.0 - dot(&unit(a), &unit(b))
+    }
+
+    #[test]
+    fn overflowing_vectors_are_refused_with_the_reason() {
+        // Each component is a finite f32, but 8 · (1e19)² = 8e38 overflows f32 as a dot
+        // product with itself.
+        let huge = vec![1e19f32; 8];
+        assert!(!(kernel::dot()(&huge, &huge)).is_finite());
+        for distance in [Distance::Dot, Distance::L2] {
+            let why = check_vector_magnitude(&huge, distance).unwrap_err();
+            assert!(
+                why.contains("squared length") && why.contains("1e37"),
+                "{why}"
+            );
+        }
+        // Cosine normalizes first: a huge vector is fine, a zero one is not.
+        check_vector_magnitude(&huge, Distance::Cosine).unwrap();
+        let why = check_vector_magnitude(&[0.0; 8], Distance::Cosine).unwrap_err();
+        assert!(why.contains("zero vector"), "{why}");
+        // Subnormal components: tiny, not zero.
+        check_vector_magnitude(&[1e-45, 0.0], Distance::Cosine).unwrap();
+        assert!(check_vector_magnitude(&[f32::NAN], Distance::L2).is_err());
+        // A score computed from an overflowed distance (data logged before the check) is
+        // still finite.
+        for distance in [Distance::Cosine, Distance::Dot, Distance::L2] {
+            for d in [f32::INFINITY, f32::NEG_INFINITY, f32::NAN] {
+                assert!(similarity(distance, d).is_finite(), "{distance:?} {d}");
+            }
         }
     }
 }
