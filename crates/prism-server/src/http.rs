@@ -643,7 +643,7 @@ pub fn run_pipeline(
         match pipeline.apply(&mut doc, &now) {
             Ok(()) => kept.push(doc),
             Err(message) => refused.push(DocumentError {
-                id: doc["id"].as_str().unwrap_or_default().to_string(),
+                id: prism_core::schema::document_id(&doc["id"]).unwrap_or_default(),
                 code: "pipeline_failed".into(),
                 message,
             }),

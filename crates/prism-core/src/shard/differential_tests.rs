@@ -393,6 +393,8 @@ fn wildcards_inside_terms_and_oversized_distances_are_refused() {
         ("apple~x", "fuzzy term"),
         ("gra*~1", "not both"),
         ("year:19*", "text or keyword"),
+        ("apple^2000000000", "boost"),
+        ("((apple^100000)^100000)^100000", "boost"),
         ("\"apple banana\"~300", "slop"),
         ("title:(", "does not parse"),
     ] {

@@ -216,6 +216,8 @@ fn plan<'a>(shared: &'a Shared, request: &'a SearchRequest) -> Result<Plan<'a>> 
                     "vector values must be finite 32-bit floats".into(),
                 ));
             }
+            crate::vector::check_vector_magnitude(&values, index.params().distance)
+                .map_err(|why| Error::InvalidQuery(format!("vector for {field:?}: {why}")))?;
             Some((name.as_str(), index, values))
         }
     };

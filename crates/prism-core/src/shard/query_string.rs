@@ -42,12 +42,17 @@ pub(crate) fn parse(parser: &Parser, text: &str, what: &str) -> Result<Box<dyn Q
     let ast = tantivy::query_grammar::parse_query(text).map_err(|_| {
         invalid("the query string does not parse; see docs/api.md for its syntax".into())
     })?;
-    build(parser, ast, &invalid)
+    build(parser, ast, 1.0, &invalid)
 }
+
+/// The largest product of the boosts around one clause: BM25 scores stay far from f32's
+/// range (a clause scores in the tens; 1,024 clauses at 1e9 sum to about 1e13).
+pub(crate) const MAX_BOOST: f64 = 1e9;
 
 fn build(
     parser: &Parser,
     ast: UserInputAst,
+    boosted: f64,
     invalid: &dyn Fn(String) -> Error,
 ) -> Result<Box<dyn Query>> {
     match ast {
@@ -59,7 +64,7 @@ fn build(
                     Some(InputOccur::MustNot) => Occur::MustNot,
                     Some(InputOccur::Should) | None => Occur::Should,
                 };
-                built.push((occur, build(parser, clause, invalid)?));
+                built.push((occur, build(parser, clause, boosted, invalid)?));
             }
             if built.iter().all(|(occur, _)| *occur == Occur::MustNot) {
                 // Exclusions alone exclude from every document.
@@ -71,15 +76,16 @@ fn build(
             Ok(Box::new(BooleanQuery::new(built)))
         }
         UserInputAst::Boost(inner, boost) => {
-            let boost = boost.0 as f32;
-            if !boost.is_finite() || boost < 0.0 {
+            let boost = boost.0;
+            let total = boosted * boost;
+            if !(0.0..=MAX_BOOST).contains(&boost) || total > MAX_BOOST {
                 return Err(invalid(format!(
-                    "a boost must be a finite number ≥ 0, got {boost}"
+                    "a boost must be from 0 to {MAX_BOOST:e}, nested boosts included (got {boost}, {total:e} with those around it)"
                 )));
             }
             Ok(Box::new(BoostQuery::new(
-                build(parser, *inner, invalid)?,
-                boost,
+                build(parser, *inner, total, invalid)?,
+                boost as f32,
             )))
         }
         UserInputAst::Leaf(leaf) => build_leaf(parser, *leaf, invalid),
