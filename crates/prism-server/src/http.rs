@@ -1134,7 +1134,17 @@ async fn cluster_search(
     Body(body, _body_reserved): Body,
 ) -> ApiResult<Json<crate::cluster::FederatedSearchResponse>> {
     prism_core::schema::validate_collection_name(&name)?;
-    Ok(Json(cluster_of(&state)?.search(&name, &body).await?))
+    let mut answer = cluster_of(&state)?.search(&name, &body).await?;
+    // Every member holds the collection's schema: it decodes `top_hits` sort values.
+    if let (Some(answered), Ok(local)) =
+        (answer.aggregations.as_mut(), state.engine.collection(&name))
+    {
+        let asked: Value = serde_json::from_slice(&body).unwrap_or_default();
+        prism_core::search::decode_top_hits_sort(&asked["aggregations"], answered, &|field| {
+            local.schema().fields.get(field).map(|d| d.field_type)
+        });
+    }
+    Ok(Json(answer))
 }
 
 /// Indexes documents, each on the node that owns its id.

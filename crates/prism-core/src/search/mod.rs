@@ -712,6 +712,77 @@ pub struct ShardHits {
     pub timed_out: bool,
 }
 
+/// Turns the sort values of `top_hits` aggregations in `result` (tantivy answers the u64 it
+/// keeps in its columns: 9223372036854775801 for -7) back into the values the documents
+/// hold: numbers for numeric fields, epoch milliseconds for dates (as Elasticsearch), booleans.
+/// `field_type` gives each field's type; `request` is the aggregation request `result`
+/// answers, walked together with it through buckets and sub-aggregations.
+pub fn decode_top_hits_sort(
+    request: &Value,
+    result: &mut Value,
+    field_type: &dyn Fn(&str) -> Option<crate::schema::FieldType>,
+) {
+    use crate::schema::FieldType;
+    use tantivy::columnar::MonotonicallyMappableToU64;
+    let Some(request) = request.as_object() else {
+        return;
+    };
+    for (name, agg) in request {
+        let Some(answer) = result.get_mut(name) else {
+            continue;
+        };
+        if let Some(sort) = agg["top_hits"]["sort"].as_array() {
+            let fields: Vec<Option<&str>> = sort
+                .iter()
+                .map(|key| {
+                    key.as_object()
+                        .and_then(|o| o.keys().next())
+                        .map(String::as_str)
+                })
+                .collect();
+            for hit in answer["hits"].as_array_mut().into_iter().flatten() {
+                for (value, field) in hit["sort"]
+                    .as_array_mut()
+                    .into_iter()
+                    .flatten()
+                    .zip(&fields)
+                {
+                    let (Some(raw), Some(kind)) = (value.as_u64(), field.and_then(field_type))
+                    else {
+                        continue;
+                    };
+                    *value = match kind {
+                        FieldType::I64 => Value::from(i64::from_u64(raw)),
+                        FieldType::F64 => Value::from(f64::from_u64(raw)),
+                        FieldType::Bool => Value::from(bool::from_u64(raw)),
+                        FieldType::Date => Value::from(
+                            tantivy::DateTime::from_u64(raw).into_timestamp_nanos() / 1_000_000,
+                        ),
+                        _ => continue,
+                    };
+                }
+            }
+        }
+        let Some(sub) = agg.get("aggs").or_else(|| agg.get("aggregations")) else {
+            continue;
+        };
+        match answer.get_mut("buckets") {
+            Some(Value::Array(buckets)) => {
+                for bucket in buckets {
+                    decode_top_hits_sort(sub, bucket, field_type);
+                }
+            }
+            Some(Value::Object(buckets)) => {
+                for bucket in buckets.values_mut() {
+                    decode_top_hits_sort(sub, bucket, field_type);
+                }
+            }
+            // A `filter` aggregation holds its sub-aggregations beside its count.
+            _ => decode_top_hits_sort(sub, answer, field_type),
+        }
+    }
+}
+
 /// Merges shards' intermediate aggregation results and finishes them, so that a sharded
 /// collection's aggregations equal one index's.
 pub fn merge_aggregations(request: &Value, parts: &[Vec<u8>]) -> Result<Value> {

@@ -573,7 +573,12 @@ pub(crate) fn search(
             let finished = partial
                 .into_final_result(aggs, budget.aggregation_limits())
                 .map_err(query_error)?;
-            Some(serde_json::to_value(finished).map_err(invalid_query)?)
+            let mut answer = serde_json::to_value(finished).map_err(invalid_query)?;
+            let asked = request.aggregations.as_ref().unwrap_or(&Value::Null);
+            crate::search::decode_top_hits_sort(asked, &mut answer, &|field| {
+                shared.schema.fields.get(field).map(|d| d.field_type)
+            });
+            Some(answer)
         }
         _ => None,
     };

@@ -970,3 +970,40 @@ fn a_spent_budget_stops_a_search_and_marks_it_timed_out() {
         ));
     }
 }
+
+/// `top_hits` sort values are the documents' values, not tantivy's u64 encoding of them.
+#[test]
+fn top_hits_sort_values_are_the_documents_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = open(dir.path());
+    let s = schema();
+    shard
+        .write_blocking(vec![
+            upsert(
+                &s,
+                json!({"id":"a","fields":{"title":"x","tag":"t","year":-7}}),
+            ),
+            upsert(
+                &s,
+                json!({"id":"b","fields":{"title":"x","tag":"t","year":2024}}),
+            ),
+        ])
+        .unwrap();
+    shard.refresh_blocking().unwrap();
+    let hits = |aggs: serde_json::Value, path: &dyn Fn(&serde_json::Value) -> serde_json::Value| {
+        let r = shard
+            .search(&request(json!({"limit": 0, "aggregations": aggs})))
+            .unwrap();
+        path(&r.aggregations.unwrap())
+    };
+    let top =
+        json!({"top_hits": {"size": 2, "sort": [{"year": "asc"}], "docvalue_fields": ["year"]}});
+    let flat = hits(json!({"h": top.clone()}), &|a| a["h"]["hits"].clone());
+    assert_eq!(flat[0]["sort"], json!([-7]), "{flat}");
+    assert_eq!(flat[1]["sort"], json!([2024]), "{flat}");
+    let nested = hits(
+        json!({"t": {"terms": {"field": "tag"}, "aggs": {"h": top}}}),
+        &|a| a["t"]["buckets"][0]["h"]["hits"].clone(),
+    );
+    assert_eq!(nested[0]["sort"], json!([-7]), "{nested}");
+}
