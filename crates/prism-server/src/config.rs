@@ -245,6 +245,9 @@ impl Default for SearchConfig {
 
 impl SearchConfig {
     pub fn limits(&self) -> anyhow::Result<prism_core::search::budget::SearchLimits> {
+        if self.queue_size == 0 {
+            anyhow::bail!("search.queue_size = 0 would refuse every search; set it to at least 1");
+        }
         if self.default_timeout_ms == 0 || self.default_timeout_ms > self.max_timeout_ms {
             anyhow::bail!(
                 "search.default_timeout_ms = {} must be positive and at most search.max_timeout_ms = {}",

@@ -28,7 +28,7 @@ use crate::answers::*;
 use crate::budget::{InFlightBudget, Reservation};
 use crate::error::{ApiError, ApiResult};
 use crate::metrics;
-use crate::openapi::{CollectionReadErrors, WriteErrors};
+use crate::openapi::{CollectionReadErrors, SearchErrors, WriteErrors};
 
 /// What every handler can reach.
 pub struct AppState {
@@ -906,7 +906,7 @@ async fn index_documents(
     let pipeline = named_pipeline(&state.pipelines, params.pipeline.as_deref())?;
     let collection = collection(&state, &name)?;
     // A JSON tree of small values holds about ten times its text.
-    let _parsing = state.in_flight.reserve(
+    let parsing = state.in_flight.reserve(
         (body.len() as u64).saturating_mul(JSON_TREE_BYTES_PER_BYTE),
         "parsing this request's documents",
     )?;
@@ -916,12 +916,14 @@ async fn index_documents(
     }
     let total = documents.len();
     let preparing = collection.clone();
-    let (batch, refused) = tokio::task::spawn_blocking(move || {
+    // The reservation travels with the work: a client that leaves drops this handler, not
+    // the blocking task, which holds the memory until it ends.
+    let (batch, refused, _parsing) = tokio::task::spawn_blocking(move || {
         let (documents, refused) = match &pipeline {
             Some(pipeline) => run_pipeline(pipeline, documents),
             None => (documents, Vec::new()),
         };
-        (preparing.prepare_upserts(documents), refused)
+        (preparing.prepare_upserts(documents), refused, parsing)
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
@@ -961,13 +963,16 @@ async fn bulk_documents(
     let pipeline = named_pipeline(&state.pipelines, params.pipeline.as_deref())?;
     let collection = collection(&state, &name)?;
     let lines = body.iter().filter(|b| **b == b'\n').count() + 1;
-    let _preparing = state.in_flight.reserve(
+    let preparing_reserved = state.in_flight.reserve(
         crate::budget::batch_estimate(body.len(), lines),
         format!("preparing this bulk of {lines} lines"),
     )?;
     let preparing = collection.clone();
     // Each line is validated as soon as it is parsed, so that one document's JSON tree (32
     // bytes a number: 12 KB for a 384-d vector) is alive at a time, not the whole batch's.
+    // The reservations travel with the body into the blocking task: a client that leaves
+    // drops this handler, not the task, which holds the memory until it ends.
+    let held = (preparing_reserved, _body_reserved);
     let prepared = tokio::task::spawn_blocking(move || {
         let mut batch = PreparedBatch {
             ops: Vec::new(),
@@ -1019,11 +1024,11 @@ async fn bulk_documents(
                 }
             }
         }
-        Ok((batch, total, errors))
+        Ok((batch, total, errors, held))
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    let (batch, total, errors) = prepared?;
+    let (batch, total, errors, _held) = prepared?;
     index_batch(
         collection,
         batch,
@@ -1229,7 +1234,7 @@ async fn refresh(
     responses(
         (status = 200, description = "The page of results and the true total", body = SearchResponse),
         (status = 400, description = "`invalid_query`, `malformed_json`", body = ErrorBody),
-        CollectionReadErrors,
+        SearchErrors,
     ))]
 async fn search(
     State(state): Shared,
@@ -1254,6 +1259,7 @@ async fn search(
             }
         }
     })?;
+    request.validate()?;
     let budget = state.search_pool.budget(request.timeout)?;
     let reserved = state
         .in_flight

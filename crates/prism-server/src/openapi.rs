@@ -50,8 +50,16 @@ const MIDDLEWARE_ANSWERS: &[(&str, &str, bool)] = &[
     ),
     (
         "413",
-        "`payload_too_large`: the body (or its declared length) is over `server.max_body_bytes`",
+        "`payload_too_large`: the body (or its declared length) is over `server.max_body_bytes`; \
+         `request_too_large`: the request would hold more than the node's whole in-flight budget \
+         (`server.max_in_flight_bytes`)",
         false,
+    ),
+    (
+        "429",
+        "`circuit_breaking`: the requests in flight hold the node's in-flight memory budget \
+         (`server.max_in_flight_bytes`); retry with backoff (`Retry-After`)",
+        true,
     ),
     (
         "414",
@@ -104,6 +112,25 @@ impl utoipa::IntoResponses for CollectionReadErrors {
         error_answers(&[
             ("404", "`collection_not_found`"),
             ("503", "`collection_recovering` or `collection_unavailable`"),
+        ])
+    }
+}
+
+/// The error answers of a search: those of a collection read, the search queue and deadline.
+pub struct SearchErrors;
+
+impl utoipa::IntoResponses for SearchErrors {
+    fn responses() -> std::collections::BTreeMap<String, RefOr<Response>> {
+        error_answers(&[
+            ("404", "`collection_not_found`"),
+            (
+                "429",
+                "`overloaded`: `search.queue_size` searches wait for a search thread; retry with backoff (`Retry-After`)",
+            ),
+            (
+                "503",
+                "`collection_recovering` or `collection_unavailable`; `search_timeout`: the deadline passed before a search thread took the search",
+            ),
         ])
     }
 }

@@ -302,7 +302,7 @@ where
     }
 }
 
-/// A client socket that records when it last received bytes.
+/// A client socket that records when it last received or sent bytes.
 struct TrackedIo {
     inner: TcpStream,
     activity: Arc<Activity>,
@@ -331,7 +331,13 @@ impl AsyncWrite for TrackedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            // A response still being written to a slow reader is not idle.
+            this.activity.touch(&this.clock);
+        }
+        result
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -347,7 +353,12 @@ impl AsyncWrite for TrackedIo {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch(&this.clock);
+        }
+        result
     }
 
     fn is_write_vectored(&self) -> bool {

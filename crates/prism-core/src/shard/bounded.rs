@@ -64,6 +64,9 @@ pub(crate) struct BoundedQuery {
     budget: Arc<SearchBudget>,
     /// A lone term counts its matches from its document frequency, without a scorer loop.
     counts_without_scan: bool,
+    /// Terms and boolean queries prune (block-max WAND) in tantivy's own loop, which calls
+    /// back for every competitive document; other queries prune here, over the bounded scorer.
+    prunes_natively: bool,
 }
 
 impl BoundedQuery {
@@ -78,10 +81,12 @@ impl BoundedQuery {
 
     pub(crate) fn new(inner: Box<dyn Query>, budget: Arc<SearchBudget>) -> Self {
         let counts_without_scan = inner.is::<TermQuery>();
+        let prunes_natively = counts_without_scan || inner.is::<BooleanQuery>();
         BoundedQuery {
             inner,
             budget,
             counts_without_scan,
+            prunes_natively,
         }
     }
 }
@@ -120,6 +125,7 @@ impl Clone for BoundedQuery {
             inner: self.inner.box_clone(),
             budget: self.budget.clone(),
             counts_without_scan: self.counts_without_scan,
+            prunes_natively: self.prunes_natively,
         }
     }
 }
@@ -138,6 +144,7 @@ impl Query for BoundedQuery {
             inner: self.inner.weight(enable_scoring)?,
             budget: self.budget.clone(),
             counts_without_scan: self.counts_without_scan,
+            prunes_natively: self.prunes_natively,
         }))
     }
 
@@ -150,6 +157,7 @@ struct BoundedWeight {
     inner: Box<dyn Weight>,
     budget: Arc<SearchBudget>,
     counts_without_scan: bool,
+    prunes_natively: bool,
 }
 
 impl Weight for BoundedWeight {
@@ -197,6 +205,20 @@ impl Weight for BoundedWeight {
         callback: &mut dyn FnMut(DocId, Score) -> Score,
     ) -> tantivy::Result<()> {
         if self.budget.exhausted() {
+            return Ok(());
+        }
+        if !self.prunes_natively {
+            // tantivy's default loop over the inner scorer would not stop: loop over ours.
+            let mut scorer = self.scorer(reader, 1.0)?;
+            let mut threshold = threshold;
+            let mut doc = scorer.doc();
+            while doc != TERMINATED {
+                let score = scorer.score();
+                if score > threshold {
+                    threshold = callback(doc, score);
+                }
+                doc = scorer.advance();
+            }
             return Ok(());
         }
         let mut interval = CheckInterval::new();

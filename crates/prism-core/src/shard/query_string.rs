@@ -29,6 +29,10 @@ use crate::search::MAX_PHRASE_SLOP;
 /// The largest edit distance of a fuzzy term (`term~2`).
 pub(crate) const MAX_FUZZY_DISTANCE: u32 = 2;
 
+/// The longest text of a prefix or fuzzy term, in characters: tantivy builds an automaton
+/// whose size grows with the text's length times its distinct characters.
+pub(crate) const MAX_EXPANDED_TERM_CHARS: usize = 256;
+
 /// tantivy's parser, with what it does not expose: the schema and the default fields.
 pub(crate) struct Parser {
     pub parser: QueryParser,
@@ -57,6 +61,11 @@ fn build(
 ) -> Result<Box<dyn Query>> {
     match ast {
         UserInputAst::Clause(clauses) => {
+            if clauses.is_empty() {
+                return Err(invalid(
+                    "an empty group () matches nothing; remove it".into(),
+                ));
+            }
             let mut built = Vec::with_capacity(clauses.len() + 1);
             for (occur, clause) in clauses {
                 let occur = match occur {
@@ -147,6 +156,11 @@ fn build_leaf(
                         return Err(invalid(format!(
                             "{}~{distance}: a fuzzy term's edit distance is at most {MAX_FUZZY_DISTANCE}",
                             literal.phrase
+                        )));
+                    }
+                    if body.chars().count() > MAX_EXPANDED_TERM_CHARS {
+                        return Err(invalid(format!(
+                            "a prefix or fuzzy term is at most {MAX_EXPANDED_TERM_CHARS} characters long"
                         )));
                     }
                     let kind = if prefix {
