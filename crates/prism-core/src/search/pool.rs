@@ -253,8 +253,11 @@ fn work(shared: &Shared, per_key: usize) {
             job();
             schedule = shared.schedule.lock();
             schedule.finished(&key);
-            // A collection under its cap again may have work another thread skipped.
-            shared.ready.notify_one();
+            // A collection under its cap again may have work another thread skipped; without
+            // waiting work, waking a thread would cost two context switches for nothing.
+            if schedule.waiting > 0 {
+                shared.ready.notify_one();
+            }
             continue;
         }
         if schedule.stopped && schedule.waiting == 0 {
