@@ -227,6 +227,10 @@ pub struct SearchConfig {
     pub aggregation_memory_bytes: u64,
     /// Most buckets one aggregation may return.
     pub max_buckets: u32,
+    /// How long a search may first run on the async worker that received it, sparing the
+    /// hand-off to a search thread, when its collection's searches are usually short. A
+    /// search still running after it moves to the pool. 0: every search goes to the pool.
+    pub inline_slice_ms: u64,
 }
 
 impl Default for SearchConfig {
@@ -239,6 +243,7 @@ impl Default for SearchConfig {
             max_timeout_ms: limits.max_timeout.as_millis() as u64,
             aggregation_memory_bytes: limits.aggregation_memory_bytes,
             max_buckets: limits.max_buckets,
+            inline_slice_ms: 5,
         }
     }
 }
@@ -269,6 +274,13 @@ impl SearchConfig {
         self.threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()) + 1)
             .max(2)
+    }
+
+    /// How long a search may run inline, and how many may at once: half the async workers
+    /// (one per core), rounded down, so that the others stay free (none on one core).
+    pub fn inline(&self) -> (usize, Duration) {
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (workers / 2, Duration::from_millis(self.inline_slice_ms))
     }
 }
 
@@ -392,6 +404,9 @@ fn apply_env(config: &mut Config, env: impl Fn(&str) -> Option<String>) -> anyho
     }
     if let Some(v) = env("PRISM_SEARCH_DEFAULT_TIMEOUT_MS") {
         config.search.default_timeout_ms = parse_env("PRISM_SEARCH_DEFAULT_TIMEOUT_MS", &v)?;
+    }
+    if let Some(v) = env("PRISM_SEARCH_INLINE_SLICE_MS") {
+        config.search.inline_slice_ms = parse_env("PRISM_SEARCH_INLINE_SLICE_MS", &v)?;
     }
     if let Some(v) = env("PRISM_SEARCH_MAX_TIMEOUT_MS") {
         config.search.max_timeout_ms = parse_env("PRISM_SEARCH_MAX_TIMEOUT_MS", &v)?;

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
 use prism_core::engine::{Collection, DocumentError, Engine, PreparedBatch, Refresh};
 use prism_core::schema::CollectionSchema;
+use prism_core::search::pool::Started;
 use prism_core::search::{SearchRequest, SearchResponse};
 use prism_core::shard::Op;
 use serde_json::{json, Value};
@@ -1264,14 +1265,18 @@ async fn search(
     let reserved = state
         .in_flight
         .reserve(search_estimate(&request, &state), "this search")?;
-    // The search runs on the search pool, never on this async worker. If this handler is
-    // dropped (the client left) the guard cancels the search at its next check.
+    // The search runs on the search pool, or within a short slice on this async worker
+    // (SearchPool::start). If this handler is dropped while it waits (the client left) the
+    // guard cancels the search at its next check.
     let cancel_on_drop = CancelOnDrop(budget.clone());
-    let answer = state.search_pool.submit(&name, budget, move |budget| {
-        let _reserved = reserved;
+    let started_search = state.search_pool.start(&name, budget, move |budget| {
+        let _held_until_answered = &reserved;
         collection.shard().search_within(&request, budget)
     })?;
-    let mut response = answer.await.map_err(|_| search_failed())??;
+    let mut response = match started_search {
+        Started::Answered(answer) => answer?,
+        Started::Queued(answer) => answer.await.map_err(|_| search_failed())??,
+    };
     drop(cancel_on_drop);
     response.latency_ms = started.elapsed().as_millis() as u64;
     if response.timed_out {

@@ -234,13 +234,15 @@ async fn run(cli: config::Cli, config: config::Config) -> anyhow::Result<()> {
         })
     };
     let search_threads = config.search.threads();
+    let (inline_slots, inline_slice) = config.search.inline();
     let search_pool = Arc::new(
         prism_core::search::pool::SearchPool::new(
             search_threads,
             config.search.queue_size,
             config.search.limits()?,
         )
-        .context("cannot start the search threads")?,
+        .context("cannot start the search threads")?
+        .with_inline(inline_slots, inline_slice),
     );
     let in_flight = budget::InFlightBudget::new(
         config
@@ -251,6 +253,8 @@ async fn run(cli: config::Cli, config: config::Config) -> anyhow::Result<()> {
     tracing::info!(
         search_threads,
         search_queue = config.search.queue_size,
+        inline_slots,
+        inline_slice_ms = inline_slice.as_millis() as u64,
         max_in_flight_bytes = in_flight.limit(),
         "request limits"
     );

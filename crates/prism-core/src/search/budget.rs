@@ -89,6 +89,23 @@ impl SearchBudget {
         }
     }
 
+    /// This budget cut to at most `slice` from now, with its own cancellation and timeout
+    /// flags: a first attempt that may be dropped and run again under the whole budget.
+    pub fn sliced(&self, slice: Duration) -> SearchBudget {
+        let end = Instant::now().checked_add(slice);
+        SearchBudget {
+            deadline: match (self.deadline, end) {
+                (Some(deadline), Some(end)) => Some(deadline.min(end)),
+                (deadline, end) => deadline.or(end),
+            },
+            cancelled: AtomicBool::new(false),
+            timed_out: AtomicBool::new(false),
+            stopping: self.stopping.clone(),
+            aggregation_memory_bytes: self.aggregation_memory_bytes,
+            max_buckets: self.max_buckets,
+        }
+    }
+
     /// Ends this search too when `stopping` is set.
     pub fn stopped_by(mut self, stopping: Arc<AtomicBool>) -> Self {
         self.stopping = Some(stopping);

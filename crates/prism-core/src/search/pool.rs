@@ -9,9 +9,17 @@
 //!
 //! Each job carries its [`SearchBudget`]: one that is cancelled or out of time when a thread
 //! takes it is answered without running, and stopping the pool cancels every search in flight.
+//!
+//! Handing a search to a thread and its answer back costs two cross-thread wake-ups, which
+//! on a small machine cost as much CPU as a cheap search itself. So [`SearchPool::start`]
+//! first runs a search on the calling thread within a short slice, when the searches of its
+//! collection recently took well under that slice and an inline slot is free. A search the
+//! slice cuts short is dropped (searches have no side effects) and queued with its whole
+//! budget. The calling async worker is thus held at most one slice, and at most
+//! `inline slots` workers at once: the rest stay free for `/health` and writes.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,6 +88,70 @@ struct Shared {
     ready: Condvar,
 }
 
+/// Whether a collection's recent searches are short enough to try the next one inline:
+/// they took under half the slice on average, or none has run yet.
+fn worth_running_inline(recent: Option<Duration>, slice: Duration) -> bool {
+    !slice.is_zero() && recent.is_none_or(|recent| recent < slice / 2)
+}
+
+/// The average time of a collection's recent searches (inline or on the pool), weighing the
+/// latest by a quarter.
+#[derive(Default)]
+struct RecentCosts {
+    by_key: HashMap<String, Duration>,
+}
+
+/// Collections remembered at most; past it the memory starts afresh (deleted collections
+/// leave their names behind).
+const MOST_REMEMBERED_COLLECTIONS: usize = 4096;
+
+impl RecentCosts {
+    fn get(&self, key: &str) -> Option<Duration> {
+        self.by_key.get(key).copied()
+    }
+
+    fn record(&mut self, key: &str, took: Duration) {
+        if let Some(average) = self.by_key.get_mut(key) {
+            *average = (*average * 3 + took) / 4;
+            return;
+        }
+        if self.by_key.len() >= MOST_REMEMBERED_COLLECTIONS {
+            self.by_key.clear();
+        }
+        self.by_key.insert(key.to_string(), took);
+    }
+}
+
+/// How searches may run on the calling thread before they go to the pool.
+struct Inline {
+    /// The longest an inline attempt runs; zero never runs one.
+    slice: Duration,
+    /// Most inline attempts at once.
+    slots: usize,
+    running: AtomicUsize,
+    costs: Mutex<RecentCosts>,
+    answered: AtomicU64,
+    moved: AtomicU64,
+}
+
+/// An inline slot, given back when dropped (also when the search panics).
+struct InlineSlot<'a>(&'a AtomicUsize);
+
+impl Drop for InlineSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Where a started search is.
+pub enum Started<T> {
+    /// It ran on the calling thread; here is its answer.
+    Answered(Result<T>),
+    /// It waits for or runs on a search thread; the receiver gets its answer, and an error
+    /// when it panicked.
+    Queued(oneshot::Receiver<Result<T>>),
+}
+
 /// A bounded pool of search threads.
 pub struct SearchPool {
     shared: Arc<Shared>,
@@ -88,6 +160,7 @@ pub struct SearchPool {
     capacity: usize,
     stopping: Arc<AtomicBool>,
     limits: SearchLimits,
+    inline: Arc<Inline>,
 }
 
 impl SearchPool {
@@ -119,7 +192,38 @@ impl SearchPool {
             capacity: queue,
             stopping: Arc::new(AtomicBool::new(false)),
             limits,
+            inline: Arc::new(Inline {
+                slice: Duration::ZERO,
+                slots: 0,
+                running: AtomicUsize::new(0),
+                costs: Mutex::default(),
+                answered: AtomicU64::new(0),
+                moved: AtomicU64::new(0),
+            }),
         })
+    }
+
+    /// Lets [`SearchPool::start`] run up to `slots` searches at once on their callers'
+    /// threads, each for at most `slice` (zero: never).
+    pub fn with_inline(mut self, slots: usize, slice: Duration) -> Self {
+        self.inline = Arc::new(Inline {
+            slice,
+            slots,
+            running: AtomicUsize::new(0),
+            costs: Mutex::default(),
+            answered: AtomicU64::new(0),
+            moved: AtomicU64::new(0),
+        });
+        self
+    }
+
+    /// Searches answered on their caller's thread, and searches an inline slice cut short
+    /// that went to the pool, since the start.
+    pub fn inline_counts(&self) -> (u64, u64) {
+        (
+            self.inline.answered.load(Ordering::Relaxed),
+            self.inline.moved.load(Ordering::Relaxed),
+        )
     }
 
     /// The node-wide search settings.
@@ -146,9 +250,60 @@ impl SearchPool {
         self.shared.schedule.lock().waiting
     }
 
-    /// Searches running now.
+    /// Searches running now, on the pool and inline.
     pub fn running(&self) -> usize {
-        self.shared.schedule.lock().running.values().sum()
+        let pooled: usize = self.shared.schedule.lock().running.values().sum();
+        pooled + self.inline.running.load(Ordering::Relaxed)
+    }
+
+    /// Runs `work` against collection `key`: on this thread within the inline slice when
+    /// that is worth trying (the module's documentation says when), else, or when the slice
+    /// cut it short, on the pool as [`SearchPool::submit`] does.
+    pub fn start<T: Send + 'static>(
+        &self,
+        key: &str,
+        budget: Arc<SearchBudget>,
+        work: impl Fn(&Arc<SearchBudget>) -> Result<T> + Send + 'static,
+    ) -> Result<Started<T>> {
+        if let Some(slot) = self.inline_slot(key) {
+            let slice = Arc::new(budget.sliced(self.inline.slice));
+            let started = Instant::now();
+            let answer = work(&slice);
+            drop(slot);
+            self.inline.costs.lock().record(key, started.elapsed());
+            // Cut short by the slice, with time left for a whole run: run it again on the
+            // pool. With less left than a slice, the partial answer is the better one.
+            let cut_short = slice.timed_out()
+                && !budget.exhausted()
+                && budget
+                    .remaining()
+                    .is_none_or(|left| left > self.inline.slice);
+            if !cut_short {
+                self.inline.answered.fetch_add(1, Ordering::Relaxed);
+                return Ok(Started::Answered(answer));
+            }
+            self.inline.moved.fetch_add(1, Ordering::Relaxed);
+        }
+        self.submit(key, budget, work).map(Started::Queued)
+    }
+
+    /// An inline slot for a search of `key`, when one is free, nothing waits for the pool
+    /// (a queued search goes first) and `key`'s recent searches were short.
+    fn inline_slot(&self, key: &str) -> Option<InlineSlot<'_>> {
+        let inline = &*self.inline;
+        if !worth_running_inline(inline.costs.lock().get(key), inline.slice) {
+            return None;
+        }
+        if self.shared.schedule.lock().waiting > 0 {
+            return None;
+        }
+        inline
+            .running
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < inline.slots).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| InlineSlot(&inline.running))
     }
 
     /// Queues `work` against collection `key` with its budget; the receiver gets its answer.
@@ -161,6 +316,8 @@ impl SearchPool {
     ) -> Result<oneshot::Receiver<Result<T>>> {
         let (reply, answer) = oneshot::channel();
         let queued_at = Instant::now();
+        let inline = self.inline.clone();
+        let collection = key.to_string();
         let job: Job = Box::new(move || {
             if budget.is_cancelled() {
                 let _ = reply.send(Err(Error::Cancelled));
@@ -174,9 +331,12 @@ impl SearchPool {
             }
             // A panic is a bug in one search: the thread lives on, and the dropped `reply`
             // tells the caller the search failed.
-            if let Ok(result) =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&budget)))
-            {
+            let started = Instant::now();
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&budget)));
+            if !inline.slice.is_zero() {
+                inline.costs.lock().record(&collection, started.elapsed());
+            }
+            if let Ok(result) = ran {
                 let _ = reply.send(result);
             } else {
                 tracing::error!("a search panicked; its client gets an internal error");
@@ -416,5 +576,155 @@ mod tests {
             .submit("a", pool.budget(None).unwrap(), |_| Ok(7))
             .unwrap();
         assert_eq!(after.blocking_recv().unwrap().unwrap(), 7);
+    }
+
+    fn inline_pool(slice_ms: u64) -> SearchPool {
+        pool(2, 8).with_inline(1, Duration::from_millis(slice_ms))
+    }
+
+    /// Runs `took` (or until its budget is spent) and says whether it was cut short.
+    fn search_taking(took: Duration) -> impl Fn(&Arc<SearchBudget>) -> Result<bool> {
+        move |budget| {
+            let started = Instant::now();
+            while started.elapsed() < took {
+                if budget.exhausted() {
+                    return Ok(true);
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Ok(false)
+        }
+    }
+
+    fn answer<T>(started: Started<T>) -> (bool, Result<T>) {
+        match started {
+            Started::Answered(answer) => (true, answer),
+            Started::Queued(answer) => (false, answer.blocking_recv().unwrap()),
+        }
+    }
+
+    #[test]
+    fn inline_is_tried_only_for_collections_whose_searches_are_short() {
+        let slice = Duration::from_millis(2);
+        assert!(worth_running_inline(None, slice));
+        assert!(worth_running_inline(
+            Some(Duration::from_micros(900)),
+            slice
+        ));
+        assert!(!worth_running_inline(Some(Duration::from_millis(1)), slice));
+        assert!(!worth_running_inline(None, Duration::ZERO));
+        let mut costs = RecentCosts::default();
+        costs.record("a", Duration::from_millis(8));
+        costs.record("a", Duration::ZERO);
+        assert_eq!(costs.get("a"), Some(Duration::from_millis(6)));
+        assert_eq!(costs.get("b"), None);
+    }
+
+    #[test]
+    fn a_short_search_answers_inline_and_a_long_one_moves_whole_to_the_pool() {
+        let pool = inline_pool(20);
+        let (inline, cut) = answer(
+            pool.start(
+                "a",
+                pool.budget(None).unwrap(),
+                search_taking(Duration::ZERO),
+            )
+            .unwrap(),
+        );
+        assert!(inline);
+        assert!(!cut.unwrap());
+        // Longer than the slice: cut short inline, then run again with its whole budget.
+        let (inline, cut) = answer(
+            pool.start(
+                "a",
+                pool.budget(None).unwrap(),
+                search_taking(Duration::from_millis(60)),
+            )
+            .unwrap(),
+        );
+        assert!(!inline, "the slice cut it short");
+        assert!(!cut.unwrap(), "the pool ran it to its end");
+        assert_eq!(pool.inline_counts(), (1, 1));
+        // Collection a's searches are long now: the next goes straight to the pool.
+        let (inline, _) = answer(
+            pool.start(
+                "a",
+                pool.budget(None).unwrap(),
+                search_taking(Duration::ZERO),
+            )
+            .unwrap(),
+        );
+        assert!(!inline);
+        assert_eq!(pool.inline_counts(), (1, 1));
+        // Another collection still runs inline.
+        let (inline, _) = answer(
+            pool.start(
+                "b",
+                pool.budget(None).unwrap(),
+                search_taking(Duration::ZERO),
+            )
+            .unwrap(),
+        );
+        assert!(inline);
+    }
+
+    #[test]
+    fn a_deadline_shorter_than_the_slice_answers_timed_out_inline() {
+        let pool = inline_pool(200);
+        let (inline, cut) = answer(
+            pool.start(
+                "a",
+                pool.budget(Some(Duration::from_millis(10))).unwrap(),
+                search_taking(Duration::from_secs(5)),
+            )
+            .unwrap(),
+        );
+        assert!(inline, "nothing is gained by running it again");
+        assert!(cut.unwrap());
+    }
+
+    #[test]
+    fn inline_slots_are_bounded_and_given_back_after_a_panic() {
+        let pool = Arc::new(inline_pool(1000));
+        let busy = {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                answer(
+                    pool.start(
+                        "a",
+                        pool.budget(None).unwrap(),
+                        search_taking(Duration::from_millis(300)),
+                    )
+                    .unwrap(),
+                )
+                .0
+            })
+        };
+        wait_for("the first search holds the slot", || pool.running() == 1);
+        let (inline, _) = answer(
+            pool.start(
+                "b",
+                pool.budget(None).unwrap(),
+                search_taking(Duration::ZERO),
+            )
+            .unwrap(),
+        );
+        assert!(!inline, "the only slot was taken");
+        assert!(busy.join().unwrap());
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.start("c", pool.budget(None).unwrap(), |_| -> Result<()> {
+                panic!("a bug in one search")
+            })
+        }));
+        assert!(panicked.is_err());
+        let (inline, _) = answer(
+            pool.start(
+                "d",
+                pool.budget(None).unwrap(),
+                search_taking(Duration::ZERO),
+            )
+            .unwrap(),
+        );
+        assert!(inline, "the panicked search gave its slot back");
     }
 }

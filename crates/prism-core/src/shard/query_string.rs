@@ -14,7 +14,7 @@
 //! - a phrase slop above [`MAX_PHRASE_SLOP`] is refused (tantivy keeps slops in a byte).
 
 use tantivy::query::{
-    AllQuery, BooleanQuery, BoostQuery, FuzzyTermQuery, Occur, Query, QueryParser,
+    AllQuery, BooleanQuery, BoostQuery, EmptyQuery, FuzzyTermQuery, Occur, Query, QueryParser,
 };
 use tantivy::query_grammar::{
     Delimiter, Occur as InputOccur, UserInputAst, UserInputBound, UserInputLeaf,
@@ -73,7 +73,16 @@ fn build(
                     Some(InputOccur::MustNot) => Occur::MustNot,
                     Some(InputOccur::Should) | None => Occur::Should,
                 };
-                built.push((occur, build(parser, clause, boosted, invalid)?));
+                let query = build(parser, clause, boosted, invalid)?;
+                // A clause of stop words only matches nothing and is dropped, as tantivy's
+                // own parser does: kept, it would be a clause of another kind than terms,
+                // and a union of terms would lose block-max WAND.
+                if !query.is::<EmptyQuery>() {
+                    built.push((occur, query));
+                }
+            }
+            if built.is_empty() {
+                return Ok(Box::new(EmptyQuery));
             }
             if built.iter().all(|(occur, _)| *occur == Occur::MustNot) {
                 // Exclusions alone exclude from every document.
@@ -244,4 +253,46 @@ fn expansion_terms(
             Ok(Term::from_field_text(field, &normalized))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use tantivy::query::TermQuery;
+    use tantivy::schema::{TextFieldIndexing, TextOptions};
+    use tantivy::tokenizer::TokenizerManager;
+
+    use super::*;
+
+    fn parser() -> Parser {
+        let mut builder = Schema::builder();
+        let text = builder.add_text_field(
+            "text",
+            TextOptions::default()
+                .set_indexing_options(TextFieldIndexing::default().set_tokenizer("en")),
+        );
+        let schema = builder.build();
+        let tokenizers = TokenizerManager::default();
+        crate::analysis::register(&tokenizers);
+        Parser {
+            parser: QueryParser::new(schema.clone(), vec![text], tokenizers),
+            schema,
+            default_fields: vec![text],
+        }
+    }
+
+    /// Stop words leave no clause behind: a union of terms stays a union of terms only, the
+    /// shape tantivy prunes with block-max WAND (a search of "the fox" cost a full scan).
+    #[test]
+    fn clauses_of_stop_words_only_are_dropped() {
+        let parser = parser();
+        let query = parse(&parser, "the fox", "query").unwrap();
+        assert!(query.is::<TermQuery>(), "{query:?}");
+        let query = parse(&parser, "the fox of the hills", "query").unwrap();
+        let boolean = query.downcast_ref::<BooleanQuery>().expect("a union");
+        assert_eq!(boolean.clauses().len(), 2, "{boolean:?}");
+        assert!(boolean.clauses().iter().all(|(_, q)| q.is::<TermQuery>()));
+        assert!(parse(&parser, "the of", "query")
+            .unwrap()
+            .is::<EmptyQuery>());
+    }
 }
