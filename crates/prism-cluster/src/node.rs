@@ -17,12 +17,24 @@ use crate::rpc::{
 pub struct EngineHandler {
     pub engine: Arc<Engine>,
     pub node_id: NodeId,
+    /// The Raft groups this node hosts, which answer `Request::Raft`.
+    pub raft: Option<Arc<crate::raft::network::RaftHost>>,
 }
 
 #[async_trait]
 impl Handler for EngineHandler {
     async fn handle(&self, _from: NodeId, envelope: Envelope) -> Reply {
         let engine = self.engine.clone();
+        if let Request::Raft { message } = &envelope.request {
+            let group = group_of(envelope.group.clone())?;
+            return match &self.raft {
+                Some(host) => host.handle(&group, message).await,
+                None => Err(RpcError::NotFound(format!(
+                    "node {} hosts no raft groups (it runs in federation mode)",
+                    self.node_id
+                ))),
+            };
+        }
         if let Request::Index { documents } = envelope.request {
             // Writes take the collection's one write path, as HTTP's do.
             let collection = engine.collection(&group_of(envelope.group)?.collection)?;
@@ -121,9 +133,9 @@ fn serve(engine: &Engine, node_id: &str, envelope: Envelope) -> Reply {
             )?;
             Answer::Fetched(hits.iter().map(Into::into).collect())
         }
-        Request::Index { .. } => {
+        Request::Index { .. } | Request::Raft { .. } => {
             return Err(RpcError::Internal(
-                "writes are served by EngineHandler::handle, not here".into(),
+                "writes and raft messages are served by EngineHandler::handle, not here".into(),
             ))
         }
     })

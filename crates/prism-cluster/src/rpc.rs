@@ -57,6 +57,9 @@ pub enum Request {
     },
     /// Upsert documents into the group's shard.
     Index { documents: Vec<Json> },
+    /// A message of the group's Raft (append-entries, vote, a snapshot chunk), encoded by
+    /// `raft::network`.
+    Raft { message: Vec<u8> },
 }
 
 /// One document a write refused, and why.
@@ -85,6 +88,10 @@ pub enum Answer {
     Indexed {
         successful: u64,
         refused: Vec<RefusedDocument>,
+    },
+    /// The answer of a group's Raft, encoded by `raft::network`.
+    Raft {
+        message: Vec<u8>,
     },
 }
 

@@ -22,7 +22,7 @@ use crate::tls::TlsMaterial;
 /// their id hash, the tie-break of ranking (`prism_core::search::RankedDoc`). 4: calls are
 /// envelopes naming their shard group, errors are typed, and no JSON text travels
 /// (`crate::rpc`); the coordinator sends each shard its list windows.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// Largest message accepted on a stream.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 

@@ -555,7 +555,7 @@ impl Engine {
             segment_bytes: self.config.shard.log_segment_bytes,
             truncate_corrupt: false,
         };
-        let staging = snapshot::stage(snapshot_dir, &manifest, &shard_dir, log_options)?;
+        let staging = snapshot::stage(snapshot_dir, &manifest, &shard_dir, Some(log_options))?;
         let mut collections = self.collections.write();
         if !collections
             .get(name)

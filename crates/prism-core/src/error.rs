@@ -124,7 +124,7 @@ impl Error {
     }
 
     /// An I/O error; a full disk becomes [`Error::InsufficientStorage`].
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         if is_disk_full(&source) {
             return Error::InsufficientStorage {
                 path: path.into(),

@@ -111,6 +111,7 @@ impl Cluster {
         let handler = Arc::new(EngineHandler {
             engine,
             node_id: config.node_id.clone(),
+            raft: None,
         });
         let transport = Transport::start(
             TransportConfig {

@@ -45,11 +45,11 @@ impl<C> LogStore<C> {
     }
 }
 
-fn to_core(id: &LogId<u64>) -> core_log::LogId {
+pub(super) fn to_core(id: &LogId<u64>) -> core_log::LogId {
     core_log::LogId::new(id.leader_id.term, id.leader_id.node_id, id.index)
 }
 
-fn from_core(id: core_log::LogId) -> LogId<u64> {
+pub(super) fn from_core(id: core_log::LogId) -> LogId<u64> {
     LogId::new(CommittedLeaderId::new(id.term, id.leader), id.index)
 }
 

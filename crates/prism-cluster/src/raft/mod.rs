@@ -3,3 +3,12 @@
 //! traits) stays inside it.
 
 pub mod log_store;
+pub mod network;
+pub mod snapshot;
+pub mod state_machine;
+pub mod types;
+
+#[cfg(test)]
+mod cluster_tests;
+#[cfg(test)]
+mod tests;

@@ -73,6 +73,7 @@ impl Federation {
                 let handler = EngineHandler {
                     engine: engine.clone(),
                     node_id: name.clone(),
+                    raft: None,
                 };
                 network.join(name, Arc::new(handler))
             })

@@ -270,7 +270,7 @@ fn an_install_interrupted_by_a_crash_completes_or_undoes_at_the_next_open() {
     };
 
     // Staged but not marked complete: the old copy stays.
-    let staging = snapshot::stage(&target, &manifest, &shard_dir, options()).unwrap();
+    let staging = snapshot::stage(&target, &manifest, &shard_dir, Some(options())).unwrap();
     fs::remove_file(staging.join(snapshot::STAGED)).unwrap();
     let b = engine(b_dir.path());
     assert_eq!(checksum(&b), old);
@@ -279,7 +279,7 @@ fn an_install_interrupted_by_a_crash_completes_or_undoes_at_the_next_open() {
     drop(b);
 
     // Staged, and the old copy already moved aside: the install completes.
-    snapshot::stage(&target, &manifest, &shard_dir, options()).unwrap();
+    snapshot::stage(&target, &manifest, &shard_dir, Some(options())).unwrap();
     fs::rename(&shard_dir, snapshot::replaced_dir(&shard_dir)).unwrap();
     let b = engine(b_dir.path());
     assert_eq!(checksum(&b), checksum(&a));

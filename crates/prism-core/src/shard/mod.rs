@@ -1,10 +1,12 @@
 //! A shard copy: a deterministic state machine fed by its log.
 //!
 //! The copy holds a tantivy index (text, keyword, numeric fields and the stored source), one
-//! HNSW index per vector field, and the index of the last log entry each of them applied. A
-//! single writer thread owns the log and the index writer: it appends each group of waiting
-//! writes with one fsync (group commit), applies them, and acknowledges them. Every refresh
-//! interval it commits tantivy with the applied index in the commit payload (a checkpoint) and
+//! HNSW index per vector field, and the log id of the last entry each of them applied
+//! ([`state_machine`]). One thread drives it ([`writer`]). On a single node that thread owns
+//! the shard's log: it appends each group of waiting writes with one fsync (group commit),
+//! applies them, and acknowledges them. Under Raft ([`Shard::open_replicated`]) the group owns
+//! the log and hands committed entries over ([`Shard::apply`]). Every refresh interval the
+//! thread commits tantivy with the applied state in the commit payload (a checkpoint) and
 //! reloads the searcher; less often it saves the vector indexes (a second checkpoint). Restart
 //! replays the log from the lower checkpoint; each component skips what it already holds.
 
@@ -14,6 +16,7 @@ mod ops;
 mod query;
 mod query_string;
 pub mod snapshot;
+mod state_machine;
 mod top;
 mod vector_files;
 mod writer;
@@ -35,6 +38,8 @@ use tokio::sync::{oneshot, watch};
 use self::ids::IdHashes;
 pub use self::ops::{version_key, Op, MAX_OPS_PER_ENTRY};
 use self::query::LiveKeys;
+pub use self::state_machine::{AppliedState, EntryPayload, LogEntry};
+pub use self::writer::Feed;
 use crate::error::{Error, Result};
 use crate::log::LogId;
 use crate::schema::{internal, CollectionSchema, PreparedDoc, SchemaGeneration};
@@ -197,10 +202,19 @@ pub(crate) enum Command {
     /// Checkpoint every component and link their files into the directory.
     Snapshot {
         target: PathBuf,
-        reply: oneshot::Sender<Result<LogId>>,
+        reply: oneshot::Sender<Result<AppliedState>>,
     },
     AppliedState {
         reply: oneshot::Sender<Result<LogId>>,
+    },
+    /// Entries a Raft group committed, to apply in order.
+    Apply {
+        entries: Vec<LogEntry>,
+        reply: oneshot::Sender<Result<AppliedState>>,
+    },
+    /// The applied log id and membership.
+    Position {
+        reply: oneshot::Sender<AppliedState>,
     },
     Shutdown {
         /// Take final checkpoints first; false when the shard's data is about to be deleted.
@@ -300,6 +314,8 @@ pub struct Shard {
     shared: Arc<Shared>,
     commands: Sender<Command>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Where the state machine stood when the copy opened (after any replay).
+    opened_at: AppliedState,
 }
 
 impl Shard {
@@ -315,7 +331,35 @@ impl Shard {
         config: ShardConfig,
         progress: &ReplayProgress,
     ) -> Result<Shard> {
-        let (shared, state) = writer::recover(dir, schema, &config, progress)?;
+        Self::start(dir, schema, config, progress, Feed::OwnLog)
+    }
+
+    /// Opens the copy in `dir` (creating it if empty) to be fed by a Raft group, which owns
+    /// the log: nothing is replayed here, and the group applies again every entry past
+    /// [`Shard::position`].
+    pub fn open_replicated(
+        dir: &Path,
+        schema: Arc<CollectionSchema>,
+        config: ShardConfig,
+    ) -> Result<Shard> {
+        Self::start(
+            dir,
+            schema,
+            config,
+            &ReplayProgress::default(),
+            Feed::Replicated,
+        )
+    }
+
+    fn start(
+        dir: &Path,
+        schema: Arc<CollectionSchema>,
+        config: ShardConfig,
+        progress: &ReplayProgress,
+        feed: Feed,
+    ) -> Result<Shard> {
+        let (shared, state) = writer::recover(dir, schema, &config, progress, feed)?;
+        let opened_at = state.position().clone();
         let (tx, rx) = crossbeam_channel::bounded(config.write_queue_len);
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -326,6 +370,7 @@ impl Shard {
             shared,
             commands: tx,
             thread: Mutex::new(Some(thread)),
+            opened_at,
         })
     }
 
@@ -353,6 +398,29 @@ impl Shard {
         Ok(rx)
     }
 
+    /// Applies entries a Raft group committed, in order; those at or below the applied one
+    /// are skipped. The receiver yields where the state machine then stands. The work runs on
+    /// the shard's thread, so the caller's task only waits. Refused on a copy that owns its
+    /// log.
+    pub fn apply(&self, entries: Vec<LogEntry>) -> Result<oneshot::Receiver<Result<AppliedState>>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Apply { entries, reply })?;
+        Ok(rx)
+    }
+
+    /// Where the state machine stood when this copy opened: for a Raft group, what its
+    /// checkpoints hold.
+    pub fn opened_at(&self) -> &AppliedState {
+        &self.opened_at
+    }
+
+    /// The last entry applied, with its term, and the last membership applied.
+    pub fn position(&self) -> Result<oneshot::Receiver<AppliedState>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Position { reply })?;
+        Ok(rx)
+    }
+
     /// The last log entry every component applied: the state machine's applied state.
     /// Blocking.
     pub fn applied_state(&self) -> Result<LogId> {
@@ -366,6 +434,15 @@ impl Shard {
     /// every file ([`snapshot`]). Writes wait only while the checkpoints are taken and
     /// linked; hashing runs on the caller's thread. Blocking.
     pub fn build_snapshot(&self, target: &Path) -> Result<snapshot::SnapshotManifest> {
+        self.build_snapshot_as(target, None)
+    }
+
+    /// [`Shard::build_snapshot`], its manifest naming `snapshot_id`. Blocking.
+    pub fn build_snapshot_as(
+        &self,
+        target: &Path,
+        snapshot_id: Option<String>,
+    ) -> Result<snapshot::SnapshotManifest> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Snapshot {
             target: target.to_path_buf(),
@@ -374,7 +451,7 @@ impl Shard {
         let applied = rx.blocking_recv().map_err(|_| Error::ShuttingDown)??;
         let schema = serde_json::to_vec_pretty(&*self.shared.schema).expect("schema serializes");
         crate::log::write_atomically(&target.join(snapshot::SCHEMA), &schema)?;
-        snapshot::seal(target, applied)
+        snapshot::seal(target, applied, snapshot_id)
     }
 
     /// Writes and waits (blocking) for durability. For tools and tests outside a runtime.

@@ -27,7 +27,14 @@ const FORMAT: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotManifest {
     pub format: u32,
+    /// The last entry applied (index 0 when none).
     pub applied: LogId,
+    /// The id a Raft group gave the snapshot; `None` for a single node's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
+    /// The exact applied state: the last log id (or none) and the last membership applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<super::AppliedState>,
     pub files: Vec<SnapshotFile>,
 }
 
@@ -121,6 +128,7 @@ pub(crate) fn link_vectors(
     vectors_dir: &Path,
     files: &str,
     applied: u64,
+    position: &super::AppliedState,
     target: &Path,
 ) -> Result<()> {
     let out = target.join("vectors");
@@ -133,7 +141,7 @@ pub(crate) fn link_vectors(
             .map_err(|e| Error::io(entry.path(), e))?;
     }
     sync_dir(&to)?;
-    super::vector_files::write_pointer(&out, applied, files)?;
+    super::vector_files::write_pointer(&out, applied, files, position)?;
     sync_dir(&out)
 }
 
@@ -203,7 +211,11 @@ fn files_under(dir: &Path) -> Result<Vec<String>> {
 }
 
 /// Hashes every file of the snapshot in `dir` and writes its manifest durably.
-pub(crate) fn seal(dir: &Path, applied: LogId) -> Result<SnapshotManifest> {
+pub(crate) fn seal(
+    dir: &Path,
+    position: super::AppliedState,
+    snapshot_id: Option<String>,
+) -> Result<SnapshotManifest> {
     let mut files = Vec::new();
     for path in files_under(dir)? {
         let (bytes, sha256) = sha256_of(&dir.join(&path))?;
@@ -215,7 +227,9 @@ pub(crate) fn seal(dir: &Path, applied: LogId) -> Result<SnapshotManifest> {
     }
     let manifest = SnapshotManifest {
         format: FORMAT,
-        applied,
+        applied: position.applied.unwrap_or(LogId::new(0, 0, 0)),
+        snapshot_id,
+        position: Some(position),
         files,
     };
     let json = serde_json::to_vec_pretty(&manifest).expect("manifests serialize");
@@ -298,14 +312,15 @@ fn sibling(shard_dir: &Path, prefix: &str) -> PathBuf {
 pub(crate) const STAGED: &str = "STAGED";
 
 /// Prepares `shard_dir`'s replacement from the verified snapshot in `snapshot`: its files
-/// copied and checked again, an empty log that starts after the snapshot's entry and keeps
-/// the old copy's vote (a replica must not vote twice in a term), and the STAGED marker.
-/// Returns the staging directory.
-pub(crate) fn stage(
+/// copied and checked again, and the STAGED marker. With `log_options` (a copy that owns its
+/// log) also an empty log that starts after the snapshot's entry and keeps the old copy's
+/// vote (a replica must not vote twice in a term); without, the state machine's files only
+/// (a Raft group keeps its log and vote elsewhere). Returns the staging directory.
+pub fn stage(
     snapshot: &Path,
     manifest: &SnapshotManifest,
     shard_dir: &Path,
-    log_options: crate::log::OpenOptions,
+    log_options: Option<crate::log::OpenOptions>,
 ) -> Result<PathBuf> {
     let staging = installing_dir(shard_dir);
     let _ = fs::remove_dir_all(&staging);
@@ -335,13 +350,15 @@ pub(crate) fn stage(
             sync_dir(&sub)?;
         }
     }
-    let vote = crate::log::read_hard_state(&shard_dir.join("log"))?.vote;
-    let (log, _) = crate::log::ShardLog::open(&staging.join("log"), log_options)?;
-    log.purge(manifest.applied)?;
-    if let Some(vote) = vote {
-        log.save_vote(&vote)?;
+    if let Some(log_options) = log_options {
+        let vote = crate::log::read_hard_state(&shard_dir.join("log"))?.vote;
+        let (log, _) = crate::log::ShardLog::open(&staging.join("log"), log_options)?;
+        log.purge(manifest.applied)?;
+        if let Some(vote) = vote {
+            log.save_vote(&vote)?;
+        }
+        drop(log);
     }
-    drop(log);
     write_atomically(&staging.join(STAGED), b"")?;
     sync_dir(&staging)?;
     Ok(staging)
@@ -350,7 +367,7 @@ pub(crate) fn stage(
 /// Finishes or undoes an install that a crash interrupted, before `shard_dir` opens: a
 /// complete staging directory replaces the shard (roll forward); an incomplete one goes; a
 /// replaced copy goes once the new one is in place, and comes back if nothing replaced it.
-pub(crate) fn finish_interrupted_install(shard_dir: &Path) -> Result<()> {
+pub fn finish_interrupted_install(shard_dir: &Path) -> Result<()> {
     let staging = installing_dir(shard_dir);
     let replaced = replaced_dir(shard_dir);
     let parent = shard_dir.parent().unwrap_or(Path::new("."));
@@ -378,7 +395,7 @@ pub(crate) fn finish_interrupted_install(shard_dir: &Path) -> Result<()> {
 /// Swaps the staged directory in for `shard_dir` (closed by the caller): the old copy moves
 /// aside, the staged one takes its name, and the old one goes. Each step is durable, and
 /// [`finish_interrupted_install`] completes the swap after a crash at any point.
-pub(crate) fn swap_in(staging: &Path, shard_dir: &Path) -> Result<()> {
+pub fn swap_in(staging: &Path, shard_dir: &Path) -> Result<()> {
     let replaced = replaced_dir(shard_dir);
     let parent = shard_dir.parent().unwrap_or(Path::new("."));
     let _ = fs::remove_dir_all(&replaced);

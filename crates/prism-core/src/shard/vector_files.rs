@@ -20,6 +20,7 @@ use std::path::Path;
 
 use xxhash_rust::xxh3::{xxh3_128, Xxh3};
 
+use super::state_machine::AppliedState;
 use crate::error::{Error, Result};
 use crate::log::write_atomically;
 
@@ -35,6 +36,8 @@ pub(crate) struct Pointer {
     pub applied: u64,
     /// The checkpoint's directory under `vectors/`.
     pub files: String,
+    /// The applied state the checkpoint records; `None` in pointers of older versions.
+    pub position: Option<AppliedState>,
     /// Whether the pointer carried its checksum (and its directory has `CHECKSUMS`).
     pub checked: bool,
 }
@@ -58,14 +61,31 @@ fn is_checkpoint_name(name: &str) -> bool {
 
 /// Points `vectors/CHECKPOINT` (in `vectors_dir`) at `files`, durably and atomically, with a
 /// checksum when that directory has `CHECKSUMS`; an old, unchecked directory gets an
-/// unchecked pointer, so that a checked pointer always means a checked directory.
-pub(crate) fn write_pointer(vectors_dir: &Path, applied: u64, files: &str) -> Result<()> {
-    let body = format!("{applied} {files}");
+/// unchecked pointer, so that a checked pointer always means a checked directory. A checked
+/// pointer of a Raft group's copy carries the applied state (log id and membership) too, as
+/// hex of its postcard encoding, so that it moves with the pointer atomically:
+/// `<applied> <dir> <state> <hash>`.
+/// (Only a directory of an older version is unchecked, and it is rewritten at the next save.)
+pub(crate) fn write_pointer(
+    vectors_dir: &Path,
+    applied: u64,
+    files: &str,
+    position: &AppliedState,
+) -> Result<()> {
     let text = if vectors_dir.join(files).join(CHECKSUMS).exists() {
+        // A single node's position is implied by the index: the pointer keeps the form older
+        // versions read.
+        let body = if *position == AppliedState::of_local_index(applied) {
+            format!("{applied} {files}")
+        } else {
+            let position = postcard::to_stdvec(position).expect("applied state serializes");
+            let position: String = position.iter().map(|b| format!("{b:02x}")).collect();
+            format!("{applied} {files} {position}")
+        };
         let hash = hex(xxh3_128(body.as_bytes()));
         format!("{body} {hash}")
     } else {
-        body
+        format!("{applied} {files}")
     };
     write_atomically(&vectors_dir.join(POINTER), text.as_bytes())
 }
@@ -92,7 +112,8 @@ pub(crate) fn read_pointer(vectors_dir: &Path) -> Result<Option<Pointer>> {
     let words: Vec<&str> = text.split(' ').collect();
     let (body, checked) = match words.as_slice() {
         [_, _] => (text, false),
-        [_, _, hash] => {
+        // Three words: a checked pointer of a version that kept no applied state.
+        [_, _, hash] | [_, _, _, hash] => {
             let body = &text[..text.len() - hash.len() - 1];
             if *hash != hex(xxh3_128(body.as_bytes())) {
                 return Err(corrupt(
@@ -104,7 +125,14 @@ pub(crate) fn read_pointer(vectors_dir: &Path) -> Result<Option<Pointer>> {
         }
         _ => return Err(unreadable()),
     };
-    let (applied, files) = body.split_once(' ').ok_or_else(unreadable)?;
+    let (applied, rest) = body.split_once(' ').ok_or_else(unreadable)?;
+    let (files, position) = match rest.split_once(' ') {
+        Some((files, position)) => (
+            files,
+            Some(decode_position(position).ok_or_else(unreadable)?),
+        ),
+        None => (rest, None),
+    };
     let applied = applied
         .parse::<u64>()
         .ok()
@@ -116,8 +144,20 @@ pub(crate) fn read_pointer(vectors_dir: &Path) -> Result<Option<Pointer>> {
     Ok(Some(Pointer {
         applied,
         files: files.to_string(),
+        position,
         checked,
     }))
+}
+
+fn decode_position(hex: &str) -> Option<AppliedState> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    postcard::from_bytes(&bytes?).ok()
 }
 
 /// The xxh3-128 of a file's bytes, and its length.
@@ -252,7 +292,11 @@ mod tests {
         fs::create_dir(dir.join(files)).unwrap();
         fs::write(dir.join(files).join("keys.bin"), b"keys").unwrap();
         // Without CHECKSUMS the directory is old: an unchecked pointer.
-        write_pointer(dir, 57, files).unwrap();
+        let position = AppliedState {
+            applied: Some(crate::log::LogId::new(3, 2, 57)),
+            membership: Some(vec![1, 2, 3]),
+        };
+        write_pointer(dir, 57, files, &position).unwrap();
         assert_eq!(
             fs::read_to_string(dir.join(POINTER)).unwrap(),
             format!("57 {files}")
@@ -260,13 +304,14 @@ mod tests {
         let old = read_pointer(dir).unwrap().unwrap();
         assert_eq!((old.applied, old.checked), (57, false));
         write_checksums(&dir.join(files)).unwrap();
-        write_pointer(dir, 57, files).unwrap();
+        write_pointer(dir, 57, files, &position).unwrap();
         let pointer = read_pointer(dir).unwrap().unwrap();
         assert_eq!(
             pointer,
             Pointer {
                 applied: 57,
                 files: files.into(),
+                position: Some(position),
                 checked: true
             }
         );

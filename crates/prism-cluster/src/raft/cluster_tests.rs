@@ -1,0 +1,249 @@
+//! Shard groups of real copies on three in-process nodes, over the in-memory network: an
+//! election, writes acknowledged by a majority, a follower cut off while the leader's log is
+//! purged behind a snapshot and brought back by that snapshot, a leader cut off and replaced, and
+//! every copy with the same content checksum at the same applied id.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
+use prism_core::log::{OpenOptions, ShardLog};
+use prism_core::schema::CollectionSchema;
+use prism_core::shard::{Op, ShardConfig};
+
+use super::log_store::LogStore;
+use super::network::{GroupNetwork, RaftHost};
+use super::state_machine::{GroupDirs, ShardSlot, ShardStateMachine};
+use super::types::{ShardRaft, ShardWrite};
+use crate::network::Handler;
+use crate::rpc::{Envelope, GroupId, NodeId, Reply, Request, RpcError};
+use crate::sim::SimNetwork;
+
+fn schema() -> Arc<CollectionSchema> {
+    Arc::new(
+        CollectionSchema::from_json(
+            br#"{"name":"c","fields":{"title":{"type":"text"},
+            "emb":{"type":"vector","dimension":4,"distance":"cosine"}}}"#,
+        )
+        .unwrap(),
+    )
+}
+
+fn group() -> GroupId {
+    GroupId {
+        collection: "c".into(),
+        shard: 0,
+    }
+}
+
+/// A node that hosts Raft groups only.
+struct RaftHandler(Arc<RaftHost>);
+
+#[async_trait]
+impl Handler for RaftHandler {
+    async fn handle(&self, _from: NodeId, envelope: Envelope) -> Reply {
+        match (&envelope.group, &envelope.request) {
+            (Some(group), Request::Raft { message }) => self.0.handle(group, message).await,
+            _ => Err(RpcError::InvalidRequest("raft messages only".into())),
+        }
+    }
+}
+
+struct Node {
+    raft: Raft<ShardRaft>,
+    shard: ShardSlot,
+    _dir: tempfile::TempDir,
+}
+
+fn name(id: u64) -> String {
+    format!("n{id}")
+}
+
+async fn start(network: &SimNetwork, id: u64) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let dirs = GroupDirs::new(dir.path());
+    let (log, _) = ShardLog::open(
+        &dirs.log(),
+        OpenOptions {
+            segment_bytes: 4096,
+            truncate_corrupt: false,
+        },
+    )
+    .unwrap();
+    let machine = ShardStateMachine::open(dirs, schema(), ShardConfig::default()).unwrap();
+    let shard = machine.shard();
+    let host = Arc::new(RaftHost::default());
+    let endpoint = network.join(&name(id), Arc::new(RaftHandler(host.clone())));
+    let config = Config {
+        heartbeat_interval: 50,
+        election_timeout_min: 200,
+        election_timeout_max: 400,
+        // Snapshot often and keep no log behind it, so that a follower that was away
+        // needs the snapshot.
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(20),
+        max_in_snapshot_log_to_keep: 0,
+        purge_batch_size: 1,
+        ..Config::default()
+    };
+    let raft = Raft::new(
+        id,
+        Arc::new(config.validate().unwrap()),
+        GroupNetwork::new(Arc::new(endpoint), group()),
+        LogStore::new(Arc::new(log)),
+        machine,
+    )
+    .await
+    .unwrap();
+    host.add(group(), raft.clone());
+    Node {
+        raft,
+        shard,
+        _dir: dir,
+    }
+}
+
+fn doc(n: u64) -> ShardWrite {
+    let schema = schema();
+    let emb = [n as f32 + 1.0, 1.0, (n % 7) as f32, 0.5];
+    ShardWrite {
+        ops: vec![Op::Upsert(Arc::new(
+            schema
+                .prepare_document(serde_json::json!({
+                    "id": format!("d{}", n % 40),
+                    "fields": {"title": format!("document {n} fox"), "emb": emb},
+                }))
+                .unwrap(),
+        ))],
+    }
+}
+
+async fn leader_of(nodes: &BTreeMap<u64, Node>, among: &[u64]) -> u64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        for id in among {
+            let metrics = nodes[id].raft.metrics().borrow().clone();
+            if metrics.state == ServerState::Leader {
+                return *id;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no leader among {among:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Writes `range` through `leader`; each acknowledged write is committed on a majority.
+async fn write(nodes: &BTreeMap<u64, Node>, leader: u64, range: std::ops::Range<u64>) -> u64 {
+    let mut last = 0;
+    for n in range {
+        let response = tokio::time::timeout(
+            Duration::from_secs(10),
+            nodes[&leader].raft.client_write(doc(n)),
+        )
+        .await
+        .expect("a write is answered")
+        .expect("the leader acknowledges");
+        last = response.log_id.index;
+    }
+    last
+}
+
+/// Waits until `ids` applied `index`, then returns each copy's content checksum.
+async fn checksums(nodes: &BTreeMap<u64, Node>, ids: &[u64], index: u64) -> BTreeSet<Option<u64>> {
+    let mut sums = BTreeSet::new();
+    for id in ids {
+        nodes[id]
+            .raft
+            .wait(Some(Duration::from_secs(20)))
+            .applied_index_at_least(Some(index), format!("node {id} applies {index}"))
+            .await
+            .unwrap();
+        let shard = nodes[id].shard.current();
+        let sum = tokio::task::spawn_blocking(move || {
+            shard.refresh_blocking().unwrap();
+            shard.stats().content_checksum
+        })
+        .await
+        .unwrap();
+        sums.insert(sum);
+    }
+    sums
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_three_copies_elects_replicates_snapshots_and_fails_over() {
+    let network = SimNetwork::new();
+    let mut nodes = BTreeMap::new();
+    for id in 1..=3 {
+        nodes.insert(id, start(&network, id).await);
+    }
+    let members: BTreeMap<u64, BasicNode> =
+        (1..=3).map(|id| (id, BasicNode::new(name(id)))).collect();
+    nodes[&1].raft.initialize(members).await.unwrap();
+    let leader = leader_of(&nodes, &[1, 2, 3]).await;
+
+    let last = write(&nodes, leader, 0..10).await;
+    let sums = checksums(&nodes, &[1, 2, 3], last).await;
+    assert_eq!(sums.len(), 1, "every copy holds the same content: {sums:?}");
+
+    // Cut one follower off; the other two still form a majority and keep acknowledging,
+    // and the leader snapshots and purges its log past what the follower has.
+    let away = *[1, 2, 3].iter().find(|id| **id != leader).unwrap();
+    let rest: Vec<String> = [1, 2, 3]
+        .iter()
+        .filter(|id| **id != away)
+        .map(|id| name(*id))
+        .collect();
+    let rest_refs: Vec<&str> = rest.iter().map(String::as_str).collect();
+    network.partition(&[&name(away)], &rest_refs);
+    let last = write(&nodes, leader, 10..70).await;
+    nodes[&leader]
+        .raft
+        .wait(Some(Duration::from_secs(20)))
+        .metrics(
+            |m| m.purged.is_some_and(|p| p.index > 11),
+            "the leader purges its log behind a snapshot",
+        )
+        .await
+        .unwrap();
+
+    // Back: the follower can only catch up through the snapshot.
+    network.heal();
+    let sums = checksums(&nodes, &[1, 2, 3], last).await;
+    assert_eq!(
+        sums.len(),
+        1,
+        "the follower caught up by snapshot: {sums:?}"
+    );
+    assert!(
+        nodes[&away].raft.metrics().borrow().snapshot.is_some(),
+        "the follower holds a snapshot"
+    );
+
+    // The leader is cut off from both others: they elect one of them and go on.
+    let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+    network.partition(
+        &[&name(leader)],
+        &[&name(survivors[0]), &name(survivors[1])],
+    );
+    let new_leader = leader_of(&nodes, &survivors).await;
+    assert_ne!(new_leader, leader);
+    let last = write(&nodes, new_leader, 70..80).await;
+    let sums = checksums(&nodes, &survivors, last).await;
+    assert_eq!(sums.len(), 1, "{sums:?}");
+    network.heal();
+    let sums = checksums(&nodes, &[1, 2, 3], last).await;
+    assert_eq!(
+        sums.len(),
+        1,
+        "the old leader rejoined as a follower: {sums:?}"
+    );
+
+    for node in nodes.values() {
+        node.raft.shutdown().await.unwrap();
+    }
+}
