@@ -77,9 +77,10 @@ async fn start(network: &SimNetwork, id: u64) -> Node {
     let host = Arc::new(RaftHost::default());
     let endpoint = network.join(&name(id), Arc::new(RaftHandler(host.clone())));
     let config = Config {
-        heartbeat_interval: 50,
-        election_timeout_min: 200,
-        election_timeout_max: 400,
+        heartbeat_interval: 100,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
+        install_snapshot_timeout: 2000,
         // Snapshot often and keep no log behind it, so that a follower that was away
         // needs the snapshot.
         snapshot_policy: SnapshotPolicy::LogsSinceLast(20),
@@ -122,11 +123,15 @@ fn doc(n: u64) -> ShardWrite {
 async fn leader_of(nodes: &BTreeMap<u64, Node>, among: &[u64]) -> u64 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        for id in among {
-            let metrics = nodes[id].raft.metrics().borrow().clone();
-            if metrics.state == ServerState::Leader {
-                return *id;
-            }
+        // A deposed leader may not know it yet: the one of the highest term leads.
+        let leader = among
+            .iter()
+            .map(|id| (id, nodes[id].raft.metrics().borrow().clone()))
+            .filter(|(_, m)| m.state == ServerState::Leader)
+            .max_by_key(|(_, m)| m.current_term)
+            .map(|(id, _)| *id);
+        if let Some(leader) = leader {
+            return leader;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -136,18 +141,34 @@ async fn leader_of(nodes: &BTreeMap<u64, Node>, among: &[u64]) -> u64 {
     }
 }
 
-/// Writes `range` through `leader`; each acknowledged write is committed on a majority.
-async fn write(nodes: &BTreeMap<u64, Node>, leader: u64, range: std::ops::Range<u64>) -> u64 {
+/// Writes `range` through the leader among `among`, following a change of leader; returns
+/// the log index of the last write. Each acknowledged write is committed on a majority (a
+/// write retried after an unknown outcome upserts the same document again).
+async fn write(nodes: &BTreeMap<u64, Node>, among: &[u64], range: std::ops::Range<u64>) -> u64 {
     let mut last = 0;
     for n in range {
-        let response = tokio::time::timeout(
-            Duration::from_secs(10),
-            nodes[&leader].raft.client_write(doc(n)),
-        )
-        .await
-        .expect("a write is answered")
-        .expect("the leader acknowledges");
-        last = response.log_id.index;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let leader = leader_of(nodes, among).await;
+            let written = tokio::time::timeout(
+                Duration::from_secs(5),
+                nodes[&leader].raft.client_write(doc(n)),
+            )
+            .await;
+            match written {
+                Ok(Ok(response)) => {
+                    last = response.log_id.index;
+                    break;
+                }
+                other => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "write {n} never acknowledged: {other:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
     }
     last
 }
@@ -169,6 +190,7 @@ async fn checksums(nodes: &BTreeMap<u64, Node>, ids: &[u64], index: u64) -> BTre
         })
         .await
         .unwrap();
+        assert!(sum.is_some(), "node {id} has a content checksum");
         sums.insert(sum);
     }
     sums
@@ -186,7 +208,8 @@ async fn a_group_of_three_copies_elects_replicates_snapshots_and_fails_over() {
     nodes[&1].raft.initialize(members).await.unwrap();
     let leader = leader_of(&nodes, &[1, 2, 3]).await;
 
-    let last = write(&nodes, leader, 0..10).await;
+    let first_phase = write(&nodes, &[1, 2, 3], 0..10).await;
+    let last = first_phase;
     let sums = checksums(&nodes, &[1, 2, 3], last).await;
     assert_eq!(sums.len(), 1, "every copy holds the same content: {sums:?}");
 
@@ -200,12 +223,22 @@ async fn a_group_of_three_copies_elects_replicates_snapshots_and_fails_over() {
         .collect();
     let rest_refs: Vec<&str> = rest.iter().map(String::as_str).collect();
     network.partition(&[&name(away)], &rest_refs);
-    let last = write(&nodes, leader, 10..70).await;
+    let away_last = nodes[&away]
+        .raft
+        .metrics()
+        .borrow()
+        .last_log_index
+        .unwrap_or(0);
+    let majority: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != away).collect();
+    let last = write(&nodes, &majority, 10..70).await;
     nodes[&leader]
         .raft
         .wait(Some(Duration::from_secs(20)))
         .metrics(
-            |m| m.purged.is_some_and(|p| p.index > 11),
+            |m| {
+                m.purged
+                    .is_some_and(|p| p.index > away_last.max(first_phase))
+            },
             "the leader purges its log behind a snapshot",
         )
         .await
@@ -224,15 +257,22 @@ async fn a_group_of_three_copies_elects_replicates_snapshots_and_fails_over() {
         "the follower holds a snapshot"
     );
 
-    // The leader is cut off from both others: they elect one of them and go on.
+    // The leader of the moment is cut off from both others: they elect one of them, in a
+    // later term, and go on.
+    let leader = leader_of(&nodes, &[1, 2, 3]).await;
+    let term = nodes[&leader].raft.metrics().borrow().current_term;
     let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
     network.partition(
         &[&name(leader)],
         &[&name(survivors[0]), &name(survivors[1])],
     );
     let new_leader = leader_of(&nodes, &survivors).await;
-    assert_ne!(new_leader, leader);
-    let last = write(&nodes, new_leader, 70..80).await;
+    let new_term = nodes[&new_leader].raft.metrics().borrow().current_term;
+    assert!(
+        new_term > term,
+        "a new election: term {new_term} after {term}"
+    );
+    let last = write(&nodes, &survivors, 70..80).await;
     let sums = checksums(&nodes, &survivors, last).await;
     assert_eq!(sums.len(), 1, "{sums:?}");
     network.heal();

@@ -8,8 +8,9 @@
 //! both sides is one chunk. The receiver writes the chunks into a directory openraft gave it
 //! (`begin_receiving_snapshot`) and installs once every file arrived; the install checks each
 //! file's SHA-256 against the manifest and refuses a damaged one, naming it. A cut transfer
-//! is simply sent again under a new transfer id; the receiver drops a group's older transfer
-//! when a newer one starts.
+//! is sent again under a new transfer id; the receiver drops a group's older transfer when a
+//! newer one starts, and refuses a transfer from a leader whose vote is older than the one it
+//! knows. A chunk that fails is retried a few times before the transfer is given up.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -29,7 +30,7 @@ use parking_lot::Mutex;
 use prism_core::shard::snapshot::{SnapshotManifest, MANIFEST};
 use serde::{Deserialize, Serialize};
 
-use super::snapshot::{Meta, ShardSnapshot};
+use super::snapshot::{meta_of, Meta, ShardSnapshot};
 use super::types::{Node, ShardRaft};
 use crate::network::Network;
 use crate::rpc::{Answer, Envelope, GroupId, Request, RpcError};
@@ -37,14 +38,23 @@ use crate::rpc::{Answer, Envelope, GroupId, Request, RpcError};
 /// Bytes of a snapshot file per call.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 
+/// Attempts of one chunk before a transfer is given up (and sent again from the start).
+const CHUNK_ATTEMPTS: usize = 3;
+
+/// The longest an install may take once every file arrived: the receiver verifies every
+/// file, copies the state files and reopens the shard before it answers.
+const INSTALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// A Raft message of one group.
 #[derive(Debug, Serialize, Deserialize)]
 enum RaftRequest {
     AppendEntries(AppendEntriesRequest<ShardRaft>),
     Vote(VoteRequest<u64>),
-    /// Bytes of one file of snapshot transfer `transfer`, at `offset`.
+    /// Bytes of one file of snapshot transfer `transfer`, at `offset`, from a leader at
+    /// `vote`.
     SnapshotChunk {
         transfer: String,
+        vote: Vote<u64>,
         path: String,
         offset: u64,
         bytes: Vec<u8>,
@@ -109,8 +119,10 @@ pub struct GroupClient {
 /// Why a call failed, before openraft's error types wrap it.
 #[derive(Debug)]
 enum CallError {
-    /// Never reached the peer (or no answer in time): openraft backs off.
+    /// Never reached the peer, or no such group there: openraft backs off.
     Unreachable(RpcError),
+    /// A snapshot call got no answer within its deadline.
+    TimedOut(String),
     /// The peer answered with an error.
     Refused(String),
 }
@@ -119,6 +131,7 @@ impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CallError::Unreachable(e) => write!(f, "unreachable: {e}"),
+            CallError::TimedOut(why) => write!(f, "timed out: {why}"),
             CallError::Refused(why) => write!(f, "refused: {why}"),
         }
     }
@@ -127,10 +140,12 @@ impl std::fmt::Display for CallError {
 impl std::error::Error for CallError {}
 
 impl GroupClient {
+    /// One call. openraft bounds append-entries and votes itself (and counts its own
+    /// timeout as such, without backing off); snapshot calls pass their own `deadline`.
     async fn call(
         &self,
         request: &RaftRequest,
-        option: &RPCOption,
+        deadline: Option<std::time::Duration>,
     ) -> Result<RaftReply, CallError> {
         let envelope = Envelope {
             group: Some(self.group.clone()),
@@ -138,18 +153,16 @@ impl GroupClient {
                 message: encode(request),
             },
         };
-        let reply = tokio::time::timeout(
-            option.hard_ttl(),
-            self.network.call(&self.address, envelope),
-        )
-        .await
-        .map_err(|_| {
-            CallError::Unreachable(RpcError::Unavailable(format!(
-                "no answer from node {} within {:?}",
-                self.target,
-                option.hard_ttl()
-            )))
-        })?;
+        let call = self.network.call(&self.address, envelope);
+        let reply = match deadline {
+            None => call.await,
+            Some(deadline) => tokio::time::timeout(deadline, call).await.map_err(|_| {
+                CallError::TimedOut(format!(
+                    "no answer from node {} within {deadline:?}",
+                    self.target
+                ))
+            })?,
+        };
         match reply {
             Ok(Answer::Raft { message }) => match postcard::from_bytes(&message) {
                 Ok(RaftReply::Refused(why)) => Err(CallError::Refused(why)),
@@ -159,7 +172,11 @@ impl GroupClient {
             Ok(other) => Err(CallError::Refused(format!(
                 "unexpected answer to a raft message: {other:?}"
             ))),
-            Err(e @ RpcError::Unavailable(_)) => Err(CallError::Unreachable(e)),
+            // No such group there (not created yet, or deleted): back off as from a node
+            // that cannot be reached.
+            Err(e @ (RpcError::Unavailable(_) | RpcError::NotFound(_))) => {
+                Err(CallError::Unreachable(e))
+            }
             Err(e) => Err(CallError::Refused(e.to_string())),
         }
     }
@@ -167,54 +184,58 @@ impl GroupClient {
     fn rpc_error<E: std::error::Error>(&self, e: CallError) -> RPCError<u64, Node, E> {
         match e {
             CallError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&e)),
-            CallError::Refused(_) => RPCError::Network(NetworkError::new(&e)),
+            CallError::TimedOut(_) | CallError::Refused(_) => {
+                RPCError::Network(NetworkError::new(&e))
+            }
         }
     }
 
-    /// Sends every file of `snapshot`'s directory, the manifest first.
+    /// Sends every file of `snapshot`'s directory, the manifest first. Files are read on
+    /// the blocking pool, a chunk at a time.
     async fn send_files(
         &self,
         transfer: &str,
+        vote: Vote<u64>,
         dir: &Path,
         option: &RPCOption,
     ) -> Result<(), CallError> {
-        let manifest_bytes = std::fs::read(dir.join(MANIFEST)).map_err(|e| {
-            CallError::Refused(format!(
-                "cannot read the snapshot manifest in {}: {e}",
-                dir.display()
-            ))
-        })?;
-        let manifest: SnapshotManifest = serde_json::from_slice(&manifest_bytes)
+        let manifest_path = dir.join(MANIFEST);
+        let manifest = tokio::task::spawn_blocking(move || std::fs::read(&manifest_path))
+            .await
+            .map_err(|e| CallError::Refused(e.to_string()))?
+            .map_err(|e| {
+                CallError::Refused(format!(
+                    "cannot read the snapshot manifest in {}: {e}",
+                    dir.display()
+                ))
+            })?;
+        let manifest: SnapshotManifest = serde_json::from_slice(&manifest)
             .map_err(|e| CallError::Refused(format!("unreadable snapshot manifest: {e}")))?;
         let mut paths = vec![MANIFEST.to_string()];
         paths.extend(manifest.files.iter().map(|f| f.path.clone()));
         for path in paths {
-            let mut file = std::fs::File::open(dir.join(&path)).map_err(|e| {
-                CallError::Refused(format!("cannot read snapshot file {path}: {e}"))
-            })?;
+            let file_path = dir.join(&path);
             let mut offset = 0u64;
             loop {
-                let mut bytes = vec![0u8; SNAPSHOT_CHUNK_BYTES];
-                let n = read_full(&mut file, &mut bytes).map_err(|e| {
-                    CallError::Refused(format!("cannot read snapshot file {path}: {e}"))
-                })?;
-                bytes.truncate(n);
+                let at = offset;
+                let read_path = file_path.clone();
+                let bytes = tokio::task::spawn_blocking(move || read_chunk(&read_path, at))
+                    .await
+                    .map_err(|e| CallError::Refused(e.to_string()))?
+                    .map_err(|e| {
+                        CallError::Refused(format!("cannot read snapshot file {path}: {e}"))
+                    })?;
+                let n = bytes.len();
                 // An empty file still sends one (empty) chunk, so that it exists there.
                 if n > 0 || offset == 0 {
                     let chunk = RaftRequest::SnapshotChunk {
                         transfer: transfer.to_string(),
+                        vote,
                         path: path.clone(),
                         offset,
                         bytes,
                     };
-                    match self.call(&chunk, option).await? {
-                        RaftReply::ChunkStored => {}
-                        other => {
-                            return Err(CallError::Refused(format!(
-                                "unexpected answer to a snapshot chunk: {other:?}"
-                            )))
-                        }
-                    }
+                    self.send_chunk(&chunk, option).await?;
                 }
                 offset += n as u64;
                 if n < SNAPSHOT_CHUNK_BYTES {
@@ -224,6 +245,35 @@ impl GroupClient {
         }
         Ok(())
     }
+
+    /// One chunk, tried up to [`CHUNK_ATTEMPTS`] times (storing a chunk again is harmless).
+    async fn send_chunk(&self, chunk: &RaftRequest, option: &RPCOption) -> Result<(), CallError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.call(chunk, Some(option.hard_ttl())).await {
+                Ok(RaftReply::ChunkStored) => return Ok(()),
+                Ok(other) => {
+                    return Err(CallError::Refused(format!(
+                        "unexpected answer to a snapshot chunk: {other:?}"
+                    )))
+                }
+                Err(e @ CallError::Refused(_)) => return Err(e),
+                Err(e) if attempt >= CHUNK_ATTEMPTS => return Err(e),
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// Up to [`SNAPSHOT_CHUNK_BYTES`] of the file at `path` from `offset`.
+fn read_chunk(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
+    let mut file = std::fs::File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut bytes = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+    let n = read_full(&mut file, &mut bytes)?;
+    bytes.truncate(n);
+    Ok(bytes)
 }
 
 /// Reads until `buffer` is full or the file ends.
@@ -244,7 +294,8 @@ impl RaftNetwork<ShardRaft> for GroupClient {
         rpc: AppendEntriesRequest<ShardRaft>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Node, RaftError<u64>>> {
-        match self.call(&RaftRequest::AppendEntries(rpc), &option).await {
+        let _ = option;
+        match self.call(&RaftRequest::AppendEntries(rpc), None).await {
             Ok(RaftReply::AppendEntries(response)) => Ok(response),
             Ok(other) => Err(self.rpc_error(CallError::Refused(format!(
                 "unexpected answer to append-entries: {other:?}"
@@ -258,7 +309,8 @@ impl RaftNetwork<ShardRaft> for GroupClient {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, Node, RaftError<u64>>> {
-        match self.call(&RaftRequest::Vote(rpc), &option).await {
+        let _ = option;
+        match self.call(&RaftRequest::Vote(rpc), None).await {
             Ok(RaftReply::Vote(response)) => Ok(response),
             Ok(other) => Err(self.rpc_error(CallError::Refused(format!(
                 "unexpected answer to a vote: {other:?}"
@@ -275,17 +327,22 @@ impl RaftNetwork<ShardRaft> for GroupClient {
         option: RPCOption,
     ) -> Result<SnapshotResponse<u64>, StreamingError<ShardRaft, Fatal<u64>>> {
         self.transfers += 1;
-        let transfer = format!("{}-{}", snapshot.meta.snapshot_id, self.transfers);
+        // Unique across clients and restarts: openraft makes a client per replication stream.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let transfer = format!("{}-{nanos:x}-{}", snapshot.meta.snapshot_id, self.transfers);
         let dir = snapshot.snapshot.dir().to_path_buf();
         let meta = snapshot.meta.clone();
         let send = async {
-            self.send_files(&transfer, &dir, &option).await?;
+            self.send_files(&transfer, vote, &dir, &option).await?;
             let done = RaftRequest::SnapshotDone {
                 transfer: transfer.clone(),
                 vote,
                 meta,
             };
-            match self.call(&done, &option).await? {
+            match self.call(&done, Some(INSTALL_DEADLINE)).await? {
                 RaftReply::Snapshot(response) => Ok(response),
                 other => Err(CallError::Refused(format!(
                     "unexpected answer to a snapshot: {other:?}"
@@ -310,6 +367,7 @@ impl RaftNetwork<ShardRaft> for GroupClient {
 /// A snapshot being received by one group.
 struct Reception {
     transfer: String,
+    vote: Vote<u64>,
     snapshot: Box<ShardSnapshot>,
 }
 
@@ -339,7 +397,9 @@ impl RaftHost {
     }
 
     pub fn remove(&self, group: &GroupId) -> Option<Raft<ShardRaft>> {
-        self.receptions.lock().remove(group);
+        if let Some(reception) = self.receptions.lock().remove(group) {
+            tokio::task::spawn_blocking(move || drop(reception));
+        }
         self.groups.lock().remove(group)
     }
 
@@ -367,11 +427,12 @@ impl RaftHost {
             },
             RaftRequest::SnapshotChunk {
                 transfer,
+                vote,
                 path,
                 offset,
                 bytes,
             } => {
-                self.store_chunk(group, &raft, transfer, &path, offset, &bytes)
+                self.store_chunk(group, &raft, transfer, vote, path, offset, bytes)
                     .await
             }
             RaftRequest::SnapshotDone {
@@ -391,36 +452,56 @@ impl RaftHost {
             .clone()
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn store_chunk(
         &self,
         group: &GroupId,
         raft: &Raft<ShardRaft>,
         transfer: String,
-        path: &str,
+        vote: Vote<u64>,
+        path: String,
         offset: u64,
-        bytes: &[u8],
+        bytes: Vec<u8>,
     ) -> Vec<u8> {
         let slot = self.reception(group);
         let mut slot = slot.lock().await;
         if slot.as_ref().is_none_or(|r| r.transfer != transfer) {
-            // A new transfer replaces an older, cut one (its directory goes with it).
+            // A leader older than the one this node follows (a deposed one whose chunks
+            // arrive late) must not replace the current transfer.
+            let known = raft.metrics().borrow().vote;
+            if vote < known || slot.as_ref().is_some_and(|r| vote < r.vote) {
+                return refused(format!(
+                    "snapshot transfer {transfer} comes from vote {vote}, older than {known}"
+                ));
+            }
             if offset != 0 || path != MANIFEST {
                 return refused(format!(
                     "snapshot transfer {transfer} is not the one being received; send it again from the start"
                 ));
             }
             match raft.begin_receiving_snapshot().await {
-                Ok(snapshot) => *slot = Some(Reception { transfer, snapshot }),
+                Ok(snapshot) => {
+                    // The transfer it replaces is dropped, and its directory removed, off
+                    // the async workers.
+                    let replaced = slot.replace(Reception {
+                        transfer,
+                        vote,
+                        snapshot,
+                    });
+                    if let Some(replaced) = replaced {
+                        tokio::task::spawn_blocking(move || drop(replaced));
+                    }
+                }
                 Err(e) => return refused(e),
             }
         }
         let reception = slot.as_ref().expect("set above");
-        let Some(target) = inside(reception.snapshot.dir(), path) else {
+        let Some(target) = inside(reception.snapshot.dir(), &path) else {
             return refused(format!(
                 "snapshot file path {path:?} is not a plain relative path"
             ));
         };
-        let written = (|| -> std::io::Result<()> {
+        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             if let Some(parent) = target.parent() {
                 std::fs::create_dir_all(parent)?;
             }
@@ -430,8 +511,10 @@ impl RaftHost {
                 .write(true)
                 .open(&target)?;
             file.seek(SeekFrom::Start(offset))?;
-            file.write_all(bytes)
-        })();
+            file.write_all(&bytes)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
         match written {
             Ok(()) => encode(&RaftReply::ChunkStored),
             Err(e) => refused(format!("cannot store snapshot file {path}: {e}")),
@@ -463,10 +546,23 @@ impl RaftHost {
         // damaged transfer is refused here, naming the file, and the leader sends it again
         // (a failed install inside openraft would stop the group).
         let dir = reception.snapshot.dir().to_path_buf();
-        match tokio::task::spawn_blocking(move || prism_core::shard::snapshot::verify(&dir)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return refused(format!("the snapshot transfer is damaged: {e}")),
-            Err(e) => return refused(format!("verifying the snapshot failed: {e}")),
+        let verified =
+            tokio::task::spawn_blocking(move || prism_core::shard::snapshot::verify(&dir)).await;
+        let problem = match verified {
+            Ok(Ok(manifest)) => match meta_of(&manifest) {
+                Ok(found) if found == meta => None,
+                Ok(found) => Some(format!(
+                    "the snapshot's files hold {:?} (snapshot {}), not what the leader announced ({:?}, snapshot {})",
+                    found.last_log_id, found.snapshot_id, meta.last_log_id, meta.snapshot_id
+                )),
+                Err(e) => Some(e),
+            },
+            Ok(Err(e)) => Some(format!("the snapshot transfer is damaged: {e}")),
+            Err(e) => Some(format!("verifying the snapshot failed: {e}")),
+        };
+        if let Some(problem) = problem {
+            tokio::task::spawn_blocking(move || drop(reception));
+            return refused(problem);
         }
         // Files are synced by the install's staging copy; what arrived here is scratch.
         let snapshot = Snapshot {
