@@ -73,8 +73,9 @@ impl BoundedQuery {
     /// `query` with every clause bounded too. A union or an intersection advances its
     /// clauses over a window of thousands of documents in one step, so a check above it
     /// alone comes too late when each clause costs milliseconds a document (a phrase with
-    /// slop): every clause of a boolean query is wrapped, down the tree. Lone terms are left
-    /// bare, so that a union of terms keeps block-max WAND, and so are exclusions.
+    /// slop): every clause of a boolean query is wrapped, down the tree. Terms and boolean
+    /// queries of terms only are left bare, so that a union of terms keeps block-max WAND and
+    /// a count over one costs no extra layer per document, and so are exclusions.
     pub(crate) fn around(query: &dyn Query, budget: &Arc<SearchBudget>) -> Self {
         BoundedQuery::new(bound_clauses(query, budget), budget.clone())
     }
@@ -91,7 +92,19 @@ impl BoundedQuery {
     }
 }
 
-/// `query` with each clause of a boolean query (at any depth) bounded, terms excepted.
+/// A term, or a boolean query of terms at any depth: each step of its scorer costs little,
+/// so the check above it comes in time, and an extra layer per document would only cost.
+fn only_terms(query: &dyn Query) -> bool {
+    if query.is::<TermQuery>() {
+        return true;
+    }
+    query
+        .downcast_ref::<BooleanQuery>()
+        .is_some_and(|b| b.clauses().iter().all(|(_, q)| only_terms(q.as_ref())))
+}
+
+/// `query` with each clause of a boolean query (at any depth) bounded, terms and unions of
+/// terms excepted.
 fn bound_clauses(query: &dyn Query, budget: &Arc<SearchBudget>) -> Box<dyn Query> {
     let Some(boolean) = query.downcast_ref::<BooleanQuery>() else {
         return query.box_clone();
@@ -102,7 +115,8 @@ fn bound_clauses(query: &dyn Query, budget: &Arc<SearchBudget>) -> Box<dyn Query
         .map(|(occur, clause)| {
             // An exclusion that stopped early would let through documents it excludes:
             // `MustNot` clauses run unbounded (they are only ever asked about candidates).
-            let bounded: Box<dyn Query> = if clause.is::<TermQuery>() || *occur == Occur::MustNot {
+            let bounded: Box<dyn Query> = if only_terms(clause.as_ref()) || *occur == Occur::MustNot
+            {
                 clause.box_clone()
             } else {
                 Box::new(BoundedQuery::new(
