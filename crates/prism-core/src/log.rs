@@ -831,9 +831,17 @@ impl ShardLog {
                 purged.expect("checked").index
             )));
         }
+        let mut removed = false;
         while view.segments.len() > 1 && view.segments.last().expect("len>1").first_index >= from {
             let gone = view.segments.pop().expect("len>1");
             fs::remove_file(&gone.path).map_err(|e| Error::io(&gone.path, e))?;
+            removed = true;
+        }
+        // The removals are durable before the active segment shrinks: a crash in between
+        // must not bring back later segments after a shortened one, a hole that reopening
+        // reads as a lost segment.
+        if removed {
+            sync_dir(&self.dir)?;
         }
         let active = view.segments.last_mut().expect("a log has a segment");
         let keep = from.saturating_sub(active.first_index) as usize;
