@@ -10,26 +10,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
 use prism_core::log::{OpenOptions, ShardLog};
-use prism_core::schema::CollectionSchema;
 use prism_core::shard::{Op, ShardConfig};
 
 use super::log_store::LogStore;
 use super::network::{GroupNetwork, RaftHost};
 use super::state_machine::{GroupDirs, ShardSlot, ShardStateMachine};
+use super::tests::schema;
 use super::types::{ShardRaft, ShardWrite};
 use crate::network::Handler;
 use crate::rpc::{Envelope, GroupId, NodeId, Reply, Request, RpcError};
 use crate::sim::SimNetwork;
-
-fn schema() -> Arc<CollectionSchema> {
-    Arc::new(
-        CollectionSchema::from_json(
-            br#"{"name":"c","fields":{"title":{"type":"text"},
-            "emb":{"type":"vector","dimension":4,"distance":"cosine"}}}"#,
-        )
-        .unwrap(),
-    )
-}
 
 fn group() -> GroupId {
     GroupId {

@@ -18,7 +18,7 @@ use super::log_store::LogStore;
 use super::state_machine::{GroupDirs, ShardStateMachine};
 use super::types::{ShardRaft, ShardWrite};
 
-fn schema() -> Arc<CollectionSchema> {
+pub(super) fn schema() -> Arc<CollectionSchema> {
     Arc::new(
         CollectionSchema::from_json(
             br#"{"name":"t","fields":{"title":{"type":"text"},
@@ -179,19 +179,25 @@ async fn entries_applied_again_change_nothing_and_a_restart_before_the_checkpoin
     assert_eq!(checksum(&machine).await, expected);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_snapshot_of_documents_installs_on_another_copy_with_the_same_content() {
-    let leader_dir = tempfile::tempdir().unwrap();
-    let follower_dir = tempfile::tempdir().unwrap();
-    let mut leader = open_machine(leader_dir.path());
+/// A copy that applied [`entries`], and a snapshot it built.
+async fn leader_with_snapshot() -> (tempfile::TempDir, ShardStateMachine, Snapshot<ShardRaft>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = open_machine(dir.path());
     leader.apply(entries()).await.unwrap();
-    let expected = checksum(&leader).await;
-    let Snapshot { meta, snapshot } = leader
+    let snapshot = leader
         .get_snapshot_builder()
         .await
         .build_snapshot()
         .await
         .unwrap();
+    (dir, leader, snapshot)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_of_documents_installs_on_another_copy_with_the_same_content() {
+    let (_leader_dir, leader, Snapshot { meta, snapshot }) = leader_with_snapshot().await;
+    let follower_dir = tempfile::tempdir().unwrap();
+    let expected = checksum(&leader).await;
     assert_eq!(meta.last_log_id, Some(id(2, 5)));
 
     let mut follower = open_machine(follower_dir.path());
@@ -227,16 +233,8 @@ async fn a_snapshot_of_documents_installs_on_another_copy_with_the_same_content(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_snapshot_is_refused_naming_the_file_and_changes_nothing() {
-    let leader_dir = tempfile::tempdir().unwrap();
+    let (_leader_dir, _leader, Snapshot { meta, snapshot }) = leader_with_snapshot().await;
     let follower_dir = tempfile::tempdir().unwrap();
-    let mut leader = open_machine(leader_dir.path());
-    leader.apply(entries()).await.unwrap();
-    let Snapshot { meta, snapshot } = leader
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
     let mut follower = open_machine(follower_dir.path());
     follower
         .apply(entries().split_off(2)[..1].to_vec())

@@ -596,6 +596,15 @@ mod tests {
         }
     }
 
+    /// Starts a search of `key` that takes `took`, with the default budget, and waits for
+    /// it: whether it answered inline, and whether it was cut short.
+    fn search(pool: &SearchPool, key: &str, took: Duration) -> (bool, Result<bool>) {
+        answer(
+            pool.start(key, pool.budget(None).unwrap(), search_taking(took))
+                .unwrap(),
+        )
+    }
+
     fn answer<T>(started: Started<T>) -> (bool, Result<T>) {
         match started {
             Started::Answered(answer) => (true, answer),
@@ -623,48 +632,20 @@ mod tests {
     #[test]
     fn a_short_search_answers_inline_and_a_long_one_moves_whole_to_the_pool() {
         let pool = inline_pool(20);
-        let (inline, cut) = answer(
-            pool.start(
-                "a",
-                pool.budget(None).unwrap(),
-                search_taking(Duration::ZERO),
-            )
-            .unwrap(),
-        );
+        let (inline, cut) = search(&pool, "a", Duration::ZERO);
         assert!(inline);
         assert!(!cut.unwrap());
         // Longer than the slice: cut short inline, then run again with its whole budget.
-        let (inline, cut) = answer(
-            pool.start(
-                "a",
-                pool.budget(None).unwrap(),
-                search_taking(Duration::from_millis(60)),
-            )
-            .unwrap(),
-        );
+        let (inline, cut) = search(&pool, "a", Duration::from_millis(60));
         assert!(!inline, "the slice cut it short");
         assert!(!cut.unwrap(), "the pool ran it to its end");
         assert_eq!(pool.inline_counts(), (1, 1));
         // Collection a's searches are long now: the next goes straight to the pool.
-        let (inline, _) = answer(
-            pool.start(
-                "a",
-                pool.budget(None).unwrap(),
-                search_taking(Duration::ZERO),
-            )
-            .unwrap(),
-        );
+        let (inline, _) = search(&pool, "a", Duration::ZERO);
         assert!(!inline);
         assert_eq!(pool.inline_counts(), (1, 1));
         // Another collection still runs inline.
-        let (inline, _) = answer(
-            pool.start(
-                "b",
-                pool.budget(None).unwrap(),
-                search_taking(Duration::ZERO),
-            )
-            .unwrap(),
-        );
+        let (inline, _) = search(&pool, "b", Duration::ZERO);
         assert!(inline);
     }
 
@@ -688,27 +669,10 @@ mod tests {
         let pool = Arc::new(inline_pool(1000));
         let busy = {
             let pool = pool.clone();
-            std::thread::spawn(move || {
-                answer(
-                    pool.start(
-                        "a",
-                        pool.budget(None).unwrap(),
-                        search_taking(Duration::from_millis(300)),
-                    )
-                    .unwrap(),
-                )
-                .0
-            })
+            std::thread::spawn(move || search(&pool, "a", Duration::from_millis(300)).0)
         };
         wait_for("the first search holds the slot", || pool.running() == 1);
-        let (inline, _) = answer(
-            pool.start(
-                "b",
-                pool.budget(None).unwrap(),
-                search_taking(Duration::ZERO),
-            )
-            .unwrap(),
-        );
+        let (inline, _) = search(&pool, "b", Duration::ZERO);
         assert!(!inline, "the only slot was taken");
         assert!(busy.join().unwrap());
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -717,14 +681,7 @@ mod tests {
             })
         }));
         assert!(panicked.is_err());
-        let (inline, _) = answer(
-            pool.start(
-                "d",
-                pool.budget(None).unwrap(),
-                search_taking(Duration::ZERO),
-            )
-            .unwrap(),
-        );
+        let (inline, _) = search(&pool, "d", Duration::ZERO);
         assert!(inline, "the panicked search gave its slot back");
     }
 }
