@@ -181,6 +181,23 @@ impl GroupClient {
         }
     }
 
+    /// One message openraft bounds itself (append-entries, a vote), and its expected reply:
+    /// `expected` gives back any other reply, which is refused naming `what`.
+    async fn exchange<T>(
+        &self,
+        request: &RaftRequest,
+        what: &str,
+        expected: impl FnOnce(RaftReply) -> Result<T, RaftReply>,
+    ) -> Result<T, RPCError<u64, Node, RaftError<u64>>> {
+        match self.call(request, None).await.map(expected) {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(other)) => Err(self.rpc_error(CallError::Refused(format!(
+                "unexpected answer to {what}: {other:?}"
+            )))),
+            Err(e) => Err(self.rpc_error(e)),
+        }
+    }
+
     fn rpc_error<E: std::error::Error>(&self, e: CallError) -> RPCError<u64, Node, E> {
         match e {
             CallError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&e)),
@@ -292,31 +309,29 @@ impl RaftNetwork<ShardRaft> for GroupClient {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<ShardRaft>,
-        option: RPCOption,
+        _option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Node, RaftError<u64>>> {
-        let _ = option;
-        match self.call(&RaftRequest::AppendEntries(rpc), None).await {
-            Ok(RaftReply::AppendEntries(response)) => Ok(response),
-            Ok(other) => Err(self.rpc_error(CallError::Refused(format!(
-                "unexpected answer to append-entries: {other:?}"
-            )))),
-            Err(e) => Err(self.rpc_error(e)),
-        }
+        self.exchange(
+            &RaftRequest::AppendEntries(rpc),
+            "append-entries",
+            |reply| match reply {
+                RaftReply::AppendEntries(response) => Ok(response),
+                other => Err(other),
+            },
+        )
+        .await
     }
 
     async fn vote(
         &mut self,
         rpc: VoteRequest<u64>,
-        option: RPCOption,
+        _option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, Node, RaftError<u64>>> {
-        let _ = option;
-        match self.call(&RaftRequest::Vote(rpc), None).await {
-            Ok(RaftReply::Vote(response)) => Ok(response),
-            Ok(other) => Err(self.rpc_error(CallError::Refused(format!(
-                "unexpected answer to a vote: {other:?}"
-            )))),
-            Err(e) => Err(self.rpc_error(e)),
-        }
+        self.exchange(&RaftRequest::Vote(rpc), "a vote", |reply| match reply {
+            RaftReply::Vote(response) => Ok(response),
+            other => Err(other),
+        })
+        .await
     }
 
     async fn full_snapshot(

@@ -292,28 +292,25 @@ fn writes_survive_reopen_and_realtime_get_sees_unrefreshed_writes() {
     assert_eq!(r.total, 1);
 }
 
-#[test]
-fn aggregations_and_highlights() {
+/// A shard holding `docs`, written in one entry and refreshed.
+fn shard_with(docs: &[serde_json::Value]) -> (tempfile::TempDir, Shard) {
     let dir = tempfile::tempdir().unwrap();
     let shard = open(dir.path());
     let s = schema();
     shard
-        .write_blocking(vec![
-            upsert(
-                &s,
-                json!({"id":"1","fields":{"title":"red apples","tag":"fruit","year":2001}}),
-            ),
-            upsert(
-                &s,
-                json!({"id":"2","fields":{"title":"green apples","tag":"fruit","year":2003}}),
-            ),
-            upsert(
-                &s,
-                json!({"id":"3","fields":{"title":"apple pie","tag":"dessert","year":2010}}),
-            ),
-        ])
+        .write_blocking(docs.iter().map(|d| upsert(&s, d.clone())).collect())
         .unwrap();
     shard.refresh_blocking().unwrap();
+    (dir, shard)
+}
+
+#[test]
+fn aggregations_and_highlights() {
+    let (_dir, shard) = shard_with(&[
+        json!({"id":"1","fields":{"title":"red apples","tag":"fruit","year":2001}}),
+        json!({"id":"2","fields":{"title":"green apples","tag":"fruit","year":2003}}),
+        json!({"id":"3","fields":{"title":"apple pie","tag":"dessert","year":2010}}),
+    ]);
     let r = shard
         .search(&request(
             json!({"query":"apples","limit":10,"highlight":true,
@@ -974,22 +971,10 @@ fn a_spent_budget_stops_a_search_and_marks_it_timed_out() {
 /// `top_hits` sort values are the documents' values, not tantivy's u64 encoding of them.
 #[test]
 fn top_hits_sort_values_are_the_documents_values() {
-    let dir = tempfile::tempdir().unwrap();
-    let shard = open(dir.path());
-    let s = schema();
-    shard
-        .write_blocking(vec![
-            upsert(
-                &s,
-                json!({"id":"a","fields":{"title":"x","tag":"t","year":-7}}),
-            ),
-            upsert(
-                &s,
-                json!({"id":"b","fields":{"title":"x","tag":"t","year":2024}}),
-            ),
-        ])
-        .unwrap();
-    shard.refresh_blocking().unwrap();
+    let (_dir, shard) = shard_with(&[
+        json!({"id":"a","fields":{"title":"x","tag":"t","year":-7}}),
+        json!({"id":"b","fields":{"title":"x","tag":"t","year":2024}}),
+    ]);
     let hits = |aggs: serde_json::Value, path: &dyn Fn(&serde_json::Value) -> serde_json::Value| {
         let r = shard
             .search(&request(json!({"limit": 0, "aggregations": aggs})))
