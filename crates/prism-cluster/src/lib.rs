@@ -5,6 +5,9 @@
 //! - [`tls`]: mutual TLS between nodes.
 //! - [`transport`]: the QUIC endpoint, handshake and request/response calls.
 //! - [`assignment`]: the shard → node map every node computes alike.
+//! - [`metadata`]: the cluster metadata as a deterministic state machine (collections, shard
+//!   map, nodes); [`placement`] decides where new copies go.
+//! - [`raft`]: openraft over Prism's log, shard state machine and network.
 //! - [`rpc`]: the typed envelope, requests, answers and errors nodes exchange.
 //! - [`network`]: the `Network` and `Handler` seam, which the transport and [`sim`] implement.
 //! - [`node`]: a node's answers from its local engine.
@@ -21,8 +24,10 @@ pub mod discovery;
 pub mod error;
 pub mod health;
 pub mod membership;
+pub mod metadata;
 pub mod network;
 pub mod node;
+pub mod placement;
 pub mod raft;
 pub mod rpc;
 pub mod sim;

@@ -15,15 +15,42 @@ use serde_json::{Map, Number, Value};
 pub type NodeId = String;
 
 /// One shard of one collection: the unit of replication, so one Raft group in cluster mode.
+/// `generation` is the collection's (from the metadata): a deleted and re-created collection
+/// has a new one, so its groups never take their predecessor's messages. Federation, which
+/// has no metadata group, uses generation 0. The metadata group is [`GroupId::metadata`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct GroupId {
     pub collection: String,
     pub shard: u32,
+    pub generation: u64,
+}
+
+impl GroupId {
+    pub fn shard(collection: &str, shard: u32, generation: u64) -> GroupId {
+        GroupId {
+            collection: collection.to_string(),
+            shard,
+            generation,
+        }
+    }
+
+    /// The metadata group: no collection has an empty name.
+    pub fn metadata() -> GroupId {
+        GroupId::shard("", 0, 0)
+    }
+
+    pub fn is_metadata(&self) -> bool {
+        self.collection.is_empty()
+    }
 }
 
 impl std::fmt::Display for GroupId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.collection, self.shard)
+        if self.is_metadata() {
+            write!(f, "metadata")
+        } else {
+            write!(f, "{}/{}@{}", self.collection, self.shard, self.generation)
+        }
     }
 }
 

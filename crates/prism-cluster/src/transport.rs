@@ -21,8 +21,9 @@ use crate::tls::TlsMaterial;
 /// rolling upgrade can tell which nodes it still has to replace. 3: query-phase hits carry
 /// their id hash, the tie-break of ranking (`prism_core::search::RankedDoc`). 4: calls are
 /// envelopes naming their shard group, errors are typed, and no JSON text travels
-/// (`crate::rpc`); the coordinator sends each shard its list windows.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// (`crate::rpc`); the coordinator sends each shard its list windows. 5: Raft messages.
+/// 6: group ids carry their collection's generation.
+pub const PROTOCOL_VERSION: u32 = 6;
 /// Largest message accepted on a stream.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 

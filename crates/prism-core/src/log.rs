@@ -34,6 +34,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+pub mod durable;
+
 const HEADER_LEN: usize = 32;
 const SEGMENT_MAGIC: &[u8; 8] = b"PRISMLG1";
 const SEGMENT_HEADER_LEN: u64 = 24;
@@ -192,9 +194,7 @@ fn segment_path(dir: &Path, first_index: u64) -> PathBuf {
 
 /// Fsyncs a directory, so that entries created, renamed or removed in it are durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
+    durable::sync_dir(dir).map_err(|e| Error::io(dir, e))
 }
 
 /// Creates `dir` and any missing parents, fsyncing each parent whose entries changed.
@@ -223,7 +223,7 @@ pub fn create_dir_durable(dir: &Path) -> Result<()> {
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let written = fs::write(&tmp, bytes)
-        .and_then(|_| File::open(&tmp)?.sync_all())
+        .and_then(|_| durable::sync_all(&File::open(&tmp)?, &tmp))
         .and_then(|_| fs::rename(&tmp, path));
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
@@ -447,7 +447,7 @@ fn open_segment_file(path: &Path, create: bool) -> Result<File> {
 
 fn cut(file: &File, path: &Path, len: u64) -> Result<()> {
     file.set_len(len)
-        .and_then(|_| file.sync_all())
+        .and_then(|_| durable::sync_all(file, path))
         .map_err(|e| Error::io(path, e))
 }
 
@@ -620,7 +620,7 @@ impl ShardLog {
         let written = file
             .set_len(0)
             .and_then(|_| file.write_all_at(&segment_header(prev_last), 0))
-            .and_then(|_| file.sync_all());
+            .and_then(|_| durable::sync_all(&file, &path));
         if let Err(e) = written
             .map_err(|e| Error::io(&path, e))
             .and_then(|_| sync_dir(dir))
@@ -747,7 +747,10 @@ impl ShardLog {
         }
         if let Err(e) = file.write_all_at(&buf, offset) {
             // The file may hold part of the batch: cut it back so the log stays consistent.
-            if let Err(undo) = file.set_len(offset).and_then(|_| file.sync_all()) {
+            if let Err(undo) = file
+                .set_len(offset)
+                .and_then(|_| durable::sync_all(&file, &path))
+            {
                 appender.poisoned = Some(format!(
                     "a write failed ({e}) and could not be undone ({undo})"
                 ));
@@ -758,13 +761,16 @@ impl ShardLog {
             }
             return Err(Error::io(path, e));
         }
-        if let Err(e) = file.sync_data() {
+        if let Err(e) = durable::sync_appended(&file, &path) {
             // After a failed fsync the kernel may have dropped the dirty pages and cleared the
             // error, so a retry could report success for lost data (PostgreSQL's fsyncgate):
             // the log takes no more writes. The batch is cut off, or a restart would read it
             // back from the page cache and apply a write that was refused.
             appender.poisoned = Some(format!("fsync failed: {e}"));
-            return Err(match file.set_len(offset).and_then(|_| file.sync_all()) {
+            return Err(match file
+                .set_len(offset)
+                .and_then(|_| durable::sync_all(&file, &path))
+            {
                 Ok(()) => Error::StorageFailed {
                     path,
                     message: format!("fsync failed: {e}"),
@@ -1167,7 +1173,7 @@ mod legacy {
             let target = segment_path(dir, *first);
             let tmp = target.with_extension("migrating");
             fs::write(&tmp, &buf)
-                .and_then(|_| File::open(&tmp)?.sync_all())
+                .and_then(|_| durable::sync_all(&File::open(&tmp)?, &tmp))
                 .and_then(|_| fs::rename(&tmp, &target))
                 .map_err(|e| Error::io(&target, e))?;
         }

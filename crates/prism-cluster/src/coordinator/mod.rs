@@ -320,10 +320,7 @@ impl<C: ShardClient> Coordinator<C> {
         deadline: Duration,
     ) -> Result<(FederatedSearch, Option<CacheUse>), SearchError> {
         let plan = SearchPlan::new(request, copies.len(), query.shard_oversample);
-        let group = |shard: u32| GroupId {
-            collection: collection.to_string(),
-            shard,
-        };
+        let group = |shard: u32| GroupId::shard(collection, shard, 0);
         let mut failures: Vec<ShardFailure> = Vec::new();
         let mut alive: Vec<(u32, NodeId)> = Vec::new();
         for copy in copies {
@@ -503,10 +500,7 @@ impl<C: ShardClient> Coordinator<C> {
         deadline: Duration,
     ) -> Result<(CachedStats, Vec<(u32, NodeId)>), SearchError> {
         let calls = alive.iter().map(|(shard, node)| {
-            let group = GroupId {
-                collection: collection.to_string(),
-                shard: *shard,
-            };
+            let group = GroupId::shard(collection, *shard, 0);
             async move { within(deadline, self.client.statistics(node, &group, request)).await }
         });
         let answered = sort_out(alive, join_all(calls).await, failures)?;
@@ -535,10 +529,7 @@ impl<C: ShardClient> Coordinator<C> {
         deadline: Duration,
     ) -> Result<Vec<Answered<ShardHits>>, SearchError> {
         let calls = alive.iter().map(|(shard, node)| {
-            let group = GroupId {
-                collection: collection.to_string(),
-                shard: *shard,
-            };
+            let group = GroupId::shard(collection, *shard, 0);
             let stats = stats.map(|s| &s.stats);
             async move {
                 within(
@@ -583,10 +574,7 @@ impl<C: ShardClient> Coordinator<C> {
         }
         let calls = by_shard.iter().map(|(shard, docs)| {
             let node = map.owners[*shard as usize].clone();
-            let group = GroupId {
-                collection: collection.to_string(),
-                shard: *shard,
-            };
+            let group = GroupId::shard(collection, *shard, 0);
             async move { within(deadline, self.client.index(&node, &group, docs)).await }
         });
         let answers = join_all(calls).await;

@@ -22,10 +22,7 @@ use crate::rpc::{Envelope, GroupId, NodeId, Reply, Request, RpcError};
 use crate::sim::SimNetwork;
 
 fn group() -> GroupId {
-    GroupId {
-        collection: "c".into(),
-        shard: 0,
-    }
+    GroupId::shard("c", 0, 1)
 }
 
 /// A node that hosts Raft groups only.

@@ -4,11 +4,14 @@
 
 pub mod log_store;
 pub mod network;
+pub mod proposal;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;
 
 #[cfg(test)]
 mod cluster_tests;
+#[cfg(test)]
+mod simulation;
 #[cfg(test)]
 mod tests;

@@ -12,8 +12,10 @@
 //! newer one starts, and refuses a transfer from a leader whose vote is older than the one it
 //! knows. A chunk that fails is retried a few times before the transfer is given up.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -25,13 +27,13 @@ use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::{Raft, Snapshot, Vote};
+use openraft::{Raft, RaftTypeConfig, Snapshot, Vote};
 use parking_lot::Mutex;
 use prism_core::shard::snapshot::{SnapshotManifest, MANIFEST};
 use serde::{Deserialize, Serialize};
 
 use super::snapshot::{meta_of, Meta, ShardSnapshot};
-use super::types::{Node, ShardRaft};
+use super::types::{Node, SeededTokio};
 use crate::network::Network;
 use crate::rpc::{Answer, Envelope, GroupId, Request, RpcError};
 
@@ -45,10 +47,64 @@ const CHUNK_ATTEMPTS: usize = 3;
 /// file, copies the state files and reopens the shard before it answers.
 const INSTALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
 
+/// What a group's type configuration is for this network: numeric node ids, snapshots as
+/// directories, openraft's entries, on the shared runtime. Shard groups and the metadata group
+/// both are.
+pub trait GroupConfig:
+    RaftTypeConfig<
+    NodeId = u64,
+    Node = Node,
+    SnapshotData = ShardSnapshot,
+    Entry = openraft::Entry<Self>,
+    AsyncRuntime = SeededTokio,
+    Responder = openraft::impls::OneshotResponder<Self>,
+>
+{
+}
+
+impl<C> GroupConfig for C where
+    C: RaftTypeConfig<
+        NodeId = u64,
+        Node = Node,
+        SnapshotData = ShardSnapshot,
+        Entry = openraft::Entry<C>,
+        AsyncRuntime = SeededTokio,
+        Responder = openraft::impls::OneshotResponder<C>,
+    >
+{
+}
+
+/// Runs blocking file work off the async workers; on a current-thread runtime (the
+/// simulation's) there are none to protect, and running it in place keeps the run
+/// deterministic.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    if tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::CurrentThread
+    {
+        return work();
+    }
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// Drops `value` off the async workers (dropping a snapshot handle may remove a directory).
+fn drop_blocking<T: Send + 'static>(value: T) {
+    if tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::CurrentThread
+    {
+        drop(value);
+    } else {
+        tokio::task::spawn_blocking(move || drop(value));
+    }
+}
+
 /// A Raft message of one group.
 #[derive(Debug, Serialize, Deserialize)]
-enum RaftRequest {
-    AppendEntries(AppendEntriesRequest<ShardRaft>),
+#[serde(bound = "")]
+enum RaftRequest<C: RaftTypeConfig> {
+    AppendEntries(AppendEntriesRequest<C>),
     Vote(VoteRequest<u64>),
     /// Bytes of one file of snapshot transfer `transfer`, at `offset`, from a leader at
     /// `vote`.
@@ -82,38 +138,45 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 /// Makes the clients one group's Raft core talks to its peers with.
-pub struct GroupNetwork {
+pub struct GroupNetwork<C> {
     network: Arc<dyn Network>,
     group: GroupId,
+    config: PhantomData<C>,
 }
 
-impl GroupNetwork {
+impl<C> GroupNetwork<C> {
     pub fn new(network: Arc<dyn Network>, group: GroupId) -> Self {
-        GroupNetwork { network, group }
+        GroupNetwork {
+            network,
+            group,
+            config: PhantomData,
+        }
     }
 }
 
-impl RaftNetworkFactory<ShardRaft> for GroupNetwork {
-    type Network = GroupClient;
+impl<C: GroupConfig> RaftNetworkFactory<C> for GroupNetwork<C> {
+    type Network = GroupClient<C>;
 
-    async fn new_client(&mut self, target: u64, node: &Node) -> GroupClient {
+    async fn new_client(&mut self, target: u64, node: &Node) -> GroupClient<C> {
         GroupClient {
             network: self.network.clone(),
             group: self.group.clone(),
             target,
             address: node.addr.clone(),
             transfers: 0,
+            config: PhantomData,
         }
     }
 }
 
 /// One group's messages to one peer.
-pub struct GroupClient {
+pub struct GroupClient<C> {
     network: Arc<dyn Network>,
     group: GroupId,
     target: u64,
     address: String,
     transfers: u64,
+    config: PhantomData<C>,
 }
 
 /// Why a call failed, before openraft's error types wrap it.
@@ -139,12 +202,12 @@ impl std::fmt::Display for CallError {
 
 impl std::error::Error for CallError {}
 
-impl GroupClient {
+impl<C: GroupConfig> GroupClient<C> {
     /// One call. openraft bounds append-entries and votes itself (and counts its own
     /// timeout as such, without backing off); snapshot calls pass their own `deadline`.
     async fn call(
         &self,
-        request: &RaftRequest,
+        request: &RaftRequest<C>,
         deadline: Option<std::time::Duration>,
     ) -> Result<RaftReply, CallError> {
         let envelope = Envelope {
@@ -185,7 +248,7 @@ impl GroupClient {
     /// `expected` gives back any other reply, which is refused naming `what`.
     async fn exchange<T>(
         &self,
-        request: &RaftRequest,
+        request: &RaftRequest<C>,
         what: &str,
         expected: impl FnOnce(RaftReply) -> Result<T, RaftReply>,
     ) -> Result<T, RPCError<u64, Node, RaftError<u64>>> {
@@ -217,9 +280,8 @@ impl GroupClient {
         option: &RPCOption,
     ) -> Result<(), CallError> {
         let manifest_path = dir.join(MANIFEST);
-        let manifest = tokio::task::spawn_blocking(move || std::fs::read(&manifest_path))
+        let manifest = blocking(move || std::fs::read(&manifest_path))
             .await
-            .map_err(|e| CallError::Refused(e.to_string()))?
             .map_err(|e| {
                 CallError::Refused(format!(
                     "cannot read the snapshot manifest in {}: {e}",
@@ -236,9 +298,8 @@ impl GroupClient {
             loop {
                 let at = offset;
                 let read_path = file_path.clone();
-                let bytes = tokio::task::spawn_blocking(move || read_chunk(&read_path, at))
+                let bytes = blocking(move || read_chunk(&read_path, at))
                     .await
-                    .map_err(|e| CallError::Refused(e.to_string()))?
                     .map_err(|e| {
                         CallError::Refused(format!("cannot read snapshot file {path}: {e}"))
                     })?;
@@ -264,7 +325,7 @@ impl GroupClient {
     }
 
     /// One chunk, tried up to [`CHUNK_ATTEMPTS`] times (storing a chunk again is harmless).
-    async fn send_chunk(&self, chunk: &RaftRequest, option: &RPCOption) -> Result<(), CallError> {
+    async fn send_chunk(&self, chunk: &RaftRequest<C>, option: &RPCOption) -> Result<(), CallError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -305,10 +366,10 @@ fn read_full(file: &mut std::fs::File, buffer: &mut [u8]) -> std::io::Result<usi
     Ok(filled)
 }
 
-impl RaftNetwork<ShardRaft> for GroupClient {
+impl<C: GroupConfig> RaftNetwork<C> for GroupClient<C> {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<ShardRaft>,
+        rpc: AppendEntriesRequest<C>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Node, RaftError<u64>>> {
         self.exchange(
@@ -337,10 +398,10 @@ impl RaftNetwork<ShardRaft> for GroupClient {
     async fn full_snapshot(
         &mut self,
         vote: Vote<u64>,
-        snapshot: Snapshot<ShardRaft>,
+        snapshot: Snapshot<C>,
         cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
         option: RPCOption,
-    ) -> Result<SnapshotResponse<u64>, StreamingError<ShardRaft, Fatal<u64>>> {
+    ) -> Result<SnapshotResponse<u64>, StreamingError<C, Fatal<u64>>> {
         self.transfers += 1;
         // Unique across clients and restarts: openraft makes a client per replication stream.
         let nanos = std::time::SystemTime::now()
@@ -386,11 +447,40 @@ struct Reception {
     snapshot: Box<ShardSnapshot>,
 }
 
+type ReceptionSlot = Arc<tokio::sync::Mutex<Option<Reception>>>;
+
+/// A group this node hosts, whatever its type configuration.
+trait HostedGroup: Send + Sync {
+    fn answer<'a>(
+        &'a self,
+        reception: ReceptionSlot,
+        message: &'a [u8],
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<u8>, RpcError>> + Send + 'a>>;
+
+    fn as_any(&self) -> &dyn Any;
+}
+
+struct Hosted<C: GroupConfig>(Raft<C>);
+
+impl<C: GroupConfig> HostedGroup for Hosted<C> {
+    fn answer<'a>(
+        &'a self,
+        reception: ReceptionSlot,
+        message: &'a [u8],
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<u8>, RpcError>> + Send + 'a>> {
+        Box::pin(answer(&self.0, reception, message))
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
 /// The groups of this node, answering their peers' Raft messages.
 #[derive(Default)]
 pub struct RaftHost {
-    groups: Mutex<HashMap<GroupId, Raft<ShardRaft>>>,
-    receptions: Mutex<HashMap<GroupId, Arc<tokio::sync::Mutex<Option<Reception>>>>>,
+    groups: Mutex<HashMap<GroupId, Arc<dyn HostedGroup>>>,
+    receptions: Mutex<HashMap<GroupId, ReceptionSlot>>,
 }
 
 fn refused(why: impl std::fmt::Display) -> Vec<u8> {
@@ -407,186 +497,206 @@ fn inside(dir: &Path, path: &str) -> Option<PathBuf> {
 }
 
 impl RaftHost {
-    pub fn add(&self, group: GroupId, raft: Raft<ShardRaft>) {
-        self.groups.lock().insert(group, raft);
+    pub fn add<C: GroupConfig>(&self, group: GroupId, raft: Raft<C>) {
+        self.groups.lock().insert(group, Arc::new(Hosted(raft)));
     }
 
-    pub fn remove(&self, group: &GroupId) -> Option<Raft<ShardRaft>> {
+    /// Stops answering for `group`; true when it was hosted.
+    pub fn remove(&self, group: &GroupId) -> bool {
         if let Some(reception) = self.receptions.lock().remove(group) {
-            tokio::task::spawn_blocking(move || drop(reception));
+            drop_blocking(reception);
         }
-        self.groups.lock().remove(group)
+        self.groups.lock().remove(group).is_some()
     }
 
-    pub fn get(&self, group: &GroupId) -> Option<Raft<ShardRaft>> {
-        self.groups.lock().get(group).cloned()
+    /// The Raft of `group`, when it is hosted with configuration `C`.
+    pub fn get<C: GroupConfig>(&self, group: &GroupId) -> Option<Raft<C>> {
+        let hosted = self.groups.lock().get(group).cloned()?;
+        let raft = hosted.as_any().downcast_ref::<Hosted<C>>()?.0.clone();
+        Some(raft)
     }
 
     /// Answers one Raft message for `group`; the bytes are the envelope's opaque message.
     pub async fn handle(&self, group: &GroupId, message: &[u8]) -> Result<Answer, RpcError> {
-        let Some(raft) = self.get(group) else {
+        let Some(hosted) = self.groups.lock().get(group).cloned() else {
             return Err(RpcError::NotFound(format!(
                 "no raft group {group} on this node"
             )));
         };
-        let request: RaftRequest = postcard::from_bytes(message)
-            .map_err(|e| RpcError::InvalidRequest(format!("undecodable raft message: {e}")))?;
-        let reply = match request {
-            RaftRequest::AppendEntries(rpc) => match raft.append_entries(rpc).await {
-                Ok(response) => encode(&RaftReply::AppendEntries(response)),
-                Err(e) => refused(e),
-            },
-            RaftRequest::Vote(rpc) => match raft.vote(rpc).await {
-                Ok(response) => encode(&RaftReply::Vote(response)),
-                Err(e) => refused(e),
-            },
-            RaftRequest::SnapshotChunk {
+        let reception = self
+            .receptions
+            .lock()
+            .entry(group.clone())
+            .or_default()
+            .clone();
+        let reply = hosted.answer(reception, message).await?;
+        Ok(Answer::Raft { message: reply })
+    }
+}
+
+async fn answer<C: GroupConfig>(
+    raft: &Raft<C>,
+    reception: ReceptionSlot,
+    message: &[u8],
+) -> Result<Vec<u8>, RpcError> {
+    let request: RaftRequest<C> = postcard::from_bytes(message)
+        .map_err(|e| RpcError::InvalidRequest(format!("undecodable raft message: {e}")))?;
+    Ok(match request {
+        RaftRequest::AppendEntries(rpc) => match raft.append_entries(rpc).await {
+            Ok(response) => encode(&RaftReply::AppendEntries(response)),
+            Err(e) => refused(e),
+        },
+        RaftRequest::Vote(rpc) => match raft.vote(rpc).await {
+            Ok(response) => encode(&RaftReply::Vote(response)),
+            Err(e) => refused(e),
+        },
+        RaftRequest::SnapshotChunk {
+            transfer,
+            vote,
+            path,
+            offset,
+            bytes,
+        } => {
+            let chunk = Chunk {
                 transfer,
                 vote,
                 path,
                 offset,
                 bytes,
-            } => {
-                self.store_chunk(group, &raft, transfer, vote, path, offset, bytes)
-                    .await
-            }
-            RaftRequest::SnapshotDone {
-                transfer,
-                vote,
-                meta,
-            } => self.install(group, &raft, &transfer, vote, meta).await,
-        };
-        Ok(Answer::Raft { message: reply })
-    }
-
-    fn reception(&self, group: &GroupId) -> Arc<tokio::sync::Mutex<Option<Reception>>> {
-        self.receptions
-            .lock()
-            .entry(group.clone())
-            .or_default()
-            .clone()
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn store_chunk(
-        &self,
-        group: &GroupId,
-        raft: &Raft<ShardRaft>,
-        transfer: String,
-        vote: Vote<u64>,
-        path: String,
-        offset: u64,
-        bytes: Vec<u8>,
-    ) -> Vec<u8> {
-        let slot = self.reception(group);
-        let mut slot = slot.lock().await;
-        if slot.as_ref().is_none_or(|r| r.transfer != transfer) {
-            // A leader older than the one this node follows (a deposed one whose chunks
-            // arrive late) must not replace the current transfer.
-            let known = raft.metrics().borrow().vote;
-            if vote < known || slot.as_ref().is_some_and(|r| vote < r.vote) {
-                return refused(format!(
-                    "snapshot transfer {transfer} comes from vote {vote}, older than {known}"
-                ));
-            }
-            if offset != 0 || path != MANIFEST {
-                return refused(format!(
-                    "snapshot transfer {transfer} is not the one being received; send it again from the start"
-                ));
-            }
-            match raft.begin_receiving_snapshot().await {
-                Ok(snapshot) => {
-                    // The transfer it replaces is dropped, and its directory removed, off
-                    // the async workers.
-                    let replaced = slot.replace(Reception {
-                        transfer,
-                        vote,
-                        snapshot,
-                    });
-                    if let Some(replaced) = replaced {
-                        tokio::task::spawn_blocking(move || drop(replaced));
-                    }
-                }
-                Err(e) => return refused(e),
-            }
+            };
+            store_chunk(raft, &reception, chunk).await
         }
-        let reception = slot.as_ref().expect("set above");
-        let Some(target) = inside(reception.snapshot.dir(), &path) else {
-            return refused(format!(
-                "snapshot file path {path:?} is not a plain relative path"
-            ));
-        };
-        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(offset == 0)
-                .write(true)
-                .open(&target)?;
-            file.seek(SeekFrom::Start(offset))?;
-            file.write_all(&bytes)
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
-        match written {
-            Ok(()) => encode(&RaftReply::ChunkStored),
-            Err(e) => refused(format!("cannot store snapshot file {path}: {e}")),
-        }
-    }
-
-    async fn install(
-        &self,
-        group: &GroupId,
-        raft: &Raft<ShardRaft>,
-        transfer: &str,
-        vote: Vote<u64>,
-        meta: Meta,
-    ) -> Vec<u8> {
-        let slot = self.reception(group);
-        let reception = {
-            let mut slot = slot.lock().await;
-            match slot.take() {
-                Some(r) if r.transfer == transfer => r,
-                other => {
-                    *slot = other;
-                    return refused(format!(
-                        "snapshot transfer {transfer} is not the one being received; send it again"
-                    ));
-                }
-            }
-        };
-        // Every file is checked against the manifest before openraft sees the snapshot: a
-        // damaged transfer is refused here, naming the file, and the leader sends it again
-        // (a failed install inside openraft would stop the group).
-        let dir = reception.snapshot.dir().to_path_buf();
-        let verified =
-            tokio::task::spawn_blocking(move || prism_core::shard::snapshot::verify(&dir)).await;
-        let problem = match verified {
-            Ok(Ok(manifest)) => match meta_of(&manifest) {
-                Ok(found) if found == meta => None,
-                Ok(found) => Some(format!(
-                    "the snapshot's files hold {:?} (snapshot {}), not what the leader announced ({:?}, snapshot {})",
-                    found.last_log_id, found.snapshot_id, meta.last_log_id, meta.snapshot_id
-                )),
-                Err(e) => Some(e),
-            },
-            Ok(Err(e)) => Some(format!("the snapshot transfer is damaged: {e}")),
-            Err(e) => Some(format!("verifying the snapshot failed: {e}")),
-        };
-        if let Some(problem) = problem {
-            tokio::task::spawn_blocking(move || drop(reception));
-            return refused(problem);
-        }
-        // Files are synced by the install's staging copy; what arrived here is scratch.
-        let snapshot = Snapshot {
+        RaftRequest::SnapshotDone {
+            transfer,
+            vote,
             meta,
-            snapshot: reception.snapshot,
-        };
-        match raft.install_full_snapshot(vote, snapshot).await {
-            Ok(response) => encode(&RaftReply::Snapshot(response)),
-            Err(e) => refused(e),
+        } => install(raft, &reception, &transfer, vote, meta).await,
+    })
+}
+
+/// One received piece of a snapshot file.
+struct Chunk {
+    transfer: String,
+    vote: Vote<u64>,
+    path: String,
+    offset: u64,
+    bytes: Vec<u8>,
+}
+
+async fn store_chunk<C: GroupConfig>(
+    raft: &Raft<C>,
+    reception: &ReceptionSlot,
+    chunk: Chunk,
+) -> Vec<u8> {
+    let Chunk {
+        transfer,
+        vote,
+        path,
+        offset,
+        bytes,
+    } = chunk;
+    let mut slot = reception.lock().await;
+    if slot.as_ref().is_none_or(|r| r.transfer != transfer) {
+        // A leader older than the one this node follows (a deposed one whose chunks
+        // arrive late) must not replace the current transfer.
+        let known = raft.metrics().borrow().vote;
+        if vote < known || slot.as_ref().is_some_and(|r| vote < r.vote) {
+            return refused(format!(
+                "snapshot transfer {transfer} comes from vote {vote}, older than {known}"
+            ));
         }
+        if offset != 0 || path != MANIFEST {
+            return refused(format!(
+                "snapshot transfer {transfer} is not the one being received; send it again from the start"
+            ));
+        }
+        match raft.begin_receiving_snapshot().await {
+            Ok(snapshot) => {
+                // The transfer it replaces is dropped, and its directory removed, off the
+                // async workers.
+                let replaced = slot.replace(Reception {
+                    transfer,
+                    vote,
+                    snapshot,
+                });
+                if let Some(replaced) = replaced {
+                    drop_blocking(replaced);
+                }
+            }
+            Err(e) => return refused(e),
+        }
+    }
+    let reception = slot.as_ref().expect("set above");
+    let Some(target) = inside(reception.snapshot.dir(), &path) else {
+        return refused(format!(
+            "snapshot file path {path:?} is not a plain relative path"
+        ));
+    };
+    let written = blocking(move || -> std::io::Result<()> {
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(offset == 0)
+            .write(true)
+            .open(&target)?;
+        file.seek(SeekFrom::Start(offset))?;
+        file.write_all(&bytes)
+    })
+    .await;
+    match written {
+        Ok(()) => encode(&RaftReply::ChunkStored),
+        Err(e) => refused(format!("cannot store snapshot file {path}: {e}")),
+    }
+}
+
+async fn install<C: GroupConfig>(
+    raft: &Raft<C>,
+    slot: &ReceptionSlot,
+    transfer: &str,
+    vote: Vote<u64>,
+    meta: Meta,
+) -> Vec<u8> {
+    let reception = {
+        let mut slot = slot.lock().await;
+        match slot.take() {
+            Some(r) if r.transfer == transfer => r,
+            other => {
+                *slot = other;
+                return refused(format!(
+                    "snapshot transfer {transfer} is not the one being received; send it again"
+                ));
+            }
+        }
+    };
+    // Every file is checked against the manifest before openraft sees the snapshot: a
+    // damaged transfer is refused here, naming the file, and the leader sends it again (a
+    // failed install inside openraft would stop the group).
+    let dir = reception.snapshot.dir().to_path_buf();
+    let verified = blocking(move || prism_core::shard::snapshot::verify(&dir)).await;
+    let problem = match verified {
+        Ok(manifest) => match meta_of(&manifest) {
+            Ok(found) if found == meta => None,
+            Ok(found) => Some(format!(
+                "the snapshot's files hold {:?} (snapshot {}), not what the leader announced ({:?}, snapshot {})",
+                found.last_log_id, found.snapshot_id, meta.last_log_id, meta.snapshot_id
+            )),
+            Err(e) => Some(e),
+        },
+        Err(e) => Some(format!("the snapshot transfer is damaged: {e}")),
+    };
+    if let Some(problem) = problem {
+        drop_blocking(reception);
+        return refused(problem);
+    }
+    // Files are synced by the install's staging copy; what arrived here is scratch.
+    let snapshot = Snapshot {
+        meta,
+        snapshot: reception.snapshot,
+    };
+    match raft.install_full_snapshot(vote, snapshot).await {
+        Ok(response) => encode(&RaftReply::Snapshot(response)),
+        Err(e) => refused(e),
     }
 }

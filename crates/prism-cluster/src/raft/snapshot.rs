@@ -106,7 +106,8 @@ impl SnapshotStore {
     /// every other directory there (older snapshots, unfinished builds and receptions, and
     /// received snapshots never installed) goes.
     pub fn open(dir: &Path) -> std::io::Result<SnapshotStore> {
-        std::fs::create_dir_all(dir)?;
+        // Durably: a purged log relies on the snapshot found here after a power loss.
+        prism_core::log::create_dir_durable(dir).map_err(std::io::Error::other)?;
         let mut newest: Option<(Meta, PathBuf)> = None;
         let mut others = Vec::new();
         for entry in std::fs::read_dir(dir)? {

@@ -1,9 +1,18 @@
-//! The openraft type configuration of a shard group.
+//! The openraft type configurations of Prism's groups, and the runtime they share.
 
+use std::cell::RefCell;
+use std::future::Future;
+use std::time::Duration;
+
+use openraft::async_runtime::TokioOneShotSender;
+use openraft::{AsyncRuntime, OptionalSend, TokioInstant};
 use prism_core::shard::Op;
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::snapshot::ShardSnapshot;
+use crate::metadata::{MetaCommand, MetaResponse};
 
 /// A node as a group's membership names it.
 pub type Node = openraft::BasicNode;
@@ -22,4 +31,111 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = Node,
         SnapshotData = ShardSnapshot,
+        AsyncRuntime = SeededTokio,
 );
+
+openraft::declare_raft_types!(
+    /// The metadata group: entries change collections, the shard map and the nodes.
+    pub MetaRaft:
+        D = MetaCommand,
+        R = MetaResponse,
+        NodeId = u64,
+        Node = Node,
+        SnapshotData = ShardSnapshot,
+        AsyncRuntime = SeededTokio,
+);
+
+/// tokio, with openraft's random draws (election time-outs) from a per-thread generator that
+/// [`seed_this_thread`] can seed. Unseeded, it starts from the OS's entropy, as tokio's does.
+/// A simulation on a current-thread runtime seeds it, and a seed then decides every draw.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SeededTokio;
+
+thread_local! {
+    static RNG: RefCell<StdRng> = RefCell::new(StdRng::from_entropy());
+}
+
+/// Seeds the generator openraft draws from on this thread.
+pub fn seed_this_thread(seed: u64) {
+    RNG.with(|rng| *rng.borrow_mut() = StdRng::seed_from_u64(seed));
+}
+
+/// A handle to this thread's generator.
+pub struct ThreadRng;
+
+impl RngCore for ThreadRng {
+    fn next_u32(&mut self) -> u32 {
+        RNG.with(|rng| rng.borrow_mut().next_u32())
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        RNG.with(|rng| rng.borrow_mut().next_u64())
+    }
+
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        RNG.with(|rng| rng.borrow_mut().fill_bytes(dest))
+    }
+
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand::Error> {
+        RNG.with(|rng| rng.borrow_mut().try_fill_bytes(dest))
+    }
+}
+
+impl AsyncRuntime for SeededTokio {
+    type JoinError = tokio::task::JoinError;
+    type JoinHandle<T: OptionalSend + 'static> = tokio::task::JoinHandle<T>;
+    type Sleep = tokio::time::Sleep;
+    type Instant = TokioInstant;
+    type TimeoutError = tokio::time::error::Elapsed;
+    type Timeout<R, T: Future<Output = R> + OptionalSend> = tokio::time::Timeout<T>;
+    type ThreadLocalRng = ThreadRng;
+    type OneshotSender<T: OptionalSend> = TokioOneShotSender<T>;
+    type OneshotReceiverError = tokio::sync::oneshot::error::RecvError;
+    type OneshotReceiver<T: OptionalSend> = tokio::sync::oneshot::Receiver<T>;
+
+    fn spawn<T>(future: T) -> Self::JoinHandle<T::Output>
+    where
+        T: Future + OptionalSend + 'static,
+        T::Output: OptionalSend + 'static,
+    {
+        tokio::spawn(future)
+    }
+
+    fn sleep(duration: Duration) -> Self::Sleep {
+        tokio::time::sleep(duration)
+    }
+
+    fn sleep_until(deadline: Self::Instant) -> Self::Sleep {
+        tokio::time::sleep_until(deadline)
+    }
+
+    fn timeout<R, F: Future<Output = R> + OptionalSend>(
+        duration: Duration,
+        future: F,
+    ) -> Self::Timeout<R, F> {
+        tokio::time::timeout(duration, future)
+    }
+
+    fn timeout_at<R, F: Future<Output = R> + OptionalSend>(
+        deadline: Self::Instant,
+        future: F,
+    ) -> Self::Timeout<R, F> {
+        tokio::time::timeout_at(deadline, future)
+    }
+
+    fn is_panic(join_error: &Self::JoinError) -> bool {
+        join_error.is_panic()
+    }
+
+    fn thread_rng() -> Self::ThreadLocalRng {
+        ThreadRng
+    }
+
+    fn oneshot<T>() -> (Self::OneshotSender<T>, Self::OneshotReceiver<T>)
+    where
+        T: OptionalSend,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (TokioOneShotSender(tx), rx)
+    }
+}

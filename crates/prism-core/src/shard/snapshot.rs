@@ -211,7 +211,7 @@ fn files_under(dir: &Path) -> Result<Vec<String>> {
 }
 
 /// Hashes every file of the snapshot in `dir` and writes its manifest durably.
-pub(crate) fn seal(
+pub fn seal(
     dir: &Path,
     position: super::AppliedState,
     snapshot_id: Option<String>,

@@ -7,6 +7,9 @@
 //! runs on the shard's own thread: this adapter's task only waits for it, and openraft runs
 //! the adapter on its state machine task, apart from the group's Raft core. Installing a
 //! snapshot replaces `state/` only; the log and the vote are never touched.
+//!
+//! [`MemoryStateMachine`] is the other kind: a small deterministic state held in memory and
+//! made durable by its snapshots, the metadata group's.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,6 +29,12 @@ use super::snapshot::{
     decode_membership, encode_membership, meta_of, Meta, ShardSnapshot, SnapshotStore,
 };
 use super::types::{Node, ShardRaft};
+
+mod memory;
+pub use memory::{
+    DefaultResponse, MemorySnapshotBuilder, MemoryStateMachine, MetaStateMachine, Replicated,
+    StateReader, StateView,
+};
 
 type Membership = StoredMembership<u64, Node>;
 
@@ -104,7 +113,7 @@ impl ShardStateMachine {
         schema: Arc<CollectionSchema>,
         config: ShardConfig,
     ) -> prism_core::Result<Self> {
-        std::fs::create_dir_all(&dirs.root).map_err(|e| prism_core::Error::io(&dirs.root, e))?;
+        prism_core::log::create_dir_durable(&dirs.root)?;
         shard_snapshot::finish_interrupted_install(&dirs.state())?;
         let shard = Shard::open_replicated(&dirs.state(), schema.clone(), config.clone())?;
         let snapshots = SnapshotStore::open(&dirs.snapshots())
@@ -299,6 +308,9 @@ impl RaftStateMachine<ShardRaft> for ShardStateMachine {
                 shard_snapshot::stage(&source, &manifest, &state_dir, None).map_err(any)?;
             let own = snapshots.new_dir("installed").1;
             copy_or_move_into(&received, &own)?;
+            // The reception's files were written without fsyncs: the kept copy serves
+            // other followers after a restart, so it must be whole.
+            sync_tree(&own).map_err(any)?;
             let published = snapshots.publish(&own).map_err(any)?;
             Ok((staging, published))
         })
@@ -358,4 +370,18 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
         }
     }
     prism_core::log::sync_dir(to).map_err(std::io::Error::other)
+}
+
+/// Fsyncs every file under `dir` and the directory itself.
+fn sync_tree(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            sync_tree(&path)?;
+        } else {
+            let file = std::fs::File::open(&path)?;
+            prism_core::log::durable::sync_all(&file, &path)?;
+        }
+    }
+    prism_core::log::sync_dir(dir).map_err(std::io::Error::other)
 }
