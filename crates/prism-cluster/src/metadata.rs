@@ -221,7 +221,9 @@ impl MetadataState {
                 let before = copies.len();
                 copies.retain(|c| c.node != *node);
                 if copies.len() == before {
-                    return Err(format!("node {node} holds no copy of {collection} shard {shard}"));
+                    return Err(format!(
+                        "node {node} holds no copy of {collection} shard {shard}"
+                    ));
                 }
                 Ok(MetaResponse::Done)
             }
@@ -319,7 +321,10 @@ mod tests {
             state.apply(&c);
         }
         // Replication 3 on one node is refused and changes nothing.
-        assert!(matches!(state.apply(&create("a")), MetaResponse::Refused(_)));
+        assert!(matches!(
+            state.apply(&create("a")),
+            MetaResponse::Refused(_)
+        ));
         assert!(state.collections.is_empty());
         state.apply(&MetaCommand::CreateCollection {
             name: "a".into(),

@@ -767,21 +767,23 @@ impl ShardLog {
             // the log takes no more writes. The batch is cut off, or a restart would read it
             // back from the page cache and apply a write that was refused.
             appender.poisoned = Some(format!("fsync failed: {e}"));
-            return Err(match file
-                .set_len(offset)
-                .and_then(|_| durable::sync_all(&file, &path))
-            {
-                Ok(()) => Error::StorageFailed {
-                    path,
-                    message: format!("fsync failed: {e}"),
+            return Err(
+                match file
+                    .set_len(offset)
+                    .and_then(|_| durable::sync_all(&file, &path))
+                {
+                    Ok(()) => Error::StorageFailed {
+                        path,
+                        message: format!("fsync failed: {e}"),
+                    },
+                    Err(undo) => Error::WriteUnknown {
+                        path,
+                        message: format!(
+                            "fsync failed ({e}) and the batch could not be cut off ({undo})"
+                        ),
+                    },
                 },
-                Err(undo) => Error::WriteUnknown {
-                    path,
-                    message: format!(
-                        "fsync failed ({e}) and the batch could not be cut off ({undo})"
-                    ),
-                },
-            });
+            );
         }
         let mut view = self.view.write();
         let active = view.segments.last_mut().expect("a log has a segment");

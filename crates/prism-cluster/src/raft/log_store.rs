@@ -61,10 +61,7 @@ fn any(e: impl std::fmt::Display) -> AnyError {
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> prism_core::Result<T> + Send + 'static,
 ) -> Result<T, AnyError> {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(result) => result.map_err(any),
-        Err(e) => Err(any(format!("a log I/O task failed: {e}"))),
-    }
+    super::off_workers(work).await.map_err(any)
 }
 
 fn range_of(range: &impl RangeBounds<u64>) -> std::ops::Range<u64> {

@@ -9,6 +9,32 @@ pub mod snapshot;
 pub mod state_machine;
 pub mod types;
 
+/// Runs blocking work (file I/O, fsyncs, joins) off the async workers. On a current-thread
+/// runtime (the simulation's) there are no workers to protect, and running it in place keeps a
+/// seeded run deterministic: a blocking thread would finish at a moment no seed decides.
+pub(crate) async fn off_workers<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    if tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::CurrentThread
+    {
+        return work();
+    }
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// Drops `value` off the async workers (dropping a snapshot handle may remove a directory).
+pub(crate) fn drop_off_workers<T: Send + 'static>(value: T) {
+    if tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::CurrentThread
+    {
+        drop(value);
+    } else {
+        tokio::task::spawn_blocking(move || drop(value));
+    }
+}
+
 #[cfg(test)]
 mod cluster_tests;
 #[cfg(test)]

@@ -15,8 +15,8 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
-use std::marker::PhantomData;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::marker::PhantomData;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use super::snapshot::{meta_of, Meta, ShardSnapshot};
 use super::types::{Node, SeededTokio};
+use super::{drop_off_workers, off_workers};
 use crate::network::Network;
 use crate::rpc::{Answer, Envelope, GroupId, Request, RpcError};
 
@@ -43,9 +44,18 @@ pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// Attempts of one chunk before a transfer is given up (and sent again from the start).
 const CHUNK_ATTEMPTS: usize = 3;
 
-/// The longest an install may take once every file arrived: the receiver verifies every
-/// file, copies the state files and reopens the shard before it answers.
-const INSTALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
+/// The pause after a failed snapshot transfer before openraft may start it again.
+const TRANSFER_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How long an install may take once every file arrived: the receiver verifies every file,
+/// copies the state files and reopens the shard before it answers. A fixed part, plus the
+/// snapshot's size at a slow disk's pace; a lost answer then delays the follower by about
+/// that, not by a fixed ten minutes.
+fn install_deadline(bytes: u64) -> std::time::Duration {
+    const BASE: std::time::Duration = std::time::Duration::from_secs(10);
+    const BYTES_PER_SECOND: u64 = 16 << 20;
+    BASE + std::time::Duration::from_millis(bytes.saturating_mul(1000) / BYTES_PER_SECOND)
+}
 
 /// What a group's type configuration is for this network: numeric node ids, snapshots as
 /// directories, openraft's entries, on the shared runtime. Shard groups and the metadata group
@@ -72,32 +82,6 @@ impl<C> GroupConfig for C where
         Responder = openraft::impls::OneshotResponder<C>,
     >
 {
-}
-
-/// Runs blocking file work off the async workers; on a current-thread runtime (the
-/// simulation's) there are none to protect, and running it in place keeps the run
-/// deterministic.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    if tokio::runtime::Handle::current().runtime_flavor()
-        == tokio::runtime::RuntimeFlavor::CurrentThread
-    {
-        return work();
-    }
-    match tokio::task::spawn_blocking(work).await {
-        Ok(value) => value,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
-}
-
-/// Drops `value` off the async workers (dropping a snapshot handle may remove a directory).
-fn drop_blocking<T: Send + 'static>(value: T) {
-    if tokio::runtime::Handle::current().runtime_flavor()
-        == tokio::runtime::RuntimeFlavor::CurrentThread
-    {
-        drop(value);
-    } else {
-        tokio::task::spawn_blocking(move || drop(value));
-    }
 }
 
 /// A Raft message of one group.
@@ -128,6 +112,9 @@ enum RaftReply {
     AppendEntries(AppendEntriesResponse<u64>),
     Vote(VoteResponse<u64>),
     ChunkStored,
+    /// The receiver follows a newer leader (or candidate): the sender learns of it as
+    /// openraft would from its own snapshot reply, and steps down.
+    HigherVote(Vote<u64>),
     Snapshot(SnapshotResponse<u64>),
     /// The receiving group refused or failed: why.
     Refused(String),
@@ -188,6 +175,8 @@ enum CallError {
     TimedOut(String),
     /// The peer answered with an error.
     Refused(String),
+    /// The peer knows a newer vote than the sender's.
+    HigherVote(Vote<u64>),
 }
 
 impl std::fmt::Display for CallError {
@@ -196,6 +185,7 @@ impl std::fmt::Display for CallError {
             CallError::Unreachable(e) => write!(f, "unreachable: {e}"),
             CallError::TimedOut(why) => write!(f, "timed out: {why}"),
             CallError::Refused(why) => write!(f, "refused: {why}"),
+            CallError::HigherVote(vote) => write!(f, "the peer knows a newer vote: {vote}"),
         }
     }
 }
@@ -264,23 +254,23 @@ impl<C: GroupConfig> GroupClient<C> {
     fn rpc_error<E: std::error::Error>(&self, e: CallError) -> RPCError<u64, Node, E> {
         match e {
             CallError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&e)),
-            CallError::TimedOut(_) | CallError::Refused(_) => {
+            CallError::TimedOut(_) | CallError::Refused(_) | CallError::HigherVote(_) => {
                 RPCError::Network(NetworkError::new(&e))
             }
         }
     }
 
-    /// Sends every file of `snapshot`'s directory, the manifest first. Files are read on
-    /// the blocking pool, a chunk at a time.
+    /// Sends every file of `snapshot`'s directory, the manifest first, and returns the bytes
+    /// sent. Files are read on the blocking pool, a chunk at a time.
     async fn send_files(
         &self,
         transfer: &str,
         vote: Vote<u64>,
         dir: &Path,
         option: &RPCOption,
-    ) -> Result<(), CallError> {
+    ) -> Result<u64, CallError> {
         let manifest_path = dir.join(MANIFEST);
-        let manifest = blocking(move || std::fs::read(&manifest_path))
+        let manifest = off_workers(move || std::fs::read(&manifest_path))
             .await
             .map_err(|e| {
                 CallError::Refused(format!(
@@ -290,6 +280,7 @@ impl<C: GroupConfig> GroupClient<C> {
             })?;
         let manifest: SnapshotManifest = serde_json::from_slice(&manifest)
             .map_err(|e| CallError::Refused(format!("unreadable snapshot manifest: {e}")))?;
+        let bytes = manifest.files.iter().map(|f| f.bytes).sum();
         let mut paths = vec![MANIFEST.to_string()];
         paths.extend(manifest.files.iter().map(|f| f.path.clone()));
         for path in paths {
@@ -298,7 +289,7 @@ impl<C: GroupConfig> GroupClient<C> {
             loop {
                 let at = offset;
                 let read_path = file_path.clone();
-                let bytes = blocking(move || read_chunk(&read_path, at))
+                let bytes = off_workers(move || read_chunk(&read_path, at))
                     .await
                     .map_err(|e| {
                         CallError::Refused(format!("cannot read snapshot file {path}: {e}"))
@@ -321,16 +312,21 @@ impl<C: GroupConfig> GroupClient<C> {
                 }
             }
         }
-        Ok(())
+        Ok(bytes)
     }
 
     /// One chunk, tried up to [`CHUNK_ATTEMPTS`] times (storing a chunk again is harmless).
-    async fn send_chunk(&self, chunk: &RaftRequest<C>, option: &RPCOption) -> Result<(), CallError> {
+    async fn send_chunk(
+        &self,
+        chunk: &RaftRequest<C>,
+        option: &RPCOption,
+    ) -> Result<(), CallError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             match self.call(chunk, Some(option.hard_ttl())).await {
                 Ok(RaftReply::ChunkStored) => return Ok(()),
+                Ok(RaftReply::HigherVote(vote)) => return Err(CallError::HigherVote(vote)),
                 Ok(other) => {
                     return Err(CallError::Refused(format!(
                         "unexpected answer to a snapshot chunk: {other:?}"
@@ -412,22 +408,39 @@ impl<C: GroupConfig> RaftNetwork<C> for GroupClient<C> {
         let dir = snapshot.snapshot.dir().to_path_buf();
         let meta = snapshot.meta.clone();
         let send = async {
-            self.send_files(&transfer, vote, &dir, &option).await?;
-            let done = RaftRequest::SnapshotDone {
-                transfer: transfer.clone(),
-                vote,
-                meta,
-            };
-            match self.call(&done, Some(INSTALL_DEADLINE)).await? {
-                RaftReply::Snapshot(response) => Ok(response),
-                other => Err(CallError::Refused(format!(
-                    "unexpected answer to a snapshot: {other:?}"
-                ))),
+            let sent = async {
+                let bytes = self.send_files(&transfer, vote, &dir, &option).await?;
+                let done = RaftRequest::SnapshotDone {
+                    transfer: transfer.clone(),
+                    vote,
+                    meta,
+                };
+                match self.call(&done, Some(install_deadline(bytes))).await? {
+                    RaftReply::Snapshot(response) => Ok(response),
+                    RaftReply::HigherVote(vote) => Err(CallError::HigherVote(vote)),
+                    other => Err(CallError::Refused(format!(
+                        "unexpected answer to a snapshot: {other:?}"
+                    ))),
+                }
+            }
+            .await;
+            match sent {
+                // openraft steps down when the reply carries a newer vote than its own.
+                Err(CallError::HigherVote(vote)) => Ok(SnapshotResponse::new(vote)),
+                Err(e) => {
+                    // openraft sends the snapshot again at once: pause first, so that a
+                    // receiver that keeps refusing is not hammered.
+                    tokio::time::sleep(TRANSFER_RETRY_PAUSE).await;
+                    Err(e)
+                }
+                ok => ok,
             }
         };
         // The handle keeps the snapshot's files while they are read.
         let _keep = snapshot.snapshot;
         tokio::select! {
+            // In a fixed order: a seeded run must not depend on tokio's random pick.
+            biased;
             closed = cancel => Err(StreamingError::Closed(closed)),
             sent = send => match sent {
                 Ok(response) => Ok(response),
@@ -504,7 +517,7 @@ impl RaftHost {
     /// Stops answering for `group`; true when it was hosted.
     pub fn remove(&self, group: &GroupId) -> bool {
         if let Some(reception) = self.receptions.lock().remove(group) {
-            drop_blocking(reception);
+            drop_off_workers(reception);
         }
         self.groups.lock().remove(group).is_some()
     }
@@ -598,12 +611,14 @@ async fn store_chunk<C: GroupConfig>(
     let mut slot = reception.lock().await;
     if slot.as_ref().is_none_or(|r| r.transfer != transfer) {
         // A leader older than the one this node follows (a deposed one whose chunks
-        // arrive late) must not replace the current transfer.
+        // arrive late) must not replace the current transfer, and learns that it is deposed.
         let known = raft.metrics().borrow().vote;
-        if vote < known || slot.as_ref().is_some_and(|r| vote < r.vote) {
-            return refused(format!(
-                "snapshot transfer {transfer} comes from vote {vote}, older than {known}"
-            ));
+        let newest = match slot.as_ref() {
+            Some(r) if r.vote > known => r.vote,
+            _ => known,
+        };
+        if vote < newest {
+            return encode(&RaftReply::HigherVote(newest));
         }
         if offset != 0 || path != MANIFEST {
             return refused(format!(
@@ -620,7 +635,7 @@ async fn store_chunk<C: GroupConfig>(
                     snapshot,
                 });
                 if let Some(replaced) = replaced {
-                    drop_blocking(replaced);
+                    drop_off_workers(replaced);
                 }
             }
             Err(e) => return refused(e),
@@ -632,7 +647,7 @@ async fn store_chunk<C: GroupConfig>(
             "snapshot file path {path:?} is not a plain relative path"
         ));
     };
-    let written = blocking(move || -> std::io::Result<()> {
+    let written = off_workers(move || -> std::io::Result<()> {
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent)?;
         }
@@ -674,7 +689,7 @@ async fn install<C: GroupConfig>(
     // damaged transfer is refused here, naming the file, and the leader sends it again (a
     // failed install inside openraft would stop the group).
     let dir = reception.snapshot.dir().to_path_buf();
-    let verified = blocking(move || prism_core::shard::snapshot::verify(&dir)).await;
+    let verified = off_workers(move || prism_core::shard::snapshot::verify(&dir)).await;
     let problem = match verified {
         Ok(manifest) => match meta_of(&manifest) {
             Ok(found) if found == meta => None,
@@ -687,7 +702,7 @@ async fn install<C: GroupConfig>(
         Err(e) => Some(format!("the snapshot transfer is damaged: {e}")),
     };
     if let Some(problem) = problem {
-        drop_blocking(reception);
+        drop_off_workers(reception);
         return refused(problem);
     }
     // Files are synced by the install's staging copy; what arrived here is scratch.

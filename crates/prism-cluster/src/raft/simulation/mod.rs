@@ -78,7 +78,10 @@ fn a_seed_replays_exactly() {
     let seed = seeds().start + 7;
     let first = run(seed, CHAOS).expect("the seed passes");
     let second = run(seed, CHAOS).expect("the seed passes");
-    assert_eq!(first.trace, second.trace, "seed {seed} ran differently twice");
+    assert_eq!(
+        first.trace, second.trace,
+        "seed {seed} ran differently twice"
+    );
     assert!(first.acknowledged > 0);
 }
 

@@ -186,7 +186,13 @@ impl Network for Endpoint {
             return std::future::pending().await;
         };
         tokio::time::sleep(delay).await;
-        if self.network.state.lock().cut.contains(&link(to, &self.from)) {
+        if self
+            .network
+            .state
+            .lock()
+            .cut
+            .contains(&link(to, &self.from))
+        {
             return std::future::pending().await;
         }
         postcard::from_bytes(&wire).expect("replies decode")

@@ -107,6 +107,12 @@ impl std::fmt::Display for Totals {
 
 /// Runs seed `seed` for `chaos` of simulated time, then heals and checks.
 pub fn run(seed: u64, chaos: Duration) -> Result<Outcome, Violation> {
+    if let Ok(filter) = std::env::var("PRISM_SIM_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
@@ -346,7 +352,11 @@ impl World {
 
     fn trace(&mut self, event: String) {
         let at = self.started.elapsed().as_millis();
-        self.outcome.trace.push(format!("{at} {event}"));
+        let line = format!("{at} ms: {event} (messages {})", self.net.delivered());
+        if std::env::var_os("PRISM_SIM_TRACE").is_some() {
+            eprintln!("{line}");
+        }
+        self.outcome.trace.push(line);
     }
 
     /// Starts node `id` with the groups it holds (opening what its disk has).
@@ -561,11 +571,11 @@ impl World {
         let groups: Vec<GroupId> = self.groups.keys().cloned().collect();
         let action = self.rng.gen_range(0..100);
         match action {
-            0..=54 => {
+            0..=59 => {
                 let group = groups[self.rng.gen_range(0..groups.len())].clone();
                 self.write(group);
             }
-            55..=61 => {
+            60..=63 => {
                 let up = self.up_nodes();
                 if !up.is_empty() {
                     let id = up[self.rng.gen_range(0..up.len())];
@@ -573,7 +583,7 @@ impl World {
                     self.crash(id).await?;
                 }
             }
-            62..=63 => {
+            64 => {
                 // Power loss of every node at once: only fsynced bytes survive anywhere.
                 self.trace("crash all".into());
                 for id in self.up_nodes() {
@@ -581,7 +591,7 @@ impl World {
                 }
                 self.outcome.all_down += 1;
             }
-            64..=75 => {
+            65..=79 => {
                 let down = self.down_nodes();
                 if !down.is_empty() {
                     let id = down[self.rng.gen_range(0..down.len())];
@@ -589,7 +599,7 @@ impl World {
                     self.boot(id).await?;
                 }
             }
-            76..=83 => {
+            80..=86 => {
                 let all: Vec<NodeId> = self.nodes.keys().map(|id| name(*id)).collect();
                 let size = self.rng.gen_range(1..=all.len() / 2);
                 let mut side = all.clone();
@@ -600,7 +610,7 @@ impl World {
                 self.net.partition(&side, &all);
                 self.outcome.partitions += 1;
             }
-            84..=91 => {
+            87..=93 => {
                 self.trace("heal".into());
                 self.net.heal();
             }
@@ -725,8 +735,8 @@ impl World {
                         if let Some(copy) = self.copy(*id, group) {
                             let m = copy.metrics();
                             detail.push(format!(
-                                "{group} n{id}: {:?} term {} last log {:?} applied {:?}",
-                                m.state, m.current_term, m.last_log_index, m.last_applied
+                                "{group} n{id}: {:?} term {} last log {:?} applied {:?} running {:?}",
+                                m.state, m.current_term, m.last_log_index, m.last_applied, m.running_state
                             ));
                         }
                     }
@@ -750,8 +760,7 @@ impl World {
         self.groups[group].iter().all(|id| {
             self.copy(*id, group).is_some_and(|copy| {
                 let m = copy.metrics();
-                m.last_applied.map(|l| l.index) == Some(last)
-                    && m.current_term == lead.current_term
+                m.last_applied.map(|l| l.index) == Some(last) && m.current_term == lead.current_term
             })
         })
     }

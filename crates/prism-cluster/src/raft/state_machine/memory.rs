@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    AnyError, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, RaftTypeConfig,
-    StorageError, StorageIOError, StoredMembership,
+    AnyError, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, RaftTypeConfig, StorageError,
+    StorageIOError, StoredMembership,
 };
 use parking_lot::Mutex;
 use prism_core::shard::{snapshot as shard_snapshot, AppliedState};
@@ -31,7 +31,9 @@ const STATE_FILE: &str = "state.postcard";
 
 /// A deterministic state: the same commands in the same order give the same state, and the
 /// same [`Replicated::checksum`], on every copy.
-pub trait Replicated: Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static {
+pub trait Replicated:
+    Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static
+{
     type Command;
     type Response: DefaultResponse;
     fn apply(&mut self, command: &Self::Command) -> Self::Response;

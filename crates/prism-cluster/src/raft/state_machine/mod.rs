@@ -99,10 +99,7 @@ pub struct ShardStateMachine {
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, AnyError> + Send + 'static,
 ) -> Result<T, AnyError> {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(result) => result,
-        Err(e) => Err(any(format!("a state machine I/O task failed: {e}"))),
-    }
+    super::off_workers(work).await
 }
 
 impl ShardStateMachine {
