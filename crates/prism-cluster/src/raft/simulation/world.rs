@@ -267,7 +267,7 @@ struct World {
 
 impl World {
     async fn start(seed: u64) -> Result<World, Violation> {
-        let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_0f_5157);
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x005e_ed0f_5157);
         let nodes_count = if rng.gen_bool(0.5) { 3 } else { 5 };
         let net = ChaosNetwork::new(StdRng::seed_from_u64(rng.gen()));
         // tmpfs: the crash image keys files by inode, which tmpfs never reuses.
