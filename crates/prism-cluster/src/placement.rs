@@ -3,7 +3,8 @@
 //!
 //! The rule is "spread copies, least loaded first": the copies of one shard go to distinct
 //! nodes, and each copy goes to the node holding the fewest copies so far (ties by node id).
-//! The first copy of each shard is its intended leader, so leaders spread the same way.
+//! The first copy of each shard is its intended leader: the copy that leads the fewest shards
+//! so far, so that leaders spread too.
 
 use std::collections::BTreeMap;
 
@@ -38,6 +39,7 @@ pub fn place(
             nodes: load.len(),
         });
     }
+    let mut leaders: BTreeMap<u64, usize> = BTreeMap::new();
     let mut placed = Vec::with_capacity(shards as usize);
     for _ in 0..shards {
         let mut copies: Vec<u64> = Vec::with_capacity(replication as usize);
@@ -50,6 +52,14 @@ pub fn place(
             *load.get_mut(&node).expect("a candidate") += 1;
             copies.push(node);
         }
+        // The copy that leads the fewest shards so far goes first: it is the intended leader.
+        let (at, &leader) = copies
+            .iter()
+            .enumerate()
+            .min_by_key(|&(_, node)| (leaders.get(node).copied().unwrap_or(0), *node))
+            .expect("at least one copy");
+        *leaders.entry(leader).or_default() += 1;
+        copies.swap(0, at);
         placed.push(copies);
     }
     Ok(placed)
@@ -83,7 +93,7 @@ mod tests {
     #[test]
     fn the_least_loaded_node_is_chosen_first() {
         let placed = place(&nodes(&[(1, 5), (2, 0), (3, 2), (4, 0)]), 2, 2).unwrap();
-        assert_eq!(placed, vec![vec![2, 4], vec![2, 4]]);
+        assert_eq!(placed, vec![vec![2, 4], vec![4, 2]]);
     }
 
     #[test]

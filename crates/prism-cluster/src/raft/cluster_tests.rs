@@ -79,7 +79,7 @@ async fn start(network: &SimNetwork, id: u64) -> Node {
         id,
         Arc::new(config.validate().unwrap()),
         GroupNetwork::new(Arc::new(endpoint), group()),
-        LogStore::new(Arc::new(log)),
+        LogStore::new(Arc::new(log)).purging_behind(machine.snapshots()),
         machine,
     )
     .await

@@ -20,7 +20,10 @@ pub(crate) async fn off_workers<T: Send + 'static>(work: impl FnOnce() -> T + Se
     }
     match tokio::task::spawn_blocking(work).await {
         Ok(value) => value,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => panic!("blocking work was cancelled: {e}"),
+        },
     }
 }
 

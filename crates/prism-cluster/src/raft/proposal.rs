@@ -66,11 +66,15 @@ where
             index: written.log_id.index,
             response: written.data,
         },
+        // openraft answers ForwardToLeader both when it never appended the entry (it stopped
+        // leading before the write reached its core) and when it appended it and a newer
+        // leader's log then truncated it here; the entry may live on elsewhere and still
+        // commit (the Raft paper's figure 8). So it is unknown, not refused.
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
-            Proposed::Refused {
-                why: "not the leader".into(),
-                leader: forward.leader_id,
-            }
+            Proposed::Unknown(format!(
+                "leadership moved while the write was in flight (to {:?})",
+                forward.leader_id
+            ))
         }
         Ok(Err(e)) => Proposed::Unknown(e.to_string()),
         Err(_) => Proposed::Unknown(format!("not committed within {deadline:?}")),

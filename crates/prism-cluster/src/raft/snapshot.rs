@@ -246,3 +246,12 @@ impl SnapshotStore {
         })
     }
 }
+
+impl super::log_store::PurgeFloor for SnapshotStore {
+    fn durable_through(&self) -> Option<openraft::LogId<u64>> {
+        self.current
+            .lock()
+            .as_ref()
+            .and_then(|(meta, _)| meta.last_log_id)
+    }
+}

@@ -46,7 +46,7 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 #[cfg(feature = "fault-injection")]
-pub use crash_image::CrashImage;
+pub use crash_image::{CrashImage, Frozen};
 
 #[cfg(feature = "fault-injection")]
 mod crash_image {
@@ -64,13 +64,16 @@ mod crash_image {
     /// durable once the parent directory is fsynced, and the content is the inode's. Inode
     /// numbers must not be reused while the image lives, which holds on tmpfs (the
     /// simulation's choice).
-    #[derive(Default)]
+    #[derive(Default, Clone)]
     struct Image {
         contents: HashMap<u64, Vec<u8>>,
         /// Each fsynced directory's entries, by the directory's inode: name → (inode, is a
         /// directory).
         dirs: HashMap<u64, BTreeMap<String, (u64, bool)>>,
     }
+
+    /// The durable state of a tree at one instant, for [`CrashImage::crash_to`].
+    pub struct Frozen(Image);
 
     /// A watched directory tree; [`CrashImage::crash`] rewinds it to its durable image.
     pub struct CrashImage {
@@ -139,8 +142,37 @@ mod crash_image {
         /// last fsync (none if it never had one). The caller has stopped everything that
         /// writes under the root.
         pub fn crash(&self) -> io::Result<()> {
-            let image = self.image.lock();
-            Self::rewind(&self.root, self.root_inode, &image)
+            self.crash_to(self.freeze())
+        }
+
+        /// What is durable now. The power fails at this instant, whatever the node still
+        /// does before the caller stops it.
+        pub fn freeze(&self) -> Frozen {
+            Frozen(self.image.lock().clone())
+        }
+
+        /// Rewinds the tree to `frozen` (see [`CrashImage::crash`]). What the rewind leaves is
+        /// then all durable, under the new inodes it wrote.
+        pub fn crash_to(&self, frozen: Frozen) -> io::Result<()> {
+            Self::rewind(&self.root, self.root_inode, &frozen.0)?;
+            let mut fresh = Image::default();
+            Self::record(&self.root, &mut fresh)?;
+            *self.image.lock() = fresh;
+            Ok(())
+        }
+
+        fn record(dir: &Path, image: &mut Image) -> io::Result<()> {
+            let entries = listing(dir)?;
+            for (name, (ino, is_dir)) in &entries {
+                let path = dir.join(name);
+                if *is_dir {
+                    Self::record(&path, image)?;
+                } else {
+                    image.contents.insert(*ino, fs::read(&path)?);
+                }
+            }
+            image.dirs.insert(fs::metadata(dir)?.ino(), entries);
+            Ok(())
         }
 
         /// Rewinds directory `dir`, whose durable entries are those of inode `inode`.
@@ -232,6 +264,13 @@ mod crash_image {
                 b"snapshot"
             );
             assert!(!built.exists());
+
+            // What the first crash left is durable: a second one keeps it, under the new
+            // inodes the rewind wrote.
+            fs::write(&kept, b"one two three").unwrap();
+            image.crash().unwrap();
+            assert_eq!(fs::read(&kept).unwrap(), b"one");
+            assert_eq!(fs::read(dir.join("state")).unwrap(), b"state");
         }
     }
 }

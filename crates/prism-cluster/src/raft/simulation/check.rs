@@ -46,6 +46,10 @@ pub struct Checker {
     leaders: BTreeMap<(GroupId, u64), u64>,
     /// The content checksum seen at each applied log id, per group.
     applied: BTreeMap<GroupId, BTreeMap<(u64, u64), u64>>,
+    /// For each acknowledged entry, the highest term any copy had reached when the checker
+    /// first saw the acknowledgement: every leader of a later term must hold the entry.
+    /// (A leader of an earlier term, cut off and unaware, may lack it.)
+    terms_at_ack: BTreeMap<(GroupId, (u64, u64)), u64>,
 }
 
 impl Checker {
@@ -114,10 +118,21 @@ impl Checker {
                 }
             }
         }
-        // Leader completeness: a leader of a term holds every entry committed before or in it
-        // (in its log, or purged behind its snapshot).
+        // Leader completeness: a leader elected after an entry was acknowledged holds it (in
+        // its log, or purged behind its snapshot).
+        let highest = copies.iter().map(|c| c.term).max().unwrap_or(0);
+        let floors: Vec<((u64, u64), u64)> = acknowledged
+            .iter()
+            .map(|&id| {
+                let floor = *self
+                    .terms_at_ack
+                    .entry((group.clone(), id))
+                    .or_insert(highest.max(id.0));
+                (id, floor)
+            })
+            .collect();
         for (copy, (first, log)) in logs.iter().filter(|(c, _)| c.leader) {
-            for &(term, index) in acknowledged.iter().filter(|(t, _)| *t <= copy.term) {
+            for &((term, index), _) in floors.iter().filter(|(_, floor)| copy.term > *floor) {
                 if index < *first {
                     continue;
                 }

@@ -38,6 +38,8 @@ impl Faults {
 struct State {
     rng: StdRng,
     handlers: BTreeMap<NodeId, Arc<dyn Handler>>,
+    /// Bumped when a node goes down: nothing its earlier incarnation sends gets through.
+    incarnations: BTreeMap<NodeId, u64>,
     /// Links cut both ways, as (smaller, larger).
     cut: BTreeSet<(NodeId, NodeId)>,
     faults: Faults,
@@ -63,6 +65,7 @@ impl ChaosNetwork {
             state: Arc::new(Mutex::new(State {
                 rng,
                 handlers: BTreeMap::new(),
+                incarnations: BTreeMap::new(),
                 cut: BTreeSet::new(),
                 faults: Faults::NONE,
                 delivered: 0,
@@ -75,15 +78,24 @@ impl ChaosNetwork {
         self.state.lock().handlers.insert(id.to_string(), handler);
     }
 
-    /// Node `id` is gone: messages to it are lost.
+    /// Node `id` is gone: messages to it are lost, and so is everything it was still
+    /// sending (replies included).
     pub fn down(&self, id: &str) {
-        self.state.lock().handlers.remove(id);
+        let mut state = self.state.lock();
+        state.handlers.remove(id);
+        *state.incarnations.entry(id.to_string()).or_default() += 1;
     }
 
+    fn incarnation(&self, id: &str) -> u64 {
+        self.state.lock().incarnations.get(id).copied().unwrap_or(0)
+    }
+
+    /// Calls from node `from` as it runs now.
     pub fn endpoint(&self, from: &str) -> Endpoint {
         Endpoint {
             network: self.clone(),
             from: from.to_string(),
+            incarnation: self.incarnation(from),
         }
     }
 
@@ -150,8 +162,11 @@ impl ChaosNetwork {
             state.handlers.get(to)?.clone()
         };
         self.state.lock().delivered += 1;
+        let incarnation = self.incarnation(to);
         let envelope: Envelope = postcard::from_bytes(wire).expect("envelopes decode");
-        Some(handler.handle(from.to_string(), envelope).await)
+        let reply = handler.handle(from.to_string(), envelope).await;
+        // A node that went down while it handled the message never answers.
+        (self.incarnation(to) == incarnation).then_some(reply)
     }
 }
 
@@ -159,11 +174,16 @@ impl ChaosNetwork {
 pub struct Endpoint {
     network: ChaosNetwork,
     from: NodeId,
+    incarnation: u64,
 }
 
 #[async_trait]
 impl Network for Endpoint {
     async fn call(&self, to: &NodeId, envelope: Envelope) -> Reply {
+        if self.network.incarnation(&self.from) != self.incarnation {
+            // Sent by a node that crashed since: it never leaves.
+            return std::future::pending().await;
+        }
         let wire = postcard::to_stdvec(&envelope).expect("envelopes encode");
         if let Some(later) = self.network.duplicate() {
             let (network, from, to, wire) = (

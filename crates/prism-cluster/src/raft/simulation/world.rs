@@ -404,7 +404,7 @@ impl World {
                 id,
                 config(),
                 GroupNetwork::new(network, group.clone()),
-                LogStore::new(log.clone()),
+                LogStore::new(log.clone()).purging_behind(machine.snapshots()),
                 machine,
             )
             .await
@@ -418,7 +418,7 @@ impl World {
                 id,
                 config(),
                 GroupNetwork::new(network, group.clone()),
-                LogStore::new(log.clone()),
+                LogStore::new(log.clone()).purging_behind(machine.snapshots()),
                 machine,
             )
             .await
@@ -532,6 +532,9 @@ impl World {
         let Some(running) = node.running.take() else {
             return Ok(());
         };
+        // The power fails now: what is durable at this instant is what survives, and nothing
+        // the node sends from now on gets out.
+        let frozen = node.image.freeze();
         self.net.down(&name(id));
         for (group, copy) in &running.copies {
             node.installs += copy.raft.state().2;
@@ -539,12 +542,12 @@ impl World {
             running.host.remove(group);
         }
         drop(running);
-        // Whatever the stopped tasks still had to finish runs now, before the power goes.
+        // Whatever the stopped tasks still had to finish runs now; it is lost with the rest.
         for _ in 0..20 {
             tokio::task::yield_now().await;
         }
         node.image
-            .crash()
+            .crash_to(frozen)
             .map_err(|e| Violation(format!("node {id} cannot be crashed: {e}")))?;
         self.outcome.crashes += 1;
         Ok(())

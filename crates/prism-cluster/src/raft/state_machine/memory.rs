@@ -121,6 +121,11 @@ impl<C, S: Replicated> MemoryStateMachine<C, S> {
         })
     }
 
+    /// The group's snapshots: its log store purges behind them.
+    pub fn snapshots(&self) -> Arc<SnapshotStore> {
+        self.snapshots.clone()
+    }
+
     pub fn reader(&self) -> StateReader<S> {
         StateReader(self.applied.clone())
     }

@@ -126,6 +126,11 @@ impl ShardStateMachine {
         })
     }
 
+    /// The group's snapshots: its log store purges behind them.
+    pub fn snapshots(&self) -> Arc<SnapshotStore> {
+        self.snapshots.clone()
+    }
+
     /// The shard copy, for reads.
     pub fn shard(&self) -> ShardSlot {
         self.shard.clone()
