@@ -10,11 +10,13 @@
 //! - `dir/<first_index:020>.log` segment files. A segment starts with a 24-byte header
 //!   `[magic "PRISMLG1"][previous last index u64, u64::MAX for none][crc32 u32][0 u32]` that
 //!   names the entry before its first one, so a lost segment is detected even where the log
-//!   has a gap on purpose (openraft's storage suite appends across holes; a snapshot install
-//!   starts the log afresh). Each entry is framed as
+//!   starts afresh after a purge past its end (a snapshot install). An append that would
+//!   leave a gap is refused. Each entry is framed as
 //!   `[payload_len u32][crc32 u32][term u64][leader u64][index u64][payload]`, little-endian;
 //!   the checksum covers everything after itself.
 //! - `dir/STATE`: the hard state (vote, committed, last purged), replaced atomically.
+//! - `dir/COMMITTED`: the newest committed id, rewritten in place without an fsync (see
+//!   [`ShardLog::save_committed`]).
 //!
 //! Only an incomplete or failing entry with nothing valid after it, at the very end of the
 //! newest segment, is a torn write (never acknowledged) and is cut at open. A failing entry
@@ -42,6 +44,7 @@ const SEGMENT_HEADER_LEN: u64 = 24;
 /// Largest payload accepted; a larger length in a header means corruption.
 pub const MAX_ENTRY_BYTES: usize = 512 << 20;
 const STATE_FILE: &str = "STATE";
+const COMMITTED_FILE: &str = "COMMITTED";
 
 /// Where an entry sits in the replicated history: the term and the node that led it (0 on a
 /// single node), and its position.
@@ -428,6 +431,40 @@ fn read_state(dir: &Path) -> Result<HardState> {
     }
 }
 
+/// `[crc32 u32][term u64][leader u64][index u64]`, little-endian; all zero for none.
+const COMMITTED_RECORD: usize = 28;
+
+fn write_committed(dir: &Path, committed: Option<LogId>) -> Result<()> {
+    let mut record = [0u8; COMMITTED_RECORD];
+    if let Some(id) = committed {
+        record[4..12].copy_from_slice(&id.term.to_le_bytes());
+        record[12..20].copy_from_slice(&id.leader.to_le_bytes());
+        record[20..28].copy_from_slice(&(id.index + 1).to_le_bytes());
+    }
+    let crc = crc32fast::hash(&record[4..]);
+    record[..4].copy_from_slice(&crc.to_le_bytes());
+    let path = dir.join(COMMITTED_FILE);
+    fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(&path)
+        .and_then(|file| file.write_all_at(&record, 0))
+        .map_err(|e| Error::io(path, e))
+}
+
+/// The committed id of the last [`write_committed`] that reached the disk whole, if any.
+fn read_committed(dir: &Path) -> Option<LogId> {
+    let bytes = fs::read(dir.join(COMMITTED_FILE)).ok()?;
+    let record = bytes.get(..COMMITTED_RECORD)?;
+    let word = |at: usize| u64::from_le_bytes(record[at..at + 8].try_into().expect("8 bytes"));
+    if crc32fast::hash(&record[4..]) != u32::from_le_bytes(record[..4].try_into().ok()?) {
+        return None;
+    }
+    let index = word(20).checked_sub(1)?;
+    Some(LogId::new(word(4), word(12), index))
+}
+
 fn write_state(dir: &Path, state: &HardState) -> Result<()> {
     let body = postcard::to_stdvec(state).expect("hard state serializes");
     let mut bytes = crc32fast::hash(&body).to_le_bytes().to_vec();
@@ -457,7 +494,10 @@ impl ShardLog {
     pub fn open(dir: &Path, options: OpenOptions) -> Result<(Self, Recovery)> {
         create_dir_durable(dir)?;
         legacy::migrate(dir)?;
-        let state = read_state(dir)?;
+        let mut state = read_state(dir)?;
+        // Either may be the newer: the committed file is written without an fsync, the hard
+        // state carries the committed id of its own last write.
+        state.committed = state.committed.max(read_committed(dir));
         let mut found = Vec::new();
         for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
             let entry = entry.map_err(|e| Error::io(dir, e))?;
@@ -676,8 +716,8 @@ impl ShardLog {
     /// Appends entries and makes them durable with one fsync (group commit) before
     /// returning. The caller gives the indexes: entries must be consecutive, and terms must not
     /// go back. An append at or below the newest index replaces the log from there (Raft's
-    /// conflict rule); one above it leaves a gap, which the new segment's header records.
-    /// Entries at or below the last purged index are skipped.
+    /// conflict rule); one that would leave a gap after it is refused. Entries at or below the
+    /// last purged index are skipped.
     pub fn append(&self, entries: &[(LogId, &[u8])]) -> Result<()> {
         let mut appender = self.appender.lock();
         self.refuse_if_poisoned(&appender)?;
@@ -692,6 +732,11 @@ impl ShardLog {
             return Ok(());
         };
         let last = self.view.read().last;
+        if let Some(last) = last.filter(|l| first.index > l.index + 1) {
+            return Err(Error::LogOrder(format!(
+                "an append of {first} after {last} would leave a gap"
+            )));
+        }
         if last.is_some_and(|l| first.index <= l.index) {
             self.truncate_locked(&appender, first.index)?;
         }
@@ -724,9 +769,6 @@ impl ShardLog {
             (view.last, roll)
         };
         if roll {
-            if last.is_some_and(|l| first.index > l.index + 1) {
-                tracing::warn!(dir = %self.dir.display(), after = ?last, first = %first, "a log append leaves a gap");
-            }
             self.roll(first.index, last.map(|l| l.index))?;
         }
         self.append_locked(&mut appender, entries)
@@ -950,8 +992,18 @@ impl ShardLog {
         self.save_state(|s| s.vote = Some(vote.to_vec()))
     }
 
+    /// Records the highest committed entry, without an fsync: losing it in a crash only makes
+    /// the node learn it again from its leader, and a torn write fails its checksum and reads
+    /// as the older value the hard state holds. It goes to its own small file, rewritten in
+    /// place, so that the vote's file is never at risk.
     pub fn save_committed(&self, committed: Option<LogId>) -> Result<()> {
-        self.save_state(|s| s.committed = committed)
+        let mut appender = self.appender.lock();
+        self.refuse_if_poisoned(&appender)?;
+        if appender.state.committed != committed {
+            write_committed(&self.dir, committed)?;
+            appender.state.committed = committed;
+        }
+        Ok(())
     }
 
     fn save_state(&self, change: impl FnOnce(&mut HardState)) -> Result<()> {

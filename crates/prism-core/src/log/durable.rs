@@ -80,6 +80,8 @@ mod crash_image {
         root: PathBuf,
         root_inode: u64,
         image: Mutex<Image>,
+        /// When recording: the image right after each fsync, the crash points of an operation.
+        history: Mutex<Option<Vec<Image>>>,
     }
 
     static WATCHED: Mutex<Vec<Weak<CrashImage>>> = Mutex::new(Vec::new());
@@ -97,7 +99,9 @@ mod crash_image {
     pub(super) fn file_synced(path: &Path) {
         for watcher in watchers_of(path) {
             if let (Ok(meta), Ok(bytes)) = (fs::metadata(path), fs::read(path)) {
-                watcher.image.lock().contents.insert(meta.ino(), bytes);
+                let mut image = watcher.image.lock();
+                image.contents.insert(meta.ino(), bytes);
+                watcher.remember(&image);
             }
         }
     }
@@ -105,7 +109,9 @@ mod crash_image {
     pub(super) fn dir_synced(dir: &Path) {
         for watcher in watchers_of(dir) {
             if let (Ok(meta), Ok(entries)) = (fs::metadata(dir), listing(dir)) {
-                watcher.image.lock().dirs.insert(meta.ino(), entries);
+                let mut image = watcher.image.lock();
+                image.dirs.insert(meta.ino(), entries);
+                watcher.remember(&image);
             }
         }
     }
@@ -131,6 +137,7 @@ mod crash_image {
                 image: Mutex::new(Image::default()),
                 root: root.to_path_buf(),
                 root_inode,
+                history: Mutex::new(None),
             });
             image.image.lock().dirs.insert(root_inode, listing(root)?);
             WATCHED.lock().push(Arc::downgrade(&image));
@@ -143,6 +150,30 @@ mod crash_image {
         /// writes under the root.
         pub fn crash(&self) -> io::Result<()> {
             self.crash_to(self.freeze())
+        }
+
+        fn remember(&self, image: &Image) {
+            if let Some(history) = self.history.lock().as_mut() {
+                history.push(image.clone());
+            }
+        }
+
+        /// Starts recording a crash point after every fsync from now on.
+        pub fn record_crash_points(&self) {
+            let now = self.image.lock().clone();
+            *self.history.lock() = Some(vec![now]);
+        }
+
+        /// The crash points recorded since [`CrashImage::record_crash_points`]: what was
+        /// durable before the first fsync, and after each one.
+        pub fn crash_points(&self) -> Vec<Frozen> {
+            self.history
+                .lock()
+                .take()
+                .unwrap_or_default()
+                .into_iter()
+                .map(Frozen)
+                .collect()
         }
 
         /// What is durable now. The power fails at this instant, whatever the node still

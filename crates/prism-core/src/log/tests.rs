@@ -102,20 +102,25 @@ fn an_append_over_existing_entries_replaces_them() {
 }
 
 #[test]
-fn a_gap_is_recorded_and_survives_reopen() {
+fn an_append_that_would_leave_a_gap_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (log, _) = open(dir.path(), 1 << 20);
     log.append(&[(LogId::new(0, 0, 0), b"zero".as_slice())])
         .unwrap();
-    log.append(&[(LogId::new(1, 0, 3), b"three".as_slice())])
+    let refused = log.append(&[(LogId::new(1, 0, 3), b"three".as_slice())]);
+    assert!(
+        matches!(refused, Err(Error::LogOrder(ref m)) if m.contains("gap")),
+        "{refused:?}"
+    );
+    assert_eq!(log.last_log_id(), Some(LogId::new(0, 0, 0)));
+    // After a purge past the end (a snapshot install) the log starts afresh after it.
+    log.purge(LogId::new(2, 0, 7)).unwrap();
+    log.append(&[(LogId::new(2, 0, 8), b"eight".as_slice())])
         .unwrap();
     drop(log);
     let (log, _) = open(dir.path(), 1 << 20);
-    assert_eq!(log.last_log_id(), Some(LogId::new(1, 0, 3)));
-    let entries = log.read(0..10, usize::MAX).unwrap();
-    assert_eq!(indexes(&entries), vec![0, 3]);
-    log.truncate(2).unwrap();
-    assert_eq!(log.last_log_id(), Some(LogId::new(0, 0, 0)));
+    assert_eq!(log.last_log_id(), Some(LogId::new(2, 0, 8)));
+    assert_eq!(indexes(&log.read(0..10, usize::MAX).unwrap()), vec![8]);
 }
 
 #[test]
@@ -429,4 +434,189 @@ fn created_directories_are_made_durable() {
     create_dir_durable(&deep).unwrap();
     assert!(deep.is_dir());
     create_dir_durable(&deep).unwrap();
+}
+
+/// Crashes at every fsync of an operation: before the first, and after each one, the log is
+/// reopened from exactly what was durable there (`durable::CrashImage`).
+#[cfg(feature = "fault-injection")]
+mod crash_points {
+    use super::*;
+    use crate::log::durable::CrashImage;
+
+    const SEGMENT: u64 = 256;
+
+    /// Runs `setup`, then `operation` under a crash image, then for each crash point of the
+    /// operation reopens the log there (which must succeed) and hands it to `check`. Returns
+    /// how many crash points there were.
+    fn at_every_crash_point(
+        setup: impl Fn(&ShardLog),
+        operation: impl Fn(&ShardLog),
+        check: impl Fn(&ShardLog),
+    ) -> usize {
+        let mut point = 0;
+        loop {
+            let root = tempfile::tempdir_in("/dev/shm").unwrap();
+            let image = CrashImage::watch(root.path()).unwrap();
+            let dir = root.path().join("log");
+            let (log, _) = open(&dir, SEGMENT);
+            setup(&log);
+            image.record_crash_points();
+            operation(&log);
+            let points = image.crash_points();
+            let count = points.len();
+            drop(log);
+            let frozen = points.into_iter().nth(point).expect("a crash point");
+            image.crash_to(frozen).unwrap();
+            let log = ShardLog::open(&dir, options(SEGMENT))
+                .unwrap_or_else(|e| panic!("crash point {point} of {count}: {e}"))
+                .0;
+            check(&log);
+            point += 1;
+            if point >= count {
+                return count;
+            }
+        }
+    }
+
+    fn contents(log: &ShardLog) -> Vec<(u64, u64, Vec<u8>)> {
+        read_all(log)
+            .into_iter()
+            .map(|e| (e.id.term, e.id.index, e.payload))
+            .collect()
+    }
+
+    fn thirty(log: &ShardLog) {
+        for i in 0..30 {
+            log.append_next(1, 0, &payloads(i..i + 1)).unwrap();
+        }
+        assert!(segment_files(&log.dir).len() > 3, "several segments");
+    }
+
+    /// Truncating removes entries that conflict with a new leader's, which were never
+    /// committed: keeping a prefix of them is safe, but never later ones after a gap.
+    #[test]
+    fn a_crash_in_a_truncate_leaves_a_prefix_of_the_old_log_at_least_as_long_as_the_cut() {
+        let before = {
+            let root = tempfile::tempdir_in("/dev/shm").unwrap();
+            let (log, _) = open(root.path(), SEGMENT);
+            thirty(&log);
+            contents(&log)
+        };
+        let cut: Vec<_> = before.iter().filter(|e| e.1 < 12).cloned().collect();
+        let points = at_every_crash_point(
+            thirty,
+            |log| log.truncate(12).unwrap(),
+            |log| {
+                let now = contents(log);
+                assert!(before.starts_with(&now) && now.starts_with(&cut), "{now:?}");
+            },
+        );
+        assert!(points > 2, "{points} crash points");
+    }
+
+    #[test]
+    fn a_crash_in_a_conflicting_append_never_mixes_old_and_new_entries() {
+        let replace = |log: &ShardLog| {
+            let batch: Vec<(LogId, &[u8])> = (12..15)
+                .map(|i| (LogId::new(2, 0, i), b"new".as_slice()))
+                .collect();
+            log.append(&batch).unwrap();
+        };
+        at_every_crash_point(thirty, replace, |log| {
+            let now = contents(log);
+            let old_after_cut = now.iter().any(|e| e.1 >= 12 && e.0 == 1);
+            let new = now.iter().any(|e| e.0 == 2);
+            assert!(!(old_after_cut && new), "{now:?}");
+            assert!(now.iter().filter(|e| e.1 < 12).count() == 11, "{now:?}");
+            if new {
+                assert_eq!(now.last().unwrap().1, 14);
+            }
+        });
+    }
+
+    #[test]
+    fn a_crash_in_a_purge_keeps_every_entry_after_the_purge_point() {
+        let purge = |log: &ShardLog| {
+            let upto = log.log_id_at(17).unwrap().unwrap();
+            log.purge(upto).unwrap();
+        };
+        at_every_crash_point(thirty, purge, |log| {
+            let now = contents(log);
+            assert_eq!(now.last().unwrap().1, 30);
+            let after: Vec<u64> = now.iter().map(|e| e.1).filter(|i| *i > 17).collect();
+            assert_eq!(after, (18..=30).collect::<Vec<_>>());
+            let purged = log.hard_state().last_purged.map(|p| p.index);
+            assert!(purged.is_none() || purged == Some(17), "{purged:?}");
+            if purged == Some(17) {
+                assert!(log.first_index() > 17);
+            }
+        });
+    }
+
+    #[test]
+    fn a_crash_while_voting_keeps_the_old_vote_or_the_new_one() {
+        let setup = |log: &ShardLog| {
+            thirty(log);
+            log.save_vote(b"old").unwrap();
+        };
+        let points = at_every_crash_point(
+            setup,
+            |log| log.save_vote(b"new").unwrap(),
+            |log| {
+                let vote = log.hard_state().vote;
+                assert!(
+                    vote.as_deref() == Some(b"old".as_slice())
+                        || vote.as_deref() == Some(b"new".as_slice()),
+                    "{vote:?}"
+                );
+            },
+        );
+        assert!(points > 1);
+    }
+
+    #[test]
+    fn a_crash_in_an_append_loses_it_whole_or_keeps_it_whole() {
+        at_every_crash_point(
+            |log| {
+                log.append_next(1, 0, &payloads(0..5)).unwrap();
+            },
+            |log| {
+                log.append_next(1, 0, &payloads(5..8)).unwrap();
+            },
+            |log| {
+                let now: Vec<u64> = contents(log).iter().map(|e| e.1).collect();
+                assert!(
+                    now == (1..=5).collect::<Vec<_>>() || now == (1..=8).collect::<Vec<_>>(),
+                    "{now:?}"
+                );
+            },
+        );
+    }
+
+    #[test]
+    fn the_committed_id_costs_no_fsync_and_a_crash_only_makes_it_older() {
+        let root = tempfile::tempdir_in("/dev/shm").unwrap();
+        let image = CrashImage::watch(root.path()).unwrap();
+        let dir = root.path().join("log");
+        let (log, _) = open(&dir, SEGMENT);
+        thirty(&log);
+        let fifth = log.log_id_at(5).unwrap().unwrap();
+        log.save_committed(Some(fifth)).unwrap();
+        log.save_vote(b"v").unwrap();
+        image.record_crash_points();
+        let tenth = log.log_id_at(10).unwrap().unwrap();
+        log.save_committed(Some(tenth)).unwrap();
+        assert_eq!(image.crash_points().len(), 1, "no fsync");
+        assert_eq!(log.hard_state().committed, Some(tenth));
+        // Read back after a clean close: the newer one.
+        drop(log);
+        let (log, _) = open(&dir, SEGMENT);
+        assert_eq!(log.hard_state().committed, Some(tenth));
+        drop(log);
+        // After a power loss: the one the vote's write carried.
+        image.crash().unwrap();
+        let (log, _) = open(&dir, SEGMENT);
+        assert_eq!(log.hard_state().committed, Some(fifth));
+        assert_eq!(log.hard_state().vote.as_deref(), Some(b"v".as_slice()));
+    }
 }
