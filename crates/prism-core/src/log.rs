@@ -843,6 +843,9 @@ impl ShardLog {
             let old = view.segments.pop().expect("checked");
             if old.path != segment.path {
                 fs::remove_file(&old.path).map_err(|e| Error::io(&old.path, e))?;
+                // Durably: the empty segment would come back after a crash, in front of or
+                // behind entries it does not follow, and the log would not open.
+                sync_dir(&self.dir)?;
             }
         }
         view.segments.push(segment);

@@ -61,6 +61,7 @@ async fn start(network: &SimNetwork, id: u64) -> Node {
     .unwrap();
     let machine = ShardStateMachine::open(dirs, schema(), ShardConfig::default()).unwrap();
     let shard = machine.shard();
+    let snapshots = machine.snapshots();
     let host = Arc::new(RaftHost::default());
     let endpoint = network.join(&name(id), Arc::new(RaftHandler(host.clone())));
     let config = Config {
@@ -79,12 +80,12 @@ async fn start(network: &SimNetwork, id: u64) -> Node {
         id,
         Arc::new(config.validate().unwrap()),
         GroupNetwork::new(Arc::new(endpoint), group()),
-        LogStore::new(Arc::new(log)).purging_behind(machine.snapshots()),
+        LogStore::new(Arc::new(log)),
         machine,
     )
     .await
     .unwrap();
-    host.add(group(), raft.clone());
+    host.add(group(), raft.clone(), snapshots);
     Node {
         raft,
         shard,

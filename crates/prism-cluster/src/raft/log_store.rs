@@ -13,7 +13,6 @@ use openraft::{
     AnyError, CommittedLeaderId, LogId, LogState, OptionalSend, RaftLogId, RaftLogReader,
     RaftTypeConfig, StorageError, StorageIOError, Vote,
 };
-use parking_lot::Mutex;
 use prism_core::log::{self as core_log, ShardLog};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -21,23 +20,10 @@ use serde::Serialize;
 /// Most payload bytes one bounded read (replication to a lagging follower) returns.
 pub const READ_BATCH_BYTES: usize = 8 << 20;
 
-/// How far a group's durable snapshot reaches: its log is never purged past that.
-///
-/// openraft 0.9 purges a follower's log as soon as it hands a received snapshot to the state
-/// machine, before the state machine has made it durable. A crash in between would leave a
-/// log purged past a state machine that restarts behind it, and the copy could never start
-/// again. A purge beyond the durable snapshot is deferred until the snapshot is durable.
-pub trait PurgeFloor: Send + Sync {
-    fn durable_through(&self) -> Option<LogId<u64>>;
-}
-
 /// A Raft log store over one shard log. Clones share the log: the clone handed out as the
 /// log reader reads while the store appends.
 pub struct LogStore<C> {
     log: Arc<ShardLog>,
-    floor: Option<Arc<dyn PurgeFloor>>,
-    /// A purge openraft asked for beyond the floor, done once the floor reaches it.
-    deferred: Arc<Mutex<Option<LogId<u64>>>>,
     _config: PhantomData<C>,
 }
 
@@ -45,8 +31,6 @@ impl<C> Clone for LogStore<C> {
     fn clone(&self) -> Self {
         LogStore {
             log: self.log.clone(),
-            floor: self.floor.clone(),
-            deferred: self.deferred.clone(),
             _config: PhantomData,
         }
     }
@@ -56,40 +40,8 @@ impl<C> LogStore<C> {
     pub fn new(log: Arc<ShardLog>) -> Self {
         LogStore {
             log,
-            floor: None,
-            deferred: Arc::default(),
             _config: PhantomData,
         }
-    }
-
-    /// Never purges past what `floor` holds durably.
-    pub fn purging_behind(mut self, floor: Arc<dyn PurgeFloor>) -> Self {
-        self.floor = Some(floor);
-        self
-    }
-
-    /// Purges up to `wanted`, or as far towards it as the floor allows, and remembers the
-    /// rest.
-    async fn purge_towards(&self, wanted: LogId<u64>) -> Result<(), StorageError<u64>> {
-        let allowed = match &self.floor {
-            None => Some(wanted),
-            Some(floor) => match floor.durable_through() {
-                Some(limit) if limit.index < wanted.index => Some(limit),
-                Some(_) => Some(wanted),
-                None => None,
-            },
-        };
-        *self.deferred.lock() = (allowed != Some(wanted)).then_some(wanted);
-        let purged = self.log.hard_state().last_purged.map(|p| p.index);
-        let Some(upto) = allowed.filter(|a| Some(a.index) > purged) else {
-            return Ok(());
-        };
-        let log = self.log.clone();
-        let upto = to_core(&upto);
-        blocking(move || log.purge(upto))
-            .await
-            .map_err(StorageIOError::write_logs)?;
-        Ok(())
     }
 }
 
@@ -254,11 +206,7 @@ where
         match result {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
-                let deferred = *self.deferred.lock();
-                match deferred {
-                    Some(wanted) => self.purge_towards(wanted).await,
-                    None => Ok(()),
-                }
+                Ok(())
             }
             Err(e) => {
                 callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
@@ -276,7 +224,12 @@ where
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
-        self.purge_towards(log_id).await
+        let log = self.log.clone();
+        let upto = to_core(&log_id);
+        blocking(move || log.purge(upto))
+            .await
+            .map_err(StorageIOError::write_logs)?;
+        Ok(())
     }
 }
 

@@ -32,7 +32,7 @@ use parking_lot::Mutex;
 use prism_core::shard::snapshot::{SnapshotManifest, MANIFEST};
 use serde::{Deserialize, Serialize};
 
-use super::snapshot::{meta_of, Meta, ShardSnapshot};
+use super::snapshot::{meta_of, Meta, ShardSnapshot, SnapshotStore};
 use super::types::{Node, SeededTokio};
 use super::{drop_off_workers, off_workers};
 use crate::network::Network;
@@ -473,7 +473,10 @@ trait HostedGroup: Send + Sync {
     fn as_any(&self) -> &dyn Any;
 }
 
-struct Hosted<C: GroupConfig>(Raft<C>);
+struct Hosted<C: GroupConfig> {
+    raft: Raft<C>,
+    snapshots: Arc<SnapshotStore>,
+}
 
 impl<C: GroupConfig> HostedGroup for Hosted<C> {
     fn answer<'a>(
@@ -481,7 +484,7 @@ impl<C: GroupConfig> HostedGroup for Hosted<C> {
         reception: ReceptionSlot,
         message: &'a [u8],
     ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<u8>, RpcError>> + Send + 'a>> {
-        Box::pin(answer(&self.0, reception, message))
+        Box::pin(answer(&self.raft, &self.snapshots, reception, message))
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -510,8 +513,16 @@ fn inside(dir: &Path, path: &str) -> Option<PathBuf> {
 }
 
 impl RaftHost {
-    pub fn add<C: GroupConfig>(&self, group: GroupId, raft: Raft<C>) {
-        self.groups.lock().insert(group, Arc::new(Hosted(raft)));
+    /// Answers for `group`, whose state machine keeps its snapshots in `snapshots`.
+    pub fn add<C: GroupConfig>(
+        &self,
+        group: GroupId,
+        raft: Raft<C>,
+        snapshots: Arc<SnapshotStore>,
+    ) {
+        self.groups
+            .lock()
+            .insert(group, Arc::new(Hosted { raft, snapshots }));
     }
 
     /// Stops answering for `group`; true when it was hosted.
@@ -525,7 +536,7 @@ impl RaftHost {
     /// The Raft of `group`, when it is hosted with configuration `C`.
     pub fn get<C: GroupConfig>(&self, group: &GroupId) -> Option<Raft<C>> {
         let hosted = self.groups.lock().get(group).cloned()?;
-        let raft = hosted.as_any().downcast_ref::<Hosted<C>>()?.0.clone();
+        let raft = hosted.as_any().downcast_ref::<Hosted<C>>()?.raft.clone();
         Some(raft)
     }
 
@@ -549,6 +560,7 @@ impl RaftHost {
 
 async fn answer<C: GroupConfig>(
     raft: &Raft<C>,
+    snapshots: &Arc<SnapshotStore>,
     reception: ReceptionSlot,
     message: &[u8],
 ) -> Result<Vec<u8>, RpcError> {
@@ -583,7 +595,7 @@ async fn answer<C: GroupConfig>(
             transfer,
             vote,
             meta,
-        } => install(raft, &reception, &transfer, vote, meta).await,
+        } => install(raft, snapshots, &reception, &transfer, vote, meta).await,
     })
 }
 
@@ -668,6 +680,7 @@ async fn store_chunk<C: GroupConfig>(
 
 async fn install<C: GroupConfig>(
     raft: &Raft<C>,
+    snapshots: &Arc<SnapshotStore>,
     slot: &ReceptionSlot,
     transfer: &str,
     vote: Vote<u64>,
@@ -705,10 +718,34 @@ async fn install<C: GroupConfig>(
         drop_off_workers(reception);
         return refused(problem);
     }
-    // Files are synced by the install's staging copy; what arrived here is scratch.
+    // A newer leader may have appeared while the files travelled.
+    let known = raft.metrics().borrow().vote;
+    if vote < known {
+        drop_off_workers(reception);
+        return encode(&RaftReply::HigherVote(known));
+    }
+    // Durable and current before openraft sees it: openraft 0.9 purges the log up to the
+    // snapshot as soon as it hands it to the state machine, before the install is durable.
+    // After a crash in between, the state machine opens from this snapshot (the log no
+    // longer holds what it covers).
+    let store = snapshots.clone();
+    let received = reception.snapshot;
+    let published = off_workers(move || -> std::io::Result<ShardSnapshot> {
+        let dir = received.dir().to_path_buf();
+        super::snapshot::sync_tree(&dir)?;
+        let published = store.publish(&dir)?;
+        drop(received);
+        Ok(published)
+    })
+    .await;
+    let published = match published {
+        Ok(published) => published,
+        Err(e) => return refused(format!("cannot keep the received snapshot: {e}")),
+    };
+    snapshots.set_current(meta.clone(), published.clone());
     let snapshot = Snapshot {
         meta,
-        snapshot: reception.snapshot,
+        snapshot: Box::new(published),
     };
     match raft.install_full_snapshot(vote, snapshot).await {
         Ok(response) => encode(&RaftReply::Snapshot(response)),

@@ -219,22 +219,6 @@ impl SnapshotStore {
         }
     }
 
-    /// Forgets the current snapshot when it is newer than `applied`, what the state machine
-    /// holds: an install that a crash interrupted after the snapshot was kept and before
-    /// the state was replaced. The group then is a follower that is behind.
-    pub fn forget_newer_than(&self, applied: Option<openraft::LogId<u64>>) {
-        let mut current = self.current.lock();
-        if current
-            .as_ref()
-            .is_some_and(|(meta, _)| meta.last_log_id > applied)
-        {
-            if let Some((meta, files)) = current.take() {
-                tracing::warn!(snapshot = %meta.snapshot_id, ?applied, "a snapshot newer than the state machine was left by an interrupted install; it is dropped");
-                files.superseded.store(true, Ordering::Release);
-            }
-        }
-    }
-
     pub fn current(&self) -> Option<(Meta, ShardSnapshot)> {
         self.current.lock().as_ref().map(|(meta, files)| {
             (
@@ -247,11 +231,28 @@ impl SnapshotStore {
     }
 }
 
-impl super::log_store::PurgeFloor for SnapshotStore {
-    fn durable_through(&self) -> Option<openraft::LogId<u64>> {
+/// Fsyncs every file under `dir` and the directory itself (a received snapshot's files were
+/// written without fsyncs).
+pub fn sync_tree(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            sync_tree(&path)?;
+        } else {
+            let file = std::fs::File::open(&path)?;
+            prism_core::log::durable::sync_all(&file, &path)?;
+        }
+    }
+    prism_core::log::sync_dir(dir).map_err(std::io::Error::other)
+}
+
+impl SnapshotStore {
+    /// True when `snapshot` is this store's current snapshot (a received one the network
+    /// already kept): installing it needs no copy of its own.
+    pub fn is_current(&self, snapshot: &ShardSnapshot) -> bool {
         self.current
             .lock()
             .as_ref()
-            .and_then(|(meta, _)| meta.last_log_id)
+            .is_some_and(|(_, files)| Arc::ptr_eq(files, &snapshot.files))
     }
 }

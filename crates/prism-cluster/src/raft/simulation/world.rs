@@ -395,40 +395,42 @@ impl World {
         .map_err(|e| failed("the log", &e))?;
         let log = Arc::new(log);
         let network = Arc::new(self.net.endpoint(&name(id)));
-        let snapshots = dir.join("snapshots");
-        let raft = if group.is_metadata() {
-            let machine =
-                MetaStateMachine::open(snapshots).map_err(|e| failed("the state machine", &e))?;
-            let reader = Arc::new(machine.reader());
-            let raft = Raft::new(
-                id,
-                config(),
-                GroupNetwork::new(network, group.clone()),
-                LogStore::new(log.clone()).purging_behind(machine.snapshots()),
-                machine,
-            )
-            .await
-            .map_err(|e| failed("raft", &e))?;
-            GroupRaft::Meta(raft, reader)
-        } else {
-            let machine = MemoryStateMachine::<ShardRaft, ShardModel>::open(snapshots)
+        let snapshots_dir = dir.join("snapshots");
+        let (raft, snapshots) = if group.is_metadata() {
+            let machine = MetaStateMachine::open(snapshots_dir)
                 .map_err(|e| failed("the state machine", &e))?;
+            let snapshots = machine.snapshots();
             let reader = Arc::new(machine.reader());
             let raft = Raft::new(
                 id,
                 config(),
                 GroupNetwork::new(network, group.clone()),
-                LogStore::new(log.clone()).purging_behind(machine.snapshots()),
+                LogStore::new(log.clone()),
                 machine,
             )
             .await
             .map_err(|e| failed("raft", &e))?;
-            GroupRaft::Shard(raft, reader)
+            (GroupRaft::Meta(raft, reader), snapshots)
+        } else {
+            let machine = MemoryStateMachine::<ShardRaft, ShardModel>::open(snapshots_dir)
+                .map_err(|e| failed("the state machine", &e))?;
+            let snapshots = machine.snapshots();
+            let reader = Arc::new(machine.reader());
+            let raft = Raft::new(
+                id,
+                config(),
+                GroupNetwork::new(network, group.clone()),
+                LogStore::new(log.clone()),
+                machine,
+            )
+            .await
+            .map_err(|e| failed("raft", &e))?;
+            (GroupRaft::Shard(raft, reader), snapshots)
         };
         let running = node.running.as_mut().expect("the node runs");
         match &raft {
-            GroupRaft::Meta(r, _) => running.host.add(group.clone(), r.clone()),
-            GroupRaft::Shard(r, _) => running.host.add(group.clone(), r.clone()),
+            GroupRaft::Meta(r, _) => running.host.add(group.clone(), r.clone(), snapshots),
+            GroupRaft::Shard(r, _) => running.host.add(group.clone(), r.clone(), snapshots),
         }
         running.copies.insert(group.clone(), Copy { raft, log });
         Ok(())

@@ -121,7 +121,7 @@ impl<C, S: Replicated> MemoryStateMachine<C, S> {
         })
     }
 
-    /// The group's snapshots: its log store purges behind them.
+    /// The group's snapshots (the network keeps received ones here).
     pub fn snapshots(&self) -> Arc<SnapshotStore> {
         self.snapshots.clone()
     }
@@ -260,12 +260,7 @@ where
                 )));
             }
             let state: S = read_snapshot(received.dir())?;
-            let own = self.snapshots.new_dir("installed").1;
-            super::copy_or_move_into(&received, &own)?;
-            // The reception's files were written without fsyncs: they are durable once the
-            // published copy is.
-            super::sync_tree(&own).map_err(any)?;
-            let published = self.snapshots.publish(&own).map_err(any)?;
+            let published = super::keep(&self.snapshots, received)?;
             Ok((state, published))
         })();
         let (state, published) = installed.map_err(install_error)?;
@@ -276,7 +271,9 @@ where
             applied.membership = meta.last_membership.clone();
             applied.installs += 1;
         }
-        self.snapshots.set_current(meta.clone(), published);
+        if !self.snapshots.is_current(&published) {
+            self.snapshots.set_current(meta.clone(), published);
+        }
         Ok(())
     }
 

@@ -26,7 +26,7 @@ use prism_core::shard::{self, snapshot as shard_snapshot, Shard, ShardConfig};
 
 use super::log_store::{from_core, to_core};
 use super::snapshot::{
-    decode_membership, encode_membership, meta_of, Meta, ShardSnapshot, SnapshotStore,
+    decode_membership, encode_membership, meta_of, sync_tree, Meta, ShardSnapshot, SnapshotStore,
 };
 use super::types::{Node, ShardRaft};
 
@@ -104,7 +104,9 @@ async fn blocking<T: Send + 'static>(
 
 impl ShardStateMachine {
     /// Opens the group's state machine in `dirs` (created if empty), finishing a snapshot
-    /// install a crash interrupted. Blocking.
+    /// install a crash interrupted. A kept snapshot newer than the state is installed first:
+    /// the network keeps a received snapshot before openraft purges the log behind it, so the
+    /// log may no longer hold what the snapshot covers. Blocking.
     pub fn open(
         dirs: GroupDirs,
         schema: Arc<CollectionSchema>,
@@ -112,10 +114,20 @@ impl ShardStateMachine {
     ) -> prism_core::Result<Self> {
         prism_core::log::create_dir_durable(&dirs.root)?;
         shard_snapshot::finish_interrupted_install(&dirs.state())?;
-        let shard = Shard::open_replicated(&dirs.state(), schema.clone(), config.clone())?;
+        let mut shard = Shard::open_replicated(&dirs.state(), schema.clone(), config.clone())?;
         let snapshots = SnapshotStore::open(&dirs.snapshots())
             .map_err(|e| prism_core::Error::io(dirs.snapshots(), e))?;
-        snapshots.forget_newer_than(shard.opened_at().applied.map(from_core));
+        if let Some((meta, kept)) = snapshots.current() {
+            if meta.last_log_id > shard.opened_at().applied.map(from_core) {
+                tracing::info!(snapshot = %meta.snapshot_id, "installing a kept snapshot newer than the state machine");
+                let manifest = shard_snapshot::verify(kept.dir())?;
+                shard.close_for_delete()?;
+                drop(shard);
+                let staging = shard_snapshot::stage(kept.dir(), &manifest, &dirs.state(), None)?;
+                shard_snapshot::swap_in(&staging, &dirs.state())?;
+                shard = Shard::open_replicated(&dirs.state(), schema.clone(), config.clone())?;
+            }
+        }
         Ok(ShardStateMachine {
             dirs,
             schema,
@@ -126,7 +138,7 @@ impl ShardStateMachine {
         })
     }
 
-    /// The group's snapshots: its log store purges behind them.
+    /// The group's snapshots (the network keeps received ones here).
     pub fn snapshots(&self) -> Arc<SnapshotStore> {
         self.snapshots.clone()
     }
@@ -308,12 +320,7 @@ impl RaftStateMachine<ShardRaft> for ShardStateMachine {
             }
             let staging =
                 shard_snapshot::stage(&source, &manifest, &state_dir, None).map_err(any)?;
-            let own = snapshots.new_dir("installed").1;
-            copy_or_move_into(&received, &own)?;
-            // The reception's files were written without fsyncs: the kept copy serves
-            // other followers after a restart, so it must be whole.
-            sync_tree(&own).map_err(any)?;
-            let published = snapshots.publish(&own).map_err(any)?;
+            let published = keep(&snapshots, received)?;
             Ok((staging, published))
         })
         .await
@@ -328,7 +335,9 @@ impl RaftStateMachine<ShardRaft> for ShardStateMachine {
             shard_snapshot::swap_in(&staging, &state_dir).map_err(any)?;
             let shard = Shard::open_replicated(&state_dir, schema, config).map_err(any)?;
             slot.replace(Arc::new(shard));
-            snapshots.set_current(meta, published);
+            if !snapshots.is_current(&published) {
+                snapshots.set_current(meta, published);
+            }
             Ok(())
         })
         .await
@@ -343,6 +352,20 @@ impl RaftStateMachine<ShardRaft> for ShardStateMachine {
             snapshot: Box::new(snapshot),
         }))
     }
+}
+
+/// The received snapshot, kept (published) to serve it: as it is when the network already
+/// published it, else a durable copy of its own.
+fn keep(snapshots: &SnapshotStore, received: ShardSnapshot) -> Result<ShardSnapshot, AnyError> {
+    if snapshots.is_current(&received) {
+        return Ok(received);
+    }
+    let own = snapshots.new_dir("installed").1;
+    copy_or_move_into(&received, &own)?;
+    // The reception's files were written without fsyncs: the kept copy serves other
+    // followers after a restart, so it must be whole.
+    sync_tree(&own).map_err(any)?;
+    snapshots.publish(&own).map_err(any)
 }
 
 /// Puts a received snapshot's files in `own`: renamed when they are this group's own
@@ -372,18 +395,4 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
         }
     }
     prism_core::log::sync_dir(to).map_err(std::io::Error::other)
-}
-
-/// Fsyncs every file under `dir` and the directory itself.
-fn sync_tree(dir: &Path) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            sync_tree(&path)?;
-        } else {
-            let file = std::fs::File::open(&path)?;
-            prism_core::log::durable::sync_all(&file, &path)?;
-        }
-    }
-    prism_core::log::sync_dir(dir).map_err(std::io::Error::other)
 }
