@@ -17,6 +17,52 @@ use crate::error::{ClusterError, Result};
 /// ALPN protocol id of Prism's cluster traffic.
 pub const ALPN: &[u8] = b"prism-cluster";
 
+/// How a certificate names the node it was issued to: a subjectAltName URI
+/// `prism-node:<name>` (`scripts/generate-certs.sh --node NAME` writes one).
+pub const NODE_URI_PREFIX: &str = "prism-node:";
+
+/// The node names certificate `der` carries.
+pub fn node_names(der: &[u8]) -> Result<Vec<String>> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| tls_err("peer certificate", e))?;
+    let mut names = Vec::new();
+    if let Some(san) = cert
+        .subject_alternative_name()
+        .map_err(|e| tls_err("peer certificate's subjectAltName", e))?
+    {
+        for name in &san.value.general_names {
+            if let GeneralName::URI(uri) = name {
+                if let Some(node) = uri.strip_prefix(NODE_URI_PREFIX) {
+                    names.push(node.to_string());
+                }
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// Whether a peer that presented `certificates` (its chain, leaf first; none when nothing was
+/// verified) may call itself `claimed`. A certificate that names nodes binds its holder to
+/// those names; one that names none binds nothing (shared certificates of federation and
+/// local development).
+pub fn check_claim(
+    certificates: Option<&[CertificateDer<'static>]>,
+    claimed: &str,
+) -> std::result::Result<(), String> {
+    let Some(leaf) = certificates.and_then(|c| c.first()) else {
+        return Ok(());
+    };
+    let names = node_names(leaf).map_err(|e| e.to_string())?;
+    if names.is_empty() || names.iter().any(|n| n == claimed) {
+        Ok(())
+    } else {
+        Err(format!(
+            "the peer claims to be node {claimed:?}, but its certificate was issued to {names:?}"
+        ))
+    }
+}
+
 /// The server and client TLS configurations of one node.
 #[derive(Clone)]
 pub struct TlsMaterial {

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ClusterError, Result};
-use crate::tls::TlsMaterial;
+use crate::tls::{self, TlsMaterial};
 
 /// Version of the cluster protocol. Peers with another version are refused at connect, so a
 /// rolling upgrade can tell which nodes it still has to replace. 3: query-phase hits carry
@@ -243,7 +243,13 @@ impl Transport {
             peer: connection.remote_address().to_string(),
             reason: format!("bad hello: {e}"),
         })?;
-        let reply = if hello.protocol_version == self.config.protocol_version {
+        let claim = tls::check_claim(peer_certificates(connection).as_deref(), &hello.node_id);
+        let reply = if let Err(reason) = claim {
+            HelloReply::Refused {
+                protocol_version: self.config.protocol_version,
+                reason,
+            }
+        } else if hello.protocol_version == self.config.protocol_version {
             HelloReply::Accepted {
                 protocol_version: self.config.protocol_version,
                 node_id: self.config.node_id.clone(),
@@ -326,10 +332,21 @@ impl Transport {
                 .await
                 .map_err(|e| fail(format!("no handshake reply: {e}")))?;
             match postcard::from_bytes::<HelloReply>(&reply).map_err(|e| fail(e.to_string()))? {
-                HelloReply::Accepted { node_id, .. } => Ok(PeerConnection {
-                    connection,
-                    node_id,
-                }),
+                HelloReply::Accepted { node_id, .. } => {
+                    if let Err(reason) =
+                        tls::check_claim(peer_certificates(&connection).as_deref(), &node_id)
+                    {
+                        connection.close(3u32.into(), b"identity refused");
+                        return Err(ClusterError::Refused {
+                            peer: peer.to_string(),
+                            reason,
+                        });
+                    }
+                    Ok(PeerConnection {
+                        connection,
+                        node_id,
+                    })
+                }
                 HelloReply::Refused {
                     protocol_version,
                     reason,
@@ -431,4 +448,15 @@ impl Transport {
         self.pool.lock().clear();
         self.endpoint.close(0u32.into(), b"shutting down");
     }
+}
+
+/// The certificate chain the peer of `connection` presented, leaf first.
+fn peer_certificates(
+    connection: &quinn::Connection,
+) -> Option<Vec<rustls_pki_types::CertificateDer<'static>>> {
+    connection
+        .peer_identity()?
+        .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+        .ok()
+        .map(|certs| *certs)
 }

@@ -683,6 +683,11 @@ impl ShardLog {
         self.view.read().last
     }
 
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Index of the newest entry (0 when the log never held one).
     pub fn last_index(&self) -> u64 {
         self.last_log_id().map_or(0, |l| l.index)

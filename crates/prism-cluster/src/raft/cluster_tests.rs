@@ -62,6 +62,7 @@ async fn start(network: &SimNetwork, id: u64) -> Node {
     let machine = ShardStateMachine::open(dirs, schema(), ShardConfig::default()).unwrap();
     let shard = machine.shard();
     let snapshots = machine.snapshots();
+    super::log_store::reconcile(&log, machine.applied()).unwrap();
     let host = Arc::new(RaftHost::default());
     let endpoint = network.join(&name(id), Arc::new(RaftHandler(host.clone())));
     let config = Config {

@@ -45,6 +45,25 @@ impl<C> LogStore<C> {
     }
 }
 
+/// Makes `log` agree with a state machine that opened at `applied`, before openraft starts
+/// on them, as openraft's own snapshot install would have: a log holding another entry at
+/// the applied index is on a branch that was never committed, so it is cut there and purged
+/// up to the applied id (which the state machine covers). The state machine can be ahead of
+/// the log's branch when a kept snapshot outlived a crash or an install openraft refused.
+pub fn reconcile(log: &ShardLog, applied: Option<LogId<u64>>) -> prism_core::Result<()> {
+    let Some(applied) = applied.as_ref().map(to_core) else {
+        return Ok(());
+    };
+    match log.log_id_at(applied.index)? {
+        Some(held) if held != applied => {
+            tracing::warn!(dir = %log.dir().display(), %held, %applied, "the log holds an entry the state machine's snapshot replaced; cutting the log there");
+            log.truncate(applied.index)?;
+            log.purge(applied)
+        }
+        _ => Ok(()),
+    }
+}
+
 pub(super) fn to_core(id: &LogId<u64>) -> core_log::LogId {
     // Standard Raft leader ids (openraft's `single-term-leader`): a term has one leader, so a
     // log id is (term, index) and the log's leader field stays 0.
@@ -177,7 +196,21 @@ where
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError<u64>> {
-        Ok(self.log.hard_state().committed.map(from_core))
+        // Only an id the log still holds (or purged behind a snapshot) is trusted: after a cut
+        // of a corrupt tail or a reconcile it may name an entry that is gone, and openraft
+        // would fail to apply it; without it openraft starts from the applied id.
+        let state = self.log.hard_state();
+        let Some(committed) = state.committed else {
+            return Ok(None);
+        };
+        let purged = state
+            .last_purged
+            .is_some_and(|p| committed.index <= p.index);
+        let held = self
+            .log
+            .log_id_at(committed.index)
+            .map_err(|e| StorageIOError::read_logs(any(e)))?;
+        Ok((purged || held == Some(committed)).then(|| from_core(committed)))
     }
 
     async fn append<I>(

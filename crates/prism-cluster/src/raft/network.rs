@@ -730,11 +730,14 @@ async fn install<C: GroupConfig>(
     // longer holds what it covers).
     let store = snapshots.clone();
     let received = reception.snapshot;
+    let current = meta.clone();
+    // Off the async workers: making it current may remove the snapshot it replaces.
     let published = off_workers(move || -> std::io::Result<ShardSnapshot> {
         let dir = received.dir().to_path_buf();
         super::snapshot::sync_tree(&dir)?;
         let published = store.publish(&dir)?;
         drop(received);
+        store.set_current(current, published.clone());
         Ok(published)
     })
     .await;
@@ -742,7 +745,6 @@ async fn install<C: GroupConfig>(
         Ok(published) => published,
         Err(e) => return refused(format!("cannot keep the received snapshot: {e}")),
     };
-    snapshots.set_current(meta.clone(), published.clone());
     let snapshot = Snapshot {
         meta,
         snapshot: Box::new(published),

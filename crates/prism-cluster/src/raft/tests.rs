@@ -231,6 +231,50 @@ async fn a_snapshot_of_documents_installs_on_another_copy_with_the_same_content(
     assert_ne!(checksum(&follower).await, expected);
 }
 
+/// The network keeps a received snapshot (published, current) before openraft sees it; a
+/// crash before the install, or an install openraft refused, leaves it newer than the state.
+/// The next open installs it, and the log is made to agree with it: an entry of another term
+/// at its index (a branch that was never committed) is cut, and the log purged up to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_snapshot_newer_than_the_state_is_installed_at_open_and_the_log_follows_it() {
+    let (_leader_dir, leader, Snapshot { meta, snapshot }) = leader_with_snapshot().await;
+    let expected = checksum(&leader).await;
+    let follower_dir = tempfile::tempdir().unwrap();
+    let dirs = GroupDirs::new(follower_dir.path());
+    drop(open_machine(follower_dir.path()));
+    // What the network keeps: the leader's snapshot under a published name.
+    copy_dir(snapshot.dir(), &dirs.snapshots().join("snap-received-1"));
+    // The follower's log went another way at the snapshot's index (5, term 2): term 3.
+    let (log, _) = ShardLog::open(
+        &dirs.log(),
+        OpenOptions {
+            segment_bytes: 512,
+            truncate_corrupt: false,
+        },
+    )
+    .unwrap();
+    for (term, index) in [(1, 1), (1, 2), (2, 3), (3, 4), (3, 5), (3, 6)] {
+        log.append(&[(prism_core::log::LogId::new(term, 0, index), b"x".as_slice())])
+            .unwrap();
+    }
+
+    let follower = open_machine(follower_dir.path());
+    assert_eq!(follower.applied(), Some(id(2, 5)));
+    assert_eq!(checksum(&follower).await, expected);
+    super::log_store::reconcile(&log, follower.applied()).unwrap();
+    assert_eq!(
+        log.last_log_id(),
+        Some(prism_core::log::LogId::new(2, 0, 5))
+    );
+    assert_eq!(log.hard_state().last_purged, log.last_log_id());
+    // A log on the snapshot's branch is left as it is.
+    super::log_store::reconcile(&log, follower.applied()).unwrap();
+    assert_eq!(
+        log.last_log_id(),
+        Some(prism_core::log::LogId::new(2, 0, 5))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_snapshot_is_refused_naming_the_file_and_changes_nothing() {
     let (_leader_dir, _leader, Snapshot { meta, snapshot }) = leader_with_snapshot().await;

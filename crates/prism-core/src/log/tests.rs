@@ -446,12 +446,13 @@ mod crash_points {
     const SEGMENT: u64 = 256;
 
     /// Runs `setup`, then `operation` under a crash image, then for each crash point of the
-    /// operation reopens the log there (which must succeed) and hands it to `check`. Returns
-    /// how many crash points there were.
+    /// operation reopens the log there (which must succeed) and hands it to `check`, with
+    /// whether it is the last point (the operation returned: its effect must be durable).
+    /// Returns how many crash points there were.
     fn at_every_crash_point(
         setup: impl Fn(&ShardLog),
         operation: impl Fn(&ShardLog),
-        check: impl Fn(&ShardLog),
+        check: impl Fn(&ShardLog, bool),
     ) -> usize {
         let mut point = 0;
         loop {
@@ -470,7 +471,7 @@ mod crash_points {
             let log = ShardLog::open(&dir, options(SEGMENT))
                 .unwrap_or_else(|e| panic!("crash point {point} of {count}: {e}"))
                 .0;
-            check(&log);
+            check(&log, point + 1 == count);
             point += 1;
             if point >= count {
                 return count;
@@ -478,7 +479,9 @@ mod crash_points {
         }
     }
 
-    fn contents(log: &ShardLog) -> Vec<(u64, u64, Vec<u8>)> {
+    type Contents = Vec<(u64, u64, Vec<u8>)>;
+
+    fn contents(log: &ShardLog) -> Contents {
         read_all(log)
             .into_iter()
             .map(|e| (e.id.term, e.id.index, e.payload))
@@ -492,63 +495,74 @@ mod crash_points {
         assert!(segment_files(&log.dir).len() > 3, "several segments");
     }
 
+    fn thirty_contents() -> Contents {
+        let root = tempfile::tempdir_in("/dev/shm").unwrap();
+        let (log, _) = open(root.path(), SEGMENT);
+        thirty(&log);
+        contents(&log)
+    }
+
     /// Truncating removes entries that conflict with a new leader's, which were never
     /// committed: keeping a prefix of them is safe, but never later ones after a gap.
     #[test]
     fn a_crash_in_a_truncate_leaves_a_prefix_of_the_old_log_at_least_as_long_as_the_cut() {
-        let before = {
-            let root = tempfile::tempdir_in("/dev/shm").unwrap();
-            let (log, _) = open(root.path(), SEGMENT);
-            thirty(&log);
-            contents(&log)
-        };
-        let cut: Vec<_> = before.iter().filter(|e| e.1 < 12).cloned().collect();
+        let before = thirty_contents();
+        let cut: Contents = before.iter().filter(|e| e.1 < 12).cloned().collect();
         let points = at_every_crash_point(
             thirty,
             |log| log.truncate(12).unwrap(),
-            |log| {
+            |log, last| {
                 let now = contents(log);
                 assert!(before.starts_with(&now) && now.starts_with(&cut), "{now:?}");
+                if last {
+                    assert_eq!(now, cut, "a finished truncate is durable");
+                }
             },
         );
         assert!(points > 2, "{points} crash points");
     }
 
     #[test]
-    fn a_crash_in_a_conflicting_append_never_mixes_old_and_new_entries() {
+    fn a_crash_in_a_conflicting_append_leaves_an_old_prefix_or_the_new_log_whole() {
+        let before = thirty_contents();
+        let mut after: Contents = before.iter().filter(|e| e.1 < 12).cloned().collect();
+        after.extend((12..15).map(|i| (2, i, b"new".to_vec())));
         let replace = |log: &ShardLog| {
             let batch: Vec<(LogId, &[u8])> = (12..15)
                 .map(|i| (LogId::new(2, 0, i), b"new".as_slice()))
                 .collect();
             log.append(&batch).unwrap();
         };
-        at_every_crash_point(thirty, replace, |log| {
+        at_every_crash_point(thirty, replace, |log, last| {
             let now = contents(log);
-            let old_after_cut = now.iter().any(|e| e.1 >= 12 && e.0 == 1);
-            let new = now.iter().any(|e| e.0 == 2);
-            assert!(!(old_after_cut && new), "{now:?}");
-            assert!(now.iter().filter(|e| e.1 < 12).count() == 11, "{now:?}");
-            if new {
-                assert_eq!(now.last().unwrap().1, 14);
+            let old_prefix = before.starts_with(&now) && now.len() >= 11;
+            assert!(old_prefix || now == after, "{now:?}");
+            if last {
+                assert_eq!(now, after, "a finished append is durable");
             }
         });
     }
 
     #[test]
-    fn a_crash_in_a_purge_keeps_every_entry_after_the_purge_point() {
+    fn a_crash_in_a_purge_loses_no_entry_after_the_purge_point() {
         let purge = |log: &ShardLog| {
             let upto = log.log_id_at(17).unwrap().unwrap();
             log.purge(upto).unwrap();
         };
-        at_every_crash_point(thirty, purge, |log| {
-            let now = contents(log);
-            assert_eq!(now.last().unwrap().1, 30);
-            let after: Vec<u64> = now.iter().map(|e| e.1).filter(|i| *i > 17).collect();
-            assert_eq!(after, (18..=30).collect::<Vec<_>>());
+        at_every_crash_point(thirty, purge, |log, last| {
+            let now: Vec<u64> = contents(log).iter().map(|e| e.1).collect();
             let purged = log.hard_state().last_purged.map(|p| p.index);
-            assert!(purged.is_none() || purged == Some(17), "{purged:?}");
-            if purged == Some(17) {
-                assert!(log.first_index() > 17);
+            match purged {
+                // Not purged yet: every entry is there.
+                None => assert_eq!(now, (1..=30).collect::<Vec<_>>()),
+                Some(17) => {
+                    assert!(log.first_index() > 17);
+                    assert_eq!(now, (18..=30).collect::<Vec<_>>());
+                }
+                other => panic!("purged {other:?}"),
+            }
+            if last {
+                assert_eq!(purged, Some(17), "a finished purge is durable");
             }
         });
     }
@@ -559,18 +573,15 @@ mod crash_points {
             thirty(log);
             log.save_vote(b"old").unwrap();
         };
-        let points = at_every_crash_point(
-            setup,
-            |log| log.save_vote(b"new").unwrap(),
-            |log| {
-                let vote = log.hard_state().vote;
-                assert!(
-                    vote.as_deref() == Some(b"old".as_slice())
-                        || vote.as_deref() == Some(b"new".as_slice()),
-                    "{vote:?}"
-                );
-            },
-        );
+        let vote = |log: &ShardLog| log.save_vote(b"new").unwrap();
+        let points = at_every_crash_point(setup, vote, |log, last| {
+            let vote = log.hard_state().vote;
+            let (old, new) = (Some(b"old".to_vec()), Some(b"new".to_vec()));
+            assert!(vote == old || vote == new, "{vote:?}");
+            if last {
+                assert_eq!(vote, new, "a cast vote is durable");
+            }
+        });
         assert!(points > 1);
     }
 
@@ -583,12 +594,13 @@ mod crash_points {
             |log| {
                 log.append_next(1, 0, &payloads(5..8)).unwrap();
             },
-            |log| {
+            |log, last| {
                 let now: Vec<u64> = contents(log).iter().map(|e| e.1).collect();
-                assert!(
-                    now == (1..=5).collect::<Vec<_>>() || now == (1..=8).collect::<Vec<_>>(),
-                    "{now:?}"
-                );
+                let (before, after) = ((1..=5).collect::<Vec<_>>(), (1..=8).collect::<Vec<_>>());
+                assert!(now == before || now == after, "{now:?}");
+                if last {
+                    assert_eq!(now, after, "an acknowledged append is durable");
+                }
             },
         );
     }

@@ -20,7 +20,7 @@ use super::model::ShardModel;
 use super::net::{ChaosNetwork, Faults};
 use crate::metadata::{MetaCommand, MetadataState, NodeInfo, NodeState};
 use crate::network::Handler;
-use crate::raft::log_store::LogStore;
+use crate::raft::log_store::{reconcile, LogStore};
 use crate::raft::network::{GroupNetwork, RaftHost};
 use crate::raft::proposal::{propose, Proposed};
 use crate::raft::state_machine::{MemoryStateMachine, MetaStateMachine, StateReader};
@@ -400,6 +400,7 @@ impl World {
             let machine = MetaStateMachine::open(snapshots_dir)
                 .map_err(|e| failed("the state machine", &e))?;
             let snapshots = machine.snapshots();
+            reconcile(&log, machine.applied()).map_err(|e| failed("the log", &e))?;
             let reader = Arc::new(machine.reader());
             let raft = Raft::new(
                 id,
@@ -415,6 +416,7 @@ impl World {
             let machine = MemoryStateMachine::<ShardRaft, ShardModel>::open(snapshots_dir)
                 .map_err(|e| failed("the state machine", &e))?;
             let snapshots = machine.snapshots();
+            reconcile(&log, machine.applied()).map_err(|e| failed("the log", &e))?;
             let reader = Arc::new(machine.reader());
             let raft = Raft::new(
                 id,

@@ -121,6 +121,12 @@ impl<C, S: Replicated> MemoryStateMachine<C, S> {
         })
     }
 
+    /// The last applied log id: before the group starts, `log_store::reconcile` makes the log
+    /// agree with it.
+    pub fn applied(&self) -> Option<LogId<u64>> {
+        self.applied.lock().last
+    }
+
     /// The group's snapshots (the network keeps received ones here).
     pub fn snapshots(&self) -> Arc<SnapshotStore> {
         self.snapshots.clone()

@@ -138,6 +138,12 @@ impl ShardStateMachine {
         })
     }
 
+    /// The applied log id the shard opened at: before the group starts,
+    /// `log_store::reconcile` makes the log agree with it.
+    pub fn applied(&self) -> Option<LogId<u64>> {
+        self.shard.current().opened_at().applied.map(from_core)
+    }
+
     /// The group's snapshots (the network keeps received ones here).
     pub fn snapshots(&self) -> Arc<SnapshotStore> {
         self.snapshots.clone()
