@@ -5,11 +5,22 @@
 #
 #   scripts/generate-certs.sh prism-node1 prism-node2 prism-node3
 #   TLS_DIR=/etc/prism/tls scripts/generate-certs.sh node-a.example.com 10.0.0.5
+#   scripts/generate-certs.sh --node node-a node-a.example.com
 #
 # Writes $TLS_DIR (default ./conf/tls): ca-cert.pem, ca-key.pem, node-cert.pem, node-key.pem.
 # localhost and 127.0.0.1 are always included. An existing CA in $TLS_DIR is reused, so
 # certificates for more nodes can be issued later from the same CA.
+#
+# With --node NAME the certificate is issued to node NAME (a subjectAltName URI
+# prism-node:NAME) and written as NAME-cert.pem and NAME-key.pem: a peer presenting it can
+# only call itself NAME (its --node-id). Without it, the certificate binds no node name.
 set -euo pipefail
+
+NODE=""
+if [[ "${1:-}" == "--node" ]]; then
+  NODE="${2:?--node needs a name}"
+  shift 2
+fi
 
 TLS_DIR="${TLS_DIR:-./conf/tls}"
 DAYS="${DAYS:-365}"
@@ -23,7 +34,11 @@ if [[ ! -f "$TLS_DIR/ca-cert.pem" || ! -f "$TLS_DIR/ca-key.pem" ]]; then
   echo "created CA $TLS_DIR/ca-cert.pem"
 fi
 
-openssl genrsa -out "$TLS_DIR/node-key.pem" 2048 2>/dev/null
+CERT="$TLS_DIR/node-cert.pem"; KEY="$TLS_DIR/node-key.pem"
+if [[ -n "$NODE" ]]; then
+  CERT="$TLS_DIR/$NODE-cert.pem"; KEY="$TLS_DIR/$NODE-key.pem"
+fi
+openssl genrsa -out "$KEY" 2048 2>/dev/null
 
 san="$TLS_DIR/san.cnf"
 {
@@ -44,12 +59,13 @@ san="$TLS_DIR/san.cnf"
       echo "DNS.$dns = $name"; dns=$((dns + 1))
     fi
   done
+  if [[ -n "$NODE" ]]; then echo "URI.1 = prism-node:$NODE"; fi
 } > "$san"
 
-openssl req -new -key "$TLS_DIR/node-key.pem" -out "$TLS_DIR/node.csr" -config "$san"
+openssl req -new -key "$KEY" -out "$TLS_DIR/node.csr" -config "$san"
 openssl x509 -req -in "$TLS_DIR/node.csr" \
   -CA "$TLS_DIR/ca-cert.pem" -CAkey "$TLS_DIR/ca-key.pem" -CAcreateserial \
-  -out "$TLS_DIR/node-cert.pem" -days "$DAYS" -extensions v3_req -extfile "$san" 2>/dev/null
+  -out "$CERT" -days "$DAYS" -extensions v3_req -extfile "$san" 2>/dev/null
 rm -f "$TLS_DIR/node.csr" "$TLS_DIR/ca-cert.srl" "$san"
-chmod 600 "$TLS_DIR/ca-key.pem" "$TLS_DIR/node-key.pem"
-echo "wrote $TLS_DIR/node-cert.pem for: $* localhost 127.0.0.1"
+chmod 600 "$TLS_DIR/ca-key.pem" "$KEY"
+echo "wrote $CERT for: $* localhost 127.0.0.1${NODE:+ (node $NODE)}"

@@ -1,6 +1,6 @@
 //! The QUIC transport between real endpoints on loopback: calls succeed between nodes of one
-//! CA; a node of another CA, a node without a certificate, and a node of another protocol
-//! version are refused.
+//! CA; a node of another CA, a node without a certificate, a node of another protocol
+//! version, and a node that claims a name its certificate was not issued to are refused.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -30,11 +30,22 @@ fn ca(name: &str) -> Ca {
 
 /// A node certificate for localhost and 127.0.0.1, signed by `ca`.
 fn node_pem(ca: &Ca) -> PemMaterial {
+    named_node_pem(ca, None)
+}
+
+/// The same, issued to node `name` (a `prism-node:<name>` URI) when given.
+fn named_node_pem(ca: &Ca, name: Option<&str>) -> PemMaterial {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.subject_alt_names = vec![
         SanType::DnsName("localhost".try_into().unwrap()),
         SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
     ];
+    if let Some(name) = name {
+        let uri = format!("{}{name}", tls::NODE_URI_PREFIX);
+        params
+            .subject_alt_names
+            .push(SanType::URI(uri.as_str().try_into().unwrap()));
+    }
     let key = KeyPair::generate().unwrap();
     let issuer = Issuer::from_params(&ca.params, &ca.key);
     let cert = params.signed_by(&key, &issuer).unwrap();
@@ -275,4 +286,48 @@ async fn a_dead_peer_costs_no_more_than_the_connect_timeout() {
         ),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_node_certified_as_a_that_claims_to_be_b_is_refused_both_ways() {
+    let cluster = ca("cluster");
+    let tls_for = |name: &str| tls::build(&named_node_pem(&cluster, Some(name)), false).unwrap();
+    let b = start("b", &tls_for("b"), PROTOCOL_VERSION);
+    let to_b = format!("localhost:{}", b.local_addr().unwrap().port());
+    // Honest: a's certificate names a.
+    let a = start("a", &tls_for("a"), PROTOCOL_VERSION);
+    let reply: Vec<u8> = a.call(&to_b, &vec![1u8, 2]).await.unwrap();
+    assert_eq!(reply, vec![2, 1]);
+    assert_eq!(a.peer_node_id(&to_b).await.unwrap(), "b");
+
+    // As a client: certified as a, it says it is c.
+    let liar = start("c", &tls_for("a"), PROTOCOL_VERSION);
+    let err = liar
+        .call::<Vec<u8>, Vec<u8>>(&to_b, &vec![1])
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("claims to be node \"c\"") && err.to_string().contains("[\"a\"]"),
+        "{err}"
+    );
+
+    // As a server: certified as a, it answers as d.
+    let impostor = start("d", &tls_for("a"), PROTOCOL_VERSION);
+    let to_impostor = format!("localhost:{}", impostor.local_addr().unwrap().port());
+    let err = b
+        .call::<Vec<u8>, Vec<u8>>(&to_impostor, &vec![1])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("claims to be node \"d\""), "{err}");
+
+    // A certificate that names no node binds nothing (shared certificates of federation).
+    let shared = start(
+        "e",
+        &tls::build(&node_pem(&cluster), false).unwrap(),
+        PROTOCOL_VERSION,
+    );
+    shared
+        .call::<Vec<u8>, Vec<u8>>(&to_b, &vec![1])
+        .await
+        .unwrap();
 }

@@ -237,7 +237,7 @@ async fn a_snapshot_of_documents_installs_on_another_copy_with_the_same_content(
 /// at its index (a branch that was never committed) is cut, and the log purged up to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_snapshot_newer_than_the_state_is_installed_at_open_and_the_log_follows_it() {
-    let (_leader_dir, leader, Snapshot { meta, snapshot }) = leader_with_snapshot().await;
+    let (_leader_dir, leader, Snapshot { snapshot, .. }) = leader_with_snapshot().await;
     let expected = checksum(&leader).await;
     let follower_dir = tempfile::tempdir().unwrap();
     let dirs = GroupDirs::new(follower_dir.path());
