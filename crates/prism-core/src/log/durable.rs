@@ -185,7 +185,18 @@ mod crash_image {
         /// Rewinds the tree to `frozen` (see [`CrashImage::crash`]). What the rewind leaves is
         /// then all durable, under the new inodes it wrote.
         pub fn crash_to(&self, frozen: Frozen) -> io::Result<()> {
-            Self::rewind(&self.root, self.root_inode, &frozen.0)?;
+            self.crash_torn_to(frozen, &mut |_| 0)
+        }
+
+        /// [`CrashImage::crash_to`], where a file that grew by appends since its last fsync
+        /// also keeps the first `pick(n)` of its `n` unsynced bytes: a torn write, cut anywhere,
+        /// as a power loss can leave the pages that did reach the disk.
+        pub fn crash_torn_to(
+            &self,
+            frozen: Frozen,
+            pick: &mut dyn FnMut(usize) -> usize,
+        ) -> io::Result<()> {
+            Self::rewind(&self.root, self.root_inode, &frozen.0, pick)?;
             let mut fresh = Image::default();
             Self::record(&self.root, &mut fresh)?;
             *self.image.lock() = fresh;
@@ -207,18 +218,33 @@ mod crash_image {
         }
 
         /// Rewinds directory `dir`, whose durable entries are those of inode `inode`.
-        fn rewind(dir: &Path, inode: u64, image: &Image) -> io::Result<()> {
+        fn rewind(
+            dir: &Path,
+            inode: u64,
+            image: &Image,
+            pick: &mut dyn FnMut(usize) -> usize,
+        ) -> io::Result<()> {
             let durable = image.dirs.get(&inode).cloned().unwrap_or_default();
-            for (name, (_, is_dir)) in listing(dir)? {
+            for (name, (current_ino, is_dir)) in listing(dir)? {
                 let path = dir.join(&name);
                 let keep = durable.get(&name);
                 match keep {
-                    Some(&(ino, true)) if is_dir => Self::rewind(&path, ino, image)?,
+                    Some(&(ino, true)) if is_dir => Self::rewind(&path, ino, image, pick)?,
                     Some(&(ino, false)) if !is_dir => {
-                        let content = image.contents.get(&ino).map(Vec::as_slice).unwrap_or(&[]);
                         // A renamed file's durable content is its inode's, whatever name it
                         // was fsynced under.
-                        fs::write(&path, content)?;
+                        let content = image.contents.get(&ino).cloned().unwrap_or_default();
+                        let mut kept = content.clone();
+                        if current_ino == ino {
+                            let now = fs::read(&path)?;
+                            if now.len() > content.len() && now.starts_with(&content) {
+                                let extra = &now[content.len()..];
+                                kept.extend_from_slice(
+                                    &extra[..pick(extra.len()).min(extra.len())],
+                                );
+                            }
+                        }
+                        fs::write(&path, kept)?;
                     }
                     _ if is_dir => fs::remove_dir_all(&path)?,
                     _ => fs::remove_file(&path)?,
@@ -232,7 +258,7 @@ mod crash_image {
                 }
                 if is_dir {
                     fs::create_dir(&path)?;
-                    Self::rewind(&path, ino, image)?;
+                    Self::rewind(&path, ino, image, pick)?;
                 } else {
                     let content = image.contents.get(&ino).map(Vec::as_slice).unwrap_or(&[]);
                     fs::write(&path, content)?;

@@ -20,6 +20,7 @@ use super::model::ShardModel;
 use super::net::{ChaosNetwork, Faults};
 use crate::metadata::{MetaCommand, MetadataState, NodeInfo, NodeState};
 use crate::network::Handler;
+use crate::raft::liveness::break_split_votes;
 use crate::raft::log_store::{reconcile, LogStore};
 use crate::raft::network::{GroupNetwork, RaftHost};
 use crate::raft::proposal::{propose, Proposed};
@@ -222,6 +223,8 @@ impl GroupRaft {
 struct Copy {
     raft: GroupRaft,
     log: Arc<ShardLog>,
+    /// The group's split-vote breaker (`raft::liveness`), stopped with the copy.
+    liveness: tokio::task::AbortHandle,
 }
 
 struct Running {
@@ -430,11 +433,25 @@ impl World {
             (GroupRaft::Shard(raft, reader), snapshots)
         };
         let running = node.running.as_mut().expect("the node runs");
-        match &raft {
-            GroupRaft::Meta(r, _) => running.host.add(group.clone(), r.clone(), snapshots),
-            GroupRaft::Shard(r, _) => running.host.add(group.clone(), r.clone(), snapshots),
-        }
-        running.copies.insert(group.clone(), Copy { raft, log });
+        let (stuck_after, spread) = (Duration::from_secs(2), Duration::from_millis(500));
+        let liveness = match &raft {
+            GroupRaft::Meta(r, _) => {
+                running.host.add(group.clone(), r.clone(), snapshots);
+                tokio::spawn(break_split_votes(r.clone(), stuck_after, spread)).abort_handle()
+            }
+            GroupRaft::Shard(r, _) => {
+                running.host.add(group.clone(), r.clone(), snapshots);
+                tokio::spawn(break_split_votes(r.clone(), stuck_after, spread)).abort_handle()
+            }
+        };
+        running.copies.insert(
+            group.clone(),
+            Copy {
+                raft,
+                log,
+                liveness,
+            },
+        );
         Ok(())
     }
 
@@ -542,6 +559,7 @@ impl World {
         self.net.down(&name(id));
         for (group, copy) in &running.copies {
             node.installs += copy.raft.state().2;
+            copy.liveness.abort();
             copy.raft.shutdown().await;
             running.host.remove(group);
         }
@@ -550,8 +568,18 @@ impl World {
         for _ in 0..20 {
             tokio::task::yield_now().await;
         }
+        // Of what the node appended after its last fsync, a seeded part may have reached the
+        // disk anyway: a torn tail the log must cut (it was never acknowledged).
+        let rng = &mut self.rng;
+        let mut pick = |unsynced: usize| {
+            if rng.gen_bool(0.5) {
+                0
+            } else {
+                rng.gen_range(0..=unsynced)
+            }
+        };
         node.image
-            .crash_to(frozen)
+            .crash_torn_to(frozen, &mut pick)
             .map_err(|e| Violation(format!("node {id} cannot be crashed: {e}")))?;
         self.outcome.crashes += 1;
         Ok(())
@@ -824,6 +852,7 @@ impl World {
         for node in self.nodes.values_mut() {
             if let Some(running) = node.running.take() {
                 for copy in running.copies.values() {
+                    copy.liveness.abort();
                     copy.raft.shutdown().await;
                 }
             }
