@@ -72,8 +72,12 @@ mod crash_image {
         dirs: HashMap<u64, BTreeMap<String, (u64, bool)>>,
     }
 
-    /// The durable state of a tree at one instant, for [`CrashImage::crash_to`].
-    pub struct Frozen(Image);
+    /// The durable state of a tree at one instant, for [`CrashImage::crash_to`], and what
+    /// its files held then (the pages a torn write may have put on the disk).
+    pub struct Frozen {
+        image: Image,
+        written: HashMap<u64, Vec<u8>>,
+    }
 
     /// A watched directory tree; [`CrashImage::crash`] rewinds it to its durable image.
     pub struct CrashImage {
@@ -172,14 +176,24 @@ mod crash_image {
                 .take()
                 .unwrap_or_default()
                 .into_iter()
-                .map(Frozen)
+                .map(|image| Frozen {
+                    image,
+                    written: HashMap::new(),
+                })
                 .collect()
         }
 
         /// What is durable now. The power fails at this instant, whatever the node still
         /// does before the caller stops it.
         pub fn freeze(&self) -> Frozen {
-            Frozen(self.image.lock().clone())
+            let image = self.image.lock().clone();
+            let mut now = Image::default();
+            // Unreadable leftovers only lose the torn-write choice, never durable data.
+            let _ = Self::record(&self.root, &mut now);
+            Frozen {
+                image,
+                written: now.contents,
+            }
         }
 
         /// Rewinds the tree to `frozen` (see [`CrashImage::crash`]). What the rewind leaves is
@@ -189,14 +203,16 @@ mod crash_image {
         }
 
         /// [`CrashImage::crash_to`], where a file that grew by appends since its last fsync
-        /// also keeps the first `pick(n)` of its `n` unsynced bytes: a torn write, cut anywhere,
-        /// as a power loss can leave the pages that did reach the disk.
+        /// (as of the freeze) also keeps the first `pick(n)` of its `n` unsynced bytes: a torn
+        /// write, cut anywhere, as a power loss can leave the pages that did reach the disk.
+        /// A file rewritten in place to the same length keeps its new bytes when `pick(1)` is
+        /// 1 (a write of one small record lands whole or not at all).
         pub fn crash_torn_to(
             &self,
             frozen: Frozen,
             pick: &mut dyn FnMut(usize) -> usize,
         ) -> io::Result<()> {
-            Self::rewind(&self.root, self.root_inode, &frozen.0, pick)?;
+            Self::rewind(&self.root, self.root_inode, &frozen, pick)?;
             let mut fresh = Image::default();
             Self::record(&self.root, &mut fresh)?;
             *self.image.lock() = fresh;
@@ -221,27 +237,33 @@ mod crash_image {
         fn rewind(
             dir: &Path,
             inode: u64,
-            image: &Image,
+            frozen: &Frozen,
             pick: &mut dyn FnMut(usize) -> usize,
         ) -> io::Result<()> {
+            let image = &frozen.image;
             let durable = image.dirs.get(&inode).cloned().unwrap_or_default();
             for (name, (current_ino, is_dir)) in listing(dir)? {
                 let path = dir.join(&name);
                 let keep = durable.get(&name);
                 match keep {
-                    Some(&(ino, true)) if is_dir => Self::rewind(&path, ino, image, pick)?,
+                    Some(&(ino, true)) if is_dir => Self::rewind(&path, ino, frozen, pick)?,
                     Some(&(ino, false)) if !is_dir => {
                         // A renamed file's durable content is its inode's, whatever name it
                         // was fsynced under.
                         let content = image.contents.get(&ino).cloned().unwrap_or_default();
                         let mut kept = content.clone();
-                        if current_ino == ino {
-                            let now = fs::read(&path)?;
+                        let written = (current_ino == ino)
+                            .then(|| frozen.written.get(&ino))
+                            .flatten();
+                        if let Some(now) = written {
                             if now.len() > content.len() && now.starts_with(&content) {
                                 let extra = &now[content.len()..];
                                 kept.extend_from_slice(
                                     &extra[..pick(extra.len()).min(extra.len())],
                                 );
+                            } else if now.len() == content.len() && *now != content && pick(1) == 1
+                            {
+                                kept = now.clone();
                             }
                         }
                         fs::write(&path, kept)?;
@@ -258,7 +280,7 @@ mod crash_image {
                 }
                 if is_dir {
                     fs::create_dir(&path)?;
-                    Self::rewind(&path, ino, image, pick)?;
+                    Self::rewind(&path, ino, frozen, pick)?;
                 } else {
                     let content = image.contents.get(&ino).map(Vec::as_slice).unwrap_or(&[]);
                     fs::write(&path, content)?;

@@ -47,7 +47,16 @@ fn every_invariant_holds_over_the_seeds() {
     let mut totals = world::Totals::default();
     for seed in seeds() {
         match run(seed, CHAOS) {
-            Ok(outcome) => totals.add(&outcome),
+            Ok(outcome) => {
+                totals.add(&outcome);
+                if totals.seeds % 1000 == 0 {
+                    eprintln!(
+                        "simulation: {} seeds passed in {:.0} s",
+                        totals.seeds,
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+            }
             Err(violation) => panic!(
                 "seed {seed} broke an invariant: {violation}\nreplay it with PRISM_SIM_SEED={seed} cargo nextest run -p prism-cluster -E 'test(every_invariant_holds)' --no-capture"
             ),
