@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
 use prism_core::log::{OpenOptions, ShardLog};
 use prism_core::shard::{Op, ShardConfig};
@@ -17,25 +16,11 @@ use super::network::{GroupNetwork, RaftHost};
 use super::state_machine::{GroupDirs, ShardSlot, ShardStateMachine};
 use super::tests::schema;
 use super::types::{ShardRaft, ShardWrite};
-use crate::network::Handler;
-use crate::rpc::{Envelope, GroupId, NodeId, Reply, Request, RpcError};
+use crate::rpc::GroupId;
 use crate::sim::SimNetwork;
 
 fn group() -> GroupId {
     GroupId::shard("c", 0, 1)
-}
-
-/// A node that hosts Raft groups only.
-struct RaftHandler(Arc<RaftHost>);
-
-#[async_trait]
-impl Handler for RaftHandler {
-    async fn handle(&self, _from: NodeId, envelope: Envelope) -> Reply {
-        match (&envelope.group, &envelope.request) {
-            (Some(group), Request::Raft { message }) => self.0.handle(group, message).await,
-            _ => Err(RpcError::InvalidRequest("raft messages only".into())),
-        }
-    }
 }
 
 struct Node {
@@ -64,7 +49,7 @@ async fn start(network: &SimNetwork, id: u64) -> Node {
     let snapshots = machine.snapshots();
     super::log_store::reconcile(&log, machine.applied()).unwrap();
     let host = Arc::new(RaftHost::default());
-    let endpoint = network.join(&name(id), Arc::new(RaftHandler(host.clone())));
+    let endpoint = network.join(&name(id), host.clone());
     let config = Config {
         heartbeat_interval: 100,
         election_timeout_min: 1000,

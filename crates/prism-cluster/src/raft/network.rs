@@ -754,3 +754,17 @@ async fn install<C: GroupConfig>(
         Err(e) => refused(e),
     }
 }
+
+/// A node that answers Raft messages only (the engine's handler answers the rest on a full
+/// node).
+#[async_trait::async_trait]
+impl crate::network::Handler for RaftHost {
+    async fn handle(&self, _from: crate::rpc::NodeId, envelope: Envelope) -> crate::rpc::Reply {
+        match (&envelope.group, &envelope.request) {
+            (Some(group), Request::Raft { message }) => {
+                RaftHost::handle(self, group, message).await
+            }
+            _ => Err(RpcError::InvalidRequest("raft messages only".into())),
+        }
+    }
+}

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use openraft::{BasicNode, Config, Raft, RaftMetrics, ServerState, SnapshotPolicy};
 use parking_lot::Mutex;
 use prism_core::log::durable::CrashImage;
@@ -19,14 +18,13 @@ use super::check::{Checker, CopyView};
 use super::model::ShardModel;
 use super::net::{ChaosNetwork, Faults};
 use crate::metadata::{MetaCommand, MetadataState, NodeInfo, NodeState};
-use crate::network::Handler;
 use crate::raft::liveness::break_split_votes;
 use crate::raft::log_store::{reconcile, LogStore};
 use crate::raft::network::{GroupNetwork, RaftHost};
 use crate::raft::proposal::{propose, Proposed};
 use crate::raft::state_machine::{MemoryStateMachine, MetaStateMachine, StateReader};
 use crate::raft::types::{seed_this_thread, MetaRaft, Node, ShardRaft, ShardWrite};
-use crate::rpc::{Envelope, GroupId, NodeId, Reply, Request, RpcError};
+use crate::rpc::{GroupId, NodeId};
 
 const QUORUM_WINDOW: Duration = Duration::from_millis(1000);
 const PROPOSAL_DEADLINE: Duration = Duration::from_secs(2);
@@ -154,19 +152,6 @@ fn config() -> Arc<Config> {
         ..Config::default()
     };
     Arc::new(config.validate().expect("a valid config"))
-}
-
-/// A node that answers Raft messages only.
-struct RaftHandler(Arc<RaftHost>);
-
-#[async_trait]
-impl Handler for RaftHandler {
-    async fn handle(&self, _from: NodeId, envelope: Envelope) -> Reply {
-        match (&envelope.group, &envelope.request) {
-            (Some(group), Request::Raft { message }) => self.0.handle(group, message).await,
-            _ => Err(RpcError::InvalidRequest("raft messages only".into())),
-        }
-    }
 }
 
 #[derive(Clone)]
@@ -378,7 +363,7 @@ impl World {
         for group in groups {
             self.open_copy(id, &group).await?;
         }
-        self.net.up(&name(id), Arc::new(RaftHandler(host)));
+        self.net.up(&name(id), host);
         Ok(())
     }
 

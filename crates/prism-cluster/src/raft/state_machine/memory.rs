@@ -21,7 +21,7 @@ use super::super::log_store::to_core;
 use super::super::network::GroupConfig;
 use super::super::snapshot::{encode_membership, meta_of, Meta, ShardSnapshot, SnapshotStore};
 use super::super::types::{MetaRaft, Node};
-use super::any;
+use super::{any, install_error, receiving};
 use crate::metadata::{MetaCommand, MetaResponse, MetadataState};
 
 type Membership = StoredMembership<u64, Node>;
@@ -236,10 +236,7 @@ where
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<ShardSnapshot>, StorageError<u64>> {
-        let (_, dir) = self.snapshots.new_dir("receiving");
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, any(e))))?;
-        Ok(Box::new(self.snapshots.scratch(dir)))
+        receiving(&self.snapshots)
     }
 
     async fn install_snapshot(
@@ -247,10 +244,7 @@ where
         meta: &Meta,
         snapshot: Box<ShardSnapshot>,
     ) -> Result<(), StorageError<u64>> {
-        let install_error = {
-            let signature = Some(meta.signature());
-            move |e: AnyError| StorageError::from(StorageIOError::write_snapshot(signature, e))
-        };
+        let install_error = install_error(meta);
         let received = *snapshot;
         let installed = (|| -> Result<(S, ShardSnapshot), AnyError> {
             let manifest = shard_snapshot::verify(received.dir()).map_err(any)?;

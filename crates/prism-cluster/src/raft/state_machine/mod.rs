@@ -286,10 +286,7 @@ impl RaftStateMachine<ShardRaft> for ShardStateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<ShardSnapshot>, StorageError<u64>> {
-        let (_, dir) = self.snapshots.new_dir("receiving");
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, any(e))))?;
-        Ok(Box::new(self.snapshots.scratch(dir)))
+        receiving(&self.snapshots)
     }
 
     async fn install_snapshot(
@@ -297,10 +294,7 @@ impl RaftStateMachine<ShardRaft> for ShardStateMachine {
         meta: &Meta,
         snapshot: Box<ShardSnapshot>,
     ) -> Result<(), StorageError<u64>> {
-        let install_error = {
-            let signature = Some(meta.signature());
-            move |e: AnyError| StorageError::from(StorageIOError::write_snapshot(signature, e))
-        };
+        let install_error = install_error(meta);
         let _no_build = self.replacing.write().await;
         let received = *snapshot;
         let (state_dir, expected) = (self.dirs.state(), meta.clone());
@@ -358,6 +352,22 @@ impl RaftStateMachine<ShardRaft> for ShardStateMachine {
             snapshot: Box::new(snapshot),
         }))
     }
+}
+
+/// A scratch directory for a snapshot being received.
+// openraft's own error type, as its trait methods return it.
+#[allow(clippy::result_large_err)]
+fn receiving(snapshots: &SnapshotStore) -> Result<Box<ShardSnapshot>, StorageError<u64>> {
+    let (_, dir) = snapshots.new_dir("receiving");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, any(e))))?;
+    Ok(Box::new(snapshots.scratch(dir)))
+}
+
+/// How an install of the snapshot `meta` describes its failures.
+fn install_error(meta: &Meta) -> impl Fn(AnyError) -> StorageError<u64> + Clone {
+    let signature = Some(meta.signature());
+    move |e: AnyError| StorageError::from(StorageIOError::write_snapshot(signature.clone(), e))
 }
 
 /// The received snapshot, kept (published) to serve it: as it is when the network already
