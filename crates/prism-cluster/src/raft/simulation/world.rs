@@ -22,7 +22,7 @@ use crate::raft::liveness::break_split_votes;
 use crate::raft::log_store::{reconcile, LogStore};
 use crate::raft::network::{GroupNetwork, RaftHost};
 use crate::raft::proposal::{propose, Proposed};
-use crate::raft::state_machine::{MemoryStateMachine, MetaStateMachine, StateReader};
+use crate::raft::state_machine::{MemoryStateMachine, StateReader};
 use crate::raft::types::{seed_this_thread, MetaRaft, Node, ShardRaft, ShardWrite};
 use crate::rpc::{GroupId, NodeId};
 
@@ -384,50 +384,26 @@ impl World {
         let log = Arc::new(log);
         let network = Arc::new(self.net.endpoint(&name(id)));
         let snapshots_dir = dir.join("snapshots");
-        let (raft, snapshots) = if group.is_metadata() {
-            let machine = MetaStateMachine::open(snapshots_dir)
-                .map_err(|e| failed("the state machine", &e))?;
-            let snapshots = machine.snapshots();
-            reconcile(&log, machine.applied()).map_err(|e| failed("the log", &e))?;
-            let reader = Arc::new(machine.reader());
-            let raft = Raft::new(
-                id,
-                config(),
-                GroupNetwork::new(network, group.clone()),
-                LogStore::new(log.clone()),
-                machine,
-            )
-            .await
-            .map_err(|e| failed("raft", &e))?;
-            (GroupRaft::Meta(raft, reader), snapshots)
-        } else {
-            let machine = MemoryStateMachine::<ShardRaft, ShardModel>::open(snapshots_dir)
-                .map_err(|e| failed("the state machine", &e))?;
-            let snapshots = machine.snapshots();
-            reconcile(&log, machine.applied()).map_err(|e| failed("the log", &e))?;
-            let reader = Arc::new(machine.reader());
-            let raft = Raft::new(
-                id,
-                config(),
-                GroupNetwork::new(network, group.clone()),
-                LogStore::new(log.clone()),
-                machine,
-            )
-            .await
-            .map_err(|e| failed("raft", &e))?;
-            (GroupRaft::Shard(raft, reader), snapshots)
-        };
         let running = node.running.as_mut().expect("the node runs");
-        let (stuck_after, spread) = (Duration::from_secs(2), Duration::from_millis(500));
-        let liveness = match &raft {
-            GroupRaft::Meta(r, _) => {
-                running.host.add(group.clone(), r.clone(), snapshots);
-                tokio::spawn(break_split_votes(r.clone(), stuck_after, spread)).abort_handle()
-            }
-            GroupRaft::Shard(r, _) => {
-                running.host.add(group.clone(), r.clone(), snapshots);
-                tokio::spawn(break_split_votes(r.clone(), stuck_after, spread)).abort_handle()
-            }
+        let host = &running.host;
+        let (raft, liveness) = if group.is_metadata() {
+            let (raft, reader, liveness) = start_group::<MetaRaft, MetadataState>(
+                id,
+                group,
+                &log,
+                network,
+                snapshots_dir,
+                host,
+            )
+            .await
+            .map_err(|e| failed("the group", &e))?;
+            (GroupRaft::Meta(raft, reader), liveness)
+        } else {
+            let (raft, reader, liveness) =
+                start_group::<ShardRaft, ShardModel>(id, group, &log, network, snapshots_dir, host)
+                    .await
+                    .map_err(|e| failed("the group", &e))?;
+            (GroupRaft::Shard(raft, reader), liveness)
         };
         running.copies.insert(
             group.clone(),
@@ -851,4 +827,43 @@ fn fate<R>(proposed: Proposed<R>) -> Fate {
         Proposed::Refused { .. } => Fate::Refused,
         Proposed::Unknown(_) => Fate::Unknown,
     }
+}
+
+/// Opens a copy of `group` on node `id` as a cluster node would: the state machine, the log
+/// reconciled with it, the Raft, hosted on the node, and its split-vote breaker.
+async fn start_group<C, S>(
+    id: u64,
+    group: &GroupId,
+    log: &Arc<ShardLog>,
+    network: Arc<super::net::Endpoint>,
+    snapshots_dir: PathBuf,
+    host: &RaftHost,
+) -> Result<(Raft<C>, Arc<StateReader<S>>, tokio::task::AbortHandle), String>
+where
+    C: crate::raft::network::GroupConfig
+        + openraft::RaftTypeConfig<D = S::Command, R = S::Response>,
+    S: crate::raft::state_machine::Replicated,
+    S::Command: Send,
+    S::Response: Send,
+{
+    let machine = MemoryStateMachine::<C, S>::open(snapshots_dir).map_err(|e| e.to_string())?;
+    let snapshots = machine.snapshots();
+    reconcile(log, machine.applied()).map_err(|e| e.to_string())?;
+    let reader = Arc::new(machine.reader());
+    let raft = Raft::new(
+        id,
+        config(),
+        GroupNetwork::new(network, group.clone()),
+        LogStore::new(log.clone()),
+        machine,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    host.add(group.clone(), raft.clone(), snapshots);
+    let breaker = break_split_votes(
+        raft.clone(),
+        Duration::from_secs(2),
+        Duration::from_millis(500),
+    );
+    Ok((raft, reader, tokio::spawn(breaker).abort_handle()))
 }
