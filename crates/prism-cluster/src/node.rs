@@ -23,12 +23,12 @@ pub struct EngineHandler {
 
 #[async_trait]
 impl Handler for EngineHandler {
-    async fn handle(&self, _from: NodeId, envelope: Envelope) -> Reply {
+    async fn handle(&self, from: NodeId, envelope: Envelope) -> Reply {
         let engine = self.engine.clone();
-        if let Request::Raft { message } = &envelope.request {
-            let group = group_of(envelope.group.clone())?;
+        if matches!(envelope.request, Request::Raft { .. } | Request::Wake) {
+            group_of(envelope.group.clone())?;
             return match &self.raft {
-                Some(host) => host.handle(&group, message).await,
+                Some(host) => Handler::handle(host.as_ref(), from, envelope).await,
                 None => Err(RpcError::NotFound(format!(
                     "node {} hosts no raft groups (it runs in federation mode)",
                     self.node_id
@@ -87,6 +87,7 @@ fn serve(engine: &Engine, node_id: &str, envelope: Envelope) -> Reply {
     Ok(match request {
         Request::Ping => Answer::Pong {
             node_id: node_id.to_string(),
+            incarnation: crate::rpc::process_incarnation(),
         },
         Request::Stats { search } => {
             let (stats, generation) = collection()?
@@ -133,7 +134,7 @@ fn serve(engine: &Engine, node_id: &str, envelope: Envelope) -> Reply {
             )?;
             Answer::Fetched(hits.iter().map(Into::into).collect())
         }
-        Request::Index { .. } | Request::Raft { .. } => {
+        Request::Index { .. } | Request::Raft { .. } | Request::Wake => {
             return Err(RpcError::Internal(
                 "writes and raft messages are served by EngineHandler::handle, not here".into(),
             ))

@@ -87,6 +87,9 @@ pub enum Request {
     /// A message of the group's Raft (append-entries, vote, a snapshot chunk), encoded by
     /// `raft::network`.
     Raft { message: Vec<u8> },
+    /// A follower of the group asks its quiet leader to heartbeat again: it holds entries it
+    /// does not know to be committed (`raft::quiescence`).
+    Wake,
 }
 
 /// One document a write refused, and why.
@@ -97,11 +100,20 @@ pub struct RefusedDocument {
     pub message: String,
 }
 
+/// This process's incarnation: drawn once per start, so that peers tell a restart from a
+/// node that never went away.
+pub fn process_incarnation() -> u64 {
+    static INCARNATION: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *INCARNATION.get_or_init(rand::random)
+}
+
 /// The successful answer to a [`Request`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Answer {
     Pong {
         node_id: String,
+        /// Differs at each start of the node: a peer learns from it that the node restarted.
+        incarnation: u64,
     },
     Stats {
         stats: TermStatistics,
@@ -120,6 +132,8 @@ pub enum Answer {
     Raft {
         message: Vec<u8>,
     },
+    /// A wake request was taken.
+    Woken,
 }
 
 /// Why a call failed, typed so that the caller knows what to do next.

@@ -22,8 +22,8 @@ use crate::tls::{self, TlsMaterial};
 /// their id hash, the tie-break of ranking (`prism_core::search::RankedDoc`). 4: calls are
 /// envelopes naming their shard group, errors are typed, and no JSON text travels
 /// (`crate::rpc`); the coordinator sends each shard its list windows. 5: Raft messages.
-/// 6: group ids carry their collection's generation.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// 6: group ids carry their collection's generation. 7: pongs carry the node's incarnation.
+pub const PROTOCOL_VERSION: u32 = 7;
 /// Largest message accepted on a stream.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 

@@ -48,7 +48,7 @@ async fn start(network: &SimNetwork, id: u64) -> Node {
     let shard = machine.shard();
     let snapshots = machine.snapshots();
     super::log_store::reconcile(&log, machine.applied()).unwrap();
-    let host = Arc::new(RaftHost::default());
+    let host = Arc::new(RaftHost::new(name(id), id));
     let endpoint = network.join(&name(id), host.clone());
     let config = Config {
         heartbeat_interval: 100,

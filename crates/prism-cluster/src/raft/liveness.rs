@@ -1,58 +1,107 @@
-//! Breaks split-vote livelocks that openraft 0.9 cannot leave by itself.
-//!
-//! openraft 0.9 draws a group's election time-out once, when the group starts, and checks it
-//! only on ticks (every 1.5 heartbeats). Copies whose time-outs round to the same number of
-//! ticks, with ticks in nearly the same phase, start every election together and split the
-//! vote for ever. The seeded simulation found one (seed 2929 of the first 10,000-seed run:
-//! three candidates at term 84 after a minute). A copy that has been a candidate for longer
-//! than a few election time-outs starts an election of its own at a random moment, which
-//! breaks the lockstep.
+//! The node's liveness driver: one task per node pings every peer node that shares a group
+//! with it, and applies `raft::quiescence`'s decision to every copy it hosts (heartbeats on or
+//! off, an election). It replaces openraft's per-group election timers, so the cost of an
+//! idle node is one ping per peer per `ping_interval` and one look at each copy per tick.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::{AsyncRuntime, Raft, ServerState};
+use openraft::{AsyncRuntime, Config};
+use parking_lot::Mutex;
 use rand::Rng;
+use tokio::time::Instant;
 
-use super::network::GroupConfig;
+use super::network::RaftHost;
+use super::quiescence::{next, Act, CopyMemory, Peers, Timing};
 use super::types::SeededTokio;
+use crate::network::Network;
+use crate::rpc::{Answer, Envelope, GroupId, Request};
 
-/// Watches `raft` until the group shuts down. Once it is a candidate with no leader and its
-/// term rose by two or more since it was first seen so (two failed elections), it starts an
-/// election after a random pause of up to `spread`, unless a leader appeared meanwhile. One
-/// check per `stuck_after`, so an idle group costs one wake-up per check.
-pub async fn break_split_votes<C: GroupConfig>(
-    raft: Raft<C>,
-    stuck_after: Duration,
-    spread: Duration,
-) {
-    // The term when this copy was first seen leaderless: two more failed elections since
-    // then mean it is stuck, whatever happened between samples.
-    let mut leaderless_since_term: Option<u64> = None;
+/// openraft's timers to go with `timing`: a follower's leader lease (openraft refuses votes
+/// for `election_timeout_max` after it last heard from its leader) ends before the node-level
+/// detector suspects the leader, so the first election after a leader's death can win; the
+/// election timer itself is off (`enable_elect`), since this driver starts elections.
+pub fn raft_config(timing: &Timing, base: Config) -> Config {
+    let lease = timing.suspect_after.as_millis() as u64;
+    let heartbeat = (timing.ping_interval.as_millis() as u64).clamp(1, lease / 3);
+    Config {
+        heartbeat_interval: heartbeat,
+        election_timeout_min: lease / 2,
+        election_timeout_max: lease,
+        enable_elect: false,
+        ..base
+    }
+}
+
+/// Runs the driver for the groups of `host` until the task is aborted.
+pub async fn watch(host: Arc<RaftHost>, network: Arc<dyn Network>, timing: Timing) {
+    let peers = Arc::new(Mutex::new(Peers::new(Instant::now())));
+    let in_flight: Arc<Mutex<BTreeSet<u64>>> = Arc::default();
+    let mut memories: BTreeMap<GroupId, CopyMemory> = BTreeMap::new();
+    let mut next_ping = Instant::now();
+    let tick = timing.ping_interval / 2;
     loop {
-        tokio::time::sleep(stuck_after).await;
-        let metrics = raft.metrics().borrow().clone();
-        if metrics.running_state.is_err() || metrics.state == ServerState::Shutdown {
-            return;
+        tokio::time::sleep(tick).await;
+        let now = Instant::now();
+        let copies = host.copies();
+        memories.retain(|group, _| copies.iter().any(|(g, _)| g == group));
+        let woken = host.take_wakes();
+        let mut addresses = BTreeMap::new();
+        for (group, copy) in &copies {
+            let (mut view, members) = copy.view();
+            view.woken = woken.contains(group);
+            let memory = memories.entry(group.clone()).or_insert_with(|| {
+                copy.stop_election_timer();
+                CopyMemory::default()
+            });
+            let act = next(&view, memory, &peers.lock(), &timing, now, |max| {
+                let micros = max.as_micros() as u64;
+                Duration::from_micros(SeededTokio::thread_rng().gen_range(0..=micros))
+            });
+            match act {
+                Act::Nothing => {}
+                Act::Heartbeats(on) => copy.set_heartbeats(on),
+                Act::Elect => copy.elect().await,
+                Act::WakeLeader(leader) => {
+                    if let Some(address) = members.get(&leader) {
+                        let wake = Envelope {
+                            group: Some(group.clone()),
+                            request: Request::Wake,
+                        };
+                        let (network, address) = (network.clone(), address.clone());
+                        let deadline = timing.suspect_after;
+                        tokio::spawn(async move {
+                            // Lost, it is asked again after `idle_after`.
+                            let _ =
+                                tokio::time::timeout(deadline, network.call(&address, wake)).await;
+                        });
+                    }
+                }
+            }
+            addresses.extend(members.into_iter().filter(|(id, _)| *id != view.me));
         }
-        if metrics.current_leader.is_some() || metrics.state != ServerState::Candidate {
-            leaderless_since_term = None;
-            continue;
+        if now >= next_ping {
+            next_ping = now + timing.ping_interval;
+            for (id, address) in addresses {
+                if !in_flight.lock().insert(id) {
+                    continue;
+                }
+                let (network, peers, in_flight) =
+                    (network.clone(), peers.clone(), in_flight.clone());
+                let deadline = timing.suspect_after;
+                tokio::spawn(async move {
+                    let ping = Envelope {
+                        group: None,
+                        request: Request::Ping,
+                    };
+                    let answer = tokio::time::timeout(deadline, network.call(&address, ping)).await;
+                    if let Ok(Ok(Answer::Pong { incarnation, .. })) = answer {
+                        peers.lock().answered(id, incarnation, Instant::now());
+                    }
+                    in_flight.lock().remove(&id);
+                });
+            }
         }
-        let first = *leaderless_since_term.get_or_insert(metrics.current_term);
-        if metrics.current_term < first + 2 {
-            continue;
-        }
-        let pause = SeededTokio::thread_rng().gen_range(0..=spread.as_micros() as u64);
-        tokio::time::sleep(Duration::from_micros(pause)).await;
-        // Only if nothing changed meanwhile: a copy that found a leader during the pause must
-        // not depose it.
-        let now = raft.metrics().borrow().clone();
-        let unchanged = now.state == ServerState::Candidate
-            && now.current_leader.is_none()
-            && now.current_term == metrics.current_term;
-        if unchanged && raft.trigger().elect().await.is_err() {
-            return;
-        }
-        leaderless_since_term = None;
     }
 }

@@ -6,6 +6,7 @@ pub mod liveness;
 pub mod log_store;
 pub mod network;
 pub mod proposal;
+pub mod quiescence;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;

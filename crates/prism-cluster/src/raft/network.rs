@@ -13,7 +13,7 @@
 //! knows. A chunk that fails is retried a few times before the transfer is given up.
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::marker::PhantomData;
@@ -27,16 +27,17 @@ use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::{Raft, RaftTypeConfig, Snapshot, Vote};
+use openraft::{Raft, RaftTypeConfig, ServerState, Snapshot, Vote};
 use parking_lot::Mutex;
 use prism_core::shard::snapshot::{SnapshotManifest, MANIFEST};
 use serde::{Deserialize, Serialize};
 
+use super::quiescence::{CopyView, Role};
 use super::snapshot::{meta_of, Meta, ShardSnapshot, SnapshotStore};
 use super::types::{Node, SeededTokio};
 use super::{drop_off_workers, off_workers};
 use crate::network::Network;
-use crate::rpc::{Answer, Envelope, GroupId, Request, RpcError};
+use crate::rpc::{Answer, Envelope, GroupId, NodeId, Request, RpcError};
 
 /// Bytes of a snapshot file per call.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
@@ -454,16 +455,16 @@ impl<C: GroupConfig> RaftNetwork<C> for GroupClient<C> {
 }
 
 /// A snapshot being received by one group.
-struct Reception {
+pub(crate) struct Reception {
     transfer: String,
     vote: Vote<u64>,
     snapshot: Box<ShardSnapshot>,
 }
 
-type ReceptionSlot = Arc<tokio::sync::Mutex<Option<Reception>>>;
+pub(crate) type ReceptionSlot = Arc<tokio::sync::Mutex<Option<Reception>>>;
 
 /// A group this node hosts, whatever its type configuration.
-trait HostedGroup: Send + Sync {
+pub(crate) trait HostedGroup: Send + Sync {
     fn answer<'a>(
         &'a self,
         reception: ReceptionSlot,
@@ -471,6 +472,16 @@ trait HostedGroup: Send + Sync {
     ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<u8>, RpcError>> + Send + 'a>>;
 
     fn as_any(&self) -> &dyn Any;
+
+    /// The copy as liveness sees it, and the address of every member.
+    fn view(&self) -> (CopyView, BTreeMap<u64, String>);
+
+    /// Hands elections over to the node's liveness driver: openraft's own timer stops.
+    fn stop_election_timer(&self);
+
+    fn set_heartbeats(&self, on: bool);
+
+    fn elect(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 }
 
 struct Hosted<C: GroupConfig> {
@@ -490,13 +501,66 @@ impl<C: GroupConfig> HostedGroup for Hosted<C> {
     fn as_any(&self) -> &dyn Any {
         self
     }
+
+    fn view(&self) -> (CopyView, BTreeMap<u64, String>) {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let role = match (&metrics.running_state, metrics.state) {
+            (Err(_), _) | (_, ServerState::Shutdown) => Role::Stopped,
+            (_, ServerState::Leader) => Role::Leader,
+            (_, ServerState::Follower | ServerState::Candidate) => Role::Voter,
+            (_, ServerState::Learner) => Role::Learner,
+        };
+        let membership = metrics.membership_config.membership();
+        let me = metrics.id;
+        let view = CopyView {
+            me,
+            role,
+            term: metrics.current_term,
+            leader: metrics.current_leader,
+            voters: membership.voter_ids().collect(),
+            last_log: metrics.last_log_index,
+            applied: metrics.last_applied.map(|id| id.index),
+            matched: metrics
+                .replication
+                .iter()
+                .flatten()
+                .filter(|(id, _)| **id != me)
+                .map(|(id, matched)| (*id, matched.map(|m| m.index)))
+                .collect(),
+            woken: false,
+        };
+        let addresses = membership
+            .nodes()
+            .map(|(id, node)| (*id, node.addr.clone()))
+            .collect();
+        (view, addresses)
+    }
+
+    fn stop_election_timer(&self) {
+        self.raft.runtime_config().elect(false);
+    }
+
+    fn set_heartbeats(&self, on: bool) {
+        self.raft.runtime_config().heartbeat(on);
+    }
+
+    fn elect(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            // A stopped group reports it through its metrics, which the next look sees.
+            let _ = self.raft.trigger().elect().await;
+        })
+    }
 }
 
-/// The groups of this node, answering their peers' Raft messages.
-#[derive(Default)]
+/// The groups of this node, answering their peers' Raft messages and pings.
 pub struct RaftHost {
+    node: NodeId,
+    incarnation: u64,
     groups: Mutex<HashMap<GroupId, Arc<dyn HostedGroup>>>,
     receptions: Mutex<HashMap<GroupId, ReceptionSlot>>,
+    /// Groups a follower asked to heartbeat again since the liveness driver last looked.
+    wakes: Mutex<BTreeSet<GroupId>>,
 }
 
 fn refused(why: impl std::fmt::Display) -> Vec<u8> {
@@ -513,6 +577,36 @@ fn inside(dir: &Path, path: &str) -> Option<PathBuf> {
 }
 
 impl RaftHost {
+    /// The host of node `node` in its incarnation `incarnation`, which must differ at each
+    /// start of the node (peers learn from it that the node restarted).
+    pub fn new(node: NodeId, incarnation: u64) -> Self {
+        RaftHost {
+            node,
+            incarnation,
+            groups: Mutex::default(),
+            receptions: Mutex::default(),
+            wakes: Mutex::default(),
+        }
+    }
+
+    /// The groups woken since the last call.
+    pub(crate) fn take_wakes(&self) -> BTreeSet<GroupId> {
+        std::mem::take(&mut *self.wakes.lock())
+    }
+
+    /// Every hosted group, in the order of their ids (a seeded run must not depend on a hash
+    /// map's order).
+    pub(crate) fn copies(&self) -> Vec<(GroupId, Arc<dyn HostedGroup>)> {
+        let mut copies: Vec<_> = self
+            .groups
+            .lock()
+            .iter()
+            .map(|(id, group)| (id.clone(), group.clone()))
+            .collect();
+        copies.sort_by(|a, b| a.0.cmp(&b.0));
+        copies
+    }
+
     /// Answers for `group`, whose state machine keeps its snapshots in `snapshots`.
     pub fn add<C: GroupConfig>(
         &self,
@@ -755,16 +849,31 @@ async fn install<C: GroupConfig>(
     }
 }
 
-/// A node that answers Raft messages only (the engine's handler answers the rest on a full
-/// node).
+/// A node that answers Raft messages and pings only (the engine's handler answers the rest
+/// on a full node).
 #[async_trait::async_trait]
 impl crate::network::Handler for RaftHost {
-    async fn handle(&self, _from: crate::rpc::NodeId, envelope: Envelope) -> crate::rpc::Reply {
+    async fn handle(&self, _from: NodeId, envelope: Envelope) -> crate::rpc::Reply {
         match (&envelope.group, &envelope.request) {
             (Some(group), Request::Raft { message }) => {
                 RaftHost::handle(self, group, message).await
             }
-            _ => Err(RpcError::InvalidRequest("raft messages only".into())),
+            (Some(group), Request::Wake) => {
+                if !self.groups.lock().contains_key(group) {
+                    return Err(RpcError::NotFound(format!(
+                        "no raft group {group} on this node"
+                    )));
+                }
+                self.wakes.lock().insert(group.clone());
+                Ok(Answer::Woken)
+            }
+            (None, Request::Ping) => Ok(Answer::Pong {
+                node_id: self.node.clone(),
+                incarnation: self.incarnation,
+            }),
+            _ => Err(RpcError::InvalidRequest(
+                "raft messages and pings only".into(),
+            )),
         }
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! openraft 0.9 has no CheckQuorum: a leader cut off from its followers accepts writes that
 //! can never commit, and the call hangs. A leader that has not heard from a quorum within
-//! `quorum_window` therefore refuses before appending.
+//! `quorum_window` (a quiet one, say) therefore asks a majority first, and refuses before
+//! appending when none answers in that time.
 
 use std::time::Duration;
 
@@ -48,10 +49,18 @@ where
     let heard = metrics
         .millis_since_quorum_ack
         .is_some_and(|ms| ms <= quorum_window.as_millis() as u64);
-    if voters > 1 && !heard {
+    // A quiet leader (`raft::quiescence`) has sent nothing for a while, so it asks a majority
+    // first; nothing is appended unless one answers.
+    if voters > 1
+        && !heard
+        && !matches!(
+            tokio::time::timeout(quorum_window, raft.get_read_log_id()).await,
+            Ok(Ok(_))
+        )
+    {
         return Proposed::Refused {
             why: format!(
-                "the leader has not heard from a majority for over {} ms",
+                "the leader could not reach a majority within {} ms",
                 quorum_window.as_millis()
             ),
             leader: None,

@@ -18,10 +18,11 @@ use super::check::{Checker, CopyView};
 use super::model::ShardModel;
 use super::net::{ChaosNetwork, Faults};
 use crate::metadata::{MetaCommand, MetadataState, NodeInfo, NodeState};
-use crate::raft::liveness::break_split_votes;
+use crate::raft::liveness::{raft_config, watch};
 use crate::raft::log_store::{reconcile, LogStore};
 use crate::raft::network::{GroupNetwork, RaftHost};
 use crate::raft::proposal::{propose, Proposed};
+use crate::raft::quiescence::Timing;
 use crate::raft::state_machine::{MemoryStateMachine, StateReader};
 use crate::raft::types::{seed_this_thread, MetaRaft, Node, ShardRaft, ShardWrite};
 use crate::rpc::{GroupId, NodeId};
@@ -138,11 +139,17 @@ fn group_dir(group: &GroupId) -> String {
     }
 }
 
+/// The nodes' liveness clock: slower than production's, as the chaotic network is.
+const TIMING: Timing = Timing {
+    ping_interval: Duration::from_millis(200),
+    suspect_after: Duration::from_millis(1000),
+    idle_after: Duration::from_millis(1000),
+    election_spread: Duration::from_millis(300),
+    election_retry: Duration::from_millis(1000),
+};
+
 fn config() -> Arc<Config> {
-    let config = Config {
-        heartbeat_interval: 100,
-        election_timeout_min: 500,
-        election_timeout_max: 1000,
+    let base = Config {
         install_snapshot_timeout: 1000,
         // Snapshot often and keep no log behind it, so that a copy that was away needs a
         // snapshot.
@@ -151,7 +158,11 @@ fn config() -> Arc<Config> {
         purge_batch_size: 1,
         ..Config::default()
     };
-    Arc::new(config.validate().expect("a valid config"))
+    Arc::new(
+        raft_config(&TIMING, base)
+            .validate()
+            .expect("a valid config"),
+    )
 }
 
 #[derive(Clone)]
@@ -208,13 +219,13 @@ impl GroupRaft {
 struct Copy {
     raft: GroupRaft,
     log: Arc<ShardLog>,
-    /// The group's split-vote breaker (`raft::liveness`), stopped with the copy.
-    liveness: tokio::task::AbortHandle,
 }
 
 struct Running {
     host: Arc<RaftHost>,
     copies: BTreeMap<GroupId, Copy>,
+    /// The node's liveness driver (`raft::liveness`), stopped with the node.
+    liveness: Option<tokio::task::AbortHandle>,
 }
 
 struct SimNode {
@@ -349,10 +360,11 @@ impl World {
 
     /// Starts node `id` with the groups it holds (opening what its disk has).
     async fn boot(&mut self, id: u64) -> Result<(), Violation> {
-        let host = Arc::new(RaftHost::default());
+        let host = Arc::new(RaftHost::new(name(id), self.rng.gen()));
         self.nodes.get_mut(&id).expect("a node").running = Some(Running {
             host: host.clone(),
             copies: BTreeMap::new(),
+            liveness: None,
         });
         let groups: Vec<GroupId> = self
             .groups
@@ -363,6 +375,10 @@ impl World {
         for group in groups {
             self.open_copy(id, &group).await?;
         }
+        let network = Arc::new(self.net.endpoint(&name(id)));
+        let liveness = tokio::spawn(watch(host.clone(), network, TIMING)).abort_handle();
+        let running = self.nodes.get_mut(&id).and_then(|n| n.running.as_mut());
+        running.expect("the node runs").liveness = Some(liveness);
         self.net.up(&name(id), host);
         Ok(())
     }
@@ -386,8 +402,8 @@ impl World {
         let snapshots_dir = dir.join("snapshots");
         let running = node.running.as_mut().expect("the node runs");
         let host = &running.host;
-        let (raft, liveness) = if group.is_metadata() {
-            let (raft, reader, liveness) = start_group::<MetaRaft, MetadataState>(
+        let raft = if group.is_metadata() {
+            let (raft, reader) = start_group::<MetaRaft, MetadataState>(
                 id,
                 group,
                 &log,
@@ -397,22 +413,15 @@ impl World {
             )
             .await
             .map_err(|e| failed("the group", &e))?;
-            (GroupRaft::Meta(raft, reader), liveness)
+            GroupRaft::Meta(raft, reader)
         } else {
-            let (raft, reader, liveness) =
+            let (raft, reader) =
                 start_group::<ShardRaft, ShardModel>(id, group, &log, network, snapshots_dir, host)
                     .await
                     .map_err(|e| failed("the group", &e))?;
-            (GroupRaft::Shard(raft, reader), liveness)
+            GroupRaft::Shard(raft, reader)
         };
-        running.copies.insert(
-            group.clone(),
-            Copy {
-                raft,
-                log,
-                liveness,
-            },
-        );
+        running.copies.insert(group.clone(), Copy { raft, log });
         Ok(())
     }
 
@@ -518,9 +527,9 @@ impl World {
         // the node sends from now on gets out.
         let frozen = node.image.freeze();
         self.net.down(&name(id));
+        running.liveness.iter().for_each(|l| l.abort());
         for (group, copy) in &running.copies {
             node.installs += copy.raft.state().2;
-            copy.liveness.abort();
             copy.raft.shutdown().await;
             running.host.remove(group);
         }
@@ -812,8 +821,8 @@ impl World {
     async fn stop(&mut self) {
         for node in self.nodes.values_mut() {
             if let Some(running) = node.running.take() {
+                running.liveness.iter().for_each(|l| l.abort());
                 for copy in running.copies.values() {
-                    copy.liveness.abort();
                     copy.raft.shutdown().await;
                 }
             }
@@ -830,7 +839,7 @@ fn fate<R>(proposed: Proposed<R>) -> Fate {
 }
 
 /// Opens a copy of `group` on node `id` as a cluster node would: the state machine, the log
-/// reconciled with it, the Raft, hosted on the node, and its split-vote breaker.
+/// reconciled with it, and the Raft, hosted on the node (whose liveness driver watches it).
 async fn start_group<C, S>(
     id: u64,
     group: &GroupId,
@@ -838,7 +847,7 @@ async fn start_group<C, S>(
     network: Arc<super::net::Endpoint>,
     snapshots_dir: PathBuf,
     host: &RaftHost,
-) -> Result<(Raft<C>, Arc<StateReader<S>>, tokio::task::AbortHandle), String>
+) -> Result<(Raft<C>, Arc<StateReader<S>>), String>
 where
     C: crate::raft::network::GroupConfig
         + openraft::RaftTypeConfig<D = S::Command, R = S::Response>,
@@ -860,10 +869,5 @@ where
     .await
     .map_err(|e| e.to_string())?;
     host.add(group.clone(), raft.clone(), snapshots);
-    let breaker = break_split_votes(
-        raft.clone(),
-        Duration::from_secs(2),
-        Duration::from_millis(500),
-    );
-    Ok((raft, reader, tokio::spawn(breaker).abort_handle()))
+    Ok((raft, reader))
 }
