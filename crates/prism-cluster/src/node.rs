@@ -25,8 +25,10 @@ pub struct EngineHandler {
 impl Handler for EngineHandler {
     async fn handle(&self, from: NodeId, envelope: Envelope) -> Reply {
         let engine = self.engine.clone();
-        if matches!(envelope.request, Request::Raft { .. } | Request::Wake) {
-            group_of(envelope.group.clone())?;
+        if matches!(
+            envelope.request,
+            Request::Raft { .. } | Request::Wake | Request::Leaders { .. }
+        ) {
             return match &self.raft {
                 Some(host) => Handler::handle(host.as_ref(), from, envelope).await,
                 None => Err(RpcError::NotFound(format!(
@@ -87,7 +89,6 @@ fn serve(engine: &Engine, node_id: &str, envelope: Envelope) -> Reply {
     Ok(match request {
         Request::Ping => Answer::Pong {
             node_id: node_id.to_string(),
-            incarnation: crate::rpc::process_incarnation(),
         },
         Request::Stats { search } => {
             let (stats, generation) = collection()?
@@ -134,7 +135,7 @@ fn serve(engine: &Engine, node_id: &str, envelope: Envelope) -> Reply {
             )?;
             Answer::Fetched(hits.iter().map(Into::into).collect())
         }
-        Request::Index { .. } | Request::Raft { .. } | Request::Wake => {
+        Request::Index { .. } | Request::Raft { .. } | Request::Wake | Request::Leaders { .. } => {
             return Err(RpcError::Internal(
                 "writes and raft messages are served by EngineHandler::handle, not here".into(),
             ))

@@ -66,6 +66,9 @@ pub struct Envelope {
 pub enum Request {
     /// Liveness; answered with the node id.
     Ping,
+    /// Raft liveness (`raft::liveness`): the groups this node leads, unless the caller holds
+    /// version `known` of that list already.
+    Leaders { known: u64 },
     /// BM25 statistics of the group's shard for a search.
     Stats { search: WireSearch },
     /// The query phase: the shard's ranked documents, scored with collection-wide statistics,
@@ -112,8 +115,13 @@ pub fn process_incarnation() -> u64 {
 pub enum Answer {
     Pong {
         node_id: String,
+    },
+    /// The groups the node leads, when their list changed since version `known`.
+    Leaders {
         /// Differs at each start of the node: a peer learns from it that the node restarted.
         incarnation: u64,
+        version: u64,
+        groups: Option<Vec<GroupId>>,
     },
     Stats {
         stats: TermStatistics,

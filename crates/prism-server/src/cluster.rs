@@ -245,9 +245,7 @@ impl Cluster {
                         group: None,
                         request: Request::Ping,
                     };
-                    if let Ok(Answer::Pong { node_id, .. }) =
-                        cluster.network.call(&peer, ping).await
-                    {
+                    if let Ok(Answer::Pong { node_id }) = cluster.network.call(&peer, ping).await {
                         cluster.apply(Event::Pong {
                             address: peer.clone(),
                             node_id,

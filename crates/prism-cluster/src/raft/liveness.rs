@@ -1,7 +1,9 @@
 //! The node's liveness driver: one task per node pings every peer node that shares a group
 //! with it, and applies `raft::quiescence`'s decision to every copy it hosts (heartbeats on or
 //! off, an election). It replaces openraft's per-group election timers, so the cost of an
-//! idle node is one ping per peer per `ping_interval` and one look at each copy per tick.
+//! idle node is one ping per peer per `ping_interval` and one look at each copy per tick. A
+//! ping also carries the list of groups the answering node leads, when it changed, so that a
+//! follower notices a leader whose node is up but whose copy no longer leads.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -13,23 +15,28 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use super::network::RaftHost;
-use super::quiescence::{next, Act, CopyMemory, Peers, Timing};
+use super::quiescence::{next, Act, CopyMemory, Peers, Role, Timing};
 use super::types::SeededTokio;
 use crate::network::Network;
 use crate::rpc::{Answer, Envelope, GroupId, Request};
 
-/// openraft's timers to go with `timing`: a follower's leader lease (openraft refuses votes
+/// openraft's timers to go with `timing`. A follower's leader lease (openraft refuses votes
 /// for `election_timeout_max` after it last heard from its leader) ends before the node-level
-/// detector suspects the leader, so the first election after a leader's death can win; the
-/// election timer itself is off (`enable_elect`), since this driver starts elections.
+/// detector can suspect the leader: suspicion counts from the leader's last answer to a ping,
+/// which may come up to a ping interval before the leader's last message. The election timer
+/// itself is off (`enable_elect`): this driver starts elections. Ticks stay on: openraft
+/// refreshes its metrics on them.
 pub fn raft_config(timing: &Timing, base: Config) -> Config {
-    let lease = timing.suspect_after.as_millis() as u64;
-    let heartbeat = (timing.ping_interval.as_millis() as u64).clamp(1, lease / 3);
+    let ping = timing.ping_interval.as_millis() as u64;
+    let lease = (timing.suspect_after.as_millis() as u64)
+        .saturating_sub(ping + ping / 2)
+        .max(6);
     Config {
-        heartbeat_interval: heartbeat,
+        heartbeat_interval: ping.min(lease / 3).max(1),
         election_timeout_min: lease / 2,
         election_timeout_max: lease,
         enable_elect: false,
+        enable_tick: true,
         ..base
     }
 }
@@ -39,26 +46,30 @@ pub async fn watch(host: Arc<RaftHost>, network: Arc<dyn Network>, timing: Timin
     let peers = Arc::new(Mutex::new(Peers::new(Instant::now())));
     let in_flight: Arc<Mutex<BTreeSet<u64>>> = Arc::default();
     let mut memories: BTreeMap<GroupId, CopyMemory> = BTreeMap::new();
-    let mut next_ping = Instant::now();
     let tick = timing.ping_interval / 2;
+    // Nodes started together do not look at the same instants.
+    let offset = draw(tick);
+    let mut next_ping = Instant::now() + offset;
+    let mut wake_at = Instant::now() + offset;
     loop {
-        tokio::time::sleep(tick).await;
+        tokio::time::sleep_until(wake_at).await;
         let now = Instant::now();
         let copies = host.copies();
         memories.retain(|group, _| copies.iter().any(|(g, _)| g == group));
         let woken = host.take_wakes();
         let mut addresses = BTreeMap::new();
+        let mut leading = BTreeSet::new();
         for (group, copy) in &copies {
-            let (mut view, members) = copy.view();
+            let (mut view, members) = copy.view(group);
             view.woken = woken.contains(group);
             let memory = memories.entry(group.clone()).or_insert_with(|| {
                 copy.stop_election_timer();
                 CopyMemory::default()
             });
-            let act = next(&view, memory, &peers.lock(), &timing, now, |max| {
-                let micros = max.as_micros() as u64;
-                Duration::from_micros(SeededTokio::thread_rng().gen_range(0..=micros))
-            });
+            let act = next(&view, memory, &peers.lock(), &timing, now, draw);
+            if view.role == Role::Leader {
+                leading.insert(group.clone());
+            }
             match act {
                 Act::Nothing => {}
                 Act::Heartbeats(on) => copy.set_heartbeats(on),
@@ -70,7 +81,7 @@ pub async fn watch(host: Arc<RaftHost>, network: Arc<dyn Network>, timing: Timin
                             request: Request::Wake,
                         };
                         let (network, address) = (network.clone(), address.clone());
-                        let deadline = timing.suspect_after;
+                        let deadline = timing.ping_interval;
                         tokio::spawn(async move {
                             // Lost, it is asked again after `idle_after`.
                             let _ =
@@ -81,27 +92,49 @@ pub async fn watch(host: Arc<RaftHost>, network: Arc<dyn Network>, timing: Timin
             }
             addresses.extend(members.into_iter().filter(|(id, _)| *id != view.me));
         }
+        host.set_leading(leading);
         if now >= next_ping {
             next_ping = now + timing.ping_interval;
             for (id, address) in addresses {
                 if !in_flight.lock().insert(id) {
                     continue;
                 }
+                let known = peers.lock().leading_version(id);
                 let (network, peers, in_flight) =
                     (network.clone(), peers.clone(), in_flight.clone());
-                let deadline = timing.suspect_after;
+                // A lost ping must not hold up the next: it times out within the interval.
+                let deadline = timing.ping_interval;
                 tokio::spawn(async move {
-                    let ping = Envelope {
+                    let ask = Envelope {
                         group: None,
-                        request: Request::Ping,
+                        request: Request::Leaders { known },
                     };
-                    let answer = tokio::time::timeout(deadline, network.call(&address, ping)).await;
-                    if let Ok(Ok(Answer::Pong { incarnation, .. })) = answer {
-                        peers.lock().answered(id, incarnation, Instant::now());
+                    let answer = tokio::time::timeout(deadline, network.call(&address, ask)).await;
+                    if let Ok(Ok(Answer::Leaders {
+                        incarnation,
+                        version,
+                        groups,
+                    })) = answer
+                    {
+                        let mut peers = peers.lock();
+                        peers.answered(id, incarnation, Instant::now());
+                        peers.leads(id, version, groups.map(|g| g.into_iter().collect()));
                     }
                     in_flight.lock().remove(&id);
                 });
             }
         }
+        // The next look: the next tick, or an election due before it.
+        let due = memories.values().filter_map(CopyMemory::election_due).min();
+        wake_at = due.map_or(now + tick, |due| due.clamp(now, now + tick));
+        if wake_at == now {
+            tokio::task::yield_now().await;
+        }
     }
+}
+
+/// A random duration in `[0, max]`, from the runtime's (seedable) generator.
+fn draw(max: Duration) -> Duration {
+    let micros = max.as_micros() as u64;
+    Duration::from_micros(SeededTokio::thread_rng().gen_range(0..=micros))
 }

@@ -2,6 +2,7 @@
 //! under this module, so that a move to openraft 0.10 (which rewrites the storage and network
 //! traits) stays inside it.
 
+pub mod groups;
 pub mod liveness;
 pub mod log_store;
 pub mod network;

@@ -474,7 +474,7 @@ pub(crate) trait HostedGroup: Send + Sync {
     fn as_any(&self) -> &dyn Any;
 
     /// The copy as liveness sees it, and the address of every member.
-    fn view(&self) -> (CopyView, BTreeMap<u64, String>);
+    fn view(&self, group: &GroupId) -> (CopyView, BTreeMap<u64, String>);
 
     /// Hands elections over to the node's liveness driver: openraft's own timer stops.
     fn stop_election_timer(&self);
@@ -502,7 +502,7 @@ impl<C: GroupConfig> HostedGroup for Hosted<C> {
         self
     }
 
-    fn view(&self) -> (CopyView, BTreeMap<u64, String>) {
+    fn view(&self, group: &GroupId) -> (CopyView, BTreeMap<u64, String>) {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
         let role = match (&metrics.running_state, metrics.state) {
@@ -514,6 +514,7 @@ impl<C: GroupConfig> HostedGroup for Hosted<C> {
         let membership = metrics.membership_config.membership();
         let me = metrics.id;
         let view = CopyView {
+            group: group.clone(),
             me,
             role,
             term: metrics.current_term,
@@ -561,6 +562,9 @@ pub struct RaftHost {
     receptions: Mutex<HashMap<GroupId, ReceptionSlot>>,
     /// Groups a follower asked to heartbeat again since the liveness driver last looked.
     wakes: Mutex<BTreeSet<GroupId>>,
+    /// The groups this node leads, as the liveness driver last saw them, and the version of
+    /// that list (from 1, so that a peer holding none, 0, always gets it).
+    leading: Mutex<(u64, BTreeSet<GroupId>)>,
 }
 
 fn refused(why: impl std::fmt::Display) -> Vec<u8> {
@@ -586,6 +590,15 @@ impl RaftHost {
             groups: Mutex::default(),
             receptions: Mutex::default(),
             wakes: Mutex::default(),
+            leading: Mutex::new((1, BTreeSet::new())),
+        }
+    }
+
+    /// This node now leads `groups`.
+    pub(crate) fn set_leading(&self, groups: BTreeSet<GroupId>) {
+        let mut leading = self.leading.lock();
+        if leading.1 != groups {
+            *leading = (leading.0 + 1, groups);
         }
     }
 
@@ -869,8 +882,15 @@ impl crate::network::Handler for RaftHost {
             }
             (None, Request::Ping) => Ok(Answer::Pong {
                 node_id: self.node.clone(),
-                incarnation: self.incarnation,
             }),
+            (None, Request::Leaders { known }) => {
+                let (version, groups) = self.leading.lock().clone();
+                Ok(Answer::Leaders {
+                    incarnation: self.incarnation,
+                    version,
+                    groups: (*known != version).then(|| groups.into_iter().collect()),
+                })
+            }
             _ => Err(RpcError::InvalidRequest(
                 "raft messages and pings only".into(),
             )),

@@ -7,9 +7,11 @@
 //!   write, a new term, or when a follower's node comes back or restarts.
 //! - **Followers never time out on their own.** openraft's election timer is off; a voter
 //!   starts an election only when its node-level failure detector says the leader's node is
-//!   gone (or no leader is known), at a random moment within a spread, and only while it can
-//!   reach a majority of the group's voters. That last condition plays pre-vote's part: a node
-//!   cut off in a minority does not inflate terms and depose a healthy leader when it returns.
+//!   gone, or that node has not led the group for `suspect_after` (its copy stopped, or lost
+//!   leadership unseen), or no leader is known; at a random moment within a spread, and only
+//!   while a majority of the group's voters answer pings. That last condition plays pre-vote's
+//!   part: a node cut off in a minority does not inflate terms and depose a healthy leader
+//!   when it returns.
 //!
 //! - **A follower that holds entries it does not know to be committed** (the message that
 //!   carried the commit was lost before the leader went quiet) asks the leader to heartbeat
@@ -18,10 +20,12 @@
 //! One ping per node pair replaces 2 heartbeats per group per heartbeat interval, so an idle
 //! node's cost no longer grows with its groups.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::rpc::GroupId;
 
 /// The liveness clock of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,10 +64,12 @@ pub struct Peers {
     peers: BTreeMap<u64, Peer>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Peer {
     answered: Option<Instant>,
     incarnation: Option<u64>,
+    /// The groups the peer led when it last said, and the version of that list.
+    leading: Option<(u64, BTreeSet<GroupId>)>,
 }
 
 impl Peers {
@@ -79,7 +85,27 @@ impl Peers {
     pub fn answered(&mut self, node: u64, incarnation: u64, now: Instant) {
         let peer = self.peers.entry(node).or_default();
         peer.answered = Some(peer.answered.map_or(now, |t| t.max(now)));
+        if peer.incarnation != Some(incarnation) {
+            peer.leading = None;
+        }
         peer.incarnation = Some(incarnation);
+    }
+
+    /// `node` leads `groups`, as of its list's `version` (`None`: unchanged since the version
+    /// this node holds).
+    pub fn leads(&mut self, node: u64, version: u64, groups: Option<BTreeSet<GroupId>>) {
+        let peer = self.peers.entry(node).or_default();
+        if let Some(groups) = groups {
+            peer.leading = Some((version, groups));
+        }
+    }
+
+    /// The version of `node`'s list of led groups this node holds (0: none).
+    pub fn leading_version(&self, node: u64) -> u64 {
+        self.peers
+            .get(&node)
+            .and_then(|p| p.leading.as_ref())
+            .map_or(0, |(version, _)| *version)
     }
 
     /// Whether `node` answered within `suspect_after` (or this node started less than that
@@ -91,6 +117,22 @@ impl Peers {
             .and_then(|p| p.answered)
             .unwrap_or(self.started);
         now.saturating_duration_since(last) < timing.suspect_after
+    }
+
+    /// Whether `node` answered within `suspect_after`: no benefit of the doubt.
+    fn answering(&self, node: u64, now: Instant, timing: &Timing) -> bool {
+        self.peers
+            .get(&node)
+            .and_then(|p| p.answered)
+            .is_some_and(|t| now.saturating_duration_since(t) < timing.suspect_after)
+    }
+
+    /// Whether `node` said it leads `group` (true while it has not said what it leads).
+    fn may_lead(&self, node: u64, group: &GroupId) -> bool {
+        self.peers
+            .get(&node)
+            .and_then(|p| p.leading.as_ref())
+            .is_none_or(|(_, groups)| groups.contains(group))
     }
 
     /// What a leader compares to notice that a follower's node came back or restarted: its
@@ -123,6 +165,7 @@ pub enum Role {
 /// One copy of a group, as its metrics show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopyView {
+    pub group: GroupId,
     pub me: u64,
     pub role: Role,
     pub term: u64,
@@ -151,6 +194,15 @@ pub struct CopyMemory {
     /// Since when a follower holds entries past what it applied.
     lagging_since: Option<Instant>,
     last_wake: Option<Instant>,
+    /// Since when the leader's node answers but does not say it leads the group.
+    not_led_since: Option<Instant>,
+}
+
+impl CopyMemory {
+    /// When an election is due, so the driver can wake then rather than at its next tick.
+    pub fn election_due(&self) -> Option<Instant> {
+        self.election_at
+    }
 }
 
 /// What to do with a copy now.
@@ -196,7 +248,13 @@ pub fn next(
     match view.role {
         Role::Leader => lead(view, memory, peers, timing, now),
         Role::Voter => follow(view, memory, peers, timing, now, draw),
-        Role::Learner | Role::Stopped => Act::Nothing,
+        Role::Learner => match view.leader {
+            Some(leader) if leader_alive(view, memory, peers, timing, now) => {
+                wake_if_lagging(view, memory, timing, now, leader)
+            }
+            _ => Act::Nothing,
+        },
+        Role::Stopped => Act::Nothing,
     }
 }
 
@@ -248,13 +306,11 @@ fn follow(
     now: Instant,
     draw: impl FnOnce(Duration) -> Duration,
 ) -> Act {
-    let leader_alive = view
-        .leader
-        .is_some_and(|l| l != view.me && peers.alive(l, now, timing));
+    let leader_alive = leader_alive(view, memory, peers, timing, now);
     let reachable = view
         .voters
         .iter()
-        .filter(|&&v| v == view.me || peers.alive(v, now, timing))
+        .filter(|&&v| v == view.me || peers.answering(v, now, timing))
         .count();
     let may_win = view.voters.contains(&view.me) && reachable * 2 > view.voters.len();
     if leader_alive || !may_win {
@@ -279,6 +335,29 @@ fn follow(
         }
         Some(_) => Act::Nothing,
     }
+}
+
+/// Whether the copy's leader is another node that answers and leads the group (or stopped
+/// saying so less than `suspect_after` ago: a new leader's list takes a ping to arrive).
+fn leader_alive(
+    view: &CopyView,
+    memory: &mut CopyMemory,
+    peers: &Peers,
+    timing: &Timing,
+    now: Instant,
+) -> bool {
+    let Some(leader) = view.leader.filter(|l| *l != view.me) else {
+        return false;
+    };
+    if !peers.alive(leader, now, timing) {
+        return false;
+    }
+    if peers.may_lead(leader, &view.group) {
+        memory.not_led_since = None;
+        return true;
+    }
+    let since = *memory.not_led_since.get_or_insert(now);
+    now.saturating_duration_since(since) < timing.suspect_after
 }
 
 fn wake_if_lagging(
@@ -320,8 +399,13 @@ mod tests {
         }
     }
 
+    fn group() -> GroupId {
+        GroupId::shard("c", 0, 1)
+    }
+
     fn leader(last: u64, matched: &[(u64, u64)]) -> CopyView {
         CopyView {
+            group: group(),
             me: 1,
             role: Role::Leader,
             term: 3,
@@ -336,6 +420,7 @@ mod tests {
 
     fn follower(leader: Option<u64>) -> CopyView {
         CopyView {
+            group: group(),
             me: 2,
             role: Role::Voter,
             term: 3,
@@ -389,7 +474,28 @@ mod tests {
         assert_eq!(
             next(&unapplied, &mut memory, &peers, &timing(), at, never),
             Act::Nothing,
-            "the leader has not applied (so maybe not committed) everything"
+            "applying is activity"
+        );
+        let mut idle_unapplied = CopyMemory::default();
+        next(
+            &unapplied,
+            &mut idle_unapplied,
+            &peers,
+            &timing(),
+            t0,
+            never,
+        );
+        assert_eq!(
+            next(
+                &unapplied,
+                &mut idle_unapplied,
+                &peers,
+                &timing(),
+                at,
+                never
+            ),
+            Act::Nothing,
+            "idle, but the leader has not applied (so maybe not committed) everything"
         );
         let at = t0 + 2200 * MS;
         let peers = peers_answering(t0, at, &[2, 3]);
@@ -496,12 +602,16 @@ mod tests {
         let spread = |max: Duration| max / 2;
         let mut memory = CopyMemory::default();
         let at = t0 + 2 * timing().suspect_after;
-        let all = peers_answering(t0, at, &[1, 3]);
-        assert_eq!(
-            next(&follower(Some(1)), &mut memory, &all, &timing(), at, spread),
-            Act::Nothing,
-            "the leader's node answers"
-        );
+        for step in 0..30 {
+            let at = at + step * 100 * MS;
+            let all = peers_answering(t0, at, &[1, 3]);
+            assert_eq!(
+                next(&follower(Some(1)), &mut memory, &all, &timing(), at, spread),
+                Act::Nothing,
+                "the leader's node answers"
+            );
+        }
+        let mut memory = CopyMemory::default();
         // Node 3 answers at every look; the leader, node 1, never did.
         let mut ask = |at: Instant| {
             let without_leader = peers_answering(t0, at, &[3]);
@@ -550,10 +660,6 @@ mod tests {
         let fresh = Peers::new(t0);
         let mut memory = CopyMemory::default();
         assert_eq!(
-            next(&follower(None), &mut memory, &fresh, &timing(), t0, none),
-            Act::Nothing
-        );
-        assert_eq!(
             next(
                 &follower(None),
                 &mut memory,
@@ -562,8 +668,32 @@ mod tests {
                 t0 + MS,
                 none
             ),
+            Act::Nothing,
+            "no peer has answered yet: no majority to win with"
+        );
+        let answered = peers_answering(t0, t0 + 2 * MS, &[3]);
+        assert_eq!(
+            next(
+                &follower(None),
+                &mut memory,
+                &answered,
+                &timing(),
+                t0 + 2 * MS,
+                none
+            ),
+            Act::Nothing
+        );
+        assert_eq!(
+            next(
+                &follower(None),
+                &mut memory,
+                &answered,
+                &timing(),
+                t0 + 3 * MS,
+                none
+            ),
             Act::Elect,
-            "peers count as alive until suspect_after has passed since the start"
+            "node 3 answers: with it, a majority"
         );
         let mut learner = follower(None);
         learner.role = Role::Learner;
@@ -583,11 +713,16 @@ mod tests {
         }
         let mut outside = follower(None);
         outside.voters = vec![1, 3, 4];
-        assert_eq!(
-            next(&outside, &mut memory, &fresh, &timing(), t0, none),
-            Act::Nothing,
-            "a copy that is not a voter never campaigns"
-        );
+        let mut memory = CopyMemory::default();
+        for step in 0..30 {
+            let at = t0 + step * 100 * MS;
+            let peers = peers_answering(t0, at, &[1, 3, 4]);
+            assert_eq!(
+                next(&outside, &mut memory, &peers, &timing(), at, none),
+                Act::Nothing,
+                "a copy that is not a voter never campaigns"
+            );
+        }
     }
 
     #[test]
@@ -615,5 +750,48 @@ mod tests {
             Act::Nothing,
             "applied"
         );
+    }
+
+    #[test]
+    fn a_live_node_that_stops_leading_the_group_is_replaced_after_suspect_after() {
+        let t0 = Instant::now();
+        let none = |_| Duration::ZERO;
+        let mut memory = CopyMemory::default();
+        let peers_at = |at: Instant, led: &[GroupId]| {
+            let mut peers = peers_answering(t0, at, &[1, 3]);
+            peers.leads(1, 4, Some(led.iter().cloned().collect()));
+            peers
+        };
+        let mut ask = |at: Instant, led: &[GroupId]| {
+            next(
+                &follower(Some(1)),
+                &mut memory,
+                &peers_at(at, led),
+                &timing(),
+                at,
+                none,
+            )
+        };
+        for step in 0..20 {
+            assert_eq!(
+                ask(t0 + step * 100 * MS, &[group()]),
+                Act::Nothing,
+                "node 1 leads it"
+            );
+        }
+        let other = GroupId::shard("c", 1, 1);
+        let at = t0 + 2000 * MS;
+        assert_eq!(
+            ask(at, &[other.clone()]),
+            Act::Nothing,
+            "a new leader's list may lag"
+        );
+        assert_eq!(ask(at + 499 * MS, &[other.clone()]), Act::Nothing);
+        assert_eq!(
+            ask(at + 500 * MS, &[other.clone()]),
+            Act::Nothing,
+            "scheduled"
+        );
+        assert_eq!(ask(at + 501 * MS, &[other]), Act::Elect);
     }
 }

@@ -7,10 +7,19 @@
 use std::fs::File;
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static SYNCS: AtomicU64 = AtomicU64::new(0);
+
+/// How many fsyncs this process made through here (files and directories).
+pub fn syncs() -> u64 {
+    SYNCS.load(Ordering::Relaxed)
+}
 
 /// `file.sync_all()`, observed.
 pub fn sync_all(file: &File, path: &Path) -> io::Result<()> {
     file.sync_all()?;
+    SYNCS.fetch_add(1, Ordering::Relaxed);
     #[cfg(feature = "fault-injection")]
     crash_image::file_synced(path);
     #[cfg(not(feature = "fault-injection"))]
@@ -29,6 +38,7 @@ pub fn sync_appended(file: &File, path: &Path) -> io::Result<()> {
     #[cfg(not(feature = "broken-skip-log-fsync"))]
     {
         file.sync_data()?;
+        SYNCS.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "fault-injection")]
         crash_image::file_synced(path);
         #[cfg(not(feature = "fault-injection"))]
@@ -40,6 +50,7 @@ pub fn sync_appended(file: &File, path: &Path) -> io::Result<()> {
 /// Fsyncs directory `dir`, observed.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()?;
+    SYNCS.fetch_add(1, Ordering::Relaxed);
     #[cfg(feature = "fault-injection")]
     crash_image::dir_synced(dir);
     Ok(())

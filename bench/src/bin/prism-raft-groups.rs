@@ -1,0 +1,667 @@
+//! Many Raft groups on three real processes over mutual-TLS QUIC: what idle groups cost a node
+//! (CPU, wake-ups, RSS, threads, fsyncs and messages, per node and per group), with groups
+//! that go quiet (`raft::liveness`) against openraft's own heartbeats, measured in the same
+//! run; and the write throughput of one collection at RF 3 against RF 1, with p50 and p99.
+//!
+//!   cargo run --release -p prism-bench --bin prism-raft-groups -- run
+//!   cargo run --release -p prism-bench --bin prism-raft-groups -- run --collections 10 --idle-seconds 5
+//!
+//! `run` spawns this binary three times as `node` processes on loopback, each with a
+//! certificate naming it (scripts/generate-certs.sh --node), drives them over stdin/stdout,
+//! and reads their CPU and memory from /proc. Every group is a real shard copy with its own
+//! log. Writes are proposed inside the leader's process (no client RPC), one document each.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use async_trait::async_trait;
+use clap::{Parser, Subcommand};
+use prism_cluster::network::{HandlerService, Network};
+use prism_cluster::raft::groups::{GroupNode, Liveness};
+use prism_cluster::raft::network::RaftHost;
+use prism_cluster::raft::proposal::Proposed;
+use prism_cluster::raft::quiescence::{Role, Timing};
+use prism_cluster::rpc::{Envelope, GroupId, Reply, Request};
+use prism_cluster::tls::PemMaterial;
+use prism_cluster::transport::{Transport, TransportConfig, PROTOCOL_VERSION};
+use prism_core::schema::CollectionSchema;
+use prism_core::shard::{Op, ShardConfig};
+use serde_json::{json, Value};
+
+const NODES: u64 = 3;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "prism-raft-groups",
+    about = "Idle cost and write throughput of many Raft groups on 3 processes"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// The whole benchmark: both liveness modes, idle then writes.
+    Run {
+        /// Idle collections of `shards` shards each, every shard at RF 3.
+        #[arg(long, default_value_t = 100)]
+        collections: u32,
+        #[arg(long, default_value_t = 3)]
+        shards: u32,
+        /// Seconds over which idle CPU is measured.
+        #[arg(long, default_value_t = 30)]
+        idle_seconds: u64,
+        /// Seconds of writes per replication factor.
+        #[arg(long, default_value_t = 10)]
+        write_seconds: u64,
+        /// Concurrent writers per shard leader.
+        #[arg(long, default_value_t = 8)]
+        writers: usize,
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
+    /// One node process (spawned by `run`).
+    #[command(hide = true)]
+    Node {
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        base_port: u16,
+        #[arg(long)]
+        certs: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        collections: u32,
+        #[arg(long)]
+        shards: u32,
+        /// "quiet" or "heartbeats".
+        #[arg(long)]
+        liveness: String,
+    },
+}
+
+fn main() -> Result<()> {
+    match Args::parse().command {
+        Cmd::Run {
+            collections,
+            shards,
+            idle_seconds,
+            write_seconds,
+            writers,
+            out,
+        } => run(
+            collections,
+            shards,
+            idle_seconds,
+            write_seconds,
+            writers,
+            &out,
+        ),
+        Cmd::Node {
+            id,
+            base_port,
+            certs,
+            data,
+            collections,
+            shards,
+            liveness,
+        } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(node(
+                id,
+                base_port,
+                &certs,
+                &data,
+                collections,
+                shards,
+                &liveness,
+            ))
+        }
+    }
+}
+
+fn name(id: u64) -> String {
+    format!("n{id}")
+}
+
+fn address(base_port: u16, id: u64) -> String {
+    format!("127.0.0.1:{}", base_port + id as u16)
+}
+
+/// Every group of the run and its members: the idle collections at RF 3, then `w3` (RF 3)
+/// and `w1` (RF 1), 3 shards each. The first member initializes the group and so leads it
+/// first: leaders are spread over the nodes.
+fn groups(collections: u32, shards: u32) -> Vec<(GroupId, Vec<u64>)> {
+    let mut all = Vec::new();
+    let mut next = 0u64;
+    let mut rotate = |rf: u64| {
+        next += 1;
+        (0..rf).map(|k| (next + k) % NODES + 1).collect::<Vec<_>>()
+    };
+    for c in 0..collections {
+        for s in 0..shards {
+            all.push((GroupId::shard(&format!("c{c}"), s, 1), rotate(3)));
+        }
+    }
+    for (collection, rf) in [("w3", 3), ("w1", 1)] {
+        for s in 0..3 {
+            all.push((GroupId::shard(collection, s, 1), rotate(rf)));
+        }
+    }
+    all
+}
+
+fn schema() -> Arc<CollectionSchema> {
+    Arc::new(
+        CollectionSchema::from_json(
+            br#"{"name":"bench","fields":{"title":{"type":"text"},"body":{"type":"text"}}}"#,
+        )
+        .expect("a valid schema"),
+    )
+}
+
+/// Counts the calls a node makes, by kind.
+struct Counting {
+    inner: Arc<dyn Network>,
+    raft: AtomicU64,
+    pings: AtomicU64,
+    other: AtomicU64,
+}
+
+#[async_trait]
+impl Network for Counting {
+    async fn call(&self, to: &String, envelope: Envelope) -> Reply {
+        let counter = match envelope.request {
+            Request::Raft { .. } => &self.raft,
+            Request::Ping => &self.pings,
+            _ => &self.other,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.inner.call(to, envelope).await
+    }
+}
+
+async fn node(
+    id: u64,
+    base_port: u16,
+    certs: &Path,
+    data: &Path,
+    collections: u32,
+    shards: u32,
+    liveness: &str,
+) -> Result<()> {
+    let liveness = match liveness {
+        "quiet" => Liveness::Quiet(Timing::default()),
+        // openraft's defaults.
+        "heartbeats" => Liveness::Heartbeats {
+            heartbeat_ms: 50,
+            election_ms: 150,
+        },
+        other => bail!("unknown liveness {other:?}"),
+    };
+    let read = |file: String| std::fs::read(certs.join(&file)).with_context(|| file);
+    let tls = prism_cluster::tls::build(
+        &PemMaterial {
+            cert_chain: read(format!("{}-cert.pem", name(id)))?,
+            key: read(format!("{}-key.pem", name(id)))?,
+            ca: Some(read("ca-cert.pem".into())?),
+        },
+        false,
+    )?;
+    let host = Arc::new(RaftHost::new(
+        name(id),
+        prism_cluster::rpc::process_incarnation(),
+    ));
+    let transport = Transport::start(
+        TransportConfig {
+            node_id: name(id),
+            bind_addr: address(base_port, id).parse()?,
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 64,
+            protocol_version: PROTOCOL_VERSION,
+        },
+        &tls,
+        Arc::new(HandlerService(host.clone())),
+    )?;
+    let network = Arc::new(Counting {
+        inner: transport,
+        raft: AtomicU64::new(0),
+        pings: AtomicU64::new(0),
+        other: AtomicU64::new(0),
+    });
+    let groups_node =
+        GroupNode::new(id, host, data, network.clone(), liveness).map_err(|e| anyhow!(e))?;
+    let plan = groups(collections, shards);
+    let shard_config = ShardConfig::default();
+    let mine: Vec<_> = plan.iter().filter(|(_, m)| m.contains(&id)).collect();
+    for (group, _) in &mine {
+        groups_node
+            .open_shard(group.clone(), schema(), shard_config.clone())
+            .await
+            .map_err(|e| anyhow!(e))?;
+    }
+    say(json!({"event": "opened", "groups": mine.len()}));
+    // Peers must listen before the first election's votes go out.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (group, members) in &mine {
+        if members[0] == id {
+            let members: Vec<(u64, String)> = members
+                .iter()
+                .map(|m| (*m, address(base_port, *m)))
+                .collect();
+            groups_node
+                .initialize(group, &members)
+                .await
+                .map_err(|e| anyhow!(e))?;
+        }
+    }
+    let started = Instant::now();
+    loop {
+        let states = groups_node.states();
+        if states.values().all(|s| s.leader.is_some()) {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("node {id}: groups without a leader after 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    say(json!({"event": "ready", "seconds": started.elapsed().as_secs_f64()}));
+
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()));
+    while let Some(line) = lines.next_line().await? {
+        let command: Value = serde_json::from_str(&line)?;
+        match command["do"].as_str() {
+            Some("counters") => {
+                let states = groups_node.states();
+                let leaders = states.values().filter(|s| s.role == Role::Leader).count();
+                say(json!({
+                    "syncs": prism_core::log::durable::syncs(),
+                    "raft_calls": network.raft.load(Ordering::Relaxed),
+                    "pings": network.pings.load(Ordering::Relaxed),
+                    "other_calls": network.other.load(Ordering::Relaxed),
+                    "groups": states.len(),
+                    "leaders": leaders,
+                }));
+            }
+            Some("write") => {
+                let collection = command["collection"].as_str().unwrap_or("w3").to_string();
+                let seconds = command["seconds"].as_u64().unwrap_or(10);
+                let writers = command["writers"].as_u64().unwrap_or(8) as usize;
+                let led: Vec<GroupId> = groups_node
+                    .states()
+                    .into_iter()
+                    .filter(|(g, s)| g.collection == collection && s.role == Role::Leader)
+                    .map(|(g, _)| g)
+                    .collect();
+                let result = write_load(&groups_node, &led, seconds, writers).await;
+                say(result);
+            }
+            Some("quit") | None => break,
+            Some(other) => say(json!({"error": format!("unknown command {other}")})),
+        }
+    }
+    groups_node.shutdown().await;
+    Ok(())
+}
+
+fn say(value: Value) {
+    println!("{value}");
+    let _ = std::io::stdout().flush();
+}
+
+/// `writers` writers per led group, one document per proposal, for `seconds`.
+async fn write_load(node: &GroupNode, led: &[GroupId], seconds: u64, writers: usize) -> Value {
+    let schema = schema();
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    // `GroupNode` is not `'static` here: writers run on this task, interleaved.
+    for group in led {
+        for w in 0..writers {
+            let schema = schema.clone();
+            tasks.push(async move {
+                let mut latencies = Vec::new();
+                let mut failures = 0u64;
+                let mut n = 0u64;
+                while Instant::now() < until {
+                    n += 1;
+                    let doc = schema
+                        .prepare_document(json!({
+                            "id": format!("{}-{w}-{n}", group.shard),
+                            "fields": {
+                                "title": format!("document {n} of writer {w}"),
+                                "body": "a short body of text, about as long as a product description in a catalogue",
+                            },
+                        }))
+                        .expect("a valid document");
+                    let at = Instant::now();
+                    let outcome = node
+                        .write(
+                            group,
+                            vec![Op::Upsert(Arc::new(doc))],
+                            Duration::from_secs(1),
+                            Duration::from_secs(5),
+                        )
+                        .await;
+                    match outcome {
+                        Proposed::Committed { .. } => latencies.push(at.elapsed().as_micros() as u64),
+                        _ => failures += 1,
+                    }
+                }
+                (latencies, failures)
+            });
+        }
+    }
+    let results = futures::future::join_all(tasks).await;
+    let mut latencies = Vec::new();
+    let mut failures = 0;
+    for (l, f) in results {
+        latencies.extend(l);
+        failures += f;
+    }
+    json!({
+        "groups": led.len(),
+        "seconds": started.elapsed().as_secs_f64(),
+        "latencies_us": latencies,
+        "failures": failures,
+    })
+}
+
+/// A node process and its pipes.
+struct NodeProcess {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl NodeProcess {
+    fn read(&mut self) -> Result<Value> {
+        let mut line = String::new();
+        if self.stdout.read_line(&mut line)? == 0 {
+            bail!("node {} exited", self.child.id());
+        }
+        Ok(serde_json::from_str(&line)?)
+    }
+
+    fn ask(&mut self, command: Value) -> Result<Value> {
+        writeln!(self.stdin, "{command}")?;
+        self.read()
+    }
+}
+
+/// utime + stime in seconds, voluntary + involuntary context switches over every thread,
+/// threads, and RSS in bytes.
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    cpu: f64,
+    switches: u64,
+    threads: u64,
+    rss: u64,
+}
+
+fn usage(pid: u32) -> Result<Usage> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks = 100.0; // USER_HZ
+    let cpu = (fields[11].parse::<f64>()? + fields[12].parse::<f64>()?) / ticks;
+    let threads = fields[17].parse()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024;
+    let mut switches = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Ok(status) = std::fs::read_to_string(task?.path().join("status")) else {
+            continue;
+        };
+        for line in status.lines() {
+            if let Some(v) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                switches += v.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    Ok(Usage {
+        cpu,
+        switches,
+        threads,
+        rss,
+    })
+}
+
+fn percentile(sorted: &[u64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0
+}
+
+fn run(
+    collections: u32,
+    shards: u32,
+    idle_seconds: u64,
+    write_seconds: u64,
+    writers: usize,
+    out: &Path,
+) -> Result<()> {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let work = tempfile::tempdir()?;
+    let certs = work.path().join("tls");
+    for id in 1..=NODES {
+        let status = Command::new(repo.join("scripts/generate-certs.sh"))
+            .args(["--node", &name(id)])
+            .env("TLS_DIR", &certs)
+            .stdout(Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("scripts/generate-certs.sh failed");
+        }
+    }
+    let total_groups = groups(collections, shards).len();
+    let mut report = json!({"collections": collections, "shards": shards, "groups": total_groups});
+    let mut rows = Vec::new();
+    for (k, mode) in ["quiet", "heartbeats"].iter().enumerate() {
+        let base_port = 17_400 + 10 * k as u16;
+        let mut nodes = Vec::new();
+        for id in 1..=NODES {
+            let data = work.path().join(format!("{mode}-{}", name(id)));
+            let mut child = Command::new(std::env::current_exe()?)
+                .args([
+                    "node",
+                    "--id",
+                    &id.to_string(),
+                    "--base-port",
+                    &base_port.to_string(),
+                ])
+                .arg("--certs")
+                .arg(&certs)
+                .arg("--data")
+                .arg(&data)
+                .args(["--collections", &collections.to_string()])
+                .args(["--shards", &shards.to_string(), "--liveness", mode])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()?;
+            let stdin = child.stdin.take().context("stdin")?;
+            let stdout = BufReader::new(child.stdout.take().context("stdout")?);
+            nodes.push(NodeProcess {
+                child,
+                stdin,
+                stdout,
+            });
+        }
+        for node in &mut nodes {
+            let opened = node.read()?;
+            eprintln!("{mode}: {opened}");
+        }
+        for node in &mut nodes {
+            let ready = node.read()?;
+            eprintln!("{mode}: {ready}");
+        }
+        // Let every group settle (quiet groups need `idle_after` with nothing new).
+        std::thread::sleep(Duration::from_secs(5));
+        let before: Vec<(Usage, Value)> = nodes
+            .iter_mut()
+            .map(|n| Ok((usage(n.child.id())?, n.ask(json!({"do": "counters"}))?)))
+            .collect::<Result<_>>()?;
+        let clock = Instant::now();
+        std::thread::sleep(Duration::from_secs(idle_seconds));
+        let elapsed = clock.elapsed().as_secs_f64();
+        let after: Vec<(Usage, Value)> = nodes
+            .iter_mut()
+            .map(|n| Ok((usage(n.child.id())?, n.ask(json!({"do": "counters"}))?)))
+            .collect::<Result<_>>()?;
+        let mut idle = Vec::new();
+        for (id, ((u0, c0), (u1, c1))) in before.iter().zip(&after).enumerate() {
+            let per_second = |key: &str| {
+                (c1[key].as_u64().unwrap_or(0) - c0[key].as_u64().unwrap_or(0)) as f64 / elapsed
+            };
+            let groups_here = c1["groups"].as_u64().unwrap_or(1) as f64;
+            let node = json!({
+                "node": name(id as u64 + 1),
+                "groups": groups_here,
+                "leaders": c1["leaders"],
+                "cpu_percent": 100.0 * (u1.cpu - u0.cpu) / elapsed,
+                "wakeups_per_s": u1.switches.saturating_sub(u0.switches) as f64 / elapsed,
+                "threads": u1.threads,
+                "rss_mib": u1.rss as f64 / (1 << 20) as f64,
+                "fsyncs_per_s": per_second("syncs"),
+                "raft_messages_per_s": per_second("raft_calls"),
+                "pings_per_s": per_second("pings"),
+                "raft_messages_per_group_s": per_second("raft_calls") / groups_here,
+            });
+            eprintln!("{mode} idle: {node}");
+            idle.push(node);
+        }
+        let mut writes = serde_json::Map::new();
+        for collection in ["w1", "w3"] {
+            for node in &mut nodes {
+                writeln!(
+                    node.stdin,
+                    "{}",
+                    json!({"do": "write", "collection": collection, "seconds": write_seconds, "writers": writers})
+                )?;
+            }
+            let mut latencies = Vec::new();
+            let mut failures = 0;
+            let mut wall: f64 = 0.0;
+            for node in &mut nodes {
+                let result = node.read()?;
+                failures += result["failures"].as_u64().unwrap_or(0);
+                wall = wall.max(result["seconds"].as_f64().unwrap_or(0.0));
+                latencies.extend(
+                    result["latencies_us"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_u64),
+                );
+            }
+            latencies.sort_unstable();
+            let summary = json!({
+                "writes": latencies.len(),
+                "writes_per_s": latencies.len() as f64 / wall.max(1e-9),
+                "p50_ms": percentile(&latencies, 0.5),
+                "p99_ms": percentile(&latencies, 0.99),
+                "failures": failures,
+            });
+            eprintln!("{mode} writes {collection}: {summary}");
+            writes.insert(collection.into(), summary);
+        }
+        for node in &mut nodes {
+            let _ = writeln!(node.stdin, "{}", json!({"do": "quit"}));
+        }
+        for node in &mut nodes {
+            node.child.wait()?;
+        }
+        rows.push((mode.to_string(), idle.clone(), writes.clone()));
+        report[*mode] = json!({"idle": idle, "writes": writes});
+    }
+    print_report(&rows, total_groups);
+    std::fs::create_dir_all(out)?;
+    let path = out.join("raft-groups.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+type Row = (String, Vec<Value>, serde_json::Map<String, Value>);
+
+fn print_report(rows: &[Row], groups: usize) {
+    println!("\n### {groups} Raft groups on 3 processes, idle (per node)\n");
+    println!("| liveness | node | groups | leaders | CPU % of a core | wake-ups/s | threads | RSS MiB | fsyncs/s | raft msgs/s | raft msgs/s per group | pings/s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut cpu: BTreeMap<&str, f64> = BTreeMap::new();
+    for (mode, idle, _) in rows {
+        for n in idle {
+            *cpu.entry(mode).or_default() +=
+                n["cpu_percent"].as_f64().unwrap_or(0.0) / idle.len() as f64;
+            println!(
+                "| {mode} | {} | {} | {} | {:.2} | {:.0} | {} | {:.0} | {:.2} | {:.1} | {:.3} | {:.1} |",
+                n["node"].as_str().unwrap_or(""),
+                n["groups"],
+                n["leaders"],
+                n["cpu_percent"].as_f64().unwrap_or(0.0),
+                n["wakeups_per_s"].as_f64().unwrap_or(0.0),
+                n["threads"],
+                n["rss_mib"].as_f64().unwrap_or(0.0),
+                n["fsyncs_per_s"].as_f64().unwrap_or(0.0),
+                n["raft_messages_per_s"].as_f64().unwrap_or(0.0),
+                n["raft_messages_per_group_s"].as_f64().unwrap_or(0.0),
+                n["pings_per_s"].as_f64().unwrap_or(0.0),
+            );
+        }
+    }
+    if let (Some(q), Some(h)) = (cpu.get("quiet"), cpu.get("heartbeats")) {
+        println!(
+            "\nIdle CPU per node, quiet against heartbeats: {q:.2}% against {h:.2}% ({:.2}x)",
+            q / h.max(1e-9)
+        );
+    }
+    println!(
+        "\n### Writes of one collection (3 shards, leaders spread), one document per proposal\n"
+    );
+    println!("| liveness | replication | writes/s | p50 ms | p99 ms | failures |");
+    println!("|---|---|---|---|---|---|");
+    for (mode, _, writes) in rows {
+        for (collection, rf) in [("w1", "RF 1"), ("w3", "RF 3")] {
+            let w = &writes[collection];
+            println!(
+                "| {mode} | {rf} | {:.0} | {:.2} | {:.2} | {} |",
+                w["writes_per_s"].as_f64().unwrap_or(0.0),
+                w["p50_ms"].as_f64().unwrap_or(0.0),
+                w["p99_ms"].as_f64().unwrap_or(0.0),
+                w["failures"],
+            );
+        }
+        let rate = |c: &str| writes[c]["writes_per_s"].as_f64().unwrap_or(0.0);
+        println!(
+            "| {mode} | RF 3 / RF 1 | {:.2}x | | | |",
+            rate("w3") / rate("w1").max(1e-9)
+        );
+    }
+}

@@ -1,0 +1,230 @@
+//! A node's shard groups behind one handle that names no openraft type: each group a real
+//! shard copy (`ShardStateMachine`) over its own on-disk log, hosted on the node's
+//! [`RaftHost`], with the node's liveness driver (`raft::liveness`) or openraft's own timers.
+//! Cluster mode and the multi-process benchmarks open groups through it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{BasicNode, Config, Raft};
+use parking_lot::Mutex;
+use prism_core::log::{OpenOptions, ShardLog};
+use prism_core::schema::CollectionSchema;
+use prism_core::shard::{Op, Shard, ShardConfig};
+
+use super::liveness::{raft_config, watch};
+use super::log_store::{reconcile, LogStore};
+use super::network::{GroupNetwork, RaftHost};
+use super::proposal::{propose, Proposed};
+use super::quiescence::{Role, Timing};
+use super::state_machine::{GroupDirs, ShardSlot, ShardStateMachine};
+use super::types::{ShardRaft, ShardWrite};
+use crate::network::Network;
+use crate::rpc::{GroupId, NodeId};
+
+/// Who keeps a node's groups alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// The node's liveness driver: idle groups go quiet, elections follow node-level pings.
+    Quiet(Timing),
+    /// openraft's own timers in every group: heartbeats every `heartbeat_ms`, elections after
+    /// `election_ms` to twice that.
+    Heartbeats { heartbeat_ms: u64, election_ms: u64 },
+}
+
+/// One copy's state, as a caller of [`GroupNode`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyState {
+    pub role: Role,
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub last_log: Option<u64>,
+    pub applied: Option<u64>,
+}
+
+struct ShardCopy {
+    raft: Raft<ShardRaft>,
+    shard: ShardSlot,
+}
+
+/// The shard groups of one node.
+pub struct GroupNode {
+    id: u64,
+    root: PathBuf,
+    host: Arc<RaftHost>,
+    network: Arc<dyn Network>,
+    config: Arc<Config>,
+    groups: Mutex<BTreeMap<GroupId, ShardCopy>>,
+    liveness: Option<tokio::task::AbortHandle>,
+}
+
+fn group_dir(root: &Path, group: &GroupId) -> PathBuf {
+    root.join(format!(
+        "{}-{}-{}",
+        group.collection, group.shard, group.generation
+    ))
+}
+
+impl GroupNode {
+    /// Node `id`, whose `host` answers the network's calls to it, keeping its groups under
+    /// `root`. Must run in a tokio runtime; the liveness driver starts here.
+    pub fn new(
+        id: u64,
+        host: Arc<RaftHost>,
+        root: &Path,
+        network: Arc<dyn Network>,
+        liveness: Liveness,
+    ) -> Result<GroupNode, String> {
+        let config = match liveness {
+            Liveness::Quiet(timing) => raft_config(&timing, Config::default()),
+            Liveness::Heartbeats {
+                heartbeat_ms,
+                election_ms,
+            } => Config {
+                heartbeat_interval: heartbeat_ms,
+                election_timeout_min: election_ms,
+                election_timeout_max: 2 * election_ms,
+                ..Config::default()
+            },
+        };
+        let config = Arc::new(config.validate().map_err(|e| e.to_string())?);
+        let driver = match liveness {
+            Liveness::Quiet(timing) => {
+                Some(tokio::spawn(watch(host.clone(), network.clone(), timing)).abort_handle())
+            }
+            Liveness::Heartbeats { .. } => None,
+        };
+        Ok(GroupNode {
+            id,
+            root: root.to_path_buf(),
+            host,
+            network,
+            config,
+            groups: Mutex::default(),
+            liveness: driver,
+        })
+    }
+
+    /// The host that answers this node's Raft messages and pings: the node's network handler.
+    pub fn host(&self) -> Arc<RaftHost> {
+        self.host.clone()
+    }
+
+    /// Opens this node's copy of `group` (creating it when new), as cluster mode must: the
+    /// state machine first, then the log reconciled with it, then the Raft.
+    pub async fn open_shard(
+        &self,
+        group: GroupId,
+        schema: Arc<CollectionSchema>,
+        shard_config: ShardConfig,
+    ) -> Result<(), String> {
+        let dirs = GroupDirs::new(&group_dir(&self.root, &group));
+        let opened = super::off_workers(move || -> prism_core::Result<_> {
+            let machine = ShardStateMachine::open(dirs.clone(), schema, shard_config)?;
+            let (log, _) = ShardLog::open(
+                &dirs.log(),
+                OpenOptions {
+                    segment_bytes: 16 << 20,
+                    truncate_corrupt: false,
+                },
+            )?;
+            reconcile(&log, machine.applied())?;
+            Ok((machine, log))
+        })
+        .await;
+        let (machine, log) = opened.map_err(|e| format!("cannot open {group}: {e}"))?;
+        let shard = machine.shard();
+        let snapshots = machine.snapshots();
+        let raft = Raft::new(
+            self.id,
+            self.config.clone(),
+            GroupNetwork::new(self.network.clone(), group.clone()),
+            LogStore::new(Arc::new(log)),
+            machine,
+        )
+        .await
+        .map_err(|e| format!("cannot start the raft of {group}: {e}"))?;
+        self.host.add(group.clone(), raft.clone(), snapshots);
+        self.groups.lock().insert(group, ShardCopy { raft, shard });
+        Ok(())
+    }
+
+    /// Makes `members` (node id and network name) the first membership of `group`, from this
+    /// node. The other members need only have opened their copies.
+    pub async fn initialize(
+        &self,
+        group: &GroupId,
+        members: &[(u64, NodeId)],
+    ) -> Result<(), String> {
+        let raft = self.raft(group)?;
+        let members: BTreeMap<u64, BasicNode> = members
+            .iter()
+            .map(|(id, name)| (*id, BasicNode::new(name)))
+            .collect();
+        raft.initialize(members)
+            .await
+            .map_err(|e| format!("cannot initialize {group}: {e}"))
+    }
+
+    /// Proposes `ops` to this node's copy of `group`, which must lead it.
+    pub async fn write(
+        &self,
+        group: &GroupId,
+        ops: Vec<Op>,
+        quorum_window: Duration,
+        deadline: Duration,
+    ) -> Proposed<()> {
+        match self.raft(group) {
+            Ok(raft) => propose(&raft, ShardWrite { ops }, quorum_window, deadline).await,
+            Err(why) => Proposed::Refused { why, leader: None },
+        }
+    }
+
+    /// Every copy this node holds and its state.
+    pub fn states(&self) -> BTreeMap<GroupId, CopyState> {
+        self.host
+            .copies()
+            .into_iter()
+            .map(|(group, copy)| {
+                let (view, _) = copy.view(&group);
+                let state = CopyState {
+                    role: view.role,
+                    term: view.term,
+                    leader: view.leader,
+                    last_log: view.last_log,
+                    applied: view.applied,
+                };
+                (group, state)
+            })
+            .collect()
+    }
+
+    /// This node's copy of `group`, for reads.
+    pub fn shard(&self, group: &GroupId) -> Option<Arc<Shard>> {
+        self.groups.lock().get(group).map(|c| c.shard.current())
+    }
+
+    fn raft(&self, group: &GroupId) -> Result<Raft<ShardRaft>, String> {
+        self.groups
+            .lock()
+            .get(group)
+            .map(|c| c.raft.clone())
+            .ok_or_else(|| format!("no copy of {group} on node {}", self.id))
+    }
+
+    /// Stops the liveness driver and every group.
+    pub async fn shutdown(&self) {
+        if let Some(driver) = &self.liveness {
+            driver.abort();
+        }
+        let copies: Vec<(GroupId, ShardCopy)> = std::mem::take(&mut *self.groups.lock())
+            .into_iter()
+            .collect();
+        for (group, copy) in copies {
+            self.host.remove(&group);
+            let _ = copy.raft.shutdown().await;
+        }
+    }
+}
