@@ -184,7 +184,7 @@ impl Network for Counting {
     async fn call(&self, to: &String, envelope: Envelope) -> Reply {
         let counter = match envelope.request {
             Request::Raft { .. } => &self.raft,
-            Request::Ping => &self.pings,
+            Request::Ping | Request::Leaders { .. } => &self.pings,
             _ => &self.other,
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -403,14 +403,24 @@ impl NodeProcess {
     }
 }
 
-/// utime + stime in seconds, voluntary + involuntary context switches over every thread,
+/// utime + stime in seconds, voluntary + involuntary context switches of each thread,
 /// threads, and RSS in bytes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Usage {
     cpu: f64,
-    switches: u64,
+    switches: BTreeMap<String, u64>,
     threads: u64,
     rss: u64,
+}
+
+/// Context switches between two samples, over the threads alive at both (a thread that
+/// exits takes its count with it).
+fn switches_between(before: &Usage, after: &Usage) -> u64 {
+    after
+        .switches
+        .iter()
+        .filter_map(|(tid, n)| Some(n.saturating_sub(*before.switches.get(tid)?)))
+        .sum()
 }
 
 fn usage(pid: u32) -> Result<Usage> {
@@ -431,19 +441,22 @@ fn usage(pid: u32) -> Result<Usage> {
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .unwrap_or(0)
         * 1024;
-    let mut switches = 0;
+    let mut switches = BTreeMap::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let Ok(status) = std::fs::read_to_string(task?.path().join("status")) else {
+        let task = task?;
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
             continue;
         };
+        let mut count = 0;
         for line in status.lines() {
             if let Some(v) = line
                 .strip_prefix("voluntary_ctxt_switches:")
                 .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
             {
-                switches += v.trim().parse::<u64>().unwrap_or(0);
+                count += v.trim().parse::<u64>().unwrap_or(0);
             }
         }
+        switches.insert(task.file_name().to_string_lossy().into_owned(), count);
     }
     Ok(Usage {
         cpu,
@@ -546,7 +559,7 @@ fn run(
                 "groups": groups_here,
                 "leaders": c1["leaders"],
                 "cpu_percent": 100.0 * (u1.cpu - u0.cpu) / elapsed,
-                "wakeups_per_s": u1.switches.saturating_sub(u0.switches) as f64 / elapsed,
+                "wakeups_per_s": switches_between(u0, u1) as f64 / elapsed,
                 "threads": u1.threads,
                 "rss_mib": u1.rss as f64 / (1 << 20) as f64,
                 "fsyncs_per_s": per_second("syncs"),

@@ -32,7 +32,9 @@ pub fn raft_config(timing: &Timing, base: Config) -> Config {
         .saturating_sub(ping + ping / 2)
         .max(6);
     Config {
-        heartbeat_interval: ping.min(lease / 3).max(1),
+        // Also openraft's tick period (times 1.5) and its append-entries time-out: as long as
+        // the lease allows, since every tick costs every group a wake-up.
+        heartbeat_interval: (lease / 2 - 1).max(1),
         election_timeout_min: lease / 2,
         election_timeout_max: lease,
         enable_elect: false,
@@ -46,7 +48,8 @@ pub async fn watch(host: Arc<RaftHost>, network: Arc<dyn Network>, timing: Timin
     let peers = Arc::new(Mutex::new(Peers::new(Instant::now())));
     let in_flight: Arc<Mutex<BTreeSet<u64>>> = Arc::default();
     let mut memories: BTreeMap<GroupId, CopyMemory> = BTreeMap::new();
-    let tick = timing.ping_interval / 2;
+    // Elections due between two looks wake the driver on their own (`wake_at`).
+    let tick = timing.ping_interval;
     // Nodes started together do not look at the same instants.
     let offset = draw(tick);
     let mut next_ping = Instant::now() + offset;
