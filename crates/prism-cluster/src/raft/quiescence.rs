@@ -782,13 +782,16 @@ mod tests {
         let other = GroupId::shard("c", 1, 1);
         let at = t0 + 2000 * MS;
         assert_eq!(
-            ask(at, &[other.clone()]),
+            ask(at, std::slice::from_ref(&other)),
             Act::Nothing,
             "a new leader's list may lag"
         );
-        assert_eq!(ask(at + 499 * MS, &[other.clone()]), Act::Nothing);
         assert_eq!(
-            ask(at + 500 * MS, &[other.clone()]),
+            ask(at + 499 * MS, std::slice::from_ref(&other)),
+            Act::Nothing
+        );
+        assert_eq!(
+            ask(at + 500 * MS, std::slice::from_ref(&other)),
             Act::Nothing,
             "scheduled"
         );
