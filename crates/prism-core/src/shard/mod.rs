@@ -157,6 +157,8 @@ pub(crate) struct Shared {
     pub instance: u64,
     /// Whether the shard takes writes, as the writer thread last found.
     pub health: RwLock<WriteHealth>,
+    /// How often the writer thread woke for its timer (a settled shard sleeps without one).
+    pub timer_wakeups: std::sync::atomic::AtomicU64,
 }
 
 static WRITERS_CLOSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -532,6 +534,14 @@ impl Shard {
     }
 
     /// Whether the shard takes writes.
+    /// How many times the copy's writer thread woke for its refresh timer. A settled copy
+    /// (everything committed and saved, its writer closed) waits for work with no timer.
+    pub fn timer_wakeups(&self) -> u64 {
+        self.shared
+            .timer_wakeups
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn health(&self) -> WriteHealth {
         self.shared.health.read().clone()
     }

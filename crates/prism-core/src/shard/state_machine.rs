@@ -346,6 +346,20 @@ impl StateMachine {
         Ok(())
     }
 
+    /// Whether a refresh and a checkpoint would do nothing: the text index committed at the
+    /// applied entry with its writer closed, no vector left to retire, and the vector indexes
+    /// saved at the applied entry.
+    pub(super) fn settled(&self, shared: &Shared) -> bool {
+        self.writer.is_none()
+            && self.text_broken.is_none()
+            && self.applied == self.text_checkpoint
+            && self.position == self.text_position
+            && self.pending_removals.is_empty()
+            && (shared.vectors.is_empty()
+                || (self.vector_checkpoint == self.applied
+                    && self.vector_position == self.position))
+    }
+
     /// Closes the writer once everything is committed and no write came for `idle`: an idle
     /// collection then holds no indexing or merge threads.
     pub(super) fn close_idle_writer(&mut self, idle: std::time::Duration) {

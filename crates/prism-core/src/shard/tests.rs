@@ -992,3 +992,62 @@ fn top_hits_sort_values_are_the_documents_values() {
     );
     assert_eq!(nested[0]["sort"], json!([-7]), "{nested}");
 }
+
+/// Polls until the copy's timer stops waking it, or panics after `within`.
+fn wait_until_settled(shard: &Shard, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let before = shard.timer_wakeups();
+        std::thread::sleep(Duration::from_millis(200));
+        if shard.timer_wakeups() == before {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy never settled"
+        );
+    }
+}
+
+#[test]
+fn a_settled_copy_waits_for_work_with_no_timer_and_a_write_restarts_it() {
+    let s = schema();
+    let dir = tempfile::tempdir().unwrap();
+    let config = ShardConfig {
+        refresh_interval: Duration::from_millis(10),
+        idle_writer_close: Duration::from_millis(50),
+        vector_checkpoint_interval: Duration::from_millis(20),
+        ..ShardConfig::default()
+    };
+    let shard = Shard::open(dir.path(), s.clone(), config).unwrap();
+    let first = json!({"id": "a", "fields": {"title": "first", "emb": [1.0, 0.0, 0.0, 0.0]}});
+    shard.write_blocking(vec![upsert(&s, first)]).unwrap();
+    wait_until_settled(&shard, Duration::from_secs(10));
+    let settled = shard.timer_wakeups();
+    assert!(
+        settled > 0,
+        "the timer refreshed, saved and closed the writer first"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        shard.timer_wakeups(),
+        settled,
+        "a settled copy woke for nothing"
+    );
+
+    // A write ends the wait; the timer alone makes it searchable, then the copy settles again.
+    let second = json!({"id": "b", "fields": {"title": "second", "emb": [0.0, 1.0, 0.0, 0.0]}});
+    shard.write_blocking(vec![upsert(&s, second)]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ids(&shard.search(&request(json!({"query": "second"}))).unwrap()) != ["b"] {
+        assert!(std::time::Instant::now() < deadline, "never refreshed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    wait_until_settled(&shard, Duration::from_secs(10));
+    assert!(shard.timer_wakeups() > settled);
+    drop(shard);
+    // Everything was checkpointed before it settled: a reopen replays nothing.
+    let shard = Shard::open(dir.path(), s.clone(), ShardConfig::default()).unwrap();
+    assert_eq!(shard.applied_state().unwrap().index, 2);
+    assert!(shard.get("b").unwrap().is_some());
+}

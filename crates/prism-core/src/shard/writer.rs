@@ -170,6 +170,7 @@ pub(crate) fn recover(
         dir: dir.to_path_buf(),
         instance: opening_nonce(dir),
         health: RwLock::new(WriteHealth::Ok),
+        timer_wakeups: Default::default(),
     });
     // The state machine stands where the older of the two checkpoints does.
     let position = if shared.vectors.is_empty() {
@@ -462,6 +463,14 @@ pub(crate) fn run(
     loop {
         let command = match deferred.pop() {
             Some(c) => Ok(c),
+            // Nothing a refresh or checkpoint would do: wait for work with no timer, so that
+            // hundreds of idle copies on a node cost no wake-ups. The refresh cadence starts
+            // again from the command that ends the wait.
+            None if state.settled(&shared) => {
+                let command = commands.recv().map_err(|_| RecvTimeoutError::Disconnected);
+                next_refresh = Instant::now() + config.refresh_interval;
+                command
+            }
             None => commands.recv_timeout(next_refresh.saturating_duration_since(Instant::now())),
         };
         match command {
@@ -510,7 +519,11 @@ pub(crate) fn run(
                 let _ = reply.send(result);
                 return;
             }
-            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Timeout) => {
+                shared
+                    .timer_wakeups
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             Err(RecvTimeoutError::Disconnected) => {
                 if let Err(e) = state.shutdown(&shared) {
                     tracing::error!(error = %e, "final checkpoint failed; the log still holds every write");
@@ -736,6 +749,12 @@ impl WriterState {
         }
         self.machine.close_idle_writer(config.idle_writer_close);
         Ok(())
+    }
+
+    /// Whether the timer has nothing to do: not failing, the disk not full, and every
+    /// component checkpointed with the writer closed. A failed copy waits for commands only.
+    fn settled(&self, shared: &Shared) -> bool {
+        self.failed.is_some() || (self.disk_full.is_none() && self.machine.settled(shared))
     }
 
     /// The log id of the last entry every component applied (index 0 when none).
