@@ -182,6 +182,61 @@ impl GroupNode {
         }
     }
 
+    /// Takes a snapshot of this node's copy of `group` and purges its log up to it, so that a
+    /// copy that joins later can only catch up from the snapshot. Returns the snapshot's
+    /// index.
+    pub async fn snapshot_and_purge(&self, group: &GroupId) -> Result<u64, String> {
+        let raft = self.raft(group)?;
+        let applied = raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|id| id.index)
+            .ok_or_else(|| format!("{group} has applied nothing to snapshot"))?;
+        raft.trigger()
+            .snapshot()
+            .await
+            .map_err(|e| format!("cannot snapshot {group}: {e}"))?;
+        let snapshot = raft
+            .wait(Some(Duration::from_secs(600)))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= applied),
+                "the snapshot is built",
+            )
+            .await
+            .map_err(|e| format!("the snapshot of {group} was not built: {e}"))?
+            .snapshot
+            .map_or(applied, |s| s.index);
+        raft.trigger()
+            .purge_log(snapshot)
+            .await
+            .map_err(|e| format!("cannot purge the log of {group}: {e}"))?;
+        raft.wait(Some(Duration::from_secs(60)))
+            .metrics(
+                |m| m.purged.is_some_and(|p| p.index >= snapshot),
+                "the log is purged",
+            )
+            .await
+            .map_err(|e| format!("the log of {group} was not purged: {e}"))?;
+        Ok(snapshot)
+    }
+
+    /// Adds node `id`, at network name `name`, to `group` as a learner. With `blocking`,
+    /// returns once it holds the leader's log (after a snapshot, if it must).
+    pub async fn add_learner(
+        &self,
+        group: &GroupId,
+        id: u64,
+        name: NodeId,
+        blocking: bool,
+    ) -> Result<(), String> {
+        self.raft(group)?
+            .add_learner(id, BasicNode::new(name), blocking)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("cannot add node {id} to {group}: {e}"))
+    }
+
     /// Every copy this node holds and its state.
     pub fn states(&self) -> BTreeMap<GroupId, CopyState> {
         self.host

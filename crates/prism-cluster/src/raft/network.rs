@@ -429,6 +429,7 @@ impl<C: GroupConfig> RaftNetwork<C> for GroupClient<C> {
                 // openraft steps down when the reply carries a newer vote than its own.
                 Err(CallError::HigherVote(vote)) => Ok(SnapshotResponse::new(vote)),
                 Err(e) => {
+                    tracing::warn!(group = %self.group, target = self.target, error = %e, "a snapshot transfer failed; it is sent again");
                     // openraft sends the snapshot again at once: pause first, so that a
                     // receiver that keeps refusing is not hammered.
                     tokio::time::sleep(TRANSFER_RETRY_PAUSE).await;
@@ -822,6 +823,7 @@ async fn install<C: GroupConfig>(
         Err(e) => Some(format!("the snapshot transfer is damaged: {e}")),
     };
     if let Some(problem) = problem {
+        tracing::warn!(%problem, "a snapshot transfer was refused; the leader sends it again");
         drop_off_workers(reception);
         return refused(problem);
     }

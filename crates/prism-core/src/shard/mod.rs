@@ -533,7 +533,6 @@ impl Shard {
         query::get(&self.shared, id)
     }
 
-    /// Whether the shard takes writes.
     /// How many times the copy's writer thread woke for its refresh timer. A settled copy
     /// (everything committed and saved, its writer closed) waits for work with no timer.
     pub fn timer_wakeups(&self) -> u64 {
@@ -542,6 +541,7 @@ impl Shard {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Whether the shard takes writes.
     pub fn health(&self) -> WriteHealth {
         self.shared.health.read().clone()
     }

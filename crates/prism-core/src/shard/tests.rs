@@ -1047,7 +1047,10 @@ fn a_settled_copy_waits_for_work_with_no_timer_and_a_write_restarts_it() {
     assert!(shard.timer_wakeups() > settled);
     drop(shard);
     // Everything was checkpointed before it settled: a reopen replays nothing.
-    let shard = Shard::open(dir.path(), s.clone(), ShardConfig::default()).unwrap();
+    let progress = ReplayProgress::default();
+    let shard =
+        Shard::open_reporting(dir.path(), s.clone(), ShardConfig::default(), &progress).unwrap();
+    assert_eq!(progress.replayed(), 0);
     assert_eq!(shard.applied_state().unwrap().index, 2);
     assert!(shard.get("b").unwrap().is_some());
 }

@@ -751,10 +751,21 @@ impl WriterState {
         Ok(())
     }
 
-    /// Whether the timer has nothing to do: not failing, the disk not full, and every
-    /// component checkpointed with the writer closed. A failed copy waits for commands only.
+    /// Whether the timer has nothing to do: not failing, the disk not full, every component
+    /// checkpointed with the writer closed, and the shard's own log purged through the
+    /// checkpoints (a purge that failed is retried by the timer). A failed copy waits for
+    /// commands only.
     fn settled(&self, shared: &Shared) -> bool {
-        self.failed.is_some() || (self.disk_full.is_none() && self.machine.settled(shared))
+        let purged = self.log.as_ref().is_none_or(|log| {
+            let through = self.machine.checkpointed_through();
+            through < log.first_index()
+                || log
+                    .hard_state()
+                    .last_purged
+                    .is_some_and(|p| p.index >= through)
+        });
+        self.failed.is_some()
+            || (self.disk_full.is_none() && purged && self.machine.settled(shared))
     }
 
     /// The log id of the last entry every component applied (index 0 when none).
