@@ -167,6 +167,13 @@ async fn node(id: u64, certs: &Path, data: &Path, dimension: usize) -> Result<()
                 node.initialize(&group(), &[(id, address(id))])
                     .await
                     .map_err(|e| anyhow!(e))?;
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while node.states().get(&group()).and_then(|s| s.leader) != Some(id) {
+                    if Instant::now() > deadline {
+                        bail!("node {id} did not become the leader of its own group");
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
                 json!({"ok": true})
             }
             Some("load") => {
@@ -344,7 +351,7 @@ impl NodeProcess {
                     self.child.id()
                 );
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
@@ -448,9 +455,10 @@ fn run(docs: usize, dimension: usize, out: &Path) -> Result<()> {
 
     // 1. A clean transfer to learner 2.
     let mut learner = NodeProcess::start(2, work, dimension)?;
-    let added = leader.ask(json!({"do": "add_learner", "id": 2}))?;
+    let started = Instant::now();
+    leader.ask(json!({"do": "add_learner", "id": 2, "blocking": false}))?;
     let state = learner.wait_applied(index, Duration::from_secs(600))?;
-    let seconds = added["seconds"].as_f64().unwrap_or(0.0);
+    let seconds = started.elapsed().as_secs_f64();
     let (leader_peak, leader_rss) = leader.rss();
     let (learner_peak, learner_rss) = learner.rss();
     let clean = json!({

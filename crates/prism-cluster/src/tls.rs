@@ -68,6 +68,10 @@ pub fn check_claim(
 pub struct TlsMaterial {
     pub server: Arc<rustls::ServerConfig>,
     pub client: Arc<rustls::ClientConfig>,
+    /// The key of QUIC's stateless resets, derived from the node's private key: the same
+    /// across restarts, so that a restarted node resets its peers' connections to its
+    /// previous incarnation at their first packet, instead of leaving them to time out.
+    pub reset_secret: [u8; 32],
 }
 
 fn tls_err(what: &str, e: impl std::fmt::Display) -> ClusterError {
@@ -140,7 +144,7 @@ pub fn build(pem: &PemMaterial, skip_verify: bool) -> Result<TlsMaterial> {
             .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(provider())))
             .with_client_auth_cert(certs, key)
             .map_err(|e| tls_err("node certificate", e))?;
-        return Ok(finish(server, client));
+        return Ok(finish(server, client, &pem.key));
     }
 
     let ca = pem.ca.as_ref().ok_or_else(|| {
@@ -171,15 +175,25 @@ pub fn build(pem: &PemMaterial, skip_verify: bool) -> Result<TlsMaterial> {
         .with_root_certificates(roots)
         .with_client_auth_cert(certs, key)
         .map_err(|e| tls_err("node certificate", e))?;
-    Ok(finish(server, client))
+    Ok(finish(server, client, &pem.key))
 }
 
-fn finish(mut server: rustls::ServerConfig, mut client: rustls::ClientConfig) -> TlsMaterial {
+fn finish(
+    mut server: rustls::ServerConfig,
+    mut client: rustls::ClientConfig,
+    key_pem: &[u8],
+) -> TlsMaterial {
     server.alpn_protocols = vec![ALPN.to_vec()];
     client.alpn_protocols = vec![ALPN.to_vec()];
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    context.update(b"prism quic stateless reset\0");
+    context.update(key_pem);
+    let mut reset_secret = [0u8; 32];
+    reset_secret.copy_from_slice(context.finish().as_ref());
     TlsMaterial {
         server: Arc::new(server),
         client: Arc::new(client),
+        reset_secret,
     }
 }
 

@@ -133,15 +133,30 @@ impl Transport {
             .map_err(|e| ClusterError::Tls(e.to_string()))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
         let mut transport_config = quinn::TransportConfig::default();
+        // A peer that died without a restart is dropped after this long; a restarted one
+        // resets the old connection at once (`TlsMaterial::reset_secret`).
         transport_config.max_idle_timeout(Some(
-            Duration::from_secs(30)
+            Duration::from_secs(10)
                 .try_into()
                 .expect("idle timeout fits"),
         ));
-        transport_config.keep_alive_interval(Some(Duration::from_secs(5)));
+        transport_config.keep_alive_interval(Some(Duration::from_secs(2)));
         let transport_config = Arc::new(transport_config);
         server_config.transport_config(transport_config.clone());
-        let mut endpoint = quinn::Endpoint::server(server_config, config.bind_addr)?;
+        let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &tls.reset_secret);
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| ClusterError::Config("QUIC needs a tokio runtime".into()))?;
+        let socket = std::net::UdpSocket::bind(config.bind_addr)?;
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+        // quinn answers a packet for an unknown connection with a stateless reset only when
+        // the connection id validates as its own: the ids must be keyed the same across
+        // restarts too.
+        let cid_key = u64::from_le_bytes(tls.reset_secret[..8].try_into().expect("8 bytes"));
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
+        let mut endpoint =
+            quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime)?;
         let client_crypto = QuicClientConfig::try_from(tls.client.clone())
             .map_err(|e| ClusterError::Tls(e.to_string()))?;
         let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
