@@ -83,6 +83,7 @@ fn main() -> Result<()> {
             tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
                 .with_writer(std::io::stderr)
+                .with_ansi(false)
                 .init();
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
