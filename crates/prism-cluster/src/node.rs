@@ -5,9 +5,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use prism_core::engine::{Collection, Engine, Refresh};
 use prism_core::search::SearchRequest;
+use prism_core::shard::Shard;
 use serde_json::Value;
 
 use crate::network::Handler;
+use crate::raft::groups::GroupNode;
 use crate::rpc::{
     Answer, Envelope, GroupId, Json, NodeId, RefusedDocument, Reply, Request, RpcError,
 };
@@ -19,6 +21,10 @@ pub struct EngineHandler {
     pub node_id: NodeId,
     /// The Raft groups this node hosts, which answer `Request::Raft`.
     pub raft: Option<Arc<crate::raft::network::RaftHost>>,
+    /// The shard copies of this node's Raft groups: a read naming one of their groups is
+    /// served by that copy (a node may hold several shards of a collection); any other by
+    /// the collection's one local shard (federation).
+    pub groups: Option<Arc<GroupNode>>,
 }
 
 #[async_trait]
@@ -43,7 +49,8 @@ impl Handler for EngineHandler {
             return index(&collection, documents).await;
         }
         let node_id = self.node_id.clone();
-        tokio::task::spawn_blocking(move || serve(&engine, &node_id, envelope))
+        let groups = self.groups.clone();
+        tokio::task::spawn_blocking(move || serve(&engine, groups.as_deref(), &node_id, envelope))
             .await
             .unwrap_or_else(|e| Err(RpcError::Internal(format!("the handler failed: {e}"))))
     }
@@ -79,21 +86,45 @@ async fn index(collection: &Collection, documents: Vec<Json>) -> Reply {
     })
 }
 
+/// The shard a read names.
+enum LocalShard {
+    /// This node's copy of the named Raft group.
+    Group(Arc<Shard>),
+    /// The collection's one local shard.
+    Collection(Arc<Collection>),
+}
+
+impl std::ops::Deref for LocalShard {
+    type Target = Shard;
+
+    fn deref(&self) -> &Shard {
+        match self {
+            LocalShard::Group(shard) => shard,
+            LocalShard::Collection(collection) => collection.shard(),
+        }
+    }
+}
+
 /// Answers one read or ping from the local engine (blocking); writes go through
 /// [`EngineHandler::handle`].
-fn serve(engine: &Engine, node_id: &str, envelope: Envelope) -> Reply {
+fn serve(engine: &Engine, groups: Option<&GroupNode>, node_id: &str, envelope: Envelope) -> Reply {
     let Envelope { group, request } = envelope;
-    let collection = || -> Result<Arc<Collection>, RpcError> {
-        Ok(engine.collection(&group_of(group.clone())?.collection)?)
+    let shard = || -> Result<LocalShard, RpcError> {
+        let group = group_of(group.clone())?;
+        if let Some(shard) = groups.and_then(|g| g.shard(&group)) {
+            return Ok(LocalShard::Group(shard));
+        }
+        Ok(LocalShard::Collection(
+            engine.collection(&group.collection)?,
+        ))
     };
     Ok(match request {
         Request::Ping => Answer::Pong {
             node_id: node_id.to_string(),
         },
         Request::Stats { search } => {
-            let (stats, generation) = collection()?
-                .shard()
-                .term_statistics(&SearchRequest::try_from(search)?)?;
+            let (stats, generation) =
+                shard()?.term_statistics(&SearchRequest::try_from(search)?)?;
             Answer::Stats { stats, generation }
         }
         Request::Search {
@@ -116,23 +147,14 @@ fn serve(engine: &Engine, node_id: &str, envelope: Envelope) -> Reply {
                 &limits,
                 limits.timeout(request.timeout)?,
             ));
-            Answer::Hits(collection()?.shard().query_phase(
-                &request,
-                stats.as_ref(),
-                windows,
-                &budget,
-            )?)
+            Answer::Hits(shard()?.query_phase(&request, stats.as_ref(), windows, &budget)?)
         }
         Request::Fetch {
             search,
             generation,
             docs,
         } => {
-            let hits = collection()?.shard().fetch(
-                &SearchRequest::try_from(search)?,
-                &generation,
-                &docs,
-            )?;
+            let hits = shard()?.fetch(&SearchRequest::try_from(search)?, &generation, &docs)?;
             Answer::Fetched(hits.iter().map(Into::into).collect())
         }
         Request::Index { .. } | Request::Raft { .. } | Request::Wake | Request::Leaders { .. } => {
@@ -141,4 +163,132 @@ fn serve(engine: &Engine, node_id: &str, envelope: Envelope) -> Reply {
             ))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use prism_core::engine::EngineConfig;
+    use prism_core::schema::CollectionSchema;
+    use prism_core::shard::{Op, ShardConfig};
+    use serde_json::json;
+
+    use super::*;
+    use crate::raft::groups::Liveness;
+    use crate::raft::network::RaftHost;
+    use crate::raft::proposal::Proposed;
+    use crate::raft::quiescence::Timing;
+    use crate::rpc::WireSearch;
+    use crate::sim::SimNetwork;
+
+    const SCHEMA: &str = r#"{"name": "c", "fields": {"title": {"type": "text"}}}"#;
+
+    fn schema() -> Arc<CollectionSchema> {
+        Arc::new(CollectionSchema::from_json(SCHEMA.as_bytes()).unwrap())
+    }
+
+    async fn total_docs(handler: &EngineHandler, group: GroupId) -> u64 {
+        let search = SearchRequest::from_json(br#"{"query": "apple"}"#).unwrap();
+        let envelope = Envelope {
+            group: Some(group),
+            request: Request::Stats {
+                search: WireSearch::from(&search),
+            },
+        };
+        match handler.handle("n2".into(), envelope).await.unwrap() {
+            Answer::Stats { stats, .. } => stats.total_docs,
+            other => panic!("not statistics: {other:?}"),
+        }
+    }
+
+    /// Writes `docs` documents to `group` in one proposal, once its copy leads.
+    async fn write_until_committed(
+        groups: &GroupNode,
+        group: &GroupId,
+        schema: &CollectionSchema,
+        docs: usize,
+    ) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let ops = (0..docs)
+                .map(|n| {
+                    let doc =
+                        json!({"id": format!("{}-{n}", group.shard), "fields": {"title": "apple"}});
+                    Op::Upsert(Arc::new(schema.prepare_document(doc).unwrap()))
+                })
+                .collect();
+            match groups
+                .write(group, ops, Duration::from_secs(1), Duration::from_secs(5))
+                .await
+            {
+                Proposed::Committed { .. } => return,
+                Proposed::Refused { .. } if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => panic!("the write to {group} failed: {other:?}"),
+            }
+        }
+    }
+
+    /// One node holding two shards of collection `c` as Raft groups, beside the collection's
+    /// own federation shard: each read answers for the shard copy its group names.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_are_served_by_the_shard_copy_their_group_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = tokio::task::block_in_place(|| {
+            let engine = Engine::open(EngineConfig {
+                data_dir: dir.path().join("engine"),
+                shard: ShardConfig::default(),
+                max_collections: 4,
+            })
+            .unwrap();
+            engine
+                .create_collection(CollectionSchema::from_json(SCHEMA.as_bytes()).unwrap())
+                .unwrap();
+            Arc::new(engine)
+        });
+        let network = SimNetwork::new();
+        let host = Arc::new(RaftHost::new("n1".into(), 1));
+        let endpoint = network.join("n1", host.clone());
+        let groups = Arc::new(
+            GroupNode::new(
+                1,
+                host.clone(),
+                &dir.path().join("groups"),
+                Arc::new(endpoint),
+                Liveness::Quiet(Timing::default()),
+            )
+            .unwrap(),
+        );
+        let schema = schema();
+        for (shard, docs) in [(0u32, 1usize), (1, 3)] {
+            let group = GroupId::shard("c", shard, 1);
+            groups
+                .open_shard(group.clone(), schema.clone(), ShardConfig::default())
+                .await
+                .unwrap();
+            groups
+                .initialize(&group, &[(1, "n1".into())])
+                .await
+                .unwrap();
+            write_until_committed(&groups, &group, &schema, docs).await;
+            let copy = groups.shard(&group).unwrap();
+            tokio::task::block_in_place(|| copy.refresh_blocking()).unwrap();
+        }
+        let handler = EngineHandler {
+            engine,
+            node_id: "n1".into(),
+            raft: Some(host),
+            groups: Some(groups.clone()),
+        };
+        assert_eq!(total_docs(&handler, GroupId::shard("c", 0, 1)).await, 1);
+        assert_eq!(total_docs(&handler, GroupId::shard("c", 1, 1)).await, 3);
+        assert_eq!(
+            total_docs(&handler, GroupId::shard("c", 0, 0)).await,
+            0,
+            "a group this node does not host: the collection's federation shard"
+        );
+        groups.shutdown().await;
+    }
 }

@@ -11,20 +11,27 @@ use parking_lot::Mutex;
 use prism_core::search::SearchRequest;
 use prism_core::stats::TermStatistics;
 
-/// Statistics summed over the shards that answered, and their generations by member address.
+/// Statistics summed over the shards that answered, and their searcher generations by shard
+/// copy: (shard, member address), since one node may hold several shards of a collection.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CachedStats {
     pub stats: TermStatistics,
-    pub generations: BTreeMap<String, String>,
+    pub generations: BTreeMap<(u32, String), String>,
 }
 
 impl CachedStats {
-    /// Whether these statistics still describe every shard that answered, given as
-    /// (member, generation). Members that did not answer are not held against the entry: a
-    /// dead node must not force every query to gather statistics twice.
-    pub fn describes<'a>(&self, answered: impl IntoIterator<Item = (&'a str, &'a str)>) -> bool {
-        answered.into_iter().all(|(member, generation)| {
-            self.generations.get(member).map(String::as_str) == Some(generation)
+    /// Whether these statistics still describe every shard copy that answered, given as
+    /// ((shard, member), generation). Copies that did not answer are not held against the
+    /// entry: a dead node must not force every query to gather statistics twice.
+    pub fn describes<'a>(
+        &self,
+        answered: impl IntoIterator<Item = ((u32, &'a str), &'a str)>,
+    ) -> bool {
+        answered.into_iter().all(|((shard, member), generation)| {
+            self.generations
+                .get(&(shard, member.to_string()))
+                .map(String::as_str)
+                == Some(generation)
         })
     }
 }
@@ -73,7 +80,7 @@ impl StatsCache {
 mod tests {
     use super::*;
 
-    fn entry(generations: &[(&str, &str)]) -> CachedStats {
+    fn entry(generations: &[((u32, &str), &str)]) -> CachedStats {
         CachedStats {
             stats: TermStatistics {
                 total_docs: 7,
@@ -81,19 +88,36 @@ mod tests {
             },
             generations: generations
                 .iter()
-                .map(|(m, g)| (m.to_string(), g.to_string()))
+                .map(|((s, m), g)| ((*s, m.to_string()), g.to_string()))
                 .collect(),
         }
     }
 
     #[test]
     fn an_entry_is_stale_once_any_answering_shard_changed_generation() {
-        let e = entry(&[("a", "1"), ("b", "5")]);
-        assert!(e.describes([("a", "1"), ("b", "5")]));
-        assert!(!e.describes([("a", "1"), ("b", "6")]), "b refreshed");
-        assert!(!e.describes([("a", "1"), ("c", "1")]), "c joined");
+        let e = entry(&[((0, "a"), "1"), ((1, "b"), "5")]);
+        assert!(e.describes([((0, "a"), "1"), ((1, "b"), "5")]));
+        assert!(
+            !e.describes([((0, "a"), "1"), ((1, "b"), "6")]),
+            "b refreshed"
+        );
+        assert!(!e.describes([((0, "a"), "1"), ((2, "c"), "1")]), "c joined");
         // b did not answer (dead or slow): what answered is still described.
-        assert!(e.describes([("a", "1")]));
+        assert!(e.describes([((0, "a"), "1")]));
+    }
+
+    #[test]
+    fn two_shards_on_one_node_are_told_apart() {
+        let e = entry(&[((0, "a"), "1"), ((1, "a"), "9")]);
+        assert!(e.describes([((0, "a"), "1"), ((1, "a"), "9")]));
+        assert!(
+            !e.describes([((0, "a"), "1"), ((1, "a"), "10")]),
+            "shard 1 on node a refreshed while shard 0 did not"
+        );
+        assert!(
+            !e.describes([((1, "a"), "1")]),
+            "shard 0's generation is not shard 1's"
+        );
     }
 
     #[test]
@@ -116,10 +140,10 @@ mod tests {
     #[test]
     fn capacity_bounds_the_cache_and_zero_disables_it() {
         let cache = StatsCache::new(2);
-        cache.put("x".into(), entry(&[("a", "1")]));
-        cache.put("y".into(), entry(&[("a", "1")]));
+        cache.put("x".into(), entry(&[((0, "a"), "1")]));
+        cache.put("y".into(), entry(&[((0, "a"), "1")]));
         assert!(cache.get("x").is_some()); // x is now the most recent
-        cache.put("z".into(), entry(&[("a", "1")]));
+        cache.put("z".into(), entry(&[((0, "a"), "1")]));
         assert!(
             cache.get("y").is_none(),
             "the least recently used entry went"

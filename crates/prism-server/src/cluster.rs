@@ -112,6 +112,7 @@ impl Cluster {
             engine,
             node_id: config.node_id.clone(),
             raft: None,
+            groups: None,
         });
         let transport = Transport::start(
             TransportConfig {

@@ -366,7 +366,7 @@ impl<C: ShardClient> Coordinator<C> {
         if let (Some(key), Some(cached)) = (&cache_key, &stats) {
             let generations = answers
                 .iter()
-                .map(|a| (a.node.as_str(), a.answer.generation.as_str()));
+                .map(|a| ((a.shard, a.node.as_str()), a.answer.generation.as_str()));
             if cached.describes(generations) {
                 if cache_use == Some(CacheUse::Miss) {
                     self.stats_cache.put(key.clone(), cached.clone());
@@ -395,7 +395,7 @@ impl<C: ShardClient> Coordinator<C> {
                         .await?;
                     let generations = answers
                         .iter()
-                        .map(|a| (a.node.as_str(), a.answer.generation.as_str()));
+                        .map(|a| ((a.shard, a.node.as_str()), a.answer.generation.as_str()));
                     if fresh.describes(generations) {
                         self.stats_cache.put(key.clone(), fresh);
                     }
@@ -509,7 +509,7 @@ impl<C: ShardClient> Coordinator<C> {
             stats: TermStatistics::sum(&gathered),
             generations: answered
                 .iter()
-                .map(|a| (a.node.clone(), a.answer.1.clone()))
+                .map(|a| ((a.shard, a.node.clone()), a.answer.1.clone()))
                 .collect(),
         };
         let copies = answered.into_iter().map(|a| (a.shard, a.node)).collect();

@@ -74,6 +74,7 @@ impl Federation {
                     engine: engine.clone(),
                     node_id: name.clone(),
                     raft: None,
+                    groups: None,
                 };
                 network.join(name, Arc::new(handler))
             })
