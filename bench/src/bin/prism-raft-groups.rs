@@ -22,17 +22,19 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use async_trait::async_trait;
 use clap::{Parser, Subcommand};
-use prism_cluster::network::{HandlerService, Network};
+use prism_cluster::network::Network;
 use prism_cluster::raft::groups::{GroupNode, Liveness};
-use prism_cluster::raft::network::RaftHost;
 use prism_cluster::raft::proposal::Proposed;
 use prism_cluster::raft::quiescence::{Role, Timing};
 use prism_cluster::rpc::{Envelope, GroupId, Reply, Request};
-use prism_cluster::tls::PemMaterial;
-use prism_cluster::transport::{Transport, TransportConfig, PROTOCOL_VERSION};
 use prism_core::schema::CollectionSchema;
 use prism_core::shard::{Op, ShardConfig};
 use serde_json::{json, Value};
+
+#[path = "../cluster_node.rs"]
+mod cluster_node;
+
+use cluster_node::{name, say};
 
 const NODES: u64 = 3;
 
@@ -131,10 +133,6 @@ fn main() -> Result<()> {
     }
 }
 
-fn name(id: u64) -> String {
-    format!("n{id}")
-}
-
 fn address(base_port: u16, id: u64) -> String {
     format!("127.0.0.1:{}", base_port + id as u16)
 }
@@ -210,31 +208,7 @@ async fn node(
         },
         other => bail!("unknown liveness {other:?}"),
     };
-    let read = |file: String| std::fs::read(certs.join(&file)).with_context(|| file);
-    let tls = prism_cluster::tls::build(
-        &PemMaterial {
-            cert_chain: read(format!("{}-cert.pem", name(id)))?,
-            key: read(format!("{}-key.pem", name(id)))?,
-            ca: Some(read("ca-cert.pem".into())?),
-        },
-        false,
-    )?;
-    let host = Arc::new(RaftHost::new(
-        name(id),
-        prism_cluster::rpc::process_incarnation(),
-    ));
-    let transport = Transport::start(
-        TransportConfig {
-            node_id: name(id),
-            bind_addr: address(base_port, id).parse()?,
-            connect_timeout: Duration::from_secs(2),
-            request_timeout: Duration::from_secs(30),
-            max_connections: 64,
-            protocol_version: PROTOCOL_VERSION,
-        },
-        &tls,
-        Arc::new(HandlerService(host.clone())),
-    )?;
+    let (host, transport) = cluster_node::start(id, certs, &address(base_port, id))?;
     let network = Arc::new(Counting {
         inner: transport,
         raft: AtomicU64::new(0),
@@ -318,11 +292,6 @@ async fn node(
     }
     groups_node.shutdown().await;
     Ok(())
-}
-
-fn say(value: Value) {
-    println!("{value}");
-    let _ = std::io::stdout().flush();
 }
 
 /// `writers` writers per led group, one document per proposal, for `seconds`.
@@ -485,19 +454,9 @@ fn run(
     writers: usize,
     out: &Path,
 ) -> Result<()> {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let work = tempfile::tempdir()?;
     let certs = work.path().join("tls");
-    for id in 1..=NODES {
-        let status = Command::new(repo.join("scripts/generate-certs.sh"))
-            .args(["--node", &name(id)])
-            .env("TLS_DIR", &certs)
-            .stdout(Stdio::null())
-            .status()?;
-        if !status.success() {
-            bail!("scripts/generate-certs.sh failed");
-        }
-    }
+    cluster_node::generate_certs(&certs, NODES)?;
     let total_groups = groups(collections, shards).len();
     let mut report = json!({"collections": collections, "shards": shards, "groups": total_groups});
     let mut rows = Vec::new();

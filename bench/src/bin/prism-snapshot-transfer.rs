@@ -18,19 +18,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
-use prism_cluster::network::HandlerService;
 use prism_cluster::raft::groups::{GroupNode, Liveness};
-use prism_cluster::raft::network::RaftHost;
 use prism_cluster::raft::proposal::Proposed;
 use prism_cluster::raft::quiescence::Timing;
 use prism_cluster::rpc::GroupId;
-use prism_cluster::tls::PemMaterial;
-use prism_cluster::transport::{Transport, TransportConfig, PROTOCOL_VERSION};
 use prism_core::schema::CollectionSchema;
 use prism_core::shard::{Op, ShardConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
+
+#[path = "../cluster_node.rs"]
+mod cluster_node;
+
+use cluster_node::{name, say};
 
 const BASE_PORT: u16 = 17_500;
 
@@ -98,10 +99,6 @@ fn group() -> GroupId {
     GroupId::shard("big", 0, 1)
 }
 
-fn name(id: u64) -> String {
-    format!("n{id}")
-}
-
 fn address(id: u64) -> String {
     format!("127.0.0.1:{}", BASE_PORT + id as u16)
 }
@@ -114,37 +111,8 @@ fn schema(dimension: usize) -> Arc<CollectionSchema> {
     Arc::new(CollectionSchema::from_json(json.to_string().as_bytes()).expect("a valid schema"))
 }
 
-fn say(value: Value) {
-    println!("{value}");
-    let _ = std::io::stdout().flush();
-}
-
 async fn node(id: u64, certs: &Path, data: &Path, dimension: usize) -> Result<()> {
-    let read = |file: String| std::fs::read(certs.join(&file)).with_context(|| file);
-    let tls = prism_cluster::tls::build(
-        &PemMaterial {
-            cert_chain: read(format!("{}-cert.pem", name(id)))?,
-            key: read(format!("{}-key.pem", name(id)))?,
-            ca: Some(read("ca-cert.pem".into())?),
-        },
-        false,
-    )?;
-    let host = Arc::new(RaftHost::new(
-        name(id),
-        prism_cluster::rpc::process_incarnation(),
-    ));
-    let transport = Transport::start(
-        TransportConfig {
-            node_id: name(id),
-            bind_addr: address(id).parse()?,
-            connect_timeout: Duration::from_secs(2),
-            request_timeout: Duration::from_secs(60),
-            max_connections: 64,
-            protocol_version: PROTOCOL_VERSION,
-        },
-        &tls,
-        Arc::new(HandlerService(host.clone())),
-    )?;
+    let (host, transport) = cluster_node::start(id, certs, &address(id))?;
     let node = GroupNode::new(
         id,
         host,
@@ -422,19 +390,9 @@ fn restore(file: &Path, original: &[u8]) -> Result<()> {
 }
 
 fn run(docs: usize, dimension: usize, out: &Path) -> Result<()> {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let work = tempfile::tempdir()?;
     let work = work.path();
-    for id in 1..=4 {
-        let status = Command::new(repo.join("scripts/generate-certs.sh"))
-            .args(["--node", &name(id)])
-            .env("TLS_DIR", work.join("tls"))
-            .stdout(Stdio::null())
-            .status()?;
-        if !status.success() {
-            bail!("scripts/generate-certs.sh failed");
-        }
-    }
+    cluster_node::generate_certs(&work.join("tls"), 4)?;
     let snapshots = work.join(name(1)).join("big-0-1").join("snapshots");
 
     // The leader loads, snapshots and purges its log, then starts again so that its peak
