@@ -1,7 +1,9 @@
 //! Many Raft groups on three real processes over mutual-TLS QUIC: what idle groups cost a node
 //! (CPU, wake-ups, RSS, threads, fsyncs and messages, per node and per group), with groups
 //! that go quiet (`raft::liveness`) against openraft's own heartbeats, measured in the same
-//! run; and the write throughput of one collection at RF 3 against RF 1, with p50 and p99.
+//! run; the write throughput of one collection at RF 3 against RF 1, with p50 and p99; and
+//! how long after node 1 is killed every group has a leader again (`PRISM_BENCH_TRACE=1`
+//! prints the copies still without one as it goes).
 //!
 //!   cargo run --release -p prism-bench --bin prism-raft-groups -- run
 //!   cargo run --release -p prism-bench --bin prism-raft-groups -- run --collections 10 --idle-seconds 5
@@ -286,6 +288,17 @@ async fn node(
                 result["syncs"] = json!(prism_core::log::durable::syncs() - syncs);
                 say(result);
             }
+            Some("orphans") => {
+                // Voter copies here whose leader is unknown or is node `dead`.
+                let dead = command["dead"].as_u64().unwrap_or(0);
+                let orphans = groups_node
+                    .states()
+                    .values()
+                    .filter(|s| s.role != Role::Learner)
+                    .filter(|s| s.leader.is_none_or(|l| l == dead))
+                    .count();
+                say(json!({"orphans": orphans}));
+            }
             Some("quit") | None => break,
             Some(other) => say(json!({"error": format!("unknown command {other}")})),
         }
@@ -460,6 +473,7 @@ fn run(
     let total_groups = groups(collections, shards).len();
     let mut report = json!({"collections": collections, "shards": shards, "groups": total_groups});
     let mut rows = Vec::new();
+    let mut failovers = Vec::new();
     for (k, mode) in ["quiet", "heartbeats"].iter().enumerate() {
         let base_port = 17_400 + 10 * k as u16;
         let mut nodes = Vec::new();
@@ -571,16 +585,56 @@ fn run(
             eprintln!("{mode} writes {collection}: {summary}");
             writes.insert(collection.into(), summary);
         }
-        for node in &mut nodes {
+        // Failover: node 1 is killed; how long until every group the others hold has a
+        // leader among them.
+        let led_by_1 = nodes[0].ask(json!({"do": "counters"}))?["leaders"].clone();
+        let killed = Instant::now();
+        nodes[0].child.kill()?;
+        nodes[0].child.wait()?;
+        let deadline = killed + Duration::from_secs(60);
+        let failover = loop {
+            let mut orphans = 0;
+            for node in nodes.iter_mut().skip(1) {
+                orphans += node.ask(json!({"do": "orphans", "dead": 1}))?["orphans"]
+                    .as_u64()
+                    .unwrap_or(u64::MAX);
+            }
+            if std::env::var_os("PRISM_BENCH_TRACE").is_some() {
+                eprintln!(
+                    "{mode} failover: {orphans} orphans at {:?}",
+                    killed.elapsed()
+                );
+            }
+            if orphans == 0 {
+                break json!({"groups_led_by_the_killed_node": led_by_1, "seconds": killed.elapsed().as_secs_f64()});
+            }
+            if Instant::now() > deadline {
+                bail!("{mode}: {orphans} copies still without a leader 60 s after node 1 died");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        eprintln!("{mode} failover: {failover}");
+        for node in nodes.iter_mut().skip(1) {
             let _ = writeln!(node.stdin, "{}", json!({"do": "quit"}));
         }
-        for node in &mut nodes {
+        for node in nodes.iter_mut().skip(1) {
             node.child.wait()?;
         }
         rows.push((mode.to_string(), idle.clone(), writes.clone()));
-        report[*mode] = json!({"idle": idle, "writes": writes});
+        report[*mode] = json!({"idle": idle, "writes": writes, "failover": failover});
+        failovers.push((mode.to_string(), failover));
     }
     print_report(&rows, total_groups);
+    println!("\n### Failover: node 1 killed (SIGKILL) after the writes\n");
+    println!("| liveness | groups node 1 led | every group led again after |");
+    println!("|---|---|---|");
+    for (mode, f) in &failovers {
+        println!(
+            "| {mode} | {} | {:.2} s |",
+            f["groups_led_by_the_killed_node"],
+            f["seconds"].as_f64().unwrap_or(0.0)
+        );
+    }
     std::fs::create_dir_all(out)?;
     let path = out.join("raft-groups.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
