@@ -65,11 +65,9 @@ pub async fn watch(host: Arc<RaftHost>, network: Arc<dyn Network>, timing: Timin
         for (group, copy) in &copies {
             let (mut view, members) = copy.view(group);
             view.woken = woken.contains(group);
-            let memory = memories.entry(group.clone()).or_insert_with(|| {
-                copy.stop_election_timer();
-                CopyMemory::default()
-            });
+            let memory = memories.entry(group.clone()).or_default();
             let act = next(&view, memory, &peers.lock(), &timing, now, draw);
+            copy.set_election_timer(memory.openraft_retries());
             if view.role == Role::Leader {
                 leading.insert(group.clone());
             }

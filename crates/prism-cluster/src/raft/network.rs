@@ -477,8 +477,8 @@ pub(crate) trait HostedGroup: Send + Sync {
     /// The copy as liveness sees it, and the address of every member.
     fn view(&self, group: &GroupId) -> (CopyView, BTreeMap<u64, String>);
 
-    /// Hands elections over to the node's liveness driver: openraft's own timer stops.
-    fn stop_election_timer(&self);
+    /// Runs or stops openraft's own election timer (the liveness driver decides).
+    fn set_election_timer(&self, on: bool);
 
     fn set_heartbeats(&self, on: bool);
 
@@ -539,8 +539,8 @@ impl<C: GroupConfig> HostedGroup for Hosted<C> {
         (view, addresses)
     }
 
-    fn stop_election_timer(&self) {
-        self.raft.runtime_config().elect(false);
+    fn set_election_timer(&self, on: bool) {
+        self.raft.runtime_config().elect(on);
     }
 
     fn set_heartbeats(&self, on: bool) {

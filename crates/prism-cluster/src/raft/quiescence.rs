@@ -196,12 +196,22 @@ pub struct CopyMemory {
     last_wake: Option<Instant>,
     /// Since when the leader's node answers but does not say it leads the group.
     not_led_since: Option<Instant>,
+    /// Elections this copy started since it last had a live leader.
+    failed_elections: u32,
 }
 
 impl CopyMemory {
     /// When an election is due, so the driver can wake then rather than at its next tick.
     pub fn election_due(&self) -> Option<Instant> {
         self.election_at
+    }
+
+    /// Whether openraft's own election timer should run for this copy: only after an election
+    /// the driver started found no leader. openraft then retries on its randomized time-out,
+    /// and waits longer when a peer showed it a longer log, so that the copy holding the
+    /// longest log wins instead of two copies raising terms in turn.
+    pub fn openraft_retries(&self) -> bool {
+        self.failed_elections > 0
     }
 }
 
@@ -315,6 +325,9 @@ fn follow(
     let may_win = view.voters.contains(&view.me) && reachable * 2 > view.voters.len();
     if leader_alive || !may_win {
         memory.election_at = None;
+        if leader_alive {
+            memory.failed_elections = 0;
+        }
         return match view.leader {
             Some(leader) if leader_alive => wake_if_lagging(view, memory, timing, now, leader),
             _ => Act::Nothing,
@@ -331,6 +344,7 @@ fn follow(
         Some(at) if now >= at => {
             memory.election_at = None;
             memory.last_election = Some(now);
+            memory.failed_elections += 1;
             Act::Elect
         }
         Some(_) => Act::Nothing,
@@ -796,5 +810,28 @@ mod tests {
             "scheduled"
         );
         assert_eq!(ask(at + 501 * MS, &[other]), Act::Elect);
+    }
+
+    #[test]
+    fn openraft_retries_an_election_only_while_the_group_stays_leaderless_after_one() {
+        let t0 = Instant::now();
+        let none = |_| Duration::ZERO;
+        let mut memory = CopyMemory::default();
+        let mut ask = |view: &CopyView, at: Instant, memory: &mut CopyMemory| {
+            let peers = peers_answering(t0, at, &[1, 3]);
+            next(view, memory, &peers, &timing(), at, none)
+        };
+        assert_eq!(ask(&follower(None), t0, &mut memory), Act::Nothing);
+        assert!(!memory.openraft_retries(), "nothing tried yet");
+        assert_eq!(ask(&follower(None), t0 + MS, &mut memory), Act::Elect);
+        assert!(
+            memory.openraft_retries(),
+            "no leader after the driver's election"
+        );
+        assert_eq!(
+            ask(&follower(Some(3)), t0 + 2 * MS, &mut memory),
+            Act::Nothing
+        );
+        assert!(!memory.openraft_retries(), "node 3 leads");
     }
 }
