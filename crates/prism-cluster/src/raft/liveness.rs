@@ -24,8 +24,9 @@ use crate::rpc::{Answer, Envelope, GroupId, Request};
 /// for `election_timeout_max` after it last heard from its leader) ends before the node-level
 /// detector can suspect the leader: suspicion counts from the leader's last answer to a ping,
 /// which may come up to a ping interval before the leader's last message. The election timer
-/// itself is off (`enable_elect`): this driver starts elections. Ticks stay on: openraft
-/// refreshes its metrics on them.
+/// starts off (`enable_elect`): this driver starts elections, and turns the timer on for a
+/// copy only while an election it started found no leader. Ticks stay on: openraft refreshes
+/// its metrics on them.
 pub fn raft_config(timing: &Timing, base: Config) -> Config {
     let ping = timing.ping_interval.as_millis() as u64;
     let lease = (timing.suspect_after.as_millis() as u64)
