@@ -817,7 +817,7 @@ mod tests {
         let t0 = Instant::now();
         let none = |_| Duration::ZERO;
         let mut memory = CopyMemory::default();
-        let mut ask = |view: &CopyView, at: Instant, memory: &mut CopyMemory| {
+        let ask = |view: &CopyView, at: Instant, memory: &mut CopyMemory| {
             let peers = peers_answering(t0, at, &[1, 3]);
             next(view, memory, &peers, &timing(), at, none)
         };
