@@ -1,8 +1,9 @@
 //! What the multi-process cluster benchmarks share: certificates naming each node, a node's
 //! mutual-TLS QUIC endpoint answering for its Raft groups, and JSON lines on stdout.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,7 +67,61 @@ pub fn start(id: u64, certs: &Path, address: &str) -> Result<(Arc<RaftHost>, Arc
 
 /// One JSON line on stdout, for the driving process.
 pub fn say(value: Value) {
-    use std::io::Write;
     println!("{value}");
     let _ = std::io::stdout().flush();
+}
+
+/// A node process driven by JSON lines over its stdin and stdout; its stderr goes to a file,
+/// quoted when the node exits early.
+pub struct NodeProcess {
+    pub child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    pub stderr: PathBuf,
+}
+
+impl NodeProcess {
+    /// Spawns `command` with its stderr appended to `stderr`.
+    pub fn spawn(mut command: Command, stderr: PathBuf) -> Result<NodeProcess> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr)?;
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()?;
+        let stdin = child.stdin.take().context("stdin")?;
+        let stdout = BufReader::new(child.stdout.take().context("stdout")?);
+        Ok(NodeProcess {
+            child,
+            stdin,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// The node's next line.
+    pub fn read(&mut self) -> Result<Value> {
+        let mut line = String::new();
+        if self.stdout.read_line(&mut line)? == 0 {
+            bail!(
+                "node {} exited: {}",
+                self.child.id(),
+                std::fs::read_to_string(&self.stderr).unwrap_or_default()
+            );
+        }
+        Ok(serde_json::from_str(&line)?)
+    }
+
+    pub fn send(&mut self, command: Value) -> Result<()> {
+        writeln!(self.stdin, "{command}")?;
+        Ok(())
+    }
+
+    pub fn ask(&mut self, command: Value) -> Result<Value> {
+        self.send(command)?;
+        self.read()
+    }
 }

@@ -14,9 +14,8 @@
 //! log. Writes are proposed inside the leader's process (no client RPC), one document each.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,7 +35,7 @@ use serde_json::{json, Value};
 #[path = "../cluster_node.rs"]
 mod cluster_node;
 
-use cluster_node::{name, say};
+use cluster_node::{name, say, NodeProcess};
 
 const NODES: u64 = 3;
 
@@ -367,28 +366,6 @@ async fn write_load(node: &GroupNode, led: &[GroupId], seconds: u64, writers: us
     })
 }
 
-/// A node process and its pipes.
-struct NodeProcess {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl NodeProcess {
-    fn read(&mut self) -> Result<Value> {
-        let mut line = String::new();
-        if self.stdout.read_line(&mut line)? == 0 {
-            bail!("node {} exited", self.child.id());
-        }
-        Ok(serde_json::from_str(&line)?)
-    }
-
-    fn ask(&mut self, command: Value) -> Result<Value> {
-        writeln!(self.stdin, "{command}")?;
-        self.read()
-    }
-}
-
 /// utime + stime in seconds, voluntary + involuntary context switches of each thread,
 /// threads, and RSS in bytes.
 #[derive(Debug, Clone)]
@@ -479,7 +456,8 @@ fn run(
         let mut nodes = Vec::new();
         for id in 1..=NODES {
             let data = work.path().join(format!("{mode}-{}", name(id)));
-            let mut child = Command::new(std::env::current_exe()?)
+            let mut command = Command::new(std::env::current_exe()?);
+            command
                 .args([
                     "node",
                     "--id",
@@ -492,17 +470,9 @@ fn run(
                 .arg("--data")
                 .arg(&data)
                 .args(["--collections", &collections.to_string()])
-                .args(["--shards", &shards.to_string(), "--liveness", mode])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()?;
-            let stdin = child.stdin.take().context("stdin")?;
-            let stdout = BufReader::new(child.stdout.take().context("stdout")?);
-            nodes.push(NodeProcess {
-                child,
-                stdin,
-                stdout,
-            });
+                .args(["--shards", &shards.to_string(), "--liveness", mode]);
+            let stderr = work.path().join(format!("{mode}-{}.stderr", name(id)));
+            nodes.push(NodeProcess::spawn(command, stderr)?);
         }
         for node in &mut nodes {
             let opened = node.read()?;
@@ -550,11 +520,7 @@ fn run(
         let mut writes = serde_json::Map::new();
         for collection in ["w1", "w3"] {
             for node in &mut nodes {
-                writeln!(
-                    node.stdin,
-                    "{}",
-                    json!({"do": "write", "collection": collection, "seconds": write_seconds, "writers": writers})
-                )?;
+                node.send(json!({"do": "write", "collection": collection, "seconds": write_seconds, "writers": writers}))?;
             }
             let mut latencies = Vec::new();
             let mut failures = 0;
@@ -615,7 +581,7 @@ fn run(
         };
         eprintln!("{mode} failover: {failover}");
         for node in nodes.iter_mut().skip(1) {
-            let _ = writeln!(node.stdin, "{}", json!({"do": "quit"}));
+            let _ = node.send(json!({"do": "quit"}));
         }
         for node in nodes.iter_mut().skip(1) {
             node.child.wait()?;

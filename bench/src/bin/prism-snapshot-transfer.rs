@@ -10,9 +10,8 @@
 //!
 //! Each process is this binary as `node`, driven over stdin/stdout; RSS comes from /proc.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,7 +30,7 @@ use serde_json::{json, Value};
 #[path = "../cluster_node.rs"]
 mod cluster_node;
 
-use cluster_node::{name, say};
+use cluster_node::{name, say, NodeProcess};
 
 const BASE_PORT: u16 = 17_500;
 
@@ -221,21 +220,10 @@ async fn load(
     Ok(json!({"docs": written, "seconds": started.elapsed().as_secs_f64()}))
 }
 
-struct NodeProcess {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    stderr: PathBuf,
-}
-
 impl NodeProcess {
     fn start(id: u64, work: &Path, dimension: usize) -> Result<NodeProcess> {
-        let stderr = work.join(format!("{}.stderr", name(id)));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&stderr)?;
-        let mut child = Command::new(std::env::current_exe()?)
+        let mut command = Command::new(std::env::current_exe()?);
+        command
             .args([
                 "node",
                 "--id",
@@ -246,43 +234,10 @@ impl NodeProcess {
             .arg("--certs")
             .arg(work.join("tls"))
             .arg("--data")
-            .arg(work.join(name(id)))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()?;
-        let stdin = child.stdin.take().context("stdin")?;
-        let stdout = BufReader::new(child.stdout.take().context("stdout")?);
-        let mut node = NodeProcess {
-            child,
-            stdin,
-            stdout,
-            stderr,
-        };
+            .arg(work.join(name(id)));
+        let mut node = NodeProcess::spawn(command, work.join(format!("{}.stderr", name(id))))?;
         node.read()?; // opened
         Ok(node)
-    }
-
-    fn read(&mut self) -> Result<Value> {
-        let mut line = String::new();
-        if self.stdout.read_line(&mut line)? == 0 {
-            bail!(
-                "node {} exited: {}",
-                self.child.id(),
-                std::fs::read_to_string(&self.stderr).unwrap_or_default()
-            );
-        }
-        Ok(serde_json::from_str(&line)?)
-    }
-
-    fn ask(&mut self, command: Value) -> Result<Value> {
-        writeln!(self.stdin, "{command}")?;
-        self.read()
-    }
-
-    fn send(&mut self, command: Value) -> Result<()> {
-        writeln!(self.stdin, "{command}")?;
-        Ok(())
     }
 
     /// Peak and current RSS in MiB.
