@@ -143,7 +143,17 @@ impl Transport {
         transport_config.keep_alive_interval(Some(Duration::from_secs(2)));
         let transport_config = Arc::new(transport_config);
         server_config.transport_config(transport_config.clone());
-        let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &tls.reset_secret);
+        // Keyed by node too: nodes that share a certificate and key must not be able to reset
+        // each other's connections.
+        let derive = |label: &[u8]| {
+            let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+            context.update(&tls.reset_secret);
+            context.update(label);
+            context.update(config.node_id.as_bytes());
+            context.finish()
+        };
+        let reset_key =
+            ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derive(b"\0reset\0").as_ref());
         let runtime = quinn::default_runtime()
             .ok_or_else(|| ClusterError::Config("QUIC needs a tokio runtime".into()))?;
         let socket = std::net::UdpSocket::bind(config.bind_addr)?;
@@ -151,7 +161,11 @@ impl Transport {
         // quinn answers a packet for an unknown connection with a stateless reset only when
         // the connection id validates as its own: the ids must be keyed the same across
         // restarts too.
-        let cid_key = u64::from_le_bytes(tls.reset_secret[..8].try_into().expect("8 bytes"));
+        let cid_key = u64::from_le_bytes(
+            derive(b"\0connection id\0").as_ref()[..8]
+                .try_into()
+                .expect("8 bytes"),
+        );
         endpoint_config.cid_generator(move || {
             Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
         });

@@ -325,9 +325,9 @@ fn follow(
     let may_win = view.voters.contains(&view.me) && reachable * 2 > view.voters.len();
     if leader_alive || !may_win {
         memory.election_at = None;
-        if leader_alive {
-            memory.failed_elections = 0;
-        }
+        // Cut off from a majority, openraft's timer must not keep raising terms: a copy that
+        // returns with a higher term would depose a healthy leader.
+        memory.failed_elections = 0;
         return match view.leader {
             Some(leader) if leader_alive => wake_if_lagging(view, memory, timing, now, leader),
             _ => Act::Nothing,
@@ -833,5 +833,21 @@ mod tests {
             Act::Nothing
         );
         assert!(!memory.openraft_retries(), "node 3 leads");
+
+        // A failed election, then the copy is cut off: openraft's timer stops with it.
+        let mut memory = CopyMemory::default();
+        ask(&follower(None), t0, &mut memory);
+        assert_eq!(ask(&follower(None), t0 + MS, &mut memory), Act::Elect);
+        assert!(memory.openraft_retries());
+        let later = t0 + 2 * timing().suspect_after;
+        let alone = peers_answering(t0, t0, &[1, 3]);
+        assert_eq!(
+            next(&follower(None), &mut memory, &alone, &timing(), later, none),
+            Act::Nothing
+        );
+        assert!(
+            !memory.openraft_retries(),
+            "no majority answers: no openraft elections"
+        );
     }
 }
