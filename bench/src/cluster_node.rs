@@ -58,6 +58,7 @@ pub fn start(id: u64, certs: &Path, address: &str) -> Result<(Arc<RaftHost>, Arc
             request_timeout: Duration::from_secs(60),
             max_connections: 64,
             protocol_version: PROTOCOL_VERSION,
+            fault_delay: Duration::ZERO,
         },
         &tls,
         Arc::new(HandlerService(host.clone())),

@@ -10,6 +10,11 @@ use crate::Server;
 
 /// A CA and one node certificate for localhost/127.0.0.1, as scripts/generate-certs.sh makes.
 pub fn write_certs(dir: &Path) {
+    write_certs_naming(dir, &[]);
+}
+
+/// As [`write_certs`], the node certificate naming `addresses` too.
+pub fn write_certs_naming(dir: &Path, addresses: &[Ipv4Addr]) {
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca_key = KeyPair::generate().unwrap();
@@ -19,6 +24,11 @@ pub fn write_certs(dir: &Path) {
         SanType::DnsName("localhost".try_into().unwrap()),
         SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
     ];
+    node.subject_alt_names.extend(
+        addresses
+            .iter()
+            .map(|ip| SanType::IpAddress(IpAddr::V4(*ip))),
+    );
     let node_key = KeyPair::generate().unwrap();
     let node_cert = node
         .signed_by(&node_key, &Issuer::from_params(&ca, &ca_key))

@@ -13,6 +13,9 @@ use serde_json::Value;
 pub mod cluster;
 pub mod dns;
 pub mod nave;
+pub use prism_testnet as netns;
+pub mod raft_cluster;
+pub mod ranking;
 
 /// The directory holding this build's binaries (`target/debug` or `target/release`): the
 /// executable's own directory for a binary, its parent for a test in `deps/`.
@@ -115,6 +118,10 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> O
 pub struct Server {
     child: Option<Child>,
     pub port: u16,
+    /// The address it listens on and is reached at (127.0.0.1 unless placed elsewhere).
+    pub host: String,
+    /// The network namespace it runs in, if any.
+    netns: Option<String>,
     pub data_dir: PathBuf,
     env: Vec<(String, String)>,
     args: Vec<String>,
@@ -134,6 +141,23 @@ impl Server {
     /// As [`Server::start`], with extra command-line flags.
     pub fn start_with_args(data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Server {
         let mut server = Self::unstarted(data_dir, env, args);
+        server.spawn();
+        server
+    }
+
+    /// As [`Server::start_with_args`], listening on `place`'s address and port `port`, in its
+    /// network namespace if it has one.
+    pub fn start_placed(
+        data_dir: &Path,
+        env: &[(&str, &str)],
+        args: &[&str],
+        place: &netns::NodePlace,
+        port: u16,
+    ) -> Server {
+        let mut server = Self::unstarted(data_dir, env, args);
+        server.host = place.ip.to_string();
+        server.netns = place.netns.clone();
+        server.port = port;
         server.spawn();
         server
     }
@@ -158,13 +182,18 @@ impl Server {
             child: None,
             listening_after: None,
             port: free_port(),
+            host: "127.0.0.1".into(),
+            netns: None,
             data_dir: data_dir.to_path_buf(),
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            // No proxy: the nodes may be on addresses of their own (198.18.x.x), which a
+            // proxy from the environment would take.
             client: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(60))
+                .no_proxy()
                 .build()
                 .unwrap(),
             prlimits: Vec::new(),
@@ -177,6 +206,10 @@ impl Server {
         if !self.prlimits.is_empty() {
             wrapper = format!("prlimit {} -- {wrapper}", self.prlimits.join(" "));
         }
+        if let Some(ns) = &self.netns {
+            // `ip netns exec` execs the program: the child's pid stays the server's.
+            wrapper = format!("ip netns exec {ns} {wrapper}");
+        }
         let mut words = wrapper.split_whitespace();
         let mut cmd = match words.next() {
             Some(program) => {
@@ -187,6 +220,7 @@ impl Server {
             None => Command::new(binary("prism-server")),
         };
         cmd.env("PRISM_PORT", self.port.to_string())
+            .env("PRISM_HOST", &self.host)
             .env("PRISM_DATA_DIR", &self.data_dir)
             // PRISM_TEST_LOG sets the servers' log filter, e.g. "warn,prism_server::cluster=debug".
             .env(
@@ -286,7 +320,7 @@ impl Server {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{}", self.port, path)
+        format!("http://{}:{}{}", self.host, self.port, path)
     }
 
     /// Whether the server process is still running.
@@ -301,6 +335,24 @@ impl Server {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOP: the process stays, answering nothing, until [`Server::resume`].
+    pub fn pause(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .args(["-STOP", &pid.to_string()])
+                .status();
+        }
+    }
+
+    /// SIGCONT after [`Server::pause`].
+    pub fn resume(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status();
         }
     }
 
@@ -321,6 +373,12 @@ impl Server {
             let _ = child.wait();
             panic!("prism-server did not stop within 30 s of SIGTERM");
         }
+    }
+
+    /// Sets an environment variable for the server's next start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
     }
 
     /// Starts the server again on the same data directory and port.
@@ -348,7 +406,10 @@ impl Server {
     /// The value of one Prometheus sample on `/metrics`, e.g.
     /// `prism_cluster_stats_cache_total{result="hit"}` (0 when absent).
     pub fn metric(&self, sample: &str) -> f64 {
-        let text = reqwest::blocking::get(self.url("/metrics"))
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
             .and_then(|r| r.text())
             .unwrap_or_default();
         text.lines()

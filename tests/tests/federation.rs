@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use prism_tests::cluster::start_federation;
-use prism_tests::{nave, wait_until, ApiDocument, Server};
+use prism_tests::ranking::{self, assert_same_ranking, ordered_ids};
+use prism_tests::{wait_until, ApiDocument, Server};
 use serde_json::{json, Value};
 
 fn ids(response: &Value) -> Vec<String> {
@@ -360,114 +361,13 @@ fn federation_ranks_like_a_single_node() {
         cache("stale")
     );
 
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let nave_dir = nave::dir(&repo);
-    match nave::missing(&nave_dir, &["corpus.jsonl", "topics-dev.tsv"]) {
-        None => nave_kjv_ranks_alike(&nodes, &single, &nave_dir),
-        Some(why) if std::env::var_os("PRISM_SKIP_NAVE").is_some() => {
-            eprintln!("SKIPPED the nave-kjv half of federation_ranks_like_a_single_node: {why}")
+    if let Some(nave_dir) = ranking::nave_dir_or_skip("federation_ranks_like_a_single_node") {
+        let schema = json!({"fields": {"text": {"type": "text"}}});
+        for node in &nodes {
+            let (status, body) = node.put_json("/collections/kjv", &schema);
+            assert_eq!(status, 201, "{body}");
         }
-        Some(why) => panic!(
-            "{why}. This test compares federated and single-node ranking on it \
-             (/work/shared/data/README.md); set PRISM_SKIP_NAVE=1 to run without it knowingly"
-        ),
-    }
-}
-
-/// nave-kjv, text only (vectors would triple the load time and HNSW graphs differ by shard
-/// anyway): the verses into a 3-node federation (routed by id) and into one node, then all
-/// 1,048 topics, top 10, compared id for id. Short verses tie often, so this fails whenever
-/// ties are ordered by anything that depends on where or when a document was indexed.
-fn nave_kjv_ranks_alike(nodes: &[Server], single: &Server, dir: &std::path::Path) {
-    let verses = nave::read_corpus(dir).unwrap();
-    let topics = nave::read_topics(dir).unwrap();
-    assert_eq!((verses.len(), topics.len()), (31_102, 1_048));
-    let schema = json!({"fields": {"text": {"type": "text"}}});
-    for server in nodes.iter().chain([single]) {
-        let (status, body) = server.put_json("/collections/kjv", &schema);
-        assert_eq!(status, 201, "{body}");
-    }
-    for batch in verses.chunks(5000) {
-        let docs: Vec<Value> = batch
-            .iter()
-            .map(|v| json!({"id": v.id, "fields": {"text": v.text}}))
-            .collect();
-        let body = json!({ "documents": docs });
-        let (status, r) = nodes[0].post_json("/cluster/collections/kjv/documents", &body);
-        assert!(status == 200 && r["failed_docs"] == 0, "{r}");
-        let (status, r) = single.post_json("/collections/kjv/documents", &body);
-        assert!(status == 201 && r["failed_docs"] == 0, "{r}");
-    }
-    for server in nodes.iter().chain([single]) {
-        server.post_json("/collections/kjv/refresh", &json!({}));
-    }
-    let (_, all) = nodes[0].post_json("/cluster/collections/kjv/search", &json!({"limit": 1}));
-    assert_eq!(all["total"], 31_102, "{all}");
-    let mut ties = 0;
-    for (q, topic) in topics.iter().enumerate() {
-        let query = nave::sanitize(&topic.text);
-        if query.is_empty() {
-            continue;
-        }
-        // Every tenth topic also compares its second page.
-        let offsets: &[usize] = if q % 10 == 0 { &[0, 10] } else { &[0] };
-        for &offset in offsets {
-            let body = json!({"query": query, "limit": 10, "offset": offset});
-            let (_, fed) = nodes[q % 3].post_json("/cluster/collections/kjv/search", &body);
-            let (_, one) = single.post_json("/collections/kjv/search", &body);
-            assert_same_ranking(&fed, &one, &body, "text");
-            let scores: Vec<f64> = one["results"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|h| h["score"].as_f64().unwrap())
-                .collect();
-            ties += scores.windows(2).filter(|w| w[0] == w[1]).count();
-        }
-    }
-    // The comparison means something only if ties are common.
-    assert!(
-        ties > 1000,
-        "only {ties} adjacent ties in the nave-kjv top 10s"
-    );
-}
-
-/// Ids in rank order.
-fn ordered_ids(response: &Value) -> Vec<String> {
-    response["results"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{response}"))
-        .iter()
-        .map(|h| h["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
-/// Same `total`, aggregations and hits: identical ids in identical order, scores within 1e-4
-/// relative, and every hit carries the stored field `field`.
-fn assert_same_ranking(fed: &Value, one: &Value, body: &Value, field: &str) {
-    assert_eq!(fed["is_partial"], false, "{fed}");
-    assert_eq!(fed["total"], one["total"], "total of {body}");
-    assert_eq!(
-        fed["aggregations"], one["aggregations"],
-        "aggregations of {body}"
-    );
-    assert_eq!(ordered_ids(fed), ordered_ids(one), "ids of {body}");
-    let scores = |v: &Value| -> Vec<f64> {
-        v["results"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| h["score"].as_f64().unwrap())
-            .collect()
-    };
-    for (a, b) in scores(fed).iter().zip(scores(one)) {
-        assert!(
-            (a - b).abs() <= 1e-4 * b.abs().max(1e-9),
-            "{body}: score {a} vs {b}"
-        );
-    }
-    // Stored fields come from the fetch phase: every hit carries its document.
-    for hit in fed["results"].as_array().unwrap() {
-        assert!(hit["fields"][field].is_string(), "{hit}");
+        let nodes: Vec<&Server> = nodes.iter().collect();
+        ranking::nave_kjv_ranks_alike(&nodes, ranking::FEDERATION, &single, &nave_dir);
     }
 }

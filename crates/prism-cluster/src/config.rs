@@ -13,6 +13,12 @@ use crate::error::{ClusterError, Result};
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     pub enabled: bool,
+    /// Cluster mode (`--cluster`): Raft for the metadata and every shard. Without it, an
+    /// enabled cluster is a federation.
+    pub raft: bool,
+    /// Start a new cluster with this node alone, unless it belongs to one already
+    /// (`--bootstrap`).
+    pub bootstrap: bool,
     /// Unique id of this node; a random UUID when empty.
     pub node_id: String,
     /// QUIC (UDP) listen address.
@@ -33,6 +39,8 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             enabled: false,
+            raft: false,
+            bootstrap: false,
             node_id: String::new(),
             bind_addr: "0.0.0.0:9080".into(),
             advertise_addr: None,
@@ -200,8 +208,22 @@ fn is_wildcard(addr: &str) -> bool {
 impl ClusterConfig {
     /// Checks the settings and fills the derived defaults (node id, advertise address).
     pub fn resolve(mut self) -> Result<Self> {
+        if self.node_id.trim().is_empty() && self.raft {
+            // Spec 002: the host name, which stays the same across restarts.
+            self.node_id = host_name().ok_or_else(|| {
+                ClusterError::Config(
+                    "this machine has no host name to name the node by; set --node-id".into(),
+                )
+            })?;
+        }
         if self.node_id.trim().is_empty() {
             self.node_id = uuid::Uuid::new_v4().to_string();
+        }
+        if self.raft && self.advertise_addr.is_none() && is_wildcard(&self.bind_addr) {
+            // `--raft-addr :7332`: other nodes reach this one by its name, as in spec 002's
+            // compose file and a StatefulSet's headless service.
+            let port = self.bind_addr.rsplit_once(':').map_or("9080", |(_, p)| p);
+            self.advertise_addr = Some(format!("{}:{port}", self.node_id));
         }
         match &self.advertise_addr {
             Some(a) if is_wildcard(a) => {
@@ -231,6 +253,15 @@ impl ClusterConfig {
         }
         Ok(self)
     }
+}
+
+/// The machine's host name, as the kernel or the environment gives it.
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
 }
 
 #[cfg(test)]

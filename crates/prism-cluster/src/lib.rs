@@ -18,6 +18,7 @@
 //! - [`sim`]: an in-memory network with partitions, lost messages and paused nodes.
 
 pub mod assignment;
+pub mod clustered;
 pub mod config;
 pub mod coordinator;
 pub mod discovery;

@@ -196,6 +196,8 @@ impl Membership {
                     shard: shard as u32,
                     node,
                     down,
+                    generation: 0,
+                    alternates: Vec::new(),
                 }
             })
             .collect()

@@ -42,9 +42,40 @@ pub enum CopyRole {
     Learner,
 }
 
+/// How many of a group's `copies` vote: every copy up to three, then three of four, then
+/// five (etcd's advice: more voters only slow commits, and an even count adds no fault
+/// tolerance). The others are learners: asynchronous replicas that serve reads and that no
+/// commit waits for.
+pub fn voter_count(copies: usize) -> usize {
+    match copies {
+        0..=3 => copies,
+        4 => 3,
+        _ => 5,
+    }
+}
+
+/// The voting copies of a shard, by position: the first [`voter_count`] of its copies (the
+/// first is the intended leader); the rest are learners. Worked out where it is read, not
+/// recorded, so that entries written before learners existed replay to the same state on
+/// every version.
+pub fn voting_copies(copies: &[ShardCopy]) -> &[ShardCopy] {
+    &copies[..voter_count(copies.len())]
+}
+
+/// The role of the copy at `position` among `copies` copies (see [`voting_copies`]).
+pub fn role_at(position: usize, copies: usize) -> CopyRole {
+    if position < voter_count(copies) {
+        CopyRole::Voter
+    } else {
+        CopyRole::Learner
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardCopy {
     pub node: u64,
+    /// As recorded (`Voter` for every placed copy). Not read: a copy's role follows its
+    /// position ([`role_at`]).
     pub role: CopyRole,
 }
 
@@ -59,6 +90,10 @@ pub struct CollectionMeta {
     pub replication: u32,
     /// `shards[s]` lists shard `s`'s copies; the first voter is its intended leader.
     pub shards: Vec<Vec<ShardCopy>>,
+    /// `founders[s]`: the node whose copy started shard `s`'s group at creation. Only it
+    /// initializes the group, never a copy placed later (a moved copy, a wiped node under a
+    /// new id): a second initialization would fork the group.
+    pub founders: Vec<u64>,
 }
 
 /// A change to the metadata, as a metadata Raft entry carries it.
@@ -95,6 +130,18 @@ pub enum MetaCommand {
         key: String,
         value: String,
     },
+    /// Raises or lowers a collection's replication factor: new copies go to the least loaded
+    /// nodes without one (they join their groups as learners and vote once caught up);
+    /// lowering removes the last copies, never a shard's first (its intended leader).
+    SetReplication {
+        name: String,
+        replication: u32,
+    },
+    /// Moves every copy off node `id` (to the least loaded nodes without one) and stops it
+    /// taking new ones; the node itself stays until [`MetaCommand::RemoveNode`].
+    DrainNode {
+        id: u64,
+    },
 }
 
 /// What applying a command did. A refused command changes nothing, on every copy alike.
@@ -116,8 +163,14 @@ pub struct MetadataState {
 
 impl MetadataState {
     pub fn apply(&mut self, command: &MetaCommand) -> MetaResponse {
-        match self.try_apply(command) {
-            Ok(response) => response,
+        // Applied to a copy and kept only if it succeeds: a command refused halfway (no node
+        // left for a moved copy, say) changes nothing.
+        let mut next = self.clone();
+        match next.try_apply(command) {
+            Ok(response) => {
+                *self = next;
+                response
+            }
             Err(why) => MetaResponse::Refused(why),
         }
     }
@@ -136,7 +189,9 @@ impl MetadataState {
                 let placed = placement::place(&self.candidates(), *shards, *replication)
                     .map_err(|e| e.to_string())?;
                 self.generation += 1;
+                let founders = placed.iter().map(|nodes| nodes[0]).collect();
                 let collection = CollectionMeta {
+                    founders,
                     generation: self.generation,
                     schema: schema.clone(),
                     schema_version: 1,
@@ -178,6 +233,16 @@ impl MetadataState {
                     return Err(format!(
                         "node name {} is taken by node {}",
                         node.name, other.id
+                    ));
+                }
+                if let Some(other) = self
+                    .nodes
+                    .values()
+                    .find(|n| n.address == node.address && n.id != node.id)
+                {
+                    return Err(format!(
+                        "address {} is taken by node {} ({}), which is still in the cluster",
+                        node.address, other.id, other.name
                     ));
                 }
                 self.nodes.insert(node.id, node.clone());
@@ -231,7 +296,81 @@ impl MetadataState {
                 self.config.insert(key.clone(), value.clone());
                 Ok(MetaResponse::Done)
             }
+            MetaCommand::SetReplication { name, replication } => {
+                if *replication == 0 {
+                    return Err("a collection keeps at least one copy of each shard".into());
+                }
+                let active = self.candidates().len();
+                if *replication as usize > active {
+                    return Err(format!(
+                        "{replication} copies of each shard need {replication} nodes that accept copies; the cluster has {active}. Add nodes first"
+                    ));
+                }
+                let shards = self.collection_mut(name)?.shards.len();
+                for shard in 0..shards {
+                    loop {
+                        let held = self.collections[name].shards[shard].len();
+                        if held == *replication as usize {
+                            break;
+                        }
+                        if held > *replication as usize {
+                            self.collection_mut(name)?.shards[shard].pop();
+                            continue;
+                        }
+                        let node = self.least_loaded_without(name, shard)?;
+                        self.collection_mut(name)?.shards[shard].push(ShardCopy {
+                            node,
+                            role: CopyRole::Voter,
+                        });
+                    }
+                }
+                self.collection_mut(name)?.replication = *replication;
+                Ok(MetaResponse::Done)
+            }
+            MetaCommand::DrainNode { id } => {
+                let node = self
+                    .nodes
+                    .get_mut(id)
+                    .ok_or_else(|| format!("no node {id}"))?;
+                node.state = NodeState::Draining;
+                let held: Vec<(String, usize)> = self
+                    .copies_on(*id)
+                    .map(|(name, shard)| (name.to_string(), shard))
+                    .collect();
+                for (name, shard) in held {
+                    let node = self.least_loaded_without(&name, shard).map_err(|_| {
+                        format!("no other node can take node {id}'s copy of {name} shard {shard}; add a node first")
+                    })?;
+                    let copies = self.shard_mut(&name, shard as u32)?;
+                    let at = copies
+                        .iter()
+                        .position(|c| c.node == *id)
+                        .expect("copies_on listed it");
+                    // The replacement takes the drained copy's place (so its role), so that a
+                    // drained intended leader is replaced as the intended leader.
+                    copies[at] = ShardCopy {
+                        node,
+                        role: CopyRole::Voter,
+                    };
+                }
+                Ok(MetaResponse::Done)
+            }
         }
+    }
+
+    /// The active node with the fewest copies (ties by id) that holds no copy of `name`'s
+    /// shard `shard`.
+    fn least_loaded_without(&self, name: &str, shard: usize) -> Result<u64, String> {
+        let holders: Vec<u64> = self.collections[name].shards[shard]
+            .iter()
+            .map(|c| c.node)
+            .collect();
+        self.candidates()
+            .into_iter()
+            .filter(|c| !holders.contains(&c.node))
+            .min_by_key(|c| (c.copies, c.node))
+            .map(|c| c.node)
+            .ok_or_else(|| format!("every active node already holds {name} shard {shard}"))
     }
 
     fn collection_mut(&mut self, name: &str) -> Result<&mut CollectionMeta, String> {
@@ -341,6 +480,128 @@ mod tests {
             replication: 1,
         });
         assert!(state.collections["a"].generation > first);
+    }
+
+    #[test]
+    fn replication_grows_on_the_least_loaded_nodes_and_shrinks_from_the_end() {
+        let mut state = MetadataState::default();
+        for c in [node(1), node(2), node(3), node(4)] {
+            state.apply(&c);
+        }
+        state.apply(&MetaCommand::CreateCollection {
+            name: "a".into(),
+            schema: "{}".into(),
+            shards: 2,
+            replication: 1,
+        });
+        let before = state.collections["a"].shards.clone();
+        let raise = MetaCommand::SetReplication {
+            name: "a".into(),
+            replication: 3,
+        };
+        assert_eq!(state.apply(&raise), MetaResponse::Done);
+        let grown = &state.collections["a"].shards;
+        for (shard, copies) in grown.iter().enumerate() {
+            assert_eq!(copies.len(), 3);
+            assert_eq!(
+                copies[0], before[shard][0],
+                "the intended leader stays first"
+            );
+            let distinct: std::collections::BTreeSet<u64> = copies.iter().map(|c| c.node).collect();
+            assert_eq!(distinct.len(), 3);
+        }
+        // 6 copies over 4 nodes: no node holds more than 2.
+        for id in 1..=4 {
+            assert!(state.copies_on(id).count() <= 2);
+        }
+        let lower = MetaCommand::SetReplication {
+            name: "a".into(),
+            replication: 1,
+        };
+        assert_eq!(state.apply(&lower), MetaResponse::Done);
+        assert_eq!(state.collections["a"].shards, before);
+        let too_many = MetaCommand::SetReplication {
+            name: "a".into(),
+            replication: 5,
+        };
+        assert!(matches!(state.apply(&too_many), MetaResponse::Refused(_)));
+    }
+
+    fn roles(copies: &[ShardCopy]) -> Vec<CopyRole> {
+        (0..copies.len())
+            .map(|i| role_at(i, copies.len()))
+            .collect()
+    }
+
+    #[test]
+    fn copies_past_the_voters_are_learners_whatever_the_replication() {
+        use CopyRole::{Learner as L, Voter as V};
+        let mut state = MetadataState::default();
+        for id in 1..=7 {
+            state.apply(&node(id));
+        }
+        let create = MetaCommand::CreateCollection {
+            name: "wide".into(),
+            schema: "{}".into(),
+            shards: 2,
+            replication: 4,
+        };
+        assert!(matches!(state.apply(&create), MetaResponse::Created(_)));
+        for copies in &state.collections["wide"].shards {
+            assert_eq!(roles(copies), [V, V, V, L]);
+        }
+        // Raised to 5, the fourth copy votes too; to 7, the sixth and seventh learn.
+        for (replication, expected) in [
+            (5, vec![V, V, V, V, V]),
+            (7, vec![V, V, V, V, V, L, L]),
+            (3, vec![V, V, V]),
+            (4, vec![V, V, V, L]),
+        ] {
+            let set = MetaCommand::SetReplication {
+                name: "wide".into(),
+                replication,
+            };
+            assert_eq!(state.apply(&set), MetaResponse::Done);
+            for copies in &state.collections["wide"].shards {
+                assert_eq!(roles(copies), expected, "replication {replication}");
+            }
+        }
+        // A drained learner is replaced by a learner, a drained voter by a voter.
+        let learner = state.collections["wide"].shards[0][3].node;
+        assert_eq!(
+            state.apply(&MetaCommand::DrainNode { id: learner }),
+            MetaResponse::Done
+        );
+        assert_eq!(roles(&state.collections["wide"].shards[0]), [V, V, V, L]);
+    }
+
+    #[test]
+    fn a_drained_node_hands_every_copy_to_another_node() {
+        let mut state = MetadataState::default();
+        for c in [node(1), node(2), node(3), node(4), create("a")] {
+            state.apply(&c);
+        }
+        let drained = state.collections["a"].shards[0][0].node;
+        assert_eq!(
+            state.apply(&MetaCommand::DrainNode { id: drained }),
+            MetaResponse::Done
+        );
+        assert_eq!(state.copies_on(drained).count(), 0);
+        for copies in &state.collections["a"].shards {
+            assert_eq!(copies.len(), 3);
+        }
+        assert_eq!(state.nodes[&drained].state, NodeState::Draining);
+        // Now it can leave.
+        assert_eq!(
+            state.apply(&MetaCommand::RemoveNode { id: drained }),
+            MetaResponse::Done
+        );
+        // With three nodes left and three copies each, a drain has nowhere to go.
+        let other = *state.nodes.keys().next().unwrap();
+        assert!(matches!(
+            state.apply(&MetaCommand::DrainNode { id: other }),
+            MetaResponse::Refused(_)
+        ));
     }
 
     #[test]

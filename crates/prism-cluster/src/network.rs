@@ -33,6 +33,13 @@ impl Network for Transport {
     async fn call(&self, to: &NodeId, envelope: Envelope) -> Reply {
         match Transport::call::<Envelope, Reply>(self, to, &envelope).await {
             Ok(reply) => reply,
+            // Nothing was sent: the peer never saw the call.
+            Err(
+                e @ (crate::error::ClusterError::Connect { .. }
+                | crate::error::ClusterError::IncompatibleVersion { .. }
+                | crate::error::ClusterError::Refused { .. }
+                | crate::error::ClusterError::Tls(_)),
+            ) => Err(RpcError::Unreachable(e.to_string())),
             Err(e) => Err(RpcError::Unavailable(e.to_string())),
         }
     }

@@ -162,6 +162,18 @@ fn serve(engine: &Engine, groups: Option<&GroupNode>, node_id: &str, envelope: E
                 "writes and raft messages are served by EngineHandler::handle, not here".into(),
             ))
         }
+        Request::Join { .. }
+        | Request::Propose { .. }
+        | Request::Meta { .. }
+        | Request::Elect
+        | Request::Get { .. }
+        | Request::Copies
+        | Request::Refresh
+        | Request::LeaveMetadata { .. } => {
+            return Err(RpcError::NotFound(format!(
+                "node {node_id} does not run in cluster mode"
+            )))
+        }
     })
 }
 

@@ -67,8 +67,10 @@ pub enum Request {
     /// Liveness; answered with the node id.
     Ping,
     /// Raft liveness (`raft::liveness`): the groups this node leads, unless the caller holds
-    /// version `known` of that list already.
-    Leaders { known: u64 },
+    /// version `known` of that list already. `to` is the Raft id the caller means (0: any):
+    /// a node that restarted under another id does not answer for its former self, so that
+    /// id is suspected as it should be.
+    Leaders { known: u64, to: u64 },
     /// BM25 statistics of the group's shard for a search.
     Stats { search: WireSearch },
     /// The query phase: the shard's ranked documents, scored with collection-wide statistics,
@@ -88,11 +90,65 @@ pub enum Request {
     /// Upsert documents into the group's shard.
     Index { documents: Vec<Json> },
     /// A message of the group's Raft (append-entries, vote, a snapshot chunk), encoded by
-    /// `raft::network`.
-    Raft { message: Vec<u8> },
+    /// `raft::network`, for the copy whose Raft id is `to`: a node that restarted with a new
+    /// id (a wiped disk) refuses messages meant for its former self.
+    Raft { message: Vec<u8>, to: u64 },
     /// A follower of the group asks its quiet leader to heartbeat again: it holds entries it
     /// does not know to be committed (`raft::quiescence`).
     Wake,
+    /// Cluster mode: node `id`, named `name`, reachable at `address`, asks to join. The
+    /// metadata leader adds it (a learner first, then a voter while voters are few).
+    Join {
+        id: u64,
+        name: String,
+        address: String,
+    },
+    /// Cluster mode: proposes one write to the group's leader; answered once a majority
+    /// committed it and the leader applied it. Past `within_ms` from its arrival the leader
+    /// no longer appends it: a caller that gave up never sees it applied later.
+    Propose {
+        ops: Vec<prism_core::shard::Op>,
+        within_ms: u64,
+    },
+    /// Cluster mode: proposes a metadata change to the metadata leader (never forwarded
+    /// further: another node answers `NotLeader`).
+    Meta {
+        command: crate::metadata::MetaCommand,
+        within_ms: u64,
+    },
+    /// Cluster mode: this copy of the group (the metadata's without a group) starts an
+    /// election.
+    Elect,
+    /// A document of the group's shard by id, as last written (real-time).
+    Get { id: String },
+    /// Cluster mode: every copy this node holds, with its state.
+    Copies,
+    /// Makes every write the group's copy here applied searchable now.
+    Refresh,
+    /// Cluster mode, to the metadata leader: node `id` leaves the metadata group (demoted,
+    /// then removed); voters are rebalanced.
+    LeaveMetadata { id: u64 },
+}
+
+/// One copy of one group on one node, as `/cluster/shards` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyReport {
+    pub group: GroupId,
+    pub node: u64,
+    /// leader, follower, learner or stopped.
+    pub role: String,
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub last_log: Option<u64>,
+    pub applied: Option<u64>,
+    pub num_docs: u64,
+    /// The searchable content's checksum: equal on copies that applied the same entries and
+    /// refreshed.
+    pub content_checksum: Option<u64>,
+    /// The searchable (refreshed) log index.
+    pub visible_index: u64,
+    /// Every member of the group as this copy knows it.
+    pub members: Vec<u64>,
 }
 
 /// One document a write refused, and why.
@@ -142,6 +198,24 @@ pub enum Answer {
     },
     /// A wake request was taken.
     Woken,
+    /// The node is a member of the cluster's metadata group.
+    Joined,
+    /// A proposed write committed at this log id.
+    Proposed {
+        term: u64,
+        index: u64,
+    },
+    /// A metadata change committed; what applying it answered.
+    Meta(crate::metadata::MetaResponse),
+    /// An election was started.
+    Electing,
+    /// The document (id, stored fields), if the shard holds it.
+    Document(Option<(String, Json)>),
+    Copies(Vec<CopyReport>),
+    /// The copy's searchable log index after a refresh.
+    Refreshed {
+        visible: u64,
+    },
 }
 
 /// Why a call failed, typed so that the caller knows what to do next.
@@ -164,9 +238,20 @@ pub enum RpcError {
     /// another copy may.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The call never reached the node (no connection, no stream): it did nothing there.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
     /// A bug or an unexpected state on the other side.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A write was refused before it was appended: the leader cannot reach a majority. It
+    /// will never apply.
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+    /// A write may or may not have committed (it timed out, or leadership moved while it was
+    /// in flight). Retrying an upsert or a delete by id is safe.
+    #[error("outcome unknown: {0}")]
+    WriteUnknown(String),
 }
 
 impl RpcError {
@@ -174,7 +259,10 @@ impl RpcError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            RpcError::Overloaded(_) | RpcError::NotLeader { .. } | RpcError::Unavailable(_)
+            RpcError::Overloaded(_)
+                | RpcError::NotLeader { .. }
+                | RpcError::Unavailable(_)
+                | RpcError::Unreachable(_)
         )
     }
 }

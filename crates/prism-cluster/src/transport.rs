@@ -23,7 +23,9 @@ use crate::tls::{self, TlsMaterial};
 /// envelopes naming their shard group, errors are typed, and no JSON text travels
 /// (`crate::rpc`); the coordinator sends each shard its list windows. 5: Raft messages.
 /// 6: group ids carry their collection's generation. 7: pongs carry the node's incarnation.
-pub const PROTOCOL_VERSION: u32 = 7;
+/// 10: a shard's copies past its voters (the fourth of four, the sixth and later) are
+/// learners, by their position in the metadata: a version-9 leader would promote them.
+pub const PROTOCOL_VERSION: u32 = 10;
 /// Largest message accepted on a stream.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
@@ -64,6 +66,9 @@ pub struct TransportConfig {
     pub max_connections: usize,
     /// The version this node announces; tests set another to exercise refusal.
     pub protocol_version: u32,
+    /// A test-only fault: every request and answer this node sends waits this long first,
+    /// which the kernel here cannot do (no netem). Zero outside fault tests.
+    pub fault_delay: Duration,
 }
 
 struct PeerConnection {
@@ -243,6 +248,7 @@ impl Transport {
         while let Ok((mut send, mut recv)) = connection.accept_bi().await {
             let service = service.clone();
             let peer = peer.clone();
+            let fault_delay = self.config.fault_delay;
             tokio::spawn(async move {
                 let request = match read_frame(&mut recv).await {
                     Ok(r) => r,
@@ -252,6 +258,9 @@ impl Transport {
                     }
                 };
                 let response = service.handle(peer, request).await;
+                if !fault_delay.is_zero() {
+                    tokio::time::sleep(fault_delay).await;
+                }
                 if write_frame(&mut send, &response).await.is_ok() {
                     let _ = send.finish();
                 }
@@ -437,16 +446,34 @@ impl Transport {
     async fn call_raw(&self, peer: &str, request: Vec<u8>) -> Result<Vec<u8>> {
         let timeout = self.config.request_timeout;
         let attempt = async {
-            let connection = self.connect(peer).await?;
+            // Until a stream is open nothing was sent: the peer never saw this request.
+            // A time-out or a failure while connecting is a connect failure; a refusal (another
+            // protocol version, a bad certificate) keeps its own type.
+            let connection = self.connect(peer).await.map_err(|e| match e {
+                ClusterError::Timeout { .. } | ClusterError::Rpc { .. } | ClusterError::Io(_) => {
+                    ClusterError::Connect {
+                        peer: peer.to_string(),
+                        reason: e.to_string(),
+                    }
+                }
+                other => other,
+            })?;
             let rpc_err = |reason: String| ClusterError::Rpc {
                 peer: peer.to_string(),
                 reason,
             };
-            let (mut send, mut recv) = connection
-                .connection
-                .open_bi()
-                .await
-                .map_err(|e| rpc_err(e.to_string()))?;
+            let (mut send, mut recv) =
+                connection
+                    .connection
+                    .open_bi()
+                    .await
+                    .map_err(|e| ClusterError::Connect {
+                        peer: peer.to_string(),
+                        reason: e.to_string(),
+                    })?;
+            if !self.config.fault_delay.is_zero() {
+                tokio::time::sleep(self.config.fault_delay).await;
+            }
             write_frame(&mut send, &request)
                 .await
                 .map_err(|e| rpc_err(e.to_string()))?;

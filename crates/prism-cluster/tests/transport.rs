@@ -79,6 +79,7 @@ fn config(node_id: &str, version: u32) -> TransportConfig {
         request_timeout: Duration::from_secs(3),
         max_connections: 10,
         protocol_version: version,
+        fault_delay: Duration::ZERO,
     }
 }
 

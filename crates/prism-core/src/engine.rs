@@ -130,36 +130,42 @@ impl Collection {
     /// first [`MAX_REPORTED_ERRORS`] of them reported per id (an answer must not grow with a
     /// hostile batch).
     pub fn prepare_upserts(&self, documents: Vec<Value>) -> PreparedBatch {
-        let mut ops = Vec::with_capacity(documents.len());
-        let mut errors = Vec::new();
-        let mut failed = 0;
-        for doc in documents {
-            match self.schema.prepare_document(doc) {
-                Ok(prepared) => ops.push(Op::Upsert(Arc::new(prepared))),
-                Err(_) if errors.len() >= MAX_REPORTED_ERRORS => failed += 1,
-                Err(e) => {
-                    failed += 1;
-                    let id = match &e {
-                        Error::InvalidDocument { id, .. } => id.clone(),
-                        _ => String::new(),
-                    };
-                    let message = match &e {
-                        Error::InvalidDocument { message, .. } => message.clone(),
-                        other => other.to_string(),
-                    };
-                    errors.push(DocumentError {
-                        id,
-                        code: e.code().to_string(),
-                        message,
-                    });
-                }
+        prepare_upserts(&self.schema, documents)
+    }
+}
+
+/// Validates documents against `schema`; valid ones become upserts, invalid ones are
+/// counted, and the first [`MAX_REPORTED_ERRORS`] of them reported per id.
+pub fn prepare_upserts(schema: &CollectionSchema, documents: Vec<Value>) -> PreparedBatch {
+    let mut ops = Vec::with_capacity(documents.len());
+    let mut errors = Vec::new();
+    let mut failed = 0;
+    for doc in documents {
+        match schema.prepare_document(doc) {
+            Ok(prepared) => ops.push(Op::Upsert(Arc::new(prepared))),
+            Err(_) if errors.len() >= MAX_REPORTED_ERRORS => failed += 1,
+            Err(e) => {
+                failed += 1;
+                let id = match &e {
+                    Error::InvalidDocument { id, .. } => id.clone(),
+                    _ => String::new(),
+                };
+                let message = match &e {
+                    Error::InvalidDocument { message, .. } => message.clone(),
+                    other => other.to_string(),
+                };
+                errors.push(DocumentError {
+                    id,
+                    code: e.code().to_string(),
+                    message,
+                });
             }
         }
-        PreparedBatch {
-            ops,
-            errors,
-            failed,
-        }
+    }
+    PreparedBatch {
+        ops,
+        errors,
+        failed,
     }
 }
 

@@ -198,6 +198,10 @@ pub struct IndexResponse {
     pub indexed: usize,
     /// The original Prism's name for `failed_docs`.
     pub failed: usize,
+    /// Cluster mode: the log id each shard committed the write at
+    /// (`g<generation>:<shard>=<term>.<index>,...`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consistency_token: Option<String>,
 }
 
 /// `GET /collections/{name}/documents/{id}`.

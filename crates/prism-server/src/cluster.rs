@@ -7,13 +7,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
 use futures::StreamExt;
 use parking_lot::{Mutex, RwLock};
 use prism_cluster::config::{ClusterConfig, FederationConfig, QueryConfig};
 use prism_cluster::coordinator::status::ShardStatus;
 use prism_cluster::coordinator::IndexSummary;
-use prism_cluster::coordinator::{Coordinator, RpcShardClient, SearchError};
+use prism_cluster::coordinator::{Coordinator, RpcShardClient};
 use prism_cluster::discovery::{self, ClusterEvent};
 use prism_cluster::membership::HealthReport;
 use prism_cluster::membership::{Change, Event, Membership};
@@ -79,6 +78,44 @@ pub struct FederatedIndexResponse {
     pub failed: u64,
 }
 
+/// A search body: the search request, and the partial-result settings of this query over
+/// `defaults`.
+pub fn parse_search(
+    body: &[u8],
+    defaults: &QueryConfig,
+) -> ApiResult<(SearchRequest, QueryConfig)> {
+    let mut value: Value = prism_core::schema::parse_json_strict(body).map_err(|e| {
+        ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
+    })?;
+    let Some(obj) = value.as_object_mut() else {
+        // serde would read an array into the request by position.
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "the search body must be a JSON object",
+        ));
+    };
+    let mut query = defaults.clone();
+    let mut settings = serde_json::Map::new();
+    for key in FederationSettings::KEYS {
+        if let Some(v) = obj.remove(*key) {
+            // One key at a time, so that a bad value is named.
+            serde_json::from_value::<FederationSettings>(json!({ *key: v.clone() }))
+                .map_err(|e| ApiError::bad_request("invalid_query", format!("{key}: {e}")))?;
+            settings.insert(key.to_string(), v);
+        }
+    }
+    let settings: FederationSettings = serde_json::from_value(Value::Object(settings))
+        .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?;
+    if let Some(allow) = settings.allow_partial_results {
+        query.allow_partial_results = allow;
+    }
+    if let Some(min) = settings.min_successful_shards {
+        query.min_successful_shards = min;
+    }
+    let request = SearchRequest::from_json(value.to_string().as_bytes())?;
+    Ok((request, query))
+}
+
 /// This node's view of the federation.
 pub struct Cluster {
     transport: Arc<Transport>,
@@ -122,6 +159,7 @@ impl Cluster {
                 request_timeout: Duration::from_millis(config.request_timeout_ms),
                 max_connections: config.max_connections,
                 protocol_version: PROTOCOL_VERSION,
+                fault_delay: Duration::ZERO,
             },
             &tls,
             Arc::new(HandlerService(handler.clone())),
@@ -274,39 +312,7 @@ impl Cluster {
         body: &[u8],
     ) -> ApiResult<FederatedSearchResponse> {
         let started = Instant::now();
-        let mut value: Value = prism_core::schema::parse_json_strict(body).map_err(|e| {
-            ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
-        })?;
-        let Some(obj) = value.as_object_mut() else {
-            // serde would read an array into the request by position.
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                "the search body must be a JSON object",
-            ));
-        };
-        let mut query = self.query.clone();
-        {
-            let mut settings = serde_json::Map::new();
-            for key in FederationSettings::KEYS {
-                if let Some(v) = obj.remove(*key) {
-                    // One key at a time, so that a bad value is named.
-                    serde_json::from_value::<FederationSettings>(json!({ *key: v.clone() }))
-                        .map_err(|e| {
-                            ApiError::bad_request("invalid_query", format!("{key}: {e}"))
-                        })?;
-                    settings.insert(key.to_string(), v);
-                }
-            }
-            let settings: FederationSettings = serde_json::from_value(Value::Object(settings))
-                .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?;
-            if let Some(allow) = settings.allow_partial_results {
-                query.allow_partial_results = allow;
-            }
-            if let Some(min) = settings.min_successful_shards {
-                query.min_successful_shards = min;
-            }
-        }
-        let request = SearchRequest::from_json(value.to_string().as_bytes())?;
+        let (request, query) = parse_search(body, &self.query)?;
         let copies = self
             .membership
             .read()
@@ -315,18 +321,7 @@ impl Cluster {
             .coordinator
             .search(collection, &request, &copies, &query, self.deadline())
             .await
-            .map_err(|e| match e {
-                SearchError::Invalid(message) => ApiError::bad_request("invalid_query", message),
-                SearchError::NotFound(message) => {
-                    ApiError::new(StatusCode::NOT_FOUND, "collection_not_found", message)
-                }
-                SearchError::Unavailable { message, status } => ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "shards_unavailable",
-                    message,
-                )
-                .with_details(serde_json::to_value(&status).expect("status serializes")),
-            })?;
+            .map_err(crate::raft_cluster::search_error)?;
         if let Some(used) = cache {
             metrics::counter!(crate::metrics::STATS_CACHE, "result" => used.as_str()).increment(1);
         }

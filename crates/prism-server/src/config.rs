@@ -36,6 +36,24 @@ pub struct Cli {
     /// collection stays unavailable and the rest of the node serves.
     #[arg(long)]
     pub truncate_corrupt_log: bool,
+    /// Cluster mode (spec 002): Raft for the metadata and every shard (`[cluster] raft`).
+    #[arg(long, env = "PRISM_CLUSTER")]
+    pub cluster: bool,
+    /// The node's mutual-TLS QUIC address for Raft and search calls (`[cluster] bind_addr`).
+    /// A bare `:port` listens on every interface.
+    #[arg(long, env = "PRISM_RAFT_ADDR")]
+    pub raft_addr: Option<String>,
+    /// Nodes to join through, `host:port,...` (`[cluster] seed_nodes`).
+    #[arg(long, env = "PRISM_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// Start a new cluster with this node alone (first node only; ignored once the node
+    /// belongs to a cluster) (`[cluster] bootstrap`).
+    #[arg(long, env = "PRISM_BOOTSTRAP")]
+    pub bootstrap: bool,
+    /// This node's name, which its certificate names. Default: the host name
+    /// (`[cluster] node_id`).
+    #[arg(long, env = "PRISM_NODE_ID")]
+    pub node_id: Option<String>,
 }
 
 /// The whole configuration.
@@ -450,6 +468,25 @@ fn apply_cli(config: &mut Config, cli: &Cli) -> anyhow::Result<()> {
     }
     if let Some(d) = &cli.schemas_dir {
         config.storage.schemas_dir = Some(d.clone());
+    }
+    if cli.cluster {
+        config.cluster.enabled = true;
+        config.cluster.raft = true;
+    }
+    if let Some(addr) = &cli.raft_addr {
+        config.cluster.bind_addr = match addr.strip_prefix(':') {
+            Some(port) => format!("0.0.0.0:{port}"),
+            None => addr.clone(),
+        };
+    }
+    if !cli.peers.is_empty() {
+        config.cluster.seed_nodes = cli.peers.clone();
+    }
+    if cli.bootstrap {
+        config.cluster.bootstrap = true;
+    }
+    if let Some(name) = &cli.node_id {
+        config.cluster.node_id = name.clone();
     }
     Ok(())
 }

@@ -43,6 +43,9 @@ pub struct AppState {
     /// Present when `[cluster] enabled = true`.
     #[cfg(feature = "cluster")]
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Present in cluster mode (`--cluster`): collections live in the cluster's shard groups.
+    #[cfg(feature = "cluster")]
+    pub raft: Option<Arc<crate::raft_cluster::RaftCluster>>,
     pub metrics: Option<PrometheusHandle>,
     pub started: Instant,
     /// The threads searches run on, with their deadlines.
@@ -78,7 +81,8 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(
             get_collection,
             create_collection,
-            delete_collection
+            delete_collection,
+            patch_collection
         ))
         .routes(routes!(index_documents))
         .routes(routes!(bulk_documents))
@@ -86,6 +90,10 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(search))
         .routes(routes!(refresh))
         .routes(routes!(cluster_health))
+        .routes(routes!(cluster_status))
+        .routes(routes!(cluster_shards))
+        .routes(routes!(cluster_election))
+        .routes(routes!(cluster_remove_node))
         .routes(routes!(cluster_search))
         .routes(routes!(cluster_index))
 }
@@ -455,6 +463,10 @@ async fn render_metrics(State(state): Shared) -> Response {
     ::metrics::gauge!(metrics::SEARCHES_RUNNING).set(state.search_pool.running() as f64);
     ::metrics::gauge!(metrics::IN_FLIGHT_BYTES).set(state.in_flight.used() as f64);
     ::metrics::gauge!(metrics::CONNECTIONS_OPEN).set(crate::serve::open_connections() as f64);
+    #[cfg(feature = "cluster")]
+    if let Some(raft) = &state.raft {
+        raft.record_metrics();
+    }
     for c in state.engine.collections() {
         let stats = c.stats();
         let name = c.name().to_string();
@@ -486,7 +498,11 @@ fn collection_summary(c: &Collection) -> CollectionSummary {
 
 #[utoipa::path(get, path = "/collections", tag = "collections",
     responses((status = 200, description = "The open collections", body = CollectionList)))]
-async fn list_collections(State(state): Shared) -> ApiResult<Json<CollectionList>> {
+async fn list_collections(State(state): Shared) -> ApiResult<Response> {
+    #[cfg(feature = "cluster")]
+    if let Some(raft) = &state.raft {
+        return Ok(Json(json!({ "collections": raft.list() })).into_response());
+    }
     let engine = state.engine.clone();
     let collections = blocking(move || {
         Ok(engine
@@ -496,7 +512,7 @@ async fn list_collections(State(state): Shared) -> ApiResult<Json<CollectionList
             .collect::<Vec<_>>())
     })
     .await?;
-    Ok(Json(CollectionList { collections }))
+    Ok(Json(CollectionList { collections }).into_response())
 }
 
 /// `GET /`: what this server is.
@@ -687,11 +703,15 @@ fn describe(c: &Collection) -> CollectionDescription {
 async fn get_collection(
     State(state): Shared,
     JsonPath(CollectionPath { name }): JsonPath<CollectionPath>,
-) -> ApiResult<Json<CollectionDescription>> {
+) -> ApiResult<Response> {
+    #[cfg(feature = "cluster")]
+    if let Some(raft) = &state.raft {
+        return Ok(Json(raft.describe(&name).await?).into_response());
+    }
     let engine = state.engine.clone();
     blocking(move || Ok(describe(&*engine.collection(&name)?)))
         .await
-        .map(Json)
+        .map(|d| Json(d).into_response())
 }
 
 /// Creates a collection; the same schema again is a no-op (200), a different one a 409. The
@@ -711,7 +731,7 @@ async fn create_collection(
     State(state): Shared,
     JsonPath(CollectionPath { name }): JsonPath<CollectionPath>,
     Body(body, _body_reserved): Body,
-) -> ApiResult<(StatusCode, Json<CollectionDescription>)> {
+) -> ApiResult<Response> {
     prism_core::schema::validate_collection_name(&name)?;
     let mut value = parse_json(&body)?;
     let Some(obj) = value.as_object_mut() else {
@@ -738,7 +758,17 @@ async fn create_collection(
             ))
         }
     }
+    #[cfg(feature = "cluster")]
+    let replication_given = value
+        .get("replication_factor")
+        .is_some()
+        .then(|| value["replication_factor"].as_u64().unwrap_or(0) as u32);
     let schema = CollectionSchema::from_json(value.to_string().as_bytes())?;
+    #[cfg(feature = "cluster")]
+    if let Some(raft) = &state.raft {
+        let (status, created) = raft.create(&schema, replication_given).await?;
+        return Ok((status, Json(created)).into_response());
+    }
     let engine = state.engine.clone();
     let (collection, created) = blocking(move || engine.create_collection(schema)).await?;
     let status = if created {
@@ -746,7 +776,7 @@ async fn create_collection(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(describe(&collection))))
+    Ok((status, Json(describe(&collection))).into_response())
 }
 
 #[utoipa::path(delete, path = "/collections/{name}", tag = "collections",
@@ -760,13 +790,84 @@ async fn delete_collection(
     State(state): Shared,
     JsonPath(CollectionPath { name }): JsonPath<CollectionPath>,
 ) -> ApiResult<Json<Deleted>> {
-    let engine = state.engine.clone();
     let deleted = name.clone();
+    #[cfg(feature = "cluster")]
+    if let Some(raft) = &state.raft {
+        raft.delete(&name).await?;
+        return Ok(Json(Deleted { deleted }));
+    }
+    let engine = state.engine.clone();
     blocking(move || engine.delete_collection(&name)).await?;
     // Gauges sampled at scrape time would otherwise keep the last values forever.
     ::metrics::gauge!(metrics::COLLECTION_DOCS, "collection" => deleted.clone()).set(0.0);
     ::metrics::gauge!(metrics::COLLECTION_BYTES, "collection" => deleted.clone()).set(0.0);
     Ok(Json(Deleted { deleted }))
+}
+
+/// `PATCH /collections/{c}`: changes a live collection's replication factor (cluster mode).
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CollectionPatch {
+    /// Copies of each shard, 1 to 16, at most the number of nodes.
+    #[serde(deserialize_with = "whole_number")]
+    #[schema(minimum = 1, maximum = 16)]
+    pub replication_factor: u32,
+}
+
+/// A JSON integer, also written as a number with a zero fraction (`3.0`), as JSON Schema's
+/// `integer` allows.
+fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    use serde::de::Error;
+    let number = <serde_json::Number as serde::Deserialize>::deserialize(deserializer)?;
+    number
+        .as_u64()
+        .or_else(|| {
+            number
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u32::MAX as f64)
+                .map(|f| f as u64)
+        })
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| D::Error::custom(format!("{number} is not a whole number of copies")))
+}
+
+#[utoipa::path(patch, path = "/collections/{name}", tag = "collections",
+    params(CollectionPath),
+    request_body(content = CollectionPatch),
+    responses(
+        (status = 200, description = "The new placement; new copies catch up in the background (`GET /cluster/shards`)", body = Object),
+        (status = 400, description = "`invalid_request`, `malformed_json`, `invalid_replication` (more copies than nodes)", body = ErrorBody),
+        (status = 404, description = "`collection_not_found`", body = ErrorBody),
+        (status = 409, description = "`not_in_cluster_mode`: a single node holds one copy of each collection", body = ErrorBody),
+        (status = 503, description = "`no_quorum`, `write_timeout`, `unavailable`", body = ErrorBody),
+    ))]
+async fn patch_collection(
+    State(state): Shared,
+    JsonPath(CollectionPath { name }): JsonPath<CollectionPath>,
+    Body(body, _body_reserved): Body,
+) -> ApiResult<Response> {
+    let value = parse_json(&body)?;
+    let patch: CollectionPatch = serde_json::from_value(value).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_request",
+            format!("the body must be {{\"replication_factor\": N}}: {e}"),
+        )
+    })?;
+    #[cfg(feature = "cluster")]
+    if let Some(raft) = &state.raft {
+        return Ok(Json(
+            raft.set_replication(&name, patch.replication_factor)
+                .await?,
+        )
+        .into_response());
+    }
+    // A single node holds one copy of everything: a valid request the node's mode refuses.
+    let _ = (state.engine.collection(&name)?, patch);
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "not_in_cluster_mode",
+        "a single node holds one copy of each collection; start the node with --cluster --bootstrap and join more nodes to raise the replication factor",
+    ))
 }
 
 /// When a write returns relative to search visibility: `false` (default) once durable,
@@ -781,6 +882,69 @@ fn refresh_mode(param: Option<RefreshParam>) -> Refresh {
 
 fn collection(state: &AppState, name: &str) -> ApiResult<Arc<Collection>> {
     Ok(state.engine.collection(name)?)
+}
+
+/// Where a write goes: the node's own collection, or in cluster mode the collection's shard
+/// groups. Both validate documents against the collection's schema the same way.
+#[derive(Clone)]
+enum WriteTarget {
+    Local(Arc<Collection>),
+    #[cfg(feature = "cluster")]
+    Cluster {
+        raft: Arc<crate::raft_cluster::RaftCluster>,
+        schema: Arc<CollectionSchema>,
+    },
+}
+
+impl WriteTarget {
+    fn of(state: &AppState, name: &str) -> ApiResult<WriteTarget> {
+        #[cfg(feature = "cluster")]
+        if let Some(raft) = &state.raft {
+            return Ok(WriteTarget::Cluster {
+                schema: Arc::new(raft.schema(name)?),
+                raft: raft.clone(),
+            });
+        }
+        Ok(WriteTarget::Local(collection(state, name)?))
+    }
+
+    fn name(&self) -> &str {
+        match self {
+            WriteTarget::Local(c) => c.name(),
+            #[cfg(feature = "cluster")]
+            WriteTarget::Cluster { schema, .. } => &schema.name,
+        }
+    }
+
+    fn prepare_upserts(&self, documents: Vec<Value>) -> PreparedBatch {
+        match self {
+            WriteTarget::Local(c) => c.prepare_upserts(documents),
+            #[cfg(feature = "cluster")]
+            WriteTarget::Cluster { schema, .. } => {
+                prism_core::engine::prepare_upserts(schema, documents)
+            }
+        }
+    }
+
+    /// Writes `ops`; returns the cluster's consistency token, and the documents a shard
+    /// refused (nothing of them applied).
+    async fn write(
+        &self,
+        ops: Vec<Op>,
+        refresh: Refresh,
+    ) -> ApiResult<(Option<String>, Vec<DocumentError>)> {
+        match self {
+            WriteTarget::Local(c) => write(c, ops, refresh).await.map(|_| (None, Vec::new())),
+            #[cfg(feature = "cluster")]
+            WriteTarget::Cluster { raft, schema } => {
+                let (token, refused) = raft.write(&schema.name, ops).await?;
+                if refresh != Refresh::No {
+                    raft.refresh(&schema.name).await?;
+                }
+                Ok((Some(token), refused))
+            }
+        }
+    }
 }
 
 /// Writes through the collection's one write path; a durable write whose refresh did not
@@ -815,7 +979,7 @@ fn too_many_documents(count: &str) -> ApiError {
 /// Writes the valid documents of a request, `total` of them sent, and answers with what was
 /// indexed and what was refused.
 async fn index_batch(
-    collection: Arc<Collection>,
+    collection: WriteTarget,
     batch: PreparedBatch,
     total: usize,
     mut errors: Vec<DocumentError>,
@@ -848,8 +1012,12 @@ async fn index_batch(
         return Err(ApiError::bad_request(code, message)
             .with_details(json!({ "errors": errors, "failed_docs": failed })));
     }
-    let successful = ops.len();
-    write(&collection, ops, refresh).await?;
+    let written = ops.len();
+    let (consistency_token, refused) = collection.write(ops, refresh).await?;
+    let successful = written - refused.len();
+    let failed = failed + refused.len();
+    errors.extend(refused);
+    errors.truncate(prism_core::engine::MAX_REPORTED_ERRORS);
     ::metrics::counter!(metrics::DOCS_INDEXED, "collection" => collection.name().to_string())
         .increment(successful as u64);
     Ok((
@@ -862,6 +1030,7 @@ async fn index_batch(
             latency_ms: started.elapsed().as_millis() as u64,
             indexed: successful,
             failed,
+            consistency_token,
         }),
     ))
 }
@@ -905,7 +1074,7 @@ async fn index_documents(
     let params: IndexParams = params.typed()?;
     let refresh = refresh_mode(params.refresh);
     let pipeline = named_pipeline(&state.pipelines, params.pipeline.as_deref())?;
-    let collection = collection(&state, &name)?;
+    let collection = WriteTarget::of(&state, &name)?;
     // A JSON tree of small values holds about ten times its text.
     let parsing = state.in_flight.reserve(
         (body.len() as u64).saturating_mul(JSON_TREE_BYTES_PER_BYTE),
@@ -962,7 +1131,7 @@ async fn bulk_documents(
     let params: IndexParams = params.typed()?;
     let refresh = refresh_mode(params.refresh);
     let pipeline = named_pipeline(&state.pipelines, params.pipeline.as_deref())?;
-    let collection = collection(&state, &name)?;
+    let collection = WriteTarget::of(&state, &name)?;
     let lines = body.iter().filter(|b| **b == b'\n').count() + 1;
     let preparing_reserved = state.in_flight.reserve(
         crate::budget::batch_estimate(body.len(), lines),
@@ -1053,6 +1222,13 @@ async fn get_document(
     State(state): Shared,
     JsonPath(DocumentPath { name, id }): JsonPath<DocumentPath>,
 ) -> ApiResult<Json<DocumentOutput>> {
+    #[cfg(feature = "cluster")]
+    if let Some(raft) = &state.raft {
+        return match raft.get(&name, &id).await? {
+            Some((id, Value::Object(fields))) => Ok(Json(DocumentOutput { id, fields })),
+            Some(_) | None => Err(prism_core::Error::DocumentNotFound(id).into()),
+        };
+    }
     let collection = collection(&state, &name)?;
     let wanted = id.clone();
     let doc = blocking(move || collection.shard().get(&wanted)).await?;
@@ -1082,6 +1258,18 @@ async fn delete_document(
 ) -> ApiResult<Json<Deleted>> {
     let params: DeleteParams = params.typed()?;
     let refresh = refresh_mode(params.refresh);
+    #[cfg(feature = "cluster")]
+    if let Some(raft) = &state.raft {
+        if raft.get(&name, &id).await?.is_none() {
+            return Err(prism_core::Error::DocumentNotFound(id).into());
+        }
+        let target = WriteTarget::Cluster {
+            schema: Arc::new(raft.schema(&name)?),
+            raft: raft.clone(),
+        };
+        target.write(vec![Op::Delete(id.clone())], refresh).await?;
+        return Ok(Json(Deleted { deleted: id }));
+    }
     let collection = collection(&state, &name)?;
     let check = collection.clone();
     let wanted = id.clone();
@@ -1116,10 +1304,62 @@ fn cluster_disabled() -> ApiError {
         (status = 200, description = "The federation's members as this node sees them", body = prism_cluster::membership::HealthReport),
         (status = 404, description = "`cluster_disabled`", body = ErrorBody),
     ))]
-async fn cluster_health(
+async fn cluster_health(State(state): Shared) -> ApiResult<Response> {
+    if let Some(raft) = &state.raft {
+        return Ok(Json(raft.health().await).into_response());
+    }
+    Ok(Json(cluster_of(&state)?.health()).into_response())
+}
+
+#[cfg(feature = "cluster")]
+fn raft_of(state: &AppState) -> ApiResult<Arc<crate::raft_cluster::RaftCluster>> {
+    state.raft.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "cluster_disabled",
+            "this node does not run in cluster mode; start it with --cluster (see docs/cluster.md)",
+        )
+    })
+}
+
+/// The metadata group's leader and term, and each node's state (spec 002).
+#[cfg(feature = "cluster")]
+#[utoipa::path(get, path = "/cluster/status", tag = "cluster",
+    responses(
+        (status = 200, description = "`{leader, term, nodes: [{id, address, state}], healthy}`; a state is leader, follower, learner, candidate, suspect or dead", body = Object),
+        (status = 404, description = "`cluster_disabled`: not in cluster mode", body = ErrorBody),
+    ))]
+async fn cluster_status(State(state): Shared) -> ApiResult<Response> {
+    Ok(Json(raft_of(&state)?.status()).into_response())
+}
+
+/// Every shard copy in the cluster: role, term, applied index, lag, content checksum.
+#[cfg(feature = "cluster")]
+#[utoipa::path(get, path = "/cluster/shards", tag = "cluster",
+    responses(
+        (status = 200, description = "One entry per copy, and the leaders per node", body = crate::raft_cluster::ShardsReport),
+        (status = 404, description = "`cluster_disabled`: not in cluster mode", body = ErrorBody),
+    ))]
+async fn cluster_shards(State(state): Shared) -> ApiResult<Response> {
+    Ok(Json(raft_of(&state)?.shards().await).into_response())
+}
+
+/// Starts an election: the metadata group's, or a shard's (`{"collection", "shard"}`), on a
+/// chosen copy (`"node"`) or any other live one.
+#[cfg(feature = "cluster")]
+#[utoipa::path(post, path = "/cluster/election", tag = "cluster",
+    request_body(content = Object, description = "Optional `{\"collection\": c, \"shard\": n, \"node\": name}`"),
+    responses(
+        (status = 200, description = "The election was started on the candidate", body = Object),
+        (status = 400, description = "`invalid_request`", body = ErrorBody),
+        (status = 404, description = "`cluster_disabled`, `collection_not_found`, `node_not_found`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: no other live copy", body = ErrorBody),
+    ))]
+async fn cluster_election(
     State(state): Shared,
-) -> ApiResult<Json<prism_cluster::membership::HealthReport>> {
-    Ok(Json(cluster_of(&state)?.health()))
+    Body(body, _body_reserved): Body,
+) -> ApiResult<Response> {
+    Ok(Json(raft_of(&state)?.election(&body).await?).into_response())
 }
 
 /// A search over every shard of the federation, ranked as one index would rank it.
@@ -1140,6 +1380,9 @@ async fn cluster_search(
     Body(body, _body_reserved): Body,
 ) -> ApiResult<Json<crate::cluster::FederatedSearchResponse>> {
     prism_core::schema::validate_collection_name(&name)?;
+    if let Some(raft) = &state.raft {
+        return Ok(Json(raft.search(&name, &body).await?));
+    }
     let mut answer = cluster_of(&state)?.search(&name, &body).await?;
     // Every member holds the collection's schema: it decodes `top_hits` sort values.
     if let (Some(answered), Ok(local)) =
@@ -1172,11 +1415,85 @@ async fn cluster_index(
     prism_core::schema::validate_collection_name(&name)?;
     let params: PipelineParam = params.typed()?;
     let pipeline = named_pipeline(&state.pipelines, params.pipeline.as_deref())?;
+    if let Some(raft) = &state.raft {
+        return cluster_mode_index(raft, &name, &body, pipeline.as_ref()).await;
+    }
     Ok(Json(
         cluster_of(&state)?
             .index(&name, &body, pipeline.as_ref())
             .await?,
     ))
+}
+
+/// Removes a node: its copies are re-created on other nodes first (a learner catches up, is
+/// promoted, then the old copy leaves), then it leaves the cluster.
+#[cfg(feature = "cluster")]
+#[utoipa::path(delete, path = "/cluster/nodes/{id}", tag = "cluster",
+    params(("id" = String, Path, description = "The node's name (`--node-id`)")),
+    responses(
+        (status = 200, description = "The node left; it can be stopped", body = Object),
+        (status = 404, description = "`cluster_disabled`, `node_not_found`", body = ErrorBody),
+        (status = 409, description = "`cannot_remove_node`: no other node can take its copies", body = ErrorBody),
+        (status = 503, description = "`unavailable`: its copies are still moving (DELETE again resumes); `no_quorum`", body = ErrorBody),
+    ))]
+async fn cluster_remove_node(
+    State(state): Shared,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> ApiResult<Response> {
+    Ok(Json(raft_of(&state)?.remove_node(&id).await?).into_response())
+}
+
+/// `POST /cluster/collections/{c}/documents` in cluster mode: the same write as
+/// `/collections/{c}/documents`, answered in the federation's shape.
+#[cfg(feature = "cluster")]
+async fn cluster_mode_index(
+    raft: &Arc<crate::raft_cluster::RaftCluster>,
+    name: &str,
+    body: &[u8],
+    pipeline: Option<&prism_core::pipeline::Pipeline>,
+) -> ApiResult<Json<crate::cluster::FederatedIndexResponse>> {
+    let started = Instant::now();
+    let documents = documents_of(parse_json(body)?)?;
+    if documents.len() > prism_core::shard::MAX_OPS_PER_ENTRY {
+        return Err(too_many_documents(&documents.len().to_string()));
+    }
+    let total = documents.len();
+    let (documents, mut errors) = match pipeline {
+        Some(pipeline) => run_pipeline(pipeline, documents),
+        None => (documents, Vec::new()),
+    };
+    let target = WriteTarget::Cluster {
+        schema: Arc::new(raft.schema(name)?),
+        raft: raft.clone(),
+    };
+    let batch = target.prepare_upserts(documents);
+    errors.extend(batch.errors);
+    let mut successful = batch.ops.len();
+    if !batch.ops.is_empty() {
+        let (_, refused) = target.write(batch.ops, Refresh::No).await?;
+        successful -= refused.len();
+        errors.extend(refused);
+    }
+    errors.truncate(prism_core::engine::MAX_REPORTED_ERRORS);
+    let summary = prism_cluster::coordinator::IndexSummary {
+        total_docs: total as u64,
+        successful_docs: successful as u64,
+        failed_docs: (total - successful) as u64,
+        errors: errors
+            .into_iter()
+            .map(|e| prism_cluster::rpc::RefusedDocument {
+                id: e.id,
+                code: e.code,
+                message: e.message,
+            })
+            .collect(),
+    };
+    Ok(Json(crate::cluster::FederatedIndexResponse {
+        latency_ms: started.elapsed().as_millis() as u64,
+        indexed: summary.successful_docs,
+        failed: summary.failed_docs,
+        summary,
+    }))
 }
 
 #[cfg(not(feature = "cluster"))]
@@ -1216,6 +1533,14 @@ async fn refresh(
     State(state): Shared,
     JsonPath(CollectionPath { name }): JsonPath<CollectionPath>,
 ) -> ApiResult<Json<Refreshed>> {
+    #[cfg(feature = "cluster")]
+    if let Some(raft) = &state.raft {
+        let visible = raft.refresh(&name).await?;
+        return Ok(Json(Refreshed {
+            collection: name,
+            visible_log_index: visible,
+        }));
+    }
     let collection = collection(&state, &name)?;
     let visible = collection
         .shard()
@@ -1241,8 +1566,12 @@ async fn search(
     State(state): Shared,
     JsonPath(CollectionPath { name }): JsonPath<CollectionPath>,
     Body(body, _body_reserved): Body,
-) -> ApiResult<Json<SearchResponse>> {
+) -> ApiResult<Response> {
     let started = Instant::now();
+    #[cfg(feature = "cluster")]
+    if let Some(raft) = &state.raft {
+        return Ok(Json(raft.search(&name, &body).await?).into_response());
+    }
     let collection = collection(&state, &name)?;
     if body.is_empty() {
         return Err(ApiError::bad_request(
@@ -1282,7 +1611,7 @@ async fn search(
     if response.timed_out {
         ::metrics::counter!(metrics::SEARCHES_TIMED_OUT).increment(1);
     }
-    Ok(Json(response))
+    Ok(Json(response).into_response())
 }
 
 /// What a search may hold until it answers: its lists over the result window, and the

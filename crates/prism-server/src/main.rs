@@ -10,6 +10,8 @@ mod error;
 mod http;
 mod metrics;
 mod openapi;
+#[cfg(feature = "cluster")]
+mod raft_cluster;
 mod serve;
 
 use std::path::Path;
@@ -162,6 +164,7 @@ async fn run(cli: config::Cli, config: config::Config) -> anyhow::Result<()> {
     };
     // The port opens before any log replays: collections answer `collection_recovering`
     // (and `/health` shows their progress) until they are open.
+    let shard_config = engine_config.shard.clone();
     let engine = Engine::open_deferred(engine_config)
         .with_context(|| format!("cannot open data directory {}", data_dir.display()))?;
     let engine = Arc::new(engine);
@@ -198,7 +201,21 @@ async fn run(cli: config::Cli, config: config::Config) -> anyhow::Result<()> {
         })?;
     tracing::info!(addr = %listener.local_addr()?, "prism-server listening");
     #[cfg(feature = "cluster")]
-    let cluster = if config.cluster.enabled {
+    let raft_cluster = if config.cluster.enabled && config.cluster.raft {
+        Some(
+            raft_cluster::RaftCluster::start(
+                config.cluster.clone(),
+                config.federation.clone(),
+                engine.clone(),
+                shard_config,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    #[cfg(feature = "cluster")]
+    let cluster = if config.cluster.enabled && !config.cluster.raft {
         Some(
             cluster::Cluster::start(
                 config.cluster.clone(),
@@ -265,6 +282,8 @@ async fn run(cli: config::Cli, config: config::Config) -> anyhow::Result<()> {
         engine: engine.clone(),
         #[cfg(feature = "cluster")]
         cluster: cluster.clone(),
+        #[cfg(feature = "cluster")]
+        raft: raft_cluster.clone(),
         metrics,
         started: Instant::now(),
         search_pool: search_pool.clone(),
@@ -305,6 +324,10 @@ async fn run(cli: config::Cli, config: config::Config) -> anyhow::Result<()> {
     #[cfg(feature = "cluster")]
     if let Some(cluster) = &cluster {
         cluster.close();
+    }
+    #[cfg(feature = "cluster")]
+    if let Some(raft) = &raft_cluster {
+        raft.close().await;
     }
     tracing::info!("shutting down: writing checkpoints");
     let closing = engine.clone();

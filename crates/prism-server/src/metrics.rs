@@ -26,10 +26,28 @@ pub const CONNECTIONS_OPEN: &str = "prism_http_connections_open";
 
 /// Federated searches by what the BM25 statistics cache gave: `hit`, `miss` or `stale`.
 pub const STATS_CACHE: &str = "prism_cluster_stats_cache_total";
+/// Cluster mode, per Raft group (`group` label; `metadata` for the metadata group): spec
+/// 002's names.
+pub const RAFT_STATE: &str = "raft_state";
+pub const RAFT_TERM: &str = "raft_term";
+pub const RAFT_COMMIT_INDEX: &str = "raft_commit_index";
+pub const RAFT_APPLIED_INDEX: &str = "raft_applied_index";
+pub const RAFT_PEERS: &str = "raft_peers";
+pub const RAFT_REPLICATION_LAG_ENTRIES: &str = "raft_replication_lag_entries";
+pub const RAFT_REPLICATION_LAG_SECONDS: &str = "raft_replication_lag_seconds";
+pub const REPLICATION_LAG_SECONDS: &str = "prism_replication_lag_seconds";
+/// Spec 001's: this node's state (1 when healthy), and each local shard copy's status.
+pub const NODE_STATE: &str = "prism_node_state";
+pub const SHARD_STATUS: &str = "prism_shard_status";
+
+/// Gauges are set at each scrape, just before rendering; one not set for this long belongs
+/// to something gone (a deleted collection, a group or member that left) and is dropped.
+const GAUGES_IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Installs the process-wide recorder and returns the handle `/metrics` renders.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
     PrometheusBuilder::new()
+        .idle_timeout(metrics_util::MetricKindMask::GAUGE, Some(GAUGES_IDLE_AFTER))
         .set_buckets_for_metric(
             Matcher::Full(REQUEST_SECONDS.to_string()),
             &[

@@ -36,6 +36,19 @@ pub struct ShardCopy {
     pub node: NodeId,
     /// Why the node is known to be down, if it is.
     pub down: Option<String>,
+    /// The collection's generation (0 in federation).
+    pub generation: u64,
+    /// Other copies of the shard: a copy that fails a phase is retried once on the first.
+    pub alternates: Vec<NodeId>,
+}
+
+/// A shard copy a phase asks, with the copies it may retry on.
+#[derive(Debug, Clone)]
+struct Target {
+    shard: u32,
+    node: NodeId,
+    generation: u64,
+    alternates: Vec<NodeId>,
 }
 
 /// The calls a coordinator makes to one shard copy.
@@ -265,13 +278,13 @@ async fn within<T>(
 /// shard must refuse (an invalid query) ends the search as a client error, and so does a
 /// collection that no copy which answered has.
 fn sort_out<T>(
-    copies: &[(u32, NodeId)],
-    answers: Vec<Result<T, RpcError>>,
+    copies: &[Target],
+    answers: Vec<(NodeId, Result<T, RpcError>)>,
     failures: &mut Vec<ShardFailure>,
 ) -> Result<Vec<Answered<T>>, SearchError> {
     let missing: Vec<&String> = answers
         .iter()
-        .filter_map(|a| match a {
+        .filter_map(|(_, a)| match a {
             Err(RpcError::NotFound(message)) => Some(message),
             _ => None,
         })
@@ -280,18 +293,49 @@ fn sort_out<T>(
         return Err(SearchError::NotFound(missing[0].clone()));
     }
     let mut answered = Vec::new();
-    for ((shard, node), answer) in copies.iter().zip(answers) {
+    for (target, (node, answer)) in copies.iter().zip(answers) {
         match answer {
             Ok(answer) => answered.push(Answered {
-                shard: *shard,
-                node: node.clone(),
+                shard: target.shard,
+                node,
                 answer,
             }),
             Err(RpcError::InvalidRequest(message)) => return Err(SearchError::Invalid(message)),
-            Err(e) => failures.push(failure(*shard, node, e.to_string())),
+            Err(e) => failures.push(failure(target.shard, &node, e.to_string())),
         }
     }
     Ok(answered)
+}
+
+/// Calls `target`'s copy; if it fails in a way another copy may not (unreachable, timed out,
+/// unavailable, no copy there), calls its first alternate once. With an alternate left, the
+/// first call gets half the deadline. Returns the copy that gave the last answer.
+async fn with_retry<T, F, Fut>(
+    target: &Target,
+    deadline: Duration,
+    call: F,
+) -> (NodeId, Result<T, RpcError>)
+where
+    F: Fn(NodeId) -> Fut,
+    Fut: Future<Output = Result<T, RpcError>>,
+{
+    let first_deadline = match target.alternates.first() {
+        Some(_) => deadline / 2,
+        None => deadline,
+    };
+    let first = within(first_deadline, call(target.node.clone())).await;
+    let retry = match (&first, target.alternates.first()) {
+        (Err(e), Some(other)) if e.is_retryable() || matches!(e, RpcError::NotFound(_)) => {
+            other.clone()
+        }
+        _ => return (target.node.clone(), first),
+    };
+    let second = within(deadline - first_deadline, call(retry.clone())).await;
+    match second {
+        Ok(answer) => (retry, Ok(answer)),
+        // Both failed: report the first copy's failure, which is the one asked for.
+        Err(_) => (target.node.clone(), first),
+    }
 }
 
 impl<C: ShardClient> Coordinator<C> {
@@ -320,13 +364,33 @@ impl<C: ShardClient> Coordinator<C> {
         deadline: Duration,
     ) -> Result<(FederatedSearch, Option<CacheUse>), SearchError> {
         let plan = SearchPlan::new(request, copies.len(), query.shard_oversample);
-        let group = |shard: u32| GroupId::shard(collection, shard, 0);
+        let collection_generations: HashMap<u32, u64> =
+            copies.iter().map(|c| (c.shard, c.generation)).collect();
+        let group = |shard: u32| {
+            GroupId::shard(
+                collection,
+                shard,
+                collection_generations.get(&shard).copied().unwrap_or(0),
+            )
+        };
         let mut failures: Vec<ShardFailure> = Vec::new();
-        let mut alive: Vec<(u32, NodeId)> = Vec::new();
+        let mut alive: Vec<Target> = Vec::new();
         for copy in copies {
-            match &copy.down {
-                Some(why) => failures.push(failure(copy.shard, &copy.node, why.clone())),
-                None => alive.push((copy.shard, copy.node.clone())),
+            match (&copy.down, copy.alternates.split_first()) {
+                (None, _) => alive.push(Target {
+                    shard: copy.shard,
+                    node: copy.node.clone(),
+                    generation: copy.generation,
+                    alternates: copy.alternates.clone(),
+                }),
+                // Known down: its first alternate serves instead, with no retry left.
+                (Some(_), Some((first, rest))) => alive.push(Target {
+                    shard: copy.shard,
+                    node: first.clone(),
+                    generation: copy.generation,
+                    alternates: rest.to_vec(),
+                }),
+                (Some(why), None) => failures.push(failure(copy.shard, &copy.node, why.clone())),
             }
         }
 
@@ -377,8 +441,15 @@ impl<C: ShardClient> Coordinator<C> {
                     // A shard refreshed since the statistics were cached: gather them afresh
                     // from the shards that just answered, and ask those again.
                     cache_use = Some(CacheUse::Stale);
-                    let answered: Vec<(u32, NodeId)> =
-                        answers.iter().map(|a| (a.shard, a.node.clone())).collect();
+                    let answered: Vec<Target> = answers
+                        .iter()
+                        .map(|a| Target {
+                            shard: a.shard,
+                            node: a.node.clone(),
+                            generation: collection_generations.get(&a.shard).copied().unwrap_or(0),
+                            alternates: Vec::new(),
+                        })
+                        .collect();
                     let (fresh, answered) = self
                         .gather_statistics(collection, request, &answered, &mut failures, deadline)
                         .await?;
@@ -495,13 +566,16 @@ impl<C: ShardClient> Coordinator<C> {
         &self,
         collection: &str,
         request: &SearchRequest,
-        alive: &[(u32, NodeId)],
+        alive: &[Target],
         failures: &mut Vec<ShardFailure>,
         deadline: Duration,
-    ) -> Result<(CachedStats, Vec<(u32, NodeId)>), SearchError> {
-        let calls = alive.iter().map(|(shard, node)| {
-            let group = GroupId::shard(collection, *shard, 0);
-            async move { within(deadline, self.client.statistics(node, &group, request)).await }
+    ) -> Result<(CachedStats, Vec<Target>), SearchError> {
+        let calls = alive.iter().map(|target| {
+            let group = GroupId::shard(collection, target.shard, target.generation);
+            with_retry(target, deadline, move |node| {
+                let group = group.clone();
+                async move { self.client.statistics(&node, &group, request).await }
+            })
         });
         let answered = sort_out(alive, join_all(calls).await, failures)?;
         let gathered: Vec<TermStatistics> = answered.iter().map(|a| a.answer.0.clone()).collect();
@@ -512,7 +586,20 @@ impl<C: ShardClient> Coordinator<C> {
                 .map(|a| ((a.shard, a.node.clone()), a.answer.1.clone()))
                 .collect(),
         };
-        let copies = answered.into_iter().map(|a| (a.shard, a.node)).collect();
+        // The query phase asks the copy whose statistics were gathered, with no retry: the
+        // statistics describe its searcher.
+        let copies = answered
+            .into_iter()
+            .map(|a| Target {
+                shard: a.shard,
+                node: a.node,
+                generation: alive
+                    .iter()
+                    .find(|t| t.shard == a.shard)
+                    .map_or(0, |t| t.generation),
+                alternates: Vec::new(),
+            })
+            .collect();
         Ok((stats, copies))
     }
 
@@ -524,20 +611,21 @@ impl<C: ShardClient> Coordinator<C> {
         request: &SearchRequest,
         stats: Option<&CachedStats>,
         windows: ShardWindows,
-        alive: &[(u32, NodeId)],
+        alive: &[Target],
         failures: &mut Vec<ShardFailure>,
         deadline: Duration,
     ) -> Result<Vec<Answered<ShardHits>>, SearchError> {
-        let calls = alive.iter().map(|(shard, node)| {
-            let group = GroupId::shard(collection, *shard, 0);
+        let calls = alive.iter().map(|target| {
+            let group = GroupId::shard(collection, target.shard, target.generation);
             let stats = stats.map(|s| &s.stats);
-            async move {
-                within(
-                    deadline,
-                    self.client.query(node, &group, request, stats, windows),
-                )
-                .await
-            }
+            with_retry(target, deadline, move |node| {
+                let group = group.clone();
+                async move {
+                    self.client
+                        .query(&node, &group, request, stats, windows)
+                        .await
+                }
+            })
         });
         sort_out(alive, join_all(calls).await, failures)
     }

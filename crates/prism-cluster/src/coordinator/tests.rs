@@ -188,6 +188,8 @@ fn copies(nodes: &[&str]) -> Vec<ShardCopy> {
             shard: s as u32,
             node: n.to_string(),
             down: None,
+            generation: 0,
+            alternates: Vec::new(),
         })
         .collect()
 }

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::{BasicNode, Config, Raft};
+use std::collections::BTreeSet;
+
+use openraft::{BasicNode, ChangeMembers, Config, Raft};
 use parking_lot::Mutex;
 use prism_core::log::{OpenOptions, ShardLog};
 use prism_core::schema::CollectionSchema;
@@ -16,9 +18,11 @@ use prism_core::shard::{Op, Shard, ShardConfig};
 
 use super::liveness::{raft_config, watch};
 use super::log_store::{reconcile, LogStore};
+use super::metadata_group::MetaGroup;
 use super::network::{GroupNetwork, RaftHost};
 use super::proposal::{propose, Proposed};
 use super::quiescence::{Role, Timing};
+use super::state_machine::MetaStateMachine;
 use super::state_machine::{GroupDirs, ShardSlot, ShardStateMachine};
 use super::types::{ShardRaft, ShardWrite};
 use crate::network::Network;
@@ -42,11 +46,25 @@ pub struct CopyState {
     pub leader: Option<u64>,
     pub last_log: Option<u64>,
     pub applied: Option<u64>,
+    pub voters: BTreeSet<u64>,
+    /// Members that do not vote.
+    pub learners: BTreeSet<u64>,
+    /// On a leader: the last index each other member is known to hold.
+    pub matched: BTreeMap<u64, Option<u64>>,
+    /// The membership in effect is applied here, so a majority committed it.
+    pub membership_applied: bool,
+    /// Every member's network name.
+    pub addresses: BTreeMap<u64, NodeId>,
+    /// The copy held nothing (no log, no state) when this process opened it: only then can
+    /// it be a group's first copy, to initialize. (Right after a start, openraft's metrics
+    /// may not show the log yet.)
+    pub opened_empty: bool,
 }
 
 struct ShardCopy {
     raft: Raft<ShardRaft>,
     shard: ShardSlot,
+    opened_empty: bool,
 }
 
 /// The shard groups of one node.
@@ -90,6 +108,7 @@ impl GroupNode {
             },
         };
         let config = Arc::new(config.validate().map_err(|e| e.to_string())?);
+        host.set_raft_id(id);
         let driver = match liveness {
             Liveness::Quiet(timing) => {
                 Some(tokio::spawn(watch(host.clone(), network.clone(), timing)).abort_handle())
@@ -131,10 +150,12 @@ impl GroupNode {
                 },
             )?;
             reconcile(&log, machine.applied())?;
-            Ok((machine, log))
+            let empty = log.last_log_id().is_none() && machine.applied().is_none();
+            Ok((machine, log, empty))
         })
         .await;
-        let (machine, log) = opened.map_err(|e| format!("cannot open {group}: {e}"))?;
+        let (machine, log, opened_empty) =
+            opened.map_err(|e| format!("cannot open {group}: {e}"))?;
         let shard = machine.shard();
         let snapshots = machine.snapshots();
         let raft = Raft::new(
@@ -147,7 +168,14 @@ impl GroupNode {
         .await
         .map_err(|e| format!("cannot start the raft of {group}: {e}"))?;
         self.host.add(group.clone(), raft.clone(), snapshots);
-        self.groups.lock().insert(group, ShardCopy { raft, shard });
+        self.groups.lock().insert(
+            group,
+            ShardCopy {
+                raft,
+                shard,
+                opened_empty,
+            },
+        );
         Ok(())
     }
 
@@ -166,6 +194,145 @@ impl GroupNode {
         raft.initialize(members)
             .await
             .map_err(|e| format!("cannot initialize {group}: {e}"))
+    }
+
+    /// Opens this node's copy of the metadata group (creating it when new), under
+    /// `root/metadata`.
+    pub async fn open_metadata(&self) -> Result<MetaGroup, String> {
+        let dir = self.root.join("metadata");
+        let opened = super::off_workers(move || -> Result<_, String> {
+            prism_core::log::create_dir_durable(&dir).map_err(|e| e.to_string())?;
+            let machine =
+                MetaStateMachine::open(dir.join("snapshots")).map_err(|e| e.to_string())?;
+            let (log, _) = ShardLog::open(
+                &dir.join("log"),
+                OpenOptions {
+                    segment_bytes: 16 << 20,
+                    truncate_corrupt: false,
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            reconcile(&log, machine.applied()).map_err(|e| e.to_string())?;
+            // Nothing ever written: this node has yet to bootstrap or join a cluster.
+            let fresh = log.last_log_id().is_none() && machine.applied().is_none();
+            Ok((machine, log, fresh))
+        })
+        .await;
+        let (machine, log, fresh) =
+            opened.map_err(|e| format!("cannot open the metadata group: {e}"))?;
+        let snapshots = machine.snapshots();
+        let reader = Arc::new(machine.reader());
+        let group = GroupId::metadata();
+        let raft = Raft::new(
+            self.id,
+            self.config.clone(),
+            GroupNetwork::new(self.network.clone(), group.clone()),
+            LogStore::new(Arc::new(log)),
+            machine,
+        )
+        .await
+        .map_err(|e| format!("cannot start the metadata raft: {e}"))?;
+        self.host.add(group, raft.clone(), snapshots);
+        Ok(MetaGroup {
+            raft,
+            reader,
+            fresh,
+        })
+    }
+
+    /// The ids of the copies `group` has in its membership: (voters, learners).
+    pub fn members(&self, group: &GroupId) -> Result<(BTreeSet<u64>, BTreeSet<u64>), String> {
+        let raft = self.raft(group)?;
+        let metrics = raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let learners = membership
+            .nodes()
+            .map(|(id, _)| *id)
+            .filter(|id| !voters.contains(id))
+            .collect();
+        Ok((voters, learners))
+    }
+
+    /// Makes `voters` the voters of `group` (this node must lead it); a voter left out stays
+    /// a learner.
+    pub async fn set_voters(
+        &self,
+        group: &GroupId,
+        voters: BTreeSet<u64>,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        self.change_membership(
+            group,
+            ChangeMembers::ReplaceAllVoters(voters),
+            true,
+            timeout,
+        )
+        .await
+    }
+
+    /// Removes `nodes`, which must not be voters, from `group` (this node must lead it).
+    pub async fn remove_members(
+        &self,
+        group: &GroupId,
+        nodes: BTreeSet<u64>,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        self.change_membership(group, ChangeMembers::RemoveNodes(nodes), false, timeout)
+            .await
+    }
+
+    async fn change_membership(
+        &self,
+        group: &GroupId,
+        change: ChangeMembers<u64, BasicNode>,
+        retain: bool,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let raft = self.raft(group)?;
+        tokio::time::timeout(timeout, raft.change_membership(change, retain))
+            .await
+            .map_err(|_| format!("the membership of {group} did not change within {timeout:?}"))?
+            .map(|_| ())
+            .map_err(|e| format!("cannot change the membership of {group}: {e}"))
+    }
+
+    /// Starts an election on this node's copy of `group`.
+    pub async fn elect(&self, group: &GroupId) -> Result<(), String> {
+        self.raft(group)?
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| format!("cannot start an election in {group}: {e}"))
+    }
+
+    /// Closes this node's copy of `group` and deletes its files: the copy was removed from
+    /// the group, or its collection deleted.
+    pub async fn drop_copy(&self, group: &GroupId) -> Result<(), String> {
+        let copy = self.groups.lock().remove(group);
+        let Some(copy) = copy else {
+            return Ok(());
+        };
+        self.host.remove(group);
+        let _ = copy.raft.shutdown().await;
+        let shard = copy.shard.current();
+        drop(copy);
+        let dir = group_dir(&self.root, group);
+        super::off_workers(move || -> Result<(), String> {
+            shard.close_for_delete().map_err(|e| e.to_string())?;
+            drop(shard);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(format!("cannot delete {}: {e}", dir.display())),
+            }
+        })
+        .await
+    }
+
+    /// The groups this node holds a copy of.
+    pub fn hosted(&self) -> BTreeSet<GroupId> {
+        self.groups.lock().keys().cloned().collect()
     }
 
     /// Proposes `ops` to this node's copy of `group`, which must lead it.
@@ -239,17 +406,35 @@ impl GroupNode {
 
     /// Every copy this node holds and its state.
     pub fn states(&self) -> BTreeMap<GroupId, CopyState> {
+        let empty: BTreeSet<GroupId> = self
+            .groups
+            .lock()
+            .iter()
+            .filter(|(_, c)| c.opened_empty)
+            .map(|(g, _)| g.clone())
+            .collect();
         self.host
             .copies()
             .into_iter()
             .map(|(group, copy)| {
-                let (view, _) = copy.view(&group);
+                let (view, addresses) = copy.view(&group);
+                let voters: BTreeSet<u64> = view.voters.iter().copied().collect();
                 let state = CopyState {
                     role: view.role,
                     term: view.term,
                     leader: view.leader,
                     last_log: view.last_log,
                     applied: view.applied,
+                    learners: addresses
+                        .keys()
+                        .copied()
+                        .filter(|id| !voters.contains(id))
+                        .collect(),
+                    voters,
+                    matched: view.matched,
+                    membership_applied: view.applied >= view.membership_at,
+                    addresses,
+                    opened_empty: empty.contains(&group),
                 };
                 (group, state)
             })

@@ -22,8 +22,10 @@ use crate::rpc::{Answer, Envelope, GroupId, Request};
 
 /// openraft's timers to go with `timing`. A follower's leader lease (openraft refuses votes
 /// for `election_timeout_max` after it last heard from its leader) ends before the node-level
-/// detector can suspect the leader: suspicion counts from the leader's last answer to a ping,
-/// which may come up to a ping interval before the leader's last message. The election timer
+/// detector can suspect the leader: suspicion counts from when the leader's last answered
+/// ping was sent, up to a ping interval before the leader's last message on a fast link. (On
+/// a link whose round trip exceeds half a ping interval the first election may meet a lease
+/// and be retried: slower, never unsafe.) The election timer
 /// starts off (`enable_elect`): this driver starts elections, and turns the timer on for a
 /// copy only while an election it started found no leader. Ticks stay on: openraft refreshes
 /// its metrics on them.
@@ -75,7 +77,10 @@ pub async fn watch(host: Arc<RaftHost>, network: Arc<dyn Network>, timing: Timin
             match act {
                 Act::Nothing => {}
                 Act::Heartbeats(on) => copy.set_heartbeats(on),
-                Act::Elect => copy.elect().await,
+                Act::Elect => {
+                    tracing::info!(%group, leader = ?view.leader, "no live leader: starting an election");
+                    copy.elect().await
+                }
                 Act::WakeLeader(leader) => {
                     if let Some(address) = members.get(&leader) {
                         let wake = Envelope {
@@ -83,7 +88,8 @@ pub async fn watch(host: Arc<RaftHost>, network: Arc<dyn Network>, timing: Timin
                             request: Request::Wake,
                         };
                         let (network, address) = (network.clone(), address.clone());
-                        let deadline = timing.ping_interval;
+                        // As long as a ping may take: a slow link is not a lost wake.
+                        let deadline = timing.suspect_after;
                         tokio::spawn(async move {
                             // Lost, it is asked again after `idle_after`.
                             let _ =
@@ -95,6 +101,18 @@ pub async fn watch(host: Arc<RaftHost>, network: Arc<dyn Network>, timing: Timin
             addresses.extend(members.into_iter().filter(|(id, _)| *id != view.me));
         }
         host.set_leading(leading);
+        let suspected = {
+            let mut peers = peers.lock();
+            for id in addresses.keys() {
+                peers.seen(*id, now);
+            }
+            addresses
+                .keys()
+                .copied()
+                .filter(|id| !peers.alive(*id, now, &timing))
+                .collect()
+        };
+        host.set_suspected(suspected);
         if now >= next_ping {
             next_ping = now + timing.ping_interval;
             for (id, address) in addresses {
@@ -104,13 +122,17 @@ pub async fn watch(host: Arc<RaftHost>, network: Arc<dyn Network>, timing: Timin
                 let known = peers.lock().leading_version(id);
                 let (network, peers, in_flight) =
                     (network.clone(), peers.clone(), in_flight.clone());
-                // A lost ping must not hold up the next: it times out within the interval.
-                let deadline = timing.ping_interval;
+                // A ping may take until the peer would be suspected anyway: a link slower than
+                // the ping interval is slow, not dead. (No two pings to a peer overlap.)
+                let deadline = timing.suspect_after;
                 tokio::spawn(async move {
                     let ask = Envelope {
                         group: None,
-                        request: Request::Leaders { known },
+                        request: Request::Leaders { known, to: id },
                     };
+                    // An answer shows the peer alive no later than when it was asked: counted
+                    // from then, suspicion never lags behind a slow link's round trip.
+                    let asked = Instant::now();
                     let answer = tokio::time::timeout(deadline, network.call(&address, ask)).await;
                     if let Ok(Ok(Answer::Leaders {
                         incarnation,
@@ -119,7 +141,7 @@ pub async fn watch(host: Arc<RaftHost>, network: Arc<dyn Network>, timing: Timin
                     })) = answer
                     {
                         let mut peers = peers.lock();
-                        peers.answered(id, incarnation, Instant::now());
+                        peers.answered(id, incarnation, asked);
                         peers.leads(id, version, groups.map(|g| g.into_iter().collect()));
                     }
                     in_flight.lock().remove(&id);

@@ -17,8 +17,11 @@ use prism_core::log::{self as core_log, ShardLog};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// Most payload bytes one bounded read (replication to a lagging follower) returns.
-pub const READ_BATCH_BYTES: usize = 8 << 20;
+/// Most payload bytes one bounded read (replication to a lagging follower) returns. openraft
+/// 0.9 gives an append-entries call its heartbeat interval (about 240 ms with the liveness
+/// driver's timing) to be sent, appended and answered: a batch must fit in that even on a
+/// slow or loaded node, or a catching-up copy times out on every retry and never catches up.
+pub const READ_BATCH_BYTES: usize = 256 << 10;
 
 /// A Raft log store over one shard log. Clones share the log: the clone handed out as the
 /// log reader reads while the store appends.

@@ -5,6 +5,7 @@
 pub mod groups;
 pub mod liveness;
 pub mod log_store;
+pub mod metadata_group;
 pub mod network;
 pub mod proposal;
 pub mod quiescence;
@@ -25,7 +26,9 @@ pub(crate) async fn off_workers<T: Send + 'static>(work: impl FnOnce() -> T + Se
         Ok(value) => value,
         Err(e) => match e.try_into_panic() {
             Ok(panic) => std::panic::resume_unwind(panic),
-            Err(e) => panic!("blocking work was cancelled: {e}"),
+            // Only a runtime that shuts down cancels blocking work; this task will not be
+            // polled again.
+            Err(_) => std::future::pending().await,
         },
     }
 }

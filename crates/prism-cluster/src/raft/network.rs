@@ -205,6 +205,7 @@ impl<C: GroupConfig> GroupClient<C> {
             group: Some(self.group.clone()),
             request: Request::Raft {
                 message: encode(request),
+                to: self.target,
             },
         };
         let call = self.network.call(&self.address, envelope);
@@ -228,9 +229,9 @@ impl<C: GroupConfig> GroupClient<C> {
             ))),
             // No such group there (not created yet, or deleted): back off as from a node
             // that cannot be reached.
-            Err(e @ (RpcError::Unavailable(_) | RpcError::NotFound(_))) => {
-                Err(CallError::Unreachable(e))
-            }
+            Err(
+                e @ (RpcError::Unavailable(_) | RpcError::Unreachable(_) | RpcError::NotFound(_)),
+            ) => Err(CallError::Unreachable(e)),
             Err(e) => Err(CallError::Refused(e.to_string())),
         }
     }
@@ -523,6 +524,7 @@ impl<C: GroupConfig> HostedGroup for Hosted<C> {
             voters: membership.voter_ids().collect(),
             last_log: metrics.last_log_index,
             applied: metrics.last_applied.map(|id| id.index),
+            membership_at: metrics.membership_config.log_id().map(|id| id.index),
             matched: metrics
                 .replication
                 .iter()
@@ -566,6 +568,10 @@ pub struct RaftHost {
     /// The groups this node leads, as the liveness driver last saw them, and the version of
     /// that list (from 1, so that a peer holding none, 0, always gets it).
     leading: Mutex<(u64, BTreeSet<GroupId>)>,
+    /// Peer nodes the liveness driver suspects (no answer to its pings lately).
+    suspected: Mutex<BTreeSet<u64>>,
+    /// This node's Raft id, once known (0 before): pings for another id are refused.
+    raft_id: std::sync::atomic::AtomicU64,
 }
 
 fn refused(why: impl std::fmt::Display) -> Vec<u8> {
@@ -592,7 +598,24 @@ impl RaftHost {
             receptions: Mutex::default(),
             wakes: Mutex::default(),
             leading: Mutex::new((1, BTreeSet::new())),
+            suspected: Mutex::default(),
+            raft_id: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// This node's Raft id: pings meant for another id are refused from now on.
+    pub fn set_raft_id(&self, id: u64) {
+        self.raft_id.store(id, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Peer nodes that did not answer the liveness driver's pings lately: a request sent there
+    /// would likely wait out its time-out.
+    pub fn suspected(&self) -> BTreeSet<u64> {
+        self.suspected.lock().clone()
+    }
+
+    pub(crate) fn set_suspected(&self, nodes: BTreeSet<u64>) {
+        *self.suspected.lock() = nodes;
     }
 
     /// This node now leads `groups`.
@@ -649,12 +672,23 @@ impl RaftHost {
     }
 
     /// Answers one Raft message for `group`; the bytes are the envelope's opaque message.
-    pub async fn handle(&self, group: &GroupId, message: &[u8]) -> Result<Answer, RpcError> {
+    pub async fn handle(
+        &self,
+        group: &GroupId,
+        message: &[u8],
+        to: u64,
+    ) -> Result<Answer, RpcError> {
         let Some(hosted) = self.groups.lock().get(group).cloned() else {
             return Err(RpcError::NotFound(format!(
                 "no raft group {group} on this node"
             )));
         };
+        let me = hosted.view(group).0.me;
+        if me != to {
+            return Err(RpcError::NotFound(format!(
+                "a message of {group} for raft node {to} reached node {me}: this node restarted under another id"
+            )));
+        }
         let reception = self
             .receptions
             .lock()
@@ -870,8 +904,8 @@ async fn install<C: GroupConfig>(
 impl crate::network::Handler for RaftHost {
     async fn handle(&self, _from: NodeId, envelope: Envelope) -> crate::rpc::Reply {
         match (&envelope.group, &envelope.request) {
-            (Some(group), Request::Raft { message }) => {
-                RaftHost::handle(self, group, message).await
+            (Some(group), Request::Raft { message, to }) => {
+                RaftHost::handle(self, group, message, *to).await
             }
             (Some(group), Request::Wake) => {
                 if !self.groups.lock().contains_key(group) {
@@ -885,7 +919,13 @@ impl crate::network::Handler for RaftHost {
             (None, Request::Ping) => Ok(Answer::Pong {
                 node_id: self.node.clone(),
             }),
-            (None, Request::Leaders { known }) => {
+            (None, Request::Leaders { known, to }) => {
+                let me = self.raft_id.load(std::sync::atomic::Ordering::Relaxed);
+                if *to != 0 && me != 0 && *to != me {
+                    return Err(RpcError::NotFound(format!(
+                        "a ping for raft node {to} reached node {me}: that node restarted under another id"
+                    )));
+                }
                 let (version, groups) = self.leading.lock().clone();
                 Ok(Answer::Leaders {
                     incarnation: self.incarnation,

@@ -54,7 +54,7 @@ where
     if voters > 1
         && !heard
         && !matches!(
-            tokio::time::timeout(quorum_window, raft.get_read_log_id()).await,
+            tokio::time::timeout(quorum_window.min(deadline), raft.get_read_log_id()).await,
             Ok(Ok(_))
         )
     {

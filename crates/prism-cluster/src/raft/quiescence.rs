@@ -66,6 +66,8 @@ pub struct Peers {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Peer {
+    /// When this node first had a group in common with the peer.
+    first_seen: Option<Instant>,
     answered: Option<Instant>,
     incarnation: Option<u64>,
     /// The groups the peer led when it last said, and the version of that list.
@@ -78,6 +80,16 @@ impl Peers {
             started,
             peers: BTreeMap::new(),
         }
+    }
+
+    /// Node `node` shares a group with this node as of `now` (only the first call counts):
+    /// a peer that just joined gets the same benefit of the doubt as every peer at start.
+    pub fn seen(&mut self, node: u64, now: Instant) {
+        self.peers
+            .entry(node)
+            .or_default()
+            .first_seen
+            .get_or_insert(now);
     }
 
     /// Node `node`, in its incarnation `incarnation` (a new one at each start), answered a
@@ -108,14 +120,14 @@ impl Peers {
             .map_or(0, |(version, _)| *version)
     }
 
-    /// Whether `node` answered within `suspect_after` (or this node started less than that
-    /// ago and has not heard from it yet).
+    /// Whether `node` answered within `suspect_after` (or this node started, or first saw
+    /// the peer, less than that ago and has not heard from it yet).
     pub fn alive(&self, node: u64, now: Instant, timing: &Timing) -> bool {
-        let last = self
-            .peers
-            .get(&node)
-            .and_then(|p| p.answered)
-            .unwrap_or(self.started);
+        let peer = self.peers.get(&node);
+        let last = peer.and_then(|p| p.answered).unwrap_or_else(|| {
+            peer.and_then(|p| p.first_seen)
+                .map_or(self.started, |seen| seen.max(self.started))
+        });
         now.saturating_duration_since(last) < timing.suspect_after
     }
 
@@ -173,6 +185,8 @@ pub struct CopyView {
     pub voters: Vec<u64>,
     pub last_log: Option<u64>,
     pub applied: Option<u64>,
+    /// The log index of the membership in effect (the latest one appended).
+    pub membership_at: Option<u64>,
     /// On a leader: the last index each other member (voter or learner) is known to hold.
     pub matched: BTreeMap<u64, Option<u64>>,
     /// On a leader: a follower asked it to heartbeat since the last look.
@@ -194,8 +208,9 @@ pub struct CopyMemory {
     /// Since when a follower holds entries past what it applied.
     lagging_since: Option<Instant>,
     last_wake: Option<Instant>,
-    /// Since when the leader's node answers but does not say it leads the group.
-    not_led_since: Option<Instant>,
+    /// Since when the leader's node answers but does not say it leads the group, for that
+    /// leader at that term (a newly elected leader gets its own grace).
+    not_led_since: Option<(u64, u64, Instant)>,
     /// Elections this copy started since it last had a live leader.
     failed_elections: u32,
 }
@@ -370,7 +385,13 @@ fn leader_alive(
         memory.not_led_since = None;
         return true;
     }
-    let since = *memory.not_led_since.get_or_insert(now);
+    let since = match memory.not_led_since {
+        Some((l, term, since)) if l == leader && term == view.term => since,
+        _ => {
+            memory.not_led_since = Some((leader, view.term, now));
+            now
+        }
+    };
     now.saturating_duration_since(since) < timing.suspect_after
 }
 
@@ -427,6 +448,7 @@ mod tests {
             voters: vec![1, 2, 3],
             last_log: Some(last),
             applied: Some(last),
+            membership_at: Some(1),
             matched: matched.iter().map(|&(f, m)| (f, Some(m))).collect(),
             woken: false,
         }
@@ -442,6 +464,7 @@ mod tests {
             voters: vec![1, 2, 3],
             last_log: Some(5),
             applied: Some(5),
+            membership_at: Some(1),
             matched: BTreeMap::new(),
             woken: false,
         }
@@ -810,6 +833,39 @@ mod tests {
             "scheduled"
         );
         assert_eq!(ask(at + 501 * MS, &[other]), Act::Elect);
+    }
+
+    #[test]
+    fn a_newly_elected_leader_gets_its_own_grace_before_its_list_names_the_group() {
+        // Node 1 stopped leading at term 3; node 3 wins term 4 while its ping answers still
+        // list the groups it led before. A follower must not elect against node 3 on the
+        // time node 1 used up.
+        let t0 = Instant::now();
+        let none = |_| Duration::ZERO;
+        let mut memory = CopyMemory::default();
+        let other = GroupId::shard("c", 1, 1);
+        let peers_at = |at: Instant| {
+            let mut peers = peers_answering(t0, at, &[1, 3]);
+            peers.leads(1, 4, Some([other.clone()].into()));
+            peers.leads(3, 4, Some([other.clone()].into()));
+            peers
+        };
+        let under = |leader: u64, term: u64| CopyView {
+            term,
+            ..follower(Some(leader))
+        };
+        let mut ask = |view: CopyView, at: Instant| {
+            next(&view, &mut memory, &peers_at(at), &timing(), at, none)
+        };
+        assert_eq!(ask(under(1, 3), t0), Act::Nothing);
+        assert_eq!(ask(under(1, 3), t0 + 450 * MS), Act::Nothing);
+        // Node 3 elected at 490 ms: its grace starts then, not at t0.
+        assert_eq!(ask(under(3, 4), t0 + 490 * MS), Act::Nothing);
+        assert_eq!(ask(under(3, 4), t0 + 600 * MS), Act::Nothing);
+        assert_eq!(ask(under(3, 4), t0 + 980 * MS), Act::Nothing);
+        // Past its own grace and still not saying it leads: replaced.
+        assert_eq!(ask(under(3, 4), t0 + 1000 * MS), Act::Nothing, "scheduled");
+        assert_eq!(ask(under(3, 4), t0 + 1001 * MS), Act::Elect);
     }
 
     #[test]

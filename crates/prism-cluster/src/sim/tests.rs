@@ -124,6 +124,8 @@ impl Federation {
                 shard: shard as u32,
                 node,
                 down: None,
+                generation: 0,
+                alternates: Vec::new(),
             })
             .collect()
     }

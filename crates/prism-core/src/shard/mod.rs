@@ -533,6 +533,16 @@ impl Shard {
         query::get(&self.shared, id)
     }
 
+    /// Every searchable document, in batches of up to `batch`, as [`Shard::get`] returns it;
+    /// `each` returns false to stop. Blocking.
+    pub fn scan(
+        &self,
+        batch: usize,
+        mut each: impl FnMut(Vec<StoredDocument>) -> Result<bool>,
+    ) -> Result<u64> {
+        query::scan(&self.shared, batch.max(1), &mut each)
+    }
+
     /// How many times the copy's writer thread woke for its refresh timer. A settled copy
     /// (everything committed and saved, its writer closed) waits for work with no timer.
     pub fn timer_wakeups(&self) -> u64 {

@@ -872,3 +872,43 @@ pub(crate) fn get(shared: &Shared, id: &str) -> Result<Option<super::StoredDocum
     }
     Ok(Some(super::StoredDocument { id, fields }))
 }
+
+/// Every live document of the searchable index, in batches of up to `batch`, each as GET
+/// returns it (stored fields and vectors as written); `each` returns false to stop. Reads
+/// one searcher: writes that are not yet refreshed are not included. Returns how many
+/// documents were handed over.
+pub(crate) fn scan(
+    shared: &Shared,
+    batch: usize,
+    each: &mut dyn FnMut(Vec<super::StoredDocument>) -> Result<bool>,
+) -> Result<u64> {
+    let searcher = shared.reader.searcher();
+    let mut pending = Vec::with_capacity(batch);
+    let mut handed = 0u64;
+    for (ordinal, segment) in searcher.segment_readers().iter().enumerate() {
+        let alive = segment.alive_bitset();
+        for doc in 0..segment.max_doc() {
+            if alive.is_some_and(|a| !a.is_alive(doc)) {
+                continue;
+            }
+            let stored: TantivyDocument =
+                searcher.doc(tantivy::DocAddress::new(ordinal as u32, doc))?;
+            let (id, _) = source_of(shared, &stored);
+            // Through GET, so that vectors come back exactly as written.
+            if let Some(found) = get(shared, &id)? {
+                pending.push(found);
+            }
+            if pending.len() >= batch {
+                handed += pending.len() as u64;
+                if !each(std::mem::take(&mut pending))? {
+                    return Ok(handed);
+                }
+            }
+        }
+    }
+    if !pending.is_empty() {
+        handed += pending.len() as u64;
+        each(pending)?;
+    }
+    Ok(handed)
+}
