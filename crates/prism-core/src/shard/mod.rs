@@ -159,6 +159,8 @@ pub(crate) struct Shared {
     pub health: RwLock<WriteHealth>,
     /// How often the writer thread woke for its timer (a settled shard sleeps without one).
     pub timer_wakeups: std::sync::atomic::AtomicU64,
+    /// Whether the writer thread is waiting for work with no timer, having nothing to do.
+    pub idle_without_timer: std::sync::atomic::AtomicBool,
 }
 
 static WRITERS_CLOSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -549,6 +551,14 @@ impl Shard {
         self.shared
             .timer_wakeups
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the copy is settled: its writer thread waits for the next command with no
+    /// timer. Any command ends that until the copy settles again.
+    pub fn is_settled(&self) -> bool {
+        self.shared
+            .idle_without_timer
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Whether the shard takes writes.

@@ -993,20 +993,15 @@ fn top_hits_sort_values_are_the_documents_values() {
     assert_eq!(nested[0]["sort"], json!([-7]), "{nested}");
 }
 
-/// Polls until the copy's timer, having woken more than `past` times, stops waking it, or
-/// panics after `within`. (On a loaded machine the timer may not have run at all yet.)
-fn wait_until_settled(shard: &Shard, past: u64, within: Duration) {
+/// Polls until the copy's writer waits with no timer, or panics after `within`.
+fn wait_until_settled(shard: &Shard, within: Duration) {
     let deadline = std::time::Instant::now() + within;
-    loop {
-        let before = shard.timer_wakeups();
-        std::thread::sleep(Duration::from_millis(200));
-        if before > past && shard.timer_wakeups() == before {
-            return;
-        }
+    while !shard.is_settled() {
         assert!(
             std::time::Instant::now() < deadline,
             "the copy never settled"
         );
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -1023,8 +1018,8 @@ fn a_settled_copy_waits_for_work_with_no_timer_and_a_write_restarts_it() {
     let shard = Shard::open(dir.path(), s.clone(), config).unwrap();
     let first = json!({"id": "a", "fields": {"title": "first", "emb": [1.0, 0.0, 0.0, 0.0]}});
     shard.write_blocking(vec![upsert(&s, first)]).unwrap();
-    wait_until_settled(&shard, 0, Duration::from_secs(10));
-    // The timer refreshed, saved and closed the writer (it woke at least once), then stopped.
+    wait_until_settled(&shard, Duration::from_secs(10));
+    // The timer refreshed, saved and closed the writer, then stopped.
     let settled = shard.timer_wakeups();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
@@ -1032,6 +1027,7 @@ fn a_settled_copy_waits_for_work_with_no_timer_and_a_write_restarts_it() {
         settled,
         "a settled copy woke for nothing"
     );
+    assert!(shard.is_settled());
 
     // A write ends the wait; the timer alone makes it searchable, then the copy settles again.
     let second = json!({"id": "b", "fields": {"title": "second", "emb": [0.0, 1.0, 0.0, 0.0]}});
@@ -1041,8 +1037,7 @@ fn a_settled_copy_waits_for_work_with_no_timer_and_a_write_restarts_it() {
         assert!(std::time::Instant::now() < deadline, "never refreshed");
         std::thread::sleep(Duration::from_millis(10));
     }
-    wait_until_settled(&shard, settled, Duration::from_secs(10));
-    assert!(shard.timer_wakeups() > settled);
+    wait_until_settled(&shard, Duration::from_secs(10));
     drop(shard);
     // Everything was checkpointed before it settled: a reopen replays nothing.
     let progress = ReplayProgress::default();

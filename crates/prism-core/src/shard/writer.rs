@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -171,6 +172,7 @@ pub(crate) fn recover(
         instance: opening_nonce(dir),
         health: RwLock::new(WriteHealth::Ok),
         timer_wakeups: Default::default(),
+        idle_without_timer: Default::default(),
     });
     // The state machine stands where the older of the two checkpoints does.
     let position = if shared.vectors.is_empty() {
@@ -467,7 +469,9 @@ pub(crate) fn run(
             // hundreds of idle copies on a node cost no wake-ups. The refresh cadence starts
             // again from the command that ends the wait.
             None if state.settled(&shared) => {
+                shared.idle_without_timer.store(true, Ordering::Release);
                 let command = commands.recv().map_err(|_| RecvTimeoutError::Disconnected);
+                shared.idle_without_timer.store(false, Ordering::Release);
                 next_refresh = Instant::now() + config.refresh_interval;
                 command
             }
