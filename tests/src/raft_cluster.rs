@@ -62,6 +62,17 @@ impl TestCluster {
     }
 
     pub fn start_with_timeout(dir: &Path, n: usize, request_timeout_ms: u64) -> TestCluster {
+        Self::start_each(dir, n, request_timeout_ms, &|_| String::new())
+    }
+
+    /// Starts `n` nodes as [`TestCluster::start_with_timeout`] does, node `i` (from 0) with
+    /// `extra(i)` appended to its configuration file.
+    pub fn start_each(
+        dir: &Path,
+        n: usize,
+        request_timeout_ms: u64,
+        extra: &dyn Fn(usize) -> String,
+    ) -> TestCluster {
         let net = TestNet::new();
         let tls = dir.join("tls");
         std::fs::create_dir_all(&tls).unwrap();
@@ -74,8 +85,8 @@ impl TestCluster {
             config,
             net,
         };
-        for _ in 0..n {
-            cluster.add_node();
+        for i in 0..n {
+            cluster.add_node_with(&extra(i));
         }
         cluster.wait_for_members(n);
         cluster
@@ -83,6 +94,11 @@ impl TestCluster {
 
     /// Starts one more node, joining through node-1 (or bootstrapping, if it is the first).
     pub fn add_node(&mut self) -> usize {
+        self.add_node_with("")
+    }
+
+    /// [`TestCluster::add_node`], with `extra` appended to the node's configuration file.
+    pub fn add_node_with(&mut self, extra: &str) -> usize {
         let i = self.nodes.len() + 1;
         let name = format!("node-{i}");
         let place = self.net.add_node();
@@ -107,7 +123,15 @@ impl TestCluster {
             }
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let config = self.config.to_string_lossy().to_string();
+        let config = if extra.is_empty() {
+            self.config.clone()
+        } else {
+            let own = self.dir.join(format!("prism-{name}.toml"));
+            let base = std::fs::read_to_string(&self.config).unwrap();
+            std::fs::write(&own, format!("{base}\n{extra}\n")).unwrap();
+            own
+        };
+        let config = config.to_string_lossy().to_string();
         let server = Server::start_placed(
             &self.dir.join(&name),
             &[("PRISM_CONFIG", &config)],
@@ -333,6 +357,57 @@ impl Drop for Reported<'_> {
                 "copies last seen: {}",
                 Value::Array(self.0.borrow().clone())
             );
+        }
+    }
+}
+
+/// What became of each document a test wrote.
+#[derive(Default)]
+pub struct Ledger {
+    pub acknowledged: Vec<String>,
+    pub refused: Vec<String>,
+    pub unknown: Vec<String>,
+}
+
+impl Ledger {
+    /// Files each id of a write's answer under what the answer says of it.
+    pub fn record(&mut self, ids: &[String], code: u16, answer: &Value) {
+        let refused: Vec<&str> = answer["errors"]
+            .as_array()
+            .map(|e| e.iter().filter_map(|e| e["id"].as_str()).collect())
+            .unwrap_or_default();
+        let error = answer["error"]["code"].as_str().unwrap_or_default();
+        if code == 201 {
+            assert_eq!(
+                answer["successful_docs"].as_u64(),
+                Some((ids.len() - refused.len()) as u64),
+                "the refusals listed do not add up: {answer}"
+            );
+        }
+        for id in ids {
+            match (code, error) {
+                (201, _) if !refused.contains(&id.as_str()) => self.acknowledged.push(id.clone()),
+                // A per-document refusal in a 201 names no code; spec 000 lists them as
+                // not written.
+                (201, _) | (503, "no_quorum") => self.refused.push(id.clone()),
+                _ => self.unknown.push(id.clone()),
+            }
+        }
+    }
+
+    /// Every acknowledged id is on node `via`, and no refused one.
+    pub fn check(&self, cluster: &TestCluster, via: usize) {
+        let server = &cluster.nodes[via].server;
+        for id in &self.acknowledged {
+            let (code, doc) = server.get(&format!("/collections/docs/documents/{id}"));
+            assert_eq!(
+                code, 200,
+                "acknowledged {id} is missing on node {via}: {doc}"
+            );
+        }
+        for id in &self.refused {
+            let (code, doc) = server.get(&format!("/collections/docs/documents/{id}"));
+            assert_eq!(code, 404, "refused {id} was applied: {doc}");
         }
     }
 }

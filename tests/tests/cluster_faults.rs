@@ -9,63 +9,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use prism_tests::raft_cluster::TestCluster;
+use prism_tests::raft_cluster::{Ledger, TestCluster};
 use prism_tests::wait_until;
-use serde_json::Value;
 
 fn ids(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
-}
-
-/// What became of each document a test wrote.
-#[derive(Default)]
-struct Ledger {
-    acknowledged: Vec<String>,
-    refused: Vec<String>,
-    unknown: Vec<String>,
-}
-
-impl Ledger {
-    /// Files each id of a write's answer under what the answer says of it.
-    fn record(&mut self, ids: &[String], code: u16, answer: &Value) {
-        let refused: Vec<&str> = answer["errors"]
-            .as_array()
-            .map(|e| e.iter().filter_map(|e| e["id"].as_str()).collect())
-            .unwrap_or_default();
-        let error = answer["error"]["code"].as_str().unwrap_or_default();
-        if code == 201 {
-            assert_eq!(
-                answer["successful_docs"].as_u64(),
-                Some((ids.len() - refused.len()) as u64),
-                "the refusals listed do not add up: {answer}"
-            );
-        }
-        for id in ids {
-            match (code, error) {
-                (201, _) if !refused.contains(&id.as_str()) => self.acknowledged.push(id.clone()),
-                // A per-document refusal in a 201 names no code; spec 000 lists them as
-                // not written.
-                (201, _) | (503, "no_quorum") => self.refused.push(id.clone()),
-                _ => self.unknown.push(id.clone()),
-            }
-        }
-    }
-
-    /// Every acknowledged id is on node `via`, and no refused one.
-    fn check(&self, cluster: &TestCluster, via: usize) {
-        let server = &cluster.nodes[via].server;
-        for id in &self.acknowledged {
-            let (code, doc) = server.get(&format!("/collections/docs/documents/{id}"));
-            assert_eq!(
-                code, 200,
-                "acknowledged {id} is missing on node {via}: {doc}"
-            );
-        }
-        for id in &self.refused {
-            let (code, doc) = server.get(&format!("/collections/docs/documents/{id}"));
-            assert_eq!(code, 404, "refused {id} was applied: {doc}");
-        }
-    }
 }
 
 /// Writes 30 fresh documents through `via` until all are acknowledged; how long it took.

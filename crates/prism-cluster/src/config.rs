@@ -33,6 +33,7 @@ pub struct ClusterConfig {
     pub max_connections: usize,
     pub tls: TlsConfig,
     pub health: HealthConfig,
+    pub consistency: PartitionConfig,
 }
 
 impl Default for ClusterConfig {
@@ -50,6 +51,63 @@ impl Default for ClusterConfig {
             max_connections: 10,
             tls: TlsConfig::default(),
             health: HealthConfig::default(),
+            consistency: PartitionConfig::default(),
+        }
+    }
+}
+
+/// What a node cut off from the cluster's majority does (`[cluster.consistency]`, spec 001).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PartitionConfig {
+    /// How many copies a write waits for: `quorum` (a majority of the shard's voters) is the
+    /// only choice.
+    pub min_nodes_for_write: WriteQuorum,
+    /// `read_only`: a node in a minority refuses writes at once (`no_quorum`) and serves
+    /// reads as `allow_stale_reads` says.
+    pub partition_behavior: PartitionBehavior,
+    /// Whether a node in a minority serves reads that may be stale (every level but
+    /// `strong`).
+    pub allow_stale_reads: bool,
+}
+
+impl Default for PartitionConfig {
+    fn default() -> Self {
+        PartitionConfig {
+            min_nodes_for_write: WriteQuorum::Quorum,
+            partition_behavior: PartitionBehavior::ReadOnly,
+            allow_stale_reads: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteQuorum {
+    Quorum,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionBehavior {
+    ReadOnly,
+}
+
+/// `[federation.consistency]` (spec 001): the read consistency of a request that names none,
+/// and the bound of `bounded` reads. Cluster mode honours every level; a federation reads
+/// `eventual` only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReadConsistencyConfig {
+    pub read: crate::clustered::consistency::ReadLevel,
+    pub bounded_staleness_ms: u64,
+}
+
+impl Default for ReadConsistencyConfig {
+    fn default() -> Self {
+        ReadConsistencyConfig {
+            read: crate::clustered::consistency::ReadLevel::Eventual,
+            bounded_staleness_ms: 5000,
         }
     }
 }
@@ -107,6 +165,7 @@ impl Default for HealthConfig {
 pub struct FederationConfig {
     pub discovery: DiscoveryConfig,
     pub query: QueryConfig,
+    pub consistency: ReadConsistencyConfig,
 }
 
 /// Where the other nodes come from.
@@ -294,6 +353,38 @@ mod tests {
         );
         assert_eq!(HealthConfig::default().heartbeat_interval_ms, 1000);
         assert_eq!(DiscoveryConfig::default().dns_refresh_interval_secs, 30);
+        let p = PartitionConfig::default();
+        assert_eq!(p.partition_behavior, PartitionBehavior::ReadOnly);
+        assert!(p.allow_stale_reads);
+        assert_eq!(ReadConsistencyConfig::default().bounded_staleness_ms, 5000);
+    }
+
+    #[test]
+    fn spec_001_consistency_sections_parse_and_a_wrong_value_is_named() {
+        let c: ClusterConfig = toml_like(
+            r#"
+            [consistency]
+            min_nodes_for_write = "quorum"
+            partition_behavior = "read_only"
+            allow_stale_reads = false
+        "#,
+        );
+        assert!(!c.consistency.allow_stale_reads);
+        let f: FederationConfig = toml_like(
+            r#"
+            [consistency]
+            read = "read-your-writes"
+            bounded_staleness_ms = 200
+        "#,
+        );
+        assert_eq!(
+            f.consistency.read,
+            crate::clustered::consistency::ReadLevel::ReadYourWrites
+        );
+        let bad = toml::from_str::<ClusterConfig>("[consistency]\npartition_behavior = \"ignore\"")
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("read_only"), "{bad}");
     }
 
     #[test]
@@ -375,7 +466,7 @@ mod tests {
         assert!(toml::from_str::<FederationConfig>("[discovery]\ndns_servers = \"x\"").is_err());
     }
 
-    fn toml_like(text: &str) -> ClusterConfig {
+    fn toml_like<T: serde::de::DeserializeOwned>(text: &str) -> T {
         toml::from_str(text).unwrap()
     }
 }

@@ -169,7 +169,9 @@ fn serve(engine: &Engine, groups: Option<&GroupNode>, node_id: &str, envelope: E
         | Request::Get { .. }
         | Request::Copies
         | Request::Refresh
-        | Request::LeaveMetadata { .. } => {
+        | Request::LeaveMetadata { .. }
+        | Request::ReadIndex { .. }
+        | Request::ReadFence { .. } => {
             return Err(RpcError::NotFound(format!(
                 "node {node_id} does not run in cluster mode"
             )))

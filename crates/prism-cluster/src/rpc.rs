@@ -128,6 +128,20 @@ pub enum Request {
     /// Cluster mode, to the metadata leader: node `id` leaves the metadata group (demoted,
     /// then removed); voters are rebalanced.
     LeaveMetadata { id: u64 },
+    /// Cluster mode, to a group's leader: the log index a read must wait for. With
+    /// `confirm`, the linearizable read index (the leader confirmed its leadership with a
+    /// majority first); without, the index the leader has applied (a `bounded` read).
+    ReadIndex { confirm: bool },
+    /// Cluster mode: answers once this copy of the group has applied index `applied` (and,
+    /// with `searchable`, made it searchable), and, with `max_staleness_ms`, holds
+    /// everything its leader had applied at most that long ago. `Unavailable` when it
+    /// cannot within `within_ms`: another copy may.
+    ReadFence {
+        applied: u64,
+        max_staleness_ms: Option<u64>,
+        searchable: bool,
+        within_ms: u64,
+    },
 }
 
 /// One copy of one group on one node, as `/cluster/shards` shows it.
@@ -215,6 +229,12 @@ pub enum Answer {
     /// The copy's searchable log index after a refresh.
     Refreshed {
         visible: u64,
+    },
+    /// The log index a read must wait for.
+    ReadIndex(u64),
+    /// The copy meets the read's floor; it has applied this index.
+    Fenced {
+        applied: u64,
     },
 }
 

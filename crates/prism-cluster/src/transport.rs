@@ -25,7 +25,7 @@ use crate::tls::{self, TlsMaterial};
 /// 6: group ids carry their collection's generation. 7: pongs carry the node's incarnation.
 /// 10: a shard's copies past its voters (the fourth of four, the sixth and later) are
 /// learners, by their position in the metadata: a version-9 leader would promote them.
-pub const PROTOCOL_VERSION: u32 = 10;
+pub const PROTOCOL_VERSION: u32 = 11;
 /// Largest message accepted on a stream.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 

@@ -306,6 +306,17 @@ pub struct IndexParams {
     pub pipeline: Option<String>,
 }
 
+/// Query parameters of reading a document (cluster mode; the headers `X-Prism-Consistency`
+/// and `X-Prism-Consistency-Token` say the same).
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct GetParams {
+    /// `eventual` (default), `read_your_writes`, `bounded` or `strong`.
+    pub consistency: Option<String>,
+    /// The `consistency_token` of a write: the read waits until its copy applied it.
+    pub consistency_token: Option<String>,
+}
+
 /// Query parameters of deleting a document.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -44,6 +44,16 @@ impl FederationSettings {
     pub const KEYS: &'static [&'static str] = &["allow_partial_results", "min_successful_shards"];
 }
 
+/// A search's read consistency, as its body names it (cluster mode; the header
+/// `X-Prism-Consistency` and the configured default apply when it names none).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReadSettings {
+    /// `eventual`, `read_your_writes`, `bounded` or `strong`.
+    pub consistency: Option<String>,
+    /// The `consistency_token` of a write, for `read_your_writes`.
+    pub consistency_token: Option<String>,
+}
+
 /// `POST /cluster/collections/{c}/search`: a [`SearchRequest`] whose object also takes the
 /// keys of [`FederationSettings`]. Only its schema is used (`openapi::finish` merges the two).
 #[derive(ToSchema)]
@@ -78,12 +88,12 @@ pub struct FederatedIndexResponse {
     pub failed: u64,
 }
 
-/// A search body: the search request, and the partial-result settings of this query over
-/// `defaults`.
+/// A search body: the search request, the partial-result settings of this query over
+/// `defaults`, and its read consistency.
 pub fn parse_search(
     body: &[u8],
     defaults: &QueryConfig,
-) -> ApiResult<(SearchRequest, QueryConfig)> {
+) -> ApiResult<(SearchRequest, QueryConfig, ReadSettings)> {
     let mut value: Value = prism_core::schema::parse_json_strict(body).map_err(|e| {
         ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
     })?;
@@ -94,6 +104,22 @@ pub fn parse_search(
             "the search body must be a JSON object",
         ));
     };
+    let mut read = ReadSettings::default();
+    for (key, slot) in [
+        ("consistency", &mut read.consistency),
+        ("consistency_token", &mut read.consistency_token),
+    ] {
+        match obj.remove(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(text)) => *slot = Some(text),
+            Some(other) => {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!("{key} must be a string, not {other}"),
+                ))
+            }
+        }
+    }
     let mut query = defaults.clone();
     let mut settings = serde_json::Map::new();
     for key in FederationSettings::KEYS {
@@ -113,7 +139,23 @@ pub fn parse_search(
         query.min_successful_shards = min;
     }
     let request = SearchRequest::from_json(value.to_string().as_bytes())?;
-    Ok((request, query))
+    Ok((request, query, read))
+}
+
+/// A federation has no replicated log to read at a level: only `eventual` reads.
+fn refuse_consistency_in_a_federation(read: &ReadSettings) -> ApiResult<()> {
+    let eventual = read
+        .consistency
+        .as_deref()
+        .is_none_or(|level| level.eq_ignore_ascii_case("eventual"));
+    if !eventual || read.consistency_token.is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "a federation reads at consistency eventual only; read_your_writes, bounded and \
+             strong need cluster mode (--cluster)",
+        ));
+    }
+    Ok(())
 }
 
 /// This node's view of the federation.
@@ -312,7 +354,8 @@ impl Cluster {
         body: &[u8],
     ) -> ApiResult<FederatedSearchResponse> {
         let started = Instant::now();
-        let (request, query) = parse_search(body, &self.query)?;
+        let (request, query, read) = parse_search(body, &self.query)?;
+        refuse_consistency_in_a_federation(&read)?;
         let copies = self
             .membership
             .read()

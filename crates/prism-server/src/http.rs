@@ -1212,23 +1212,33 @@ async fn bulk_documents(
 }
 
 #[utoipa::path(get, path = "/collections/{name}/documents/{id}", tag = "documents",
-    params(DocumentPath),
+    params(DocumentPath, GetParams),
     responses(
         (status = 200, description = "The document's stored fields, as last written (durable writes are visible at once)", body = DocumentOutput),
+        (status = 400, description = "`invalid_consistency`: an unknown level, or a bad or missing token", body = ErrorBody),
         (status = 404, description = "`collection_not_found`, `document_not_found`", body = ErrorBody),
-        (status = 503, description = "`collection_recovering` or `collection_unavailable`", body = ErrorBody),
+        (status = 503, description = "`collection_recovering` or `collection_unavailable`; in cluster mode `no_quorum` (a strong read without a majority, or any read in a minority partition without `allow_stale_reads`) or `unavailable` (no copy met the consistency in time)", body = ErrorBody),
     ))]
 async fn get_document(
     State(state): Shared,
     JsonPath(DocumentPath { name, id }): JsonPath<DocumentPath>,
+    axum::Extension(params): axum::Extension<QueryParameters>,
+    headers: axum::http::HeaderMap,
 ) -> ApiResult<Json<DocumentOutput>> {
+    let params: GetParams = params.typed()?;
     #[cfg(feature = "cluster")]
     if let Some(raft) = &state.raft {
-        return match raft.get(&name, &id).await? {
+        let header = read_settings_of(&headers)?;
+        let asked = crate::cluster::ReadSettings {
+            consistency: params.consistency.or(header.consistency),
+            consistency_token: params.consistency_token.or(header.consistency_token),
+        };
+        return match raft.get(&name, &id, &asked).await? {
             Some((id, Value::Object(fields))) => Ok(Json(DocumentOutput { id, fields })),
             Some(_) | None => Err(prism_core::Error::DocumentNotFound(id).into()),
         };
     }
+    let _ = (params, headers);
     let collection = collection(&state, &name)?;
     let wanted = id.clone();
     let doc = blocking(move || collection.shard().get(&wanted)).await?;
@@ -1260,7 +1270,12 @@ async fn delete_document(
     let refresh = refresh_mode(params.refresh);
     #[cfg(feature = "cluster")]
     if let Some(raft) = &state.raft {
-        if raft.get(&name, &id).await?.is_none() {
+        // A strong read: a copy that has not applied the document yet must not answer 404.
+        let strong = crate::cluster::ReadSettings {
+            consistency: Some("strong".into()),
+            consistency_token: None,
+        };
+        if raft.get(&name, &id, &strong).await?.is_none() {
             return Err(prism_core::Error::DocumentNotFound(id).into());
         }
         let target = WriteTarget::Cluster {
@@ -1283,6 +1298,29 @@ async fn delete_document(
     ::metrics::counter!(metrics::DOCS_DELETED, "collection" => collection.name().to_string())
         .increment(1);
     Ok(Json(Deleted { deleted: id }))
+}
+
+/// A read's consistency as the headers `X-Prism-Consistency` and `X-Prism-Consistency-Token`
+/// name it.
+#[cfg(feature = "cluster")]
+fn read_settings_of(headers: &axum::http::HeaderMap) -> ApiResult<crate::cluster::ReadSettings> {
+    let text = |name: &str| -> ApiResult<Option<String>> {
+        headers
+            .get(name)
+            .map(|v| {
+                v.to_str().map(str::to_string).map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_consistency",
+                        format!("the header {name} is not visible ASCII"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    Ok(crate::cluster::ReadSettings {
+        consistency: text("x-prism-consistency")?,
+        consistency_token: text("x-prism-consistency-token")?,
+    })
 }
 
 #[cfg(feature = "cluster")]
@@ -1377,11 +1415,13 @@ async fn cluster_election(
 async fn cluster_search(
     State(state): Shared,
     JsonPath(CollectionPath { name }): JsonPath<CollectionPath>,
+    headers: axum::http::HeaderMap,
     Body(body, _body_reserved): Body,
 ) -> ApiResult<Json<crate::cluster::FederatedSearchResponse>> {
     prism_core::schema::validate_collection_name(&name)?;
     if let Some(raft) = &state.raft {
-        return Ok(Json(raft.search(&name, &body).await?));
+        let header = read_settings_of(&headers)?;
+        return Ok(Json(raft.search(&name, &body, &header).await?));
     }
     let mut answer = cluster_of(&state)?.search(&name, &body).await?;
     // Every member holds the collection's schema: it decodes `top_hits` sort values.
@@ -1565,13 +1605,16 @@ async fn refresh(
 async fn search(
     State(state): Shared,
     JsonPath(CollectionPath { name }): JsonPath<CollectionPath>,
+    headers: axum::http::HeaderMap,
     Body(body, _body_reserved): Body,
 ) -> ApiResult<Response> {
     let started = Instant::now();
     #[cfg(feature = "cluster")]
     if let Some(raft) = &state.raft {
-        return Ok(Json(raft.search(&name, &body).await?).into_response());
+        let header = read_settings_of(&headers)?;
+        return Ok(Json(raft.search(&name, &body, &header).await?).into_response());
     }
+    let _ = headers;
     let collection = collection(&state, &name)?;
     if body.is_empty() {
         return Err(ApiError::bad_request(

@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use parking_lot::Mutex;
+use prism_cluster::clustered::consistency::ReadConsistency;
 use prism_cluster::clustered::replication_lag::ReplicationClock;
 use prism_cluster::clustered::writes::WriteVerdict;
 use prism_cluster::clustered::{ClusterHandler, ClusterNode, ClusterStatus, Settings};
-use prism_cluster::config::{ClusterConfig, FederationConfig, QueryConfig};
+use prism_cluster::config::{ClusterConfig, FederationConfig, QueryConfig, ReadConsistencyConfig};
 use prism_cluster::coordinator::SearchError;
 use prism_cluster::metadata::CollectionMeta;
 use prism_cluster::network::{HandlerService, LocalFirst, Network};
@@ -26,7 +27,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use utoipa::ToSchema;
 
-use crate::cluster::FederatedSearchResponse;
+use crate::cluster::{FederatedSearchResponse, ReadSettings};
 use crate::error::{ApiError, ApiResult};
 
 /// This node in cluster mode.
@@ -34,6 +35,9 @@ pub struct RaftCluster {
     pub node: Arc<ClusterNode>,
     transport: Arc<Transport>,
     query: QueryConfig,
+    /// `[federation.consistency]`: a read's level when it names none, and the bound of
+    /// `bounded` reads.
+    reads: ReadConsistencyConfig,
     request_timeout: Duration,
     /// When the logs of the groups this node leads grew, for lag in seconds.
     replication_clock: Arc<Mutex<ReplicationClock>>,
@@ -193,6 +197,7 @@ impl RaftCluster {
             request_timeout,
             query: federation.query.clone(),
             timing: Timing::default(),
+            allow_stale_reads: config.consistency.allow_stale_reads,
         };
         let node = ClusterNode::start(settings, engine, host, network)
             .await
@@ -206,6 +211,7 @@ impl RaftCluster {
             node,
             transport,
             query: federation.query,
+            reads: federation.consistency,
             request_timeout,
             replication_clock,
             sampler,
@@ -422,21 +428,54 @@ impl RaftCluster {
         self.node.refresh(name).await.map_err(rpc_error)
     }
 
-    /// A document by id.
-    pub async fn get(&self, name: &str, id: &str) -> ApiResult<Option<(String, Value)>> {
-        self.node.get(name, id).await.map_err(rpc_error)
+    /// A read's consistency: the request's level (else the configured default) and token,
+    /// refused when this node, in a minority partition, may not serve it.
+    pub fn read_consistency(&self, asked: &ReadSettings) -> ApiResult<ReadConsistency> {
+        let read = ReadConsistency::parse(
+            asked.consistency.as_deref(),
+            asked.consistency_token.as_deref(),
+            self.reads.read,
+            Duration::from_millis(self.reads.bounded_staleness_ms),
+        )
+        .map_err(|m| ApiError::bad_request("invalid_consistency", m))?;
+        self.node.read_allowed(read.level).map_err(rpc_error)?;
+        Ok(read)
     }
 
-    /// A search over one copy of each shard.
-    pub async fn search(&self, name: &str, body: &[u8]) -> ApiResult<FederatedSearchResponse> {
+    /// A document by id, read at the consistency `asked` names.
+    pub async fn get(
+        &self,
+        name: &str,
+        id: &str,
+        asked: &ReadSettings,
+    ) -> ApiResult<Option<(String, Value)>> {
+        let read = self.read_consistency(asked)?;
+        self.node.get(name, id, &read).await.map_err(rpc_error)
+    }
+
+    /// A search over one copy of each shard, at the consistency the body or `header` (the
+    /// body first) names.
+    pub async fn search(
+        &self,
+        name: &str,
+        body: &[u8],
+        header: &ReadSettings,
+    ) -> ApiResult<FederatedSearchResponse> {
         let started = Instant::now();
-        let (request, query) = crate::cluster::parse_search(body, &self.query)?;
+        let (request, query, mut asked) = crate::cluster::parse_search(body, &self.query)?;
+        if asked.consistency.is_none() {
+            asked.consistency = header.consistency.clone();
+        }
+        if asked.consistency_token.is_none() {
+            asked.consistency_token = header.consistency_token.clone();
+        }
+        let read = self.read_consistency(&asked)?;
         let deadline = self.request_timeout.min(Duration::from_millis(
             query.partial_results_timeout_ms.max(1),
         ));
         let answer = self
             .node
-            .search(name, &request, &query, deadline)
+            .search(name, &request, &query, &read, deadline)
             .await
             .map_err(search_error)?;
         Ok(FederatedSearchResponse {

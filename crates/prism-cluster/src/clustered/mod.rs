@@ -4,6 +4,7 @@
 //! with a retry on another. The decisions are pure (`plan`, `writes`); this module carries
 //! them out over the node's [`GroupNode`] and its [`Network`].
 
+pub mod consistency;
 pub mod plan;
 pub mod replication_lag;
 pub mod writes;
@@ -29,12 +30,13 @@ use crate::metadata::{
 };
 use crate::network::{Handler, Network};
 use crate::node::EngineHandler;
-use crate::raft::groups::{CopyState, GroupNode, Liveness};
+use crate::raft::groups::{CopyState, GroupNode, Liveness, ReadIndex};
 use crate::raft::metadata_group::{metadata_voter_count, MetaGroup, MetaRole, MetaView};
 use crate::raft::network::RaftHost;
 use crate::raft::proposal::Proposed;
 use crate::raft::quiescence::{Role, Timing};
 use crate::rpc::{Answer, CopyReport, Envelope, GroupId, Json, NodeId, Reply, Request, RpcError};
+use consistency::{fresh_enough, read_allowed_in_partition, ReadConsistency, ReadLevel};
 use plan::{plan, LocalCopy, Step, PROMOTE_WITHIN};
 use writes::{reaches_majority, split_by_shard, verdict, ShardOutcome, WriteVerdict};
 
@@ -56,6 +58,9 @@ pub struct Settings {
     pub request_timeout: Duration,
     pub query: QueryConfig,
     pub timing: Timing,
+    /// `[cluster.consistency] allow_stale_reads`: whether a node in a minority partition
+    /// serves reads that may be stale.
+    pub allow_stale_reads: bool,
 }
 
 /// A node's Raft id: its name and the incarnation drawn when its data directory was first
@@ -152,6 +157,9 @@ pub struct ClusterNode {
     /// Collections being migrated from this node's single-node data: client writes wait, so
     /// that a migrated (older) document never overwrites a newer write.
     migrating: Mutex<BTreeSet<String>>,
+    /// By group: when this node's copy last held everything its leader had applied, and
+    /// that index (`bounded` reads).
+    freshness: Mutex<HashMap<GroupId, (Instant, u64)>>,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
@@ -269,6 +277,7 @@ impl ClusterNode {
             suspected_since: Mutex::default(),
             log_growth: Mutex::default(),
             migrating: Mutex::default(),
+            freshness: Mutex::default(),
             tasks: Mutex::default(),
         });
         if fresh && node.settings.bootstrap {
@@ -530,6 +539,28 @@ impl ClusterNode {
             }
             Request::Copies => Ok(Answer::Copies(self.local_reports().await)),
             Request::LeaveMetadata { id } => self.leave_metadata(id).await,
+            Request::ReadIndex { confirm } => {
+                let group = group_named(group)?;
+                self.read_index_here(&group, confirm, self.settings.request_timeout)
+                    .await
+            }
+            Request::ReadFence {
+                applied,
+                max_staleness_ms,
+                searchable,
+                within_ms,
+            } => {
+                let group = group_named(group)?;
+                let within = Duration::from_millis(within_ms).min(self.settings.request_timeout);
+                self.fence_here(
+                    &group,
+                    applied,
+                    max_staleness_ms.map(Duration::from_millis),
+                    searchable,
+                    Instant::now() + within,
+                )
+                .await
+            }
             Request::Refresh => {
                 let group = group_named(group)?;
                 let shard = self.groups.shard(&group).ok_or_else(|| no_copy(&group))?;
@@ -901,6 +932,7 @@ impl ClusterNode {
     /// verdict is only as good as every shard's outcome.
     pub async fn write(&self, collection: &str, ops: Vec<Op>) -> Result<WriteOutcome, RpcError> {
         self.refuse_while_migrating(collection)?;
+        self.refuse_writes_in_minority()?;
         self.write_unfenced(collection, ops).await
     }
 
@@ -1228,33 +1260,73 @@ impl ClusterNode {
     }
 
     /// Searches `collection` over one copy per shard, retrying a failed copy once on another.
+    /// Above `eventual`, each shard's copy is first fenced: it serves only once it meets the
+    /// read's consistency ([`consistency`]).
     pub async fn search(
         &self,
         collection: &str,
         request: &SearchRequest,
         query: &QueryConfig,
+        consistency: &ReadConsistency,
         deadline: Duration,
     ) -> Result<FederatedSearch, SearchError> {
+        let started = Instant::now();
         let meta = self
             .collection(collection)
             .map_err(|e| SearchError::NotFound(e.to_string()))?;
-        let copies = self.read_copies(collection, &meta);
+        let mut copies = self.read_copies(collection, &meta);
+        if consistency.level != ReadLevel::Eventual {
+            let fenced = copies.into_iter().map(|copy| {
+                let group = GroupId::shard(collection, copy.shard, meta.generation);
+                let nodes: Vec<u64> = meta.shards[copy.shard as usize]
+                    .iter()
+                    .map(|c| c.node)
+                    .collect();
+                async move {
+                    self.fence_copy(&group, &nodes, copy, consistency, true, started + deadline)
+                        .await
+                }
+            });
+            copies = futures::future::join_all(fenced).await;
+        }
         self.coordinator
-            .search(collection, request, &copies, query, deadline)
+            .search(
+                collection,
+                request,
+                &copies,
+                query,
+                deadline.saturating_sub(started.elapsed()),
+            )
             .await
             .map(|(answer, _)| answer)
     }
 
-    /// A document by id from one copy of its shard, retried once on another.
+    /// A document by id from one copy of its shard that meets `consistency`, retried once on
+    /// another.
     pub async fn get(
         &self,
         collection: &str,
         id: &str,
+        consistency: &ReadConsistency,
     ) -> Result<Option<(String, serde_json::Value)>, RpcError> {
+        let deadline = Instant::now() + self.settings.request_timeout;
         let meta = self.collection(collection)?;
         let shard = prism_core::routing::shard_for(id, meta.shards.len() as u32);
-        let copy = &self.read_copies(collection, &meta)[shard as usize];
+        let mut copy = self.read_copies(collection, &meta)[shard as usize].clone();
         let group = GroupId::shard(collection, shard, meta.generation);
+        if consistency.level != ReadLevel::Eventual {
+            let nodes: Vec<u64> = meta.shards[shard as usize].iter().map(|c| c.node).collect();
+            copy = self
+                .fence_copy(&group, &nodes, copy, consistency, false, deadline)
+                .await;
+            if let Some(why) = copy.down {
+                return Err(if consistency.level == ReadLevel::Strong {
+                    RpcError::NoQuorum(why)
+                } else {
+                    RpcError::Unavailable(why)
+                });
+            }
+        }
         let mut last = RpcError::Unavailable(format!("no copy of {group} answered"));
         for address in std::iter::once(&copy.node)
             .chain(copy.alternates.iter())
@@ -1277,6 +1349,311 @@ impl ClusterNode {
             }
         }
         Err(last)
+    }
+
+    /// How many of the metadata group's voters this node reaches (itself included, and
+    /// those the liveness driver does not suspect), of how many.
+    fn metadata_reach(&self) -> (usize, usize) {
+        let view = self.meta.view();
+        let suspected = self.host.suspected();
+        let reachable = view
+            .voters
+            .iter()
+            .filter(|v| **v == self.id || !suspected.contains(v))
+            .count();
+        (reachable, view.voters.len())
+    }
+
+    /// `partition_behavior = "read_only"`: a node that reaches only a minority of the
+    /// cluster refuses writes before proposing anything, so they are never applied.
+    fn refuse_writes_in_minority(&self) -> Result<(), RpcError> {
+        let (reachable, voters) = self.metadata_reach();
+        if voters > 0 && reachable * 2 <= voters {
+            return Err(RpcError::NoQuorum(format!(
+                "this node reaches {reachable} of the cluster's {voters} voters: it is in a \
+                 minority partition, which is read-only ([cluster.consistency] \
+                 partition_behavior = \"read_only\"); the write was not applied. Write through a \
+                 node in the majority"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether this node may serve a read at `level` now: in a minority partition only a
+    /// read that may be stale, and only with `allow_stale_reads`.
+    pub fn read_allowed(&self, level: ReadLevel) -> Result<(), RpcError> {
+        let (reachable, voters) = self.metadata_reach();
+        read_allowed_in_partition(level, reachable, voters, self.settings.allow_stale_reads)
+            .map_err(RpcError::NoQuorum)
+    }
+
+    /// `copy` (a shard's copies in read order) narrowed to the first that meets
+    /// `consistency`, with no alternate left (another copy could not be trusted to); marked
+    /// down, with the reason, when none does by `deadline`. The first copies get half the
+    /// time left each, so that a slow one leaves time for the next.
+    async fn fence_copy(
+        &self,
+        group: &GroupId,
+        nodes: &[u64],
+        copy: ShardCopy,
+        consistency: &ReadConsistency,
+        searchable: bool,
+        deadline: Instant,
+    ) -> ShardCopy {
+        let down = |why: String| ShardCopy {
+            down: Some(why),
+            alternates: Vec::new(),
+            ..copy.clone()
+        };
+        let mut floor = consistency.token_floor(copy.shard, copy.generation);
+        if consistency.level == ReadLevel::Strong {
+            match self.read_index_of(group, nodes, deadline).await {
+                Ok(index) => floor = floor.max(index),
+                Err(e) => return down(format!("no strong read of {group}: {e}")),
+            }
+        }
+        let candidates: Vec<NodeId> = std::iter::once(copy.node.clone())
+            .chain(copy.alternates.iter().cloned())
+            .filter(|a| !a.is_empty())
+            .collect();
+        let mut last = format!("no copy of {group} is known");
+        for (i, address) in candidates.iter().enumerate() {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            let slice = if i + 1 < candidates.len() {
+                remaining / 2
+            } else {
+                remaining
+            };
+            let ask = Envelope {
+                group: Some(group.clone()),
+                request: Request::ReadFence {
+                    applied: floor,
+                    max_staleness_ms: consistency.max_staleness().map(|d| d.as_millis() as u64),
+                    searchable,
+                    within_ms: slice.as_millis() as u64,
+                },
+            };
+            // The copy answers by `slice`; the margin covers the way back.
+            let call = self.network.call(address, ask);
+            match tokio::time::timeout(slice + Duration::from_millis(100), call).await {
+                Ok(Ok(Answer::Fenced { .. })) => {
+                    return ShardCopy {
+                        node: address.clone(),
+                        down: None,
+                        alternates: Vec::new(),
+                        ..copy
+                    }
+                }
+                Ok(Ok(other)) => last = format!("{address}: unexpected answer {other:?}"),
+                Ok(Err(e)) => last = format!("{address}: {e}"),
+                Err(_) => last = format!("{address} did not answer in time"),
+            }
+        }
+        down(format!(
+            "no copy of {group} could serve a {} read: {last}",
+            consistency.level.as_str()
+        ))
+    }
+
+    /// The linearizable read index of `group`, from its leader wherever it is (following
+    /// `NotLeader` hints) until `deadline`.
+    async fn read_index_of(
+        &self,
+        group: &GroupId,
+        copies: &[u64],
+        deadline: Instant,
+    ) -> Result<u64, RpcError> {
+        let mut last = format!("no copy of {group} leads it");
+        let mut round = 0usize;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(RpcError::NoQuorum(format!(
+                    "no leader of {group} confirmed a read index in time: {last}"
+                )));
+            }
+            let suspected = self.host.suspected();
+            let candidates: Vec<u64> = self
+                .candidates(group, copies)
+                .into_iter()
+                .filter(|n| *n == self.id || !suspected.contains(n))
+                .collect();
+            if candidates.is_empty() {
+                last = format!("every copy of {group} is unreachable");
+                tokio::time::sleep(Duration::from_millis(25)).await;
+                continue;
+            }
+            let target = candidates[round % candidates.len()];
+            round += 1;
+            let answer = if target == self.id {
+                self.read_index_here(group, true, remaining).await
+            } else if let Some(address) = self.address_of(target) {
+                let ask = Envelope {
+                    group: Some(group.clone()),
+                    request: Request::ReadIndex { confirm: true },
+                };
+                tokio::time::timeout(remaining, self.network.call(&address, ask))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(RpcError::Unavailable(format!(
+                            "{address} did not answer in time"
+                        )))
+                    })
+            } else {
+                Err(RpcError::Unreachable(format!(
+                    "node {target} is not in the metadata"
+                )))
+            };
+            match answer {
+                Ok(Answer::ReadIndex(index)) => {
+                    self.leader_hints.lock().insert(group.clone(), target);
+                    return Ok(index);
+                }
+                Ok(other) => last = format!("unexpected answer {other:?}"),
+                Err(RpcError::NotLeader { leader }) => {
+                    if let Some(l) = leader.as_deref().and_then(|a| self.node_at(a)) {
+                        self.leader_hints.lock().insert(group.clone(), l);
+                        round = 0;
+                    }
+                    last = format!("node {target} does not lead {group}");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(RpcError::NoQuorum(why)) => return Err(RpcError::NoQuorum(why)),
+                Err(e) => {
+                    last = e.to_string();
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    /// On this node's copy of `group`, which must lead it: the read index (confirmed by a
+    /// majority with `confirm`), or the index it applied.
+    async fn read_index_here(&self, group: &GroupId, confirm: bool, within: Duration) -> Reply {
+        let state = self
+            .groups
+            .states()
+            .get(group)
+            .cloned()
+            .ok_or_else(|| no_copy(group))?;
+        let leader_address = |l: Option<u64>| l.and_then(|l| state.addresses.get(&l).cloned());
+        if state.role != Role::Leader {
+            return Err(RpcError::NotLeader {
+                leader: leader_address(state.leader),
+            });
+        }
+        if let Some(why) = self.majority_unreachable(group) {
+            return Err(RpcError::NoQuorum(why));
+        }
+        if !confirm {
+            return Ok(Answer::ReadIndex(state.applied.unwrap_or(0)));
+        }
+        match self
+            .groups
+            .read_index(group, within.min(QUORUM_WINDOW))
+            .await
+        {
+            ReadIndex::Confirmed(index) => Ok(Answer::ReadIndex(index)),
+            ReadIndex::NotLeader { leader, .. } => Err(RpcError::NotLeader {
+                leader: leader_address(leader),
+            }),
+            ReadIndex::NoQuorum(why) => Err(RpcError::NoQuorum(why)),
+        }
+    }
+
+    /// Answers once this node's copy of `group` meets a read's floor: it applied `applied`,
+    /// holds what its leader had applied at most `max_staleness` ago, and, with
+    /// `searchable`, made it searchable.
+    async fn fence_here(
+        &self,
+        group: &GroupId,
+        applied: u64,
+        max_staleness: Option<Duration>,
+        searchable: bool,
+        deadline: Instant,
+    ) -> Reply {
+        let shard = self.groups.shard(group).ok_or_else(|| no_copy(group))?;
+        let mut floor = applied;
+        let mut confirmed_at = None;
+        if let Some(max) = max_staleness {
+            let (index, asked_at) = self.staleness_floor(group, max, deadline).await?;
+            floor = floor.max(index);
+            confirmed_at = asked_at;
+        }
+        let within = deadline.saturating_duration_since(Instant::now());
+        let reached = self
+            .groups
+            .wait_applied(group, floor, within)
+            .await
+            .map_err(RpcError::Unavailable)?;
+        if let Some(at) = confirmed_at {
+            let mut freshness = self.freshness.lock();
+            let newer = freshness.get(group).is_none_or(|(known, _)| *known < at);
+            if newer {
+                freshness.insert(group.clone(), (at, floor));
+            }
+        }
+        if searchable && *shard.visible_index().borrow() < floor {
+            shard
+                .request_refresh()?
+                .await
+                .map_err(|_| RpcError::Unavailable("the shard closed".into()))??;
+        }
+        Ok(Answer::Fenced { applied: reached })
+    }
+
+    /// The index this copy of `group` must apply to be at most `max` behind its leader, and
+    /// when the leader was asked for it (`None`: known without asking). A leader that
+    /// reaches a majority is its own reference; a follower known fresh within `max` needs
+    /// nothing more; otherwise its leader says what it has applied.
+    async fn staleness_floor(
+        &self,
+        group: &GroupId,
+        max: Duration,
+        deadline: Instant,
+    ) -> Result<(u64, Option<Instant>), RpcError> {
+        let state = self
+            .groups
+            .states()
+            .get(group)
+            .cloned()
+            .ok_or_else(|| no_copy(group))?;
+        if state.role == Role::Leader && self.majority_unreachable(group).is_none() {
+            return Ok((0, None));
+        }
+        if let Some((at, index)) = self.freshness.lock().get(group).copied() {
+            if fresh_enough(Some(at.elapsed()), max) {
+                return Ok((index, None));
+            }
+        }
+        let leader = state
+            .leader
+            .filter(|l| *l != self.id)
+            .and_then(|l| state.addresses.get(&l).cloned())
+            .ok_or_else(|| {
+                RpcError::Unavailable(format!(
+                    "this copy of {group} knows no leader to measure its staleness against"
+                ))
+            })?;
+        let asked_at = Instant::now();
+        let ask = Envelope {
+            group: Some(group.clone()),
+            request: Request::ReadIndex { confirm: false },
+        };
+        let within = deadline.saturating_duration_since(asked_at) / 2;
+        match tokio::time::timeout(within, self.network.call(&leader, ask)).await {
+            Ok(Ok(Answer::ReadIndex(index))) => Ok((index, Some(asked_at))),
+            Ok(Ok(other)) => Err(RpcError::Internal(format!("unexpected answer {other:?}"))),
+            Ok(Err(e)) => Err(RpcError::Unavailable(format!(
+                "this copy of {group} cannot tell how stale it is: its leader {leader} answered {e}"
+            ))),
+            Err(_) => Err(RpcError::Unavailable(format!(
+                "this copy of {group} cannot tell how stale it is: its leader {leader} did not answer in time"
+            ))),
+        }
     }
 
     /// Raises or lowers a collection's replication factor. New copies join their groups as

@@ -38,6 +38,19 @@ pub enum Liveness {
     Heartbeats { heartbeat_ms: u64, election_ms: u64 },
 }
 
+/// What a leader answered when asked for a linearizable read index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadIndex {
+    Confirmed(u64),
+    /// This copy does not lead (the leader it knows, if any).
+    NotLeader {
+        leader: Option<u64>,
+        why: String,
+    },
+    /// It leads, but no majority confirmed that in time: it may have been deposed.
+    NoQuorum(String),
+}
+
 /// One copy's state, as a caller of [`GroupNode`] sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopyState {
@@ -304,6 +317,67 @@ impl GroupNode {
             .elect()
             .await
             .map_err(|e| format!("cannot start an election in {group}: {e}"))
+    }
+
+    /// The linearizable read index of `group`, whose copy here must lead it: openraft sends
+    /// a heartbeat to every voter and answers once a majority confirmed this leadership.
+    /// A read that waits until its copy applied the index sees every write committed before
+    /// the read began.
+    pub async fn read_index(&self, group: &GroupId, within: Duration) -> ReadIndex {
+        let raft = match self.raft(group) {
+            Ok(raft) => raft,
+            Err(why) => return ReadIndex::NotLeader { leader: None, why },
+        };
+        match tokio::time::timeout(within, raft.get_read_log_id()).await {
+            Ok(Ok((read, _applied))) => ReadIndex::Confirmed(read.map_or(0, |id| id.index)),
+            Ok(Err(openraft::error::RaftError::APIError(
+                openraft::error::CheckIsLeaderError::ForwardToLeader(forward),
+            ))) => ReadIndex::NotLeader {
+                leader: forward.leader_id,
+                why: format!("this copy of {group} does not lead it"),
+            },
+            Ok(Err(e)) => ReadIndex::NoQuorum(format!(
+                "the leader of {group} could not confirm its leadership with a majority: {e}"
+            )),
+            Err(_) => ReadIndex::NoQuorum(format!(
+                "the leader of {group} could not confirm its leadership with a majority within \
+                 {} ms",
+                within.as_millis()
+            )),
+        }
+    }
+
+    /// Waits until this node's copy of `group` has applied log index `index`, up to
+    /// `within`; answers the index it applied, or why it did not get there.
+    pub async fn wait_applied(
+        &self,
+        group: &GroupId,
+        index: u64,
+        within: Duration,
+    ) -> Result<u64, String> {
+        let mut metrics = self.raft(group)?.metrics();
+        let waited = tokio::time::timeout(within, async {
+            loop {
+                let applied = metrics
+                    .borrow_and_update()
+                    .last_applied
+                    .map_or(0, |id| id.index);
+                if applied >= index {
+                    return Ok(applied);
+                }
+                if metrics.changed().await.is_err() {
+                    return Err(format!("the copy of {group} closed"));
+                }
+            }
+        })
+        .await;
+        waited.unwrap_or_else(|_| {
+            let applied = metrics.borrow().last_applied.map_or(0, |id| id.index);
+            Err(format!(
+                "this copy of {group} applied index {applied}, not {index}, within {} ms",
+                within.as_millis()
+            ))
+        })
     }
 
     /// Closes this node's copy of `group` and deletes its files: the copy was removed from
