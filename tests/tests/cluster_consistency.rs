@@ -275,6 +275,44 @@ fn strong_and_read_your_writes_reads_see_the_last_acknowledged_write_on_a_follow
     }
     println!("eventual reads right after a resume answered {eventual_saw:?} (404: not there yet)");
 
+    // Spec 004's promotion barrier: a copy paused while writes went on is refused
+    // leadership (409, nothing changes); once resumed and caught up, it is elected.
+    let target = others(leader, 3)[1];
+    let term_of_leader = || {
+        let report = cluster.shards_report().expect("a shards report");
+        report["copies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["collection"] == "docs" && c["role"] == "leader")
+            .map(|c| (c["node"].clone(), c["term"].clone()))
+    };
+    let before = term_of_leader();
+    cluster.nodes[target].server.pause();
+    let batch = ids("barrier", 20);
+    let (code, answer) = cluster.write(leader, "docs", &batch, 7);
+    assert_eq!(code, 201, "{answer}");
+    let ask = json!({"collection": "docs", "shard": 0, "node": cluster.nodes[target].name});
+    let (code, refused) = cluster.nodes[leader]
+        .server
+        .post_json("/cluster/election", &ask);
+    cluster.nodes[target].server.resume();
+    assert_eq!(code, 409, "{refused}");
+    assert_eq!(refused["error"]["code"], "not_caught_up", "{refused}");
+    assert_eq!(
+        term_of_leader(),
+        before,
+        "a refused promotion changed the leader"
+    );
+    let (code, elected) = wait_until(Duration::from_secs(20), "the promotion", || {
+        let (code, body) = cluster.nodes[leader]
+            .server
+            .post_json("/cluster/election", &ask);
+        (code == 200).then_some((code, body))
+    });
+    assert_eq!(code, 200, "{elected}");
+    assert_eq!(shard_leader(&cluster), target);
+
     // Bounded: served through a follower, whose leader answers.
     let (code, doc) = get(&cluster, follower, "strong-0", "consistency=bounded");
     assert_eq!(code, 200, "{doc}");

@@ -272,6 +272,10 @@ pub enum RpcError {
     /// in flight). Retrying an upsert or a delete by id is safe.
     #[error("outcome unknown: {0}")]
     WriteUnknown(String),
+    /// A copy asked to lead does not hold its leader's whole log (spec 004's promotion
+    /// barrier): its election could only fail and depose the leader.
+    #[error("not caught up: {0}")]
+    NotCaughtUp(String),
 }
 
 impl RpcError {

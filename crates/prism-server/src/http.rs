@@ -1391,6 +1391,7 @@ async fn cluster_shards(State(state): Shared) -> ApiResult<Response> {
         (status = 200, description = "The election was started on the candidate", body = Object),
         (status = 400, description = "`invalid_request`", body = ErrorBody),
         (status = 404, description = "`cluster_disabled`, `collection_not_found`, `node_not_found`", body = ErrorBody),
+        (status = 409, description = "`not_caught_up`: the node named does not hold its leader's whole log within 2 s (spec 004's promotion barrier); nothing changed", body = ErrorBody),
         (status = 503, description = "`unavailable`: no other live copy", body = ErrorBody),
     ))]
 async fn cluster_election(

@@ -438,7 +438,9 @@ impl RaftCluster {
             Duration::from_millis(self.reads.bounded_staleness_ms),
         )
         .map_err(|m| ApiError::bad_request("invalid_consistency", m))?;
-        self.node.read_allowed(read.level).map_err(rpc_error)?;
+        self.node.read_allowed(read.level).map_err(|e| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_quorum", e.to_string())
+        })?;
         Ok(read)
     }
 
@@ -450,7 +452,11 @@ impl RaftCluster {
         asked: &ReadSettings,
     ) -> ApiResult<Option<(String, Value)>> {
         let read = self.read_consistency(asked)?;
-        self.node.get(name, id, &read).await.map_err(rpc_error)
+        self.node.get(name, id, &read).await.map_err(|e| match e {
+            // A read refused for want of a majority: nothing about writes.
+            RpcError::NoQuorum(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_quorum", m),
+            other => rpc_error(other),
+        })
     }
 
     /// A search over one copy of each shard, at the consistency the body or `header` (the
@@ -463,11 +469,13 @@ impl RaftCluster {
     ) -> ApiResult<FederatedSearchResponse> {
         let started = Instant::now();
         let (request, query, mut asked) = crate::cluster::parse_search(body, &self.query)?;
+        // The headers apply only where the body names no level: a client that sends its
+        // last token on every request can still ask the body for another level.
         if asked.consistency.is_none() {
             asked.consistency = header.consistency.clone();
-        }
-        if asked.consistency_token.is_none() {
-            asked.consistency_token = header.consistency_token.clone();
+            if asked.consistency_token.is_none() {
+                asked.consistency_token = header.consistency_token.clone();
+            }
         }
         let read = self.read_consistency(&asked)?;
         let deadline = self.request_timeout.min(Duration::from_millis(
@@ -708,6 +716,7 @@ pub fn rpc_error(e: RpcError) -> ApiError {
         RpcError::InvalidRequest(m) => ApiError::bad_request("invalid_request", m),
         RpcError::Overloaded(m) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", m),
         RpcError::NoQuorum(m) => no_quorum(&m),
+        RpcError::NotCaughtUp(m) => ApiError::new(StatusCode::CONFLICT, "not_caught_up", m),
         RpcError::WriteUnknown(m) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "write_timeout",

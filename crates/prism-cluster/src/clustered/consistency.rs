@@ -94,6 +94,9 @@ impl ReadConsistency {
         let level = match level {
             Some(text) => text.parse()?,
             None if token.is_some() => ReadLevel::ReadYourWrites,
+            // A configured default of read_your_writes applies to reads that carry a token;
+            // the others read eventual.
+            None if default == ReadLevel::ReadYourWrites => ReadLevel::Eventual,
             None => default,
         };
         let token =
@@ -207,6 +210,12 @@ mod tests {
     fn the_default_level_applies_when_the_request_names_none() {
         let read = ReadConsistency::parse(None, None, ReadLevel::Strong, Duration::ZERO).unwrap();
         assert_eq!(read.level, ReadLevel::Strong);
+        // A default of read_your_writes needs a token to mean anything: without, eventual.
+        let ryw = ReadLevel::ReadYourWrites;
+        let read = ReadConsistency::parse(None, None, ryw, Duration::ZERO).unwrap();
+        assert_eq!(read.level, ReadLevel::Eventual);
+        let read = ReadConsistency::parse(None, Some("g1:0=1.4"), ryw, Duration::ZERO).unwrap();
+        assert_eq!(read.token_floor(0, 1), 4);
     }
 
     #[test]

@@ -132,6 +132,10 @@ const ELECTION_SETTLES: Duration = Duration::from_millis(1200);
 /// How many elections `POST /cluster/election` starts on the asked node at most.
 const ELECTION_ATTEMPTS: u32 = 3;
 
+/// How long an election asked of a copy waits for it to hold its leader's whole log before
+/// refusing (spec 004's promotion barrier).
+const PROMOTION_BARRIER: Duration = Duration::from_secs(2);
+
 /// How long a leader waits between two attempts to hand a group over: an attempt that
 /// fails still raises the group's term and may depose this leader for a moment.
 const HAND_OFF_EVERY: Duration = Duration::from_secs(10);
@@ -1276,6 +1280,8 @@ impl ClusterNode {
             .map_err(|e| SearchError::NotFound(e.to_string()))?;
         let mut copies = self.read_copies(collection, &meta);
         if consistency.level != ReadLevel::Eventual {
+            // The fences get at most half the time: the search needs the rest.
+            let fence_deadline = started + deadline / 2;
             let fenced = copies.into_iter().map(|copy| {
                 let group = GroupId::shard(collection, copy.shard, meta.generation);
                 let nodes: Vec<u64> = meta.shards[copy.shard as usize]
@@ -1283,11 +1289,23 @@ impl ClusterNode {
                     .map(|c| c.node)
                     .collect();
                 async move {
-                    self.fence_copy(&group, &nodes, copy, consistency, true, started + deadline)
+                    self.fence_copy(&group, &nodes, copy, consistency, true, fence_deadline)
                         .await
                 }
             });
-            copies = futures::future::join_all(fenced).await;
+            copies = Vec::new();
+            for fenced in futures::future::join_all(fenced).await {
+                match fenced {
+                    Ok(copy) => copies.push(copy),
+                    // A shard left out would drop the very writes the level promises.
+                    Err(e) => {
+                        return Err(SearchError::Unavailable {
+                            message: e.to_string(),
+                            status: Default::default(),
+                        })
+                    }
+                }
+            }
         }
         self.coordinator
             .search(
@@ -1318,14 +1336,7 @@ impl ClusterNode {
             let nodes: Vec<u64> = meta.shards[shard as usize].iter().map(|c| c.node).collect();
             copy = self
                 .fence_copy(&group, &nodes, copy, consistency, false, deadline)
-                .await;
-            if let Some(why) = copy.down {
-                return Err(if consistency.level == ReadLevel::Strong {
-                    RpcError::NoQuorum(why)
-                } else {
-                    RpcError::Unavailable(why)
-                });
-            }
+                .await?;
         }
         let mut last = RpcError::Unavailable(format!("no copy of {group} answered"));
         for address in std::iter::once(&copy.node)
@@ -1337,7 +1348,8 @@ impl ClusterNode {
                 request: Request::Get { id: id.to_string() },
             };
             let call = self.network.call(address, ask);
-            match tokio::time::timeout(self.settings.request_timeout / 2, call).await {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left.min(self.settings.request_timeout / 2), call).await {
                 Ok(Ok(Answer::Document(doc))) => {
                     return doc
                         .map(|(id, fields)| Ok((id, serde_json::Value::try_from(fields)?)))
@@ -1388,9 +1400,10 @@ impl ClusterNode {
     }
 
     /// `copy` (a shard's copies in read order) narrowed to the first that meets
-    /// `consistency`, with no alternate left (another copy could not be trusted to); marked
-    /// down, with the reason, when none does by `deadline`. The first copies get half the
-    /// time left each, so that a slow one leaves time for the next.
+    /// `consistency`, with no alternate left (another copy could not be trusted to). Fails
+    /// `NoQuorum` when no leader confirmed a strong read's index, and `Unavailable` when no
+    /// copy met the floor by `deadline`. The first copies get half the time left each, so
+    /// that a slow one leaves time for the next.
     async fn fence_copy(
         &self,
         group: &GroupId,
@@ -1399,18 +1412,14 @@ impl ClusterNode {
         consistency: &ReadConsistency,
         searchable: bool,
         deadline: Instant,
-    ) -> ShardCopy {
-        let down = |why: String| ShardCopy {
-            down: Some(why),
-            alternates: Vec::new(),
-            ..copy.clone()
-        };
+    ) -> Result<ShardCopy, RpcError> {
         let mut floor = consistency.token_floor(copy.shard, copy.generation);
         if consistency.level == ReadLevel::Strong {
-            match self.read_index_of(group, nodes, deadline).await {
-                Ok(index) => floor = floor.max(index),
-                Err(e) => return down(format!("no strong read of {group}: {e}")),
-            }
+            let index = self
+                .read_index_of(group, nodes, deadline)
+                .await
+                .map_err(|e| RpcError::NoQuorum(format!("no strong read of {group}: {e}")))?;
+            floor = floor.max(index);
         }
         let candidates: Vec<NodeId> = std::iter::once(copy.node.clone())
             .chain(copy.alternates.iter().cloned())
@@ -1436,26 +1445,24 @@ impl ClusterNode {
                     within_ms: slice.as_millis() as u64,
                 },
             };
-            // The copy answers by `slice`; the margin covers the way back.
-            let call = self.network.call(address, ask);
-            match tokio::time::timeout(slice + Duration::from_millis(100), call).await {
+            match tokio::time::timeout(slice, self.network.call(address, ask)).await {
                 Ok(Ok(Answer::Fenced { .. })) => {
-                    return ShardCopy {
+                    return Ok(ShardCopy {
                         node: address.clone(),
                         down: None,
                         alternates: Vec::new(),
                         ..copy
-                    }
+                    })
                 }
                 Ok(Ok(other)) => last = format!("{address}: unexpected answer {other:?}"),
                 Ok(Err(e)) => last = format!("{address}: {e}"),
                 Err(_) => last = format!("{address} did not answer in time"),
             }
         }
-        down(format!(
-            "no copy of {group} could serve a {} read: {last}",
+        Err(RpcError::Unavailable(format!(
+            "no copy of {group} could serve a {} read in time: {last}",
             consistency.level.as_str()
-        ))
+        )))
     }
 
     /// The linearizable read index of `group`, from its leader wherever it is (following
@@ -1488,20 +1495,26 @@ impl ClusterNode {
             }
             let target = candidates[round % candidates.len()];
             round += 1;
+            // One attempt gets at most the quorum window: a leader that died unsuspected must
+            // not take the whole read with it.
+            let attempt = remaining.min(QUORUM_WINDOW);
             let answer = if target == self.id {
-                self.read_index_here(group, true, remaining).await
+                self.read_index_here(group, true, attempt).await
             } else if let Some(address) = self.address_of(target) {
                 let ask = Envelope {
                     group: Some(group.clone()),
                     request: Request::ReadIndex { confirm: true },
                 };
-                tokio::time::timeout(remaining, self.network.call(&address, ask))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(RpcError::Unavailable(format!(
-                            "{address} did not answer in time"
-                        )))
-                    })
+                tokio::select! {
+                    answer = tokio::time::timeout(attempt, self.network.call(&address, ask)) => {
+                        answer.unwrap_or_else(|_| {
+                            Err(RpcError::Unavailable(format!("{address} did not answer in time")))
+                        })
+                    }
+                    () = self.until_suspected(target) => {
+                        Err(RpcError::Unavailable(format!("{address} stopped answering")))
+                    }
+                }
             } else {
                 Err(RpcError::Unreachable(format!(
                     "node {target} is not in the metadata"
@@ -1521,7 +1534,8 @@ impl ClusterNode {
                     last = format!("node {target} does not lead {group}");
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                Err(RpcError::NoQuorum(why)) => return Err(RpcError::NoQuorum(why)),
+                // A read is idempotent: a leader that could not confirm now may next time, or
+                // another may lead by then.
                 Err(e) => {
                     last = e.to_string();
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1575,7 +1589,6 @@ impl ClusterNode {
         searchable: bool,
         deadline: Instant,
     ) -> Reply {
-        let shard = self.groups.shard(group).ok_or_else(|| no_copy(group))?;
         let mut floor = applied;
         let mut confirmed_at = None;
         if let Some(max) = max_staleness {
@@ -1596,62 +1609,75 @@ impl ClusterNode {
                 freshness.insert(group.clone(), (at, floor));
             }
         }
+        // Looked up now: a snapshot installed during the wait replaced the shard.
+        let shard = self.groups.shard(group).ok_or_else(|| no_copy(group))?;
         if searchable && *shard.visible_index().borrow() < floor {
-            shard
+            let visible = shard
                 .request_refresh()?
                 .await
                 .map_err(|_| RpcError::Unavailable("the shard closed".into()))??;
+            if visible < floor {
+                return Err(RpcError::Unavailable(format!(
+                    "this copy of {group} made index {visible} searchable, not {floor}"
+                )));
+            }
         }
         Ok(Answer::Fenced { applied: reached })
     }
 
     /// The index this copy of `group` must apply to be at most `max` behind its leader, and
-    /// when the leader was asked for it (`None`: known without asking). A leader that
-    /// reaches a majority is its own reference; a follower known fresh within `max` needs
-    /// nothing more; otherwise its leader says what it has applied.
+    /// when the leader was asked for it (`None`: known without asking). A copy known fresh
+    /// within `max` needs nothing more; otherwise the leader (perhaps this copy) confirms
+    /// its leadership with a majority and names its read index, so that neither a deposed
+    /// leader nor one that has not applied its predecessor's entries yet can vouch.
     async fn staleness_floor(
         &self,
         group: &GroupId,
         max: Duration,
         deadline: Instant,
     ) -> Result<(u64, Option<Instant>), RpcError> {
+        if let Some((at, index)) = self.freshness.lock().get(group).copied() {
+            if fresh_enough(Some(at.elapsed()), max) {
+                return Ok((index, None));
+            }
+        }
         let state = self
             .groups
             .states()
             .get(group)
             .cloned()
             .ok_or_else(|| no_copy(group))?;
-        if state.role == Role::Leader && self.majority_unreachable(group).is_none() {
-            return Ok((0, None));
-        }
-        if let Some((at, index)) = self.freshness.lock().get(group).copied() {
-            if fresh_enough(Some(at.elapsed()), max) {
-                return Ok((index, None));
-            }
-        }
-        let leader = state
-            .leader
-            .filter(|l| *l != self.id)
-            .and_then(|l| state.addresses.get(&l).cloned())
-            .ok_or_else(|| {
-                RpcError::Unavailable(format!(
-                    "this copy of {group} knows no leader to measure its staleness against"
-                ))
-            })?;
         let asked_at = Instant::now();
-        let ask = Envelope {
-            group: Some(group.clone()),
-            request: Request::ReadIndex { confirm: false },
-        };
         let within = deadline.saturating_duration_since(asked_at) / 2;
-        match tokio::time::timeout(within, self.network.call(&leader, ask)).await {
-            Ok(Ok(Answer::ReadIndex(index))) => Ok((index, Some(asked_at))),
-            Ok(Ok(other)) => Err(RpcError::Internal(format!("unexpected answer {other:?}"))),
-            Ok(Err(e)) => Err(RpcError::Unavailable(format!(
-                "this copy of {group} cannot tell how stale it is: its leader {leader} answered {e}"
-            ))),
-            Err(_) => Err(RpcError::Unavailable(format!(
-                "this copy of {group} cannot tell how stale it is: its leader {leader} did not answer in time"
+        let answer = if state.role == Role::Leader {
+            self.read_index_here(group, true, within).await
+        } else {
+            let leader = state
+                .leader
+                .filter(|l| *l != self.id)
+                .and_then(|l| state.addresses.get(&l).cloned())
+                .ok_or_else(|| {
+                    RpcError::Unavailable(format!(
+                        "this copy of {group} knows no leader to measure its staleness against"
+                    ))
+                })?;
+            let ask = Envelope {
+                group: Some(group.clone()),
+                request: Request::ReadIndex { confirm: true },
+            };
+            tokio::time::timeout(within, self.network.call(&leader, ask))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(RpcError::Unavailable(format!(
+                        "its leader {leader} did not answer in time"
+                    )))
+                })
+        };
+        match answer {
+            Ok(Answer::ReadIndex(index)) => Ok((index, Some(asked_at))),
+            Ok(other) => Err(RpcError::Internal(format!("unexpected answer {other:?}"))),
+            Err(e) => Err(RpcError::Unavailable(format!(
+                "this copy of {group} cannot tell how stale it is: {e}"
             ))),
         }
     }
@@ -1882,7 +1908,12 @@ impl ClusterNode {
         };
         let leader = match &group {
             None => self.meta.view().leader,
-            Some(group) => self.groups.states().get(group).and_then(|s| s.leader),
+            Some(group) => self
+                .groups
+                .states()
+                .get(group)
+                .and_then(|s| s.leader)
+                .or_else(|| self.leader_hints.lock().get(group).copied()),
         };
         let target = match target {
             Some(t) if members.contains_key(&t) => t,
@@ -1904,11 +1935,13 @@ impl ClusterNode {
                     })?
             }
         };
+        let deadline = Instant::now() + self.settings.request_timeout;
+        self.promotion_barrier(group.as_ref(), target, leader, deadline)
+            .await?;
         // An election can lose (a follower's lease on the old leader, a log one entry short):
         // ask again, a few times at most, since each lost election raises the term and
         // deposes whichever leader won meanwhile.
         let address = members[&target].clone();
-        let deadline = Instant::now() + self.settings.request_timeout;
         for attempt in 1..=ELECTION_ATTEMPTS {
             let ask = Envelope {
                 group: group.clone(),
@@ -1937,6 +1970,78 @@ impl ClusterNode {
             "node {target} started {ELECTION_ATTEMPTS} elections at most but did not become \
              the leader; its log may be behind the leader's: try again, or name another node"
         )))
+    }
+
+    /// Spec 004's promotion barrier: waits up to [`PROMOTION_BARRIER`] until node `target`
+    /// holds every entry its group's `leader` holds, and refuses otherwise: an election it
+    /// cannot win would only raise the term and depose the leader. The metadata group's
+    /// progress is known on its leader only; elsewhere its election goes ahead unchecked.
+    async fn promotion_barrier(
+        &self,
+        group: Option<&GroupId>,
+        target: u64,
+        leader: Option<u64>,
+        deadline: Instant,
+    ) -> Result<(), RpcError> {
+        let Some(leader) = leader.filter(|l| *l != target) else {
+            return Ok(());
+        };
+        let until = (Instant::now() + PROMOTION_BARRIER).min(deadline);
+        loop {
+            let (leader_log, target_log) = match group {
+                None => {
+                    let view = self.meta.view();
+                    if view.leader != Some(self.id) {
+                        return Ok(());
+                    }
+                    (view.last_log, view.matched.get(&target).copied().flatten())
+                }
+                Some(group) => (
+                    self.reported_last_log(group, leader).await,
+                    self.reported_last_log(group, target).await,
+                ),
+            };
+            if let (Some(held), Some(holds)) = (leader_log, target_log) {
+                if holds >= held {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= until {
+                let name = group.map_or("the metadata".to_string(), ToString::to_string);
+                let holds = target_log.map_or_else(
+                    || "did not report its log (unreachable or paused)".to_string(),
+                    |i| format!("holds log index {i}"),
+                );
+                let held = leader_log.map_or("unknown".to_string(), |i| i.to_string());
+                return Err(RpcError::NotCaughtUp(format!(
+                    "node {target}'s copy of {name} {holds}; its leader's last index is \
+                     {held}. It did not catch up within {} ms, and an election it cannot win \
+                     would only depose the leader: wait until GET /cluster/shards shows it \
+                     at the leader's index, then ask again",
+                    PROMOTION_BARRIER.as_millis()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The last log index node `node`'s copy of `group` reports, if it answers.
+    async fn reported_last_log(&self, group: &GroupId, node: u64) -> Option<u64> {
+        if node == self.id {
+            return self.groups.states().get(group).and_then(|s| s.last_log);
+        }
+        let address = self.address_of(node)?;
+        let ask = Envelope {
+            group: None,
+            request: Request::Copies,
+        };
+        match tokio::time::timeout(ELECTION_SETTLES, self.network.call(&address, ask)).await {
+            Ok(Ok(Answer::Copies(reports))) => reports
+                .into_iter()
+                .find(|r| &r.group == group)
+                .and_then(|r| r.last_log),
+            _ => None,
+        }
     }
 
     /// Whether node `node` (at `address`) leads `group` (the metadata group when `None`).
