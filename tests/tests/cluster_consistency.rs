@@ -70,7 +70,7 @@ fn a_minority_partition_is_read_only_and_converges_after_healing() {
     let mut ledger = Ledger::default();
     let before = ids("before", 20);
     wait_until(Duration::from_secs(20), "a first write", || {
-        let (code, answer) = cluster.write(0, "docs", &before, 1);
+        let (code, answer) = cluster.write(0, "docs", &before, 424_242);
         (code == 201 && answer["successful_docs"] == 20).then_some(())
     });
     ledger.acknowledged.extend(before.iter().cloned());
@@ -125,7 +125,7 @@ fn a_minority_partition_is_read_only_and_converges_after_healing() {
     assert_eq!(code, 200, "{doc}");
     let (code, found) = cluster.nodes[0].server.post_json(
         "/collections/docs/search",
-        &json!({"query": "before", "limit": 50}),
+        &json!({"filter": "n:424242", "limit": 50}),
     );
     assert_eq!(code, 200, "{found}");
     assert_eq!(found["total"], 20, "{found}");
