@@ -334,3 +334,73 @@ fn strong_and_read_your_writes_reads_see_the_last_acknowledged_write_on_a_follow
     );
     assert_eq!(code, 400, "{bad}");
 }
+
+/// A copy that was down while 5,200 writes happened comes back to a leader whose log was
+/// purged behind a snapshot (openraft snapshots every 5,000 entries and keeps 1,000): it
+/// catches up by snapshot, `/cluster/shards` and `/metrics` say so, and its content equals
+/// the leader's.
+#[test]
+fn a_copy_down_while_the_log_was_purged_catches_up_by_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = TestCluster::start(dir.path(), 3);
+    cluster.create_collection(0, "docs", 1);
+    cluster.wait_for_leaders("docs", 1);
+    let leader = shard_leader(&cluster);
+    let down = others(leader, 3)[0];
+    cluster.nodes[down].server.kill();
+
+    // 5,200 writes (log entries), four clients at a time, through the leader.
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for client in 0..4 {
+            let cluster = &cluster;
+            scope.spawn(move || {
+                for k in 0..1300 {
+                    let id = format!("w{client}-{}", k % 400);
+                    let (code, answer) =
+                        cluster.write(leader, "docs", std::slice::from_ref(&id), k);
+                    assert_eq!(code, 201, "{answer}");
+                }
+            });
+        }
+    });
+    println!("5,200 writes in {:?}", started.elapsed());
+
+    cluster.nodes[down].server.start_again();
+    cluster.wait_in_sync("docs", leader, 1, 3);
+    let report = cluster.shards_report().expect("a shards report");
+    let copy = report["copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["node"] == cluster.nodes[down].name.as_str())
+        .cloned()
+        .expect("the copy that was down");
+    assert!(
+        copy["snapshots_installed"].as_u64() >= Some(1),
+        "it caught up without a snapshot: {copy}"
+    );
+    assert!(copy["catching_up"].is_null(), "{copy}");
+    println!("copy after catching up: {copy}");
+    let metrics = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(cluster.nodes[down].server.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("raft_snapshots_installed_total"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        line.split_whitespace()
+            .last()
+            .and_then(|v| v.parse::<f64>().ok())
+            .is_some_and(|v| v >= 1.0),
+        "metrics: {line:?}"
+    );
+}

@@ -163,6 +163,15 @@ pub struct CopyReport {
     pub visible_index: u64,
     /// Every member of the group as this copy knows it.
     pub members: Vec<u64>,
+    /// Bytes of the snapshot this copy is receiving now, if it is.
+    #[serde(default)]
+    pub receiving_snapshot_bytes: Option<u64>,
+    /// Snapshots this copy installed since its process started.
+    #[serde(default)]
+    pub snapshots_installed: u64,
+    /// Snapshot receptions it abandoned (cut off, started again, or refused as damaged).
+    #[serde(default)]
+    pub snapshot_receptions_failed: u64,
 }
 
 /// One document a write refused, and why.

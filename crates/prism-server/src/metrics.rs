@@ -33,6 +33,11 @@ pub const RAFT_TERM: &str = "raft_term";
 pub const RAFT_COMMIT_INDEX: &str = "raft_commit_index";
 pub const RAFT_APPLIED_INDEX: &str = "raft_applied_index";
 pub const RAFT_PEERS: &str = "raft_peers";
+/// Catch-up by snapshot, per local copy: installed, receptions abandoned, bytes of the one
+/// being received (0 when none).
+pub const RAFT_SNAPSHOTS_INSTALLED: &str = "raft_snapshots_installed_total";
+pub const RAFT_SNAPSHOT_RECEPTIONS_FAILED: &str = "raft_snapshot_receptions_failed_total";
+pub const RAFT_SNAPSHOT_RECEIVING_BYTES: &str = "raft_snapshot_receiving_bytes";
 pub const RAFT_REPLICATION_LAG_ENTRIES: &str = "raft_replication_lag_entries";
 pub const RAFT_REPLICATION_LAG_SECONDS: &str = "raft_replication_lag_seconds";
 pub const REPLICATION_LAG_SECONDS: &str = "prism_replication_lag_seconds";

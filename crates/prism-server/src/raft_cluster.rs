@@ -135,6 +135,15 @@ pub struct ShardCopyStatus {
     pub num_docs: u64,
     /// The searchable content's checksum, in hex: equal on copies in sync once refreshed.
     pub content_checksum: Option<String>,
+    /// How the copy is catching up now: `snapshot` (receiving one), `log` (entries behind,
+    /// replicated from the leader's log), or none (in sync).
+    pub catching_up: Option<&'static str>,
+    /// Bytes of the snapshot being received, while it is.
+    pub receiving_snapshot_bytes: Option<u64>,
+    /// Snapshots the copy installed since its node started.
+    pub snapshots_installed: u64,
+    /// Snapshot receptions it abandoned (cut off and started again, or refused as damaged).
+    pub snapshot_receptions_failed: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -145,6 +154,15 @@ pub struct ShardsReport {
     pub leaders_per_node: Value,
     /// Nodes that did not answer.
     pub unreachable: Vec<String>,
+}
+
+/// A copy's catch-up path: receiving a snapshot, or `lag` entries behind (from the log).
+fn catching_up(receiving_snapshot: Option<u64>, lag: u64) -> Option<&'static str> {
+    match (receiving_snapshot, lag) {
+        (Some(_), _) => Some("snapshot"),
+        (None, 0) => None,
+        (None, _) => Some("log"),
+    }
 }
 
 impl RaftCluster {
@@ -537,6 +555,13 @@ impl RaftCluster {
                     lag: newest[&r.group].saturating_sub(r.applied.unwrap_or(0)),
                     num_docs: r.num_docs,
                     content_checksum: r.content_checksum.map(|c| format!("{c:016x}")),
+                    catching_up: catching_up(
+                        r.receiving_snapshot_bytes,
+                        newest[&r.group].saturating_sub(r.applied.unwrap_or(0)),
+                    ),
+                    receiving_snapshot_bytes: r.receiving_snapshot_bytes,
+                    snapshots_installed: r.snapshots_installed,
+                    snapshot_receptions_failed: r.snapshot_receptions_failed,
                 }
             })
             .collect();
@@ -838,6 +863,13 @@ impl RaftCluster {
             let group = group.to_string();
             ::metrics::gauge!(m::SHARD_STATUS, "group" => group.clone())
                 .set(if copy.role == Role::Stopped { 0.0 } else { 1.0 });
+            let snapshots = copy.snapshot_catch_up;
+            ::metrics::counter!(m::RAFT_SNAPSHOTS_INSTALLED, "group" => group.clone())
+                .absolute(snapshots.installed);
+            ::metrics::counter!(m::RAFT_SNAPSHOT_RECEPTIONS_FAILED, "group" => group.clone())
+                .absolute(snapshots.failed);
+            ::metrics::gauge!(m::RAFT_SNAPSHOT_RECEIVING_BYTES, "group" => group.clone())
+                .set(snapshots.receiving_bytes.unwrap_or(0) as f64);
             rows.push(GroupGauges {
                 state: match copy.role {
                     Role::Voter => 0.0,

@@ -612,6 +612,9 @@ impl ClusterNode {
                 content_checksum: stats.and_then(|s| s.content_checksum),
                 visible_index: stats.map_or(0, |s| s.visible_index),
                 members: state.addresses.keys().copied().collect(),
+                receiving_snapshot_bytes: state.snapshot_catch_up.receiving_bytes,
+                snapshots_installed: state.snapshot_catch_up.installed,
+                snapshot_receptions_failed: state.snapshot_catch_up.failed,
                 group,
             });
         }

@@ -72,6 +72,8 @@ pub struct CopyState {
     /// it be a group's first copy, to initialize. (Right after a start, openraft's metrics
     /// may not show the log yet.)
     pub opened_empty: bool,
+    /// How the copy caught up by snapshot since this process started.
+    pub snapshot_catch_up: super::snapshot::SnapshotCatchUp,
 }
 
 struct ShardCopy {
@@ -509,6 +511,7 @@ impl GroupNode {
                     membership_applied: view.applied >= view.membership_at,
                     addresses,
                     opened_empty: empty.contains(&group),
+                    snapshot_catch_up: copy.snapshot_catch_up(),
                 };
                 (group, state)
             })

@@ -33,7 +33,7 @@ use prism_core::shard::snapshot::{SnapshotManifest, MANIFEST};
 use serde::{Deserialize, Serialize};
 
 use super::quiescence::{CopyView, Role};
-use super::snapshot::{meta_of, Meta, ShardSnapshot, SnapshotStore};
+use super::snapshot::{meta_of, Meta, ShardSnapshot, SnapshotCatchUp, SnapshotStore};
 use super::types::{Node, SeededTokio};
 use super::{drop_off_workers, off_workers};
 use crate::network::Network;
@@ -484,6 +484,9 @@ pub(crate) trait HostedGroup: Send + Sync {
     fn set_heartbeats(&self, on: bool);
 
     fn elect(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+
+    /// How the copy caught up by snapshot.
+    fn snapshot_catch_up(&self) -> SnapshotCatchUp;
 }
 
 struct Hosted<C: GroupConfig> {
@@ -502,6 +505,10 @@ impl<C: GroupConfig> HostedGroup for Hosted<C> {
 
     fn as_any(&self) -> &dyn Any {
         self
+    }
+
+    fn snapshot_catch_up(&self) -> SnapshotCatchUp {
+        self.snapshots.catch_up()
     }
 
     fn view(&self, group: &GroupId) -> (CopyView, BTreeMap<u64, String>) {
@@ -731,7 +738,7 @@ async fn answer<C: GroupConfig>(
                 offset,
                 bytes,
             };
-            store_chunk(raft, &reception, chunk).await
+            store_chunk(raft, snapshots, &reception, chunk).await
         }
         RaftRequest::SnapshotDone {
             transfer,
@@ -752,6 +759,7 @@ struct Chunk {
 
 async fn store_chunk<C: GroupConfig>(
     raft: &Raft<C>,
+    snapshots: &SnapshotStore,
     reception: &ReceptionSlot,
     chunk: Chunk,
 ) -> Vec<u8> {
@@ -788,6 +796,7 @@ async fn store_chunk<C: GroupConfig>(
                     vote,
                     snapshot,
                 });
+                snapshots.reception_started(replaced.is_some());
                 if let Some(replaced) = replaced {
                     drop_off_workers(replaced);
                 }
@@ -801,6 +810,7 @@ async fn store_chunk<C: GroupConfig>(
             "snapshot file path {path:?} is not a plain relative path"
         ));
     };
+    let length = bytes.len() as u64;
     let written = off_workers(move || -> std::io::Result<()> {
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent)?;
@@ -815,7 +825,10 @@ async fn store_chunk<C: GroupConfig>(
     })
     .await;
     match written {
-        Ok(()) => encode(&RaftReply::ChunkStored),
+        Ok(()) => {
+            snapshots.received(length);
+            encode(&RaftReply::ChunkStored)
+        }
         Err(e) => refused(format!("cannot store snapshot file {path}: {e}")),
     }
 }
@@ -858,12 +871,14 @@ async fn install<C: GroupConfig>(
     };
     if let Some(problem) = problem {
         tracing::warn!(%problem, "a snapshot transfer was refused; the leader sends it again");
+        snapshots.reception_ended(false);
         drop_off_workers(reception);
         return refused(problem);
     }
     // A newer leader may have appeared while the files travelled.
     let known = raft.metrics().borrow().vote;
     if vote < known {
+        snapshots.reception_ended(false);
         drop_off_workers(reception);
         return encode(&RaftReply::HigherVote(known));
     }
@@ -886,13 +901,18 @@ async fn install<C: GroupConfig>(
     .await;
     let published = match published {
         Ok(published) => published,
-        Err(e) => return refused(format!("cannot keep the received snapshot: {e}")),
+        Err(e) => {
+            snapshots.reception_ended(false);
+            return refused(format!("cannot keep the received snapshot: {e}"));
+        }
     };
     let snapshot = Snapshot {
         meta,
         snapshot: Box::new(published),
     };
-    match raft.install_full_snapshot(vote, snapshot).await {
+    let installed = raft.install_full_snapshot(vote, snapshot).await;
+    snapshots.reception_ended(installed.is_ok());
+    match installed {
         Ok(response) => encode(&RaftReply::Snapshot(response)),
         Err(e) => refused(e),
     }

@@ -94,11 +94,24 @@ pub fn meta_of(manifest: &SnapshotManifest) -> Result<Meta, String> {
     })
 }
 
+/// How a copy caught up by snapshot since its process started: `/cluster/shards` and the
+/// metrics show it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SnapshotCatchUp {
+    /// Bytes of the snapshot being received now, if one is.
+    pub receiving_bytes: Option<u64>,
+    /// Snapshots received and installed.
+    pub installed: u64,
+    /// Receptions abandoned (cut off and started again, or refused as damaged).
+    pub failed: u64,
+}
+
 /// The snapshots of one group: the current one, and where new ones go.
 pub struct SnapshotStore {
     dir: PathBuf,
     current: Mutex<Option<(Meta, Arc<SnapshotFiles>)>>,
     next_id: AtomicU64,
+    catch_up: Mutex<SnapshotCatchUp>,
 }
 
 impl SnapshotStore {
@@ -148,6 +161,7 @@ impl SnapshotStore {
             dir: dir.to_path_buf(),
             current: Mutex::new(None),
             next_id: AtomicU64::new(0),
+            catch_up: Mutex::default(),
         };
         if let Some((meta, path)) = newest {
             store.set_current(meta, store.handle(path));
@@ -205,6 +219,35 @@ impl SnapshotStore {
     /// that an install overtook): then `snapshot` goes with its last handle instead. The one
     /// replaced goes when its last reader does. Deleting may cost a directory removal: call
     /// it off the async workers.
+    /// A reception starts; `replacing` one that never finished.
+    pub fn reception_started(&self, replacing: bool) {
+        let mut catch_up = self.catch_up.lock();
+        catch_up.receiving_bytes = Some(0);
+        catch_up.failed += u64::from(replacing);
+    }
+
+    /// `bytes` more of the reception arrived.
+    pub fn received(&self, bytes: u64) {
+        if let Some(so_far) = self.catch_up.lock().receiving_bytes.as_mut() {
+            *so_far += bytes;
+        }
+    }
+
+    /// The reception ended: installed, or refused.
+    pub fn reception_ended(&self, installed: bool) {
+        let mut catch_up = self.catch_up.lock();
+        catch_up.receiving_bytes = None;
+        if installed {
+            catch_up.installed += 1;
+        } else {
+            catch_up.failed += 1;
+        }
+    }
+
+    pub fn catch_up(&self) -> SnapshotCatchUp {
+        *self.catch_up.lock()
+    }
+
     pub fn set_current(&self, meta: Meta, snapshot: ShardSnapshot) {
         let mut current = self.current.lock();
         if current
