@@ -74,6 +74,8 @@ fn a_minority_partition_is_read_only_and_converges_after_healing() {
         (code == 201 && answer["successful_docs"] == 20).then_some(())
     });
     ledger.acknowledged.extend(before.iter().cloned());
+    // Every copy applied them (a follower learns of a commit from the leader's next message).
+    cluster.wait_in_sync("docs", 0, 2, 5);
 
     let (minority, majority) = (vec![0, 1], vec![2, 3, 4]);
     cluster.net.partition(&minority, &majority);
