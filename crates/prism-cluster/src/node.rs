@@ -171,6 +171,7 @@ fn serve(engine: &Engine, groups: Option<&GroupNode>, node_id: &str, envelope: E
         | Request::Refresh
         | Request::LeaveMetadata { .. }
         | Request::ReadIndex { .. }
+        | Request::Progress
         | Request::ReadFence { .. } => {
             return Err(RpcError::NotFound(format!(
                 "node {node_id} does not run in cluster mode"

@@ -4,6 +4,8 @@
 //! leader, give up). Free-form JSON (documents, stored fields, aggregation requests) travels
 //! as [`Json`], a binary tree of values, never as JSON text.
 
+use std::collections::BTreeMap;
+
 use prism_core::fusion::HybridStrategy;
 use prism_core::search::plan::ShardWindows;
 use prism_core::search::{DocRef, HighlightRequest, Hit, SearchRequest, ShardHits, VectorQuery};
@@ -132,6 +134,9 @@ pub enum Request {
     /// `confirm`, the linearizable read index (the leader confirmed its leadership with a
     /// majority first); without, the index the leader has applied (a `bounded` read).
     ReadIndex { confirm: bool },
+    /// Cluster mode, to a group's leader: its last log index and how much of it each other
+    /// member is known to hold (openraft's replication progress, term-checked).
+    Progress,
     /// Cluster mode: answers once this copy of the group has applied index `applied` (and,
     /// with `searchable`, made it searchable), and, with `max_staleness_ms`, holds
     /// everything its leader had applied at most that long ago. `Unavailable` when it
@@ -241,6 +246,11 @@ pub enum Answer {
     },
     /// The log index a read must wait for.
     ReadIndex(u64),
+    /// A leader's last log index, and the last index each other member holds.
+    Progress {
+        last_log: Option<u64>,
+        matched: BTreeMap<u64, Option<u64>>,
+    },
     /// The copy meets the read's floor; it has applied this index.
     Fenced {
         applied: u64,

@@ -543,6 +543,24 @@ impl ClusterNode {
             }
             Request::Copies => Ok(Answer::Copies(self.local_reports().await)),
             Request::LeaveMetadata { id } => self.leave_metadata(id).await,
+            Request::Progress => {
+                let group = group_named(group)?;
+                let state = self
+                    .groups
+                    .states()
+                    .get(&group)
+                    .cloned()
+                    .ok_or_else(|| no_copy(&group))?;
+                if state.role != Role::Leader {
+                    return Err(RpcError::NotLeader {
+                        leader: state.leader.and_then(|l| state.addresses.get(&l).cloned()),
+                    });
+                }
+                Ok(Answer::Progress {
+                    last_log: state.last_log,
+                    matched: state.matched,
+                })
+            }
             Request::ReadIndex { confirm } => {
                 let group = group_named(group)?;
                 self.read_index_here(&group, confirm, self.settings.request_timeout)
@@ -1337,8 +1355,10 @@ impl ClusterNode {
         let group = GroupId::shard(collection, shard, meta.generation);
         if consistency.level != ReadLevel::Eventual {
             let nodes: Vec<u64> = meta.shards[shard as usize].iter().map(|c| c.node).collect();
+            // Half the time at most: the read needs the rest.
+            let fence_deadline = Instant::now() + self.settings.request_timeout / 2;
             copy = self
-                .fence_copy(&group, &nodes, copy, consistency, false, deadline)
+                .fence_copy(&group, &nodes, copy, consistency, false, fence_deadline)
                 .await?;
         }
         let mut last = RpcError::Unavailable(format!("no copy of {group} answered"));
@@ -1445,7 +1465,9 @@ impl ClusterNode {
                     applied: floor,
                     max_staleness_ms: consistency.max_staleness().map(|d| d.as_millis() as u64),
                     searchable,
-                    within_ms: slice.as_millis() as u64,
+                    // The copy's own refusal (why it cannot) must come back before the caller
+                    // gives up.
+                    within_ms: slice.saturating_sub(Duration::from_millis(50)).as_millis() as u64,
                 },
             };
             match tokio::time::timeout(slice, self.network.call(address, ask)).await {
@@ -1478,6 +1500,7 @@ impl ClusterNode {
     ) -> Result<u64, RpcError> {
         let mut last = format!("no copy of {group} leads it");
         let mut round = 0usize;
+        let mut unconfirmed = 0;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -1537,8 +1560,17 @@ impl ClusterNode {
                     last = format!("node {target} does not lead {group}");
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                // A read is idempotent: a leader that could not confirm now may next time, or
-                // another may lead by then.
+                // A leader that could not confirm its leadership: once more (openraft gives
+                // each voter one heartbeat's time), then the read fails rather than wait.
+                Err(RpcError::NoQuorum(why)) => {
+                    unconfirmed += 1;
+                    if unconfirmed >= 3 {
+                        return Err(RpcError::NoQuorum(why));
+                    }
+                    last = why;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                // A read is idempotent: another copy may lead by now.
                 Err(e) => {
                     last = e.to_string();
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1939,7 +1971,8 @@ impl ClusterNode {
             }
         };
         let deadline = Instant::now() + self.settings.request_timeout;
-        self.promotion_barrier(group.as_ref(), target, leader, deadline)
+        let voters: Vec<u64> = members.keys().copied().collect();
+        self.promotion_barrier(group.as_ref(), target, &voters, deadline)
             .await?;
         // An election can lose (a follower's lease on the old leader, a log one entry short):
         // ask again, a few times at most, since each lost election raises the term and
@@ -1976,48 +2009,54 @@ impl ClusterNode {
     }
 
     /// Spec 004's promotion barrier: waits up to [`PROMOTION_BARRIER`] until node `target`
-    /// holds every entry its group's `leader` holds, and refuses otherwise: an election it
+    /// holds every entry its group's leader holds, as the leader's own replication progress
+    /// says (openraft matches log ids, terms included), and refuses otherwise: an election it
     /// cannot win would only raise the term and depose the leader. The metadata group's
     /// progress is known on its leader only; elsewhere its election goes ahead unchecked.
     async fn promotion_barrier(
         &self,
         group: Option<&GroupId>,
         target: u64,
-        leader: Option<u64>,
+        voters: &[u64],
         deadline: Instant,
     ) -> Result<(), RpcError> {
-        let Some(leader) = leader.filter(|l| *l != target) else {
-            return Ok(());
-        };
         let until = (Instant::now() + PROMOTION_BARRIER).min(deadline);
+        let name = group.map_or("the metadata".to_string(), ToString::to_string);
         loop {
-            let (leader_log, target_log) = match group {
+            let (held, holds) = match group {
                 None => {
                     let view = self.meta.view();
-                    if view.leader != Some(self.id) {
+                    if view.leader != Some(self.id) || target == self.id {
                         return Ok(());
                     }
                     (view.last_log, view.matched.get(&target).copied().flatten())
                 }
-                Some(group) => (
-                    self.reported_last_log(group, leader).await,
-                    self.reported_last_log(group, target).await,
-                ),
+                Some(group) => match self.progress_of(group, voters, until).await {
+                    Ok((leader, _, _)) if leader == target => return Ok(()),
+                    Ok((_, last_log, matched)) => {
+                        (last_log, matched.get(&target).copied().flatten())
+                    }
+                    Err(e) if Instant::now() >= until => {
+                        return Err(RpcError::Unavailable(format!(
+                            "the leader of {name} did not say how far node {target} has caught \
+                             up: {e}"
+                        )))
+                    }
+                    Err(_) => (None, None),
+                },
             };
-            if let (Some(held), Some(holds)) = (leader_log, target_log) {
+            if let (Some(held), Some(holds)) = (held, holds) {
                 if holds >= held {
                     return Ok(());
                 }
             }
             if Instant::now() >= until {
-                let name = group.map_or("the metadata".to_string(), ToString::to_string);
-                let holds = target_log.map_or_else(
-                    || "did not report its log (unreachable or paused)".to_string(),
-                    |i| format!("holds log index {i}"),
-                );
-                let held = leader_log.map_or("unknown".to_string(), |i| i.to_string());
+                let holds = holds.map_or("nothing the leader knows of".to_string(), |i| {
+                    format!("log index {i}")
+                });
+                let held = held.map_or("unknown".to_string(), |i| i.to_string());
                 return Err(RpcError::NotCaughtUp(format!(
-                    "node {target}'s copy of {name} {holds}; its leader's last index is \
+                    "node {target}'s copy of {name} holds {holds}; its leader's last index is \
                      {held}. It did not catch up within {} ms, and an election it cannot win \
                      would only depose the leader: wait until GET /cluster/shards shows it \
                      at the leader's index, then ask again",
@@ -2028,23 +2067,63 @@ impl ClusterNode {
         }
     }
 
-    /// The last log index node `node`'s copy of `group` reports, if it answers.
-    async fn reported_last_log(&self, group: &GroupId, node: u64) -> Option<u64> {
-        if node == self.id {
-            return self.groups.states().get(group).and_then(|s| s.last_log);
+    /// The leader of `group` (found among `copies`, following hints), its last log index and
+    /// each member's replication progress, by `deadline`.
+    async fn progress_of(
+        &self,
+        group: &GroupId,
+        copies: &[u64],
+        deadline: Instant,
+    ) -> Result<(u64, Option<u64>, BTreeMap<u64, Option<u64>>), RpcError> {
+        let mut last = RpcError::Unavailable(format!("no copy of {group} leads it"));
+        let mut round = 0usize;
+        while Instant::now() < deadline {
+            let candidates = self.candidates(group, copies);
+            let Some(&target) = candidates.get(round % candidates.len().max(1)) else {
+                return Err(last);
+            };
+            round += 1;
+            let ask = Envelope {
+                group: Some(group.clone()),
+                request: Request::Progress,
+            };
+            let answer = if target == self.id {
+                self.handle(self.settings.name.clone(), ask).await
+            } else if let Some(address) = self.address_of(target) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                tokio::time::timeout(left, self.network.call(&address, ask))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(RpcError::Unavailable(format!(
+                            "{address} did not answer in time"
+                        )))
+                    })
+            } else {
+                Err(RpcError::Unreachable(format!(
+                    "node {target} is not in the metadata"
+                )))
+            };
+            match answer {
+                Ok(Answer::Progress { last_log, matched }) => {
+                    self.leader_hints.lock().insert(group.clone(), target);
+                    return Ok((target, last_log, matched));
+                }
+                Ok(other) => last = RpcError::Internal(format!("unexpected answer {other:?}")),
+                Err(RpcError::NotLeader { leader }) => {
+                    if let Some(l) = leader.as_deref().and_then(|a| self.node_at(a)) {
+                        self.leader_hints.lock().insert(group.clone(), l);
+                        round = 0;
+                    }
+                    last = RpcError::NotLeader { leader };
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(e) => {
+                    last = e;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
         }
-        let address = self.address_of(node)?;
-        let ask = Envelope {
-            group: None,
-            request: Request::Copies,
-        };
-        match tokio::time::timeout(ELECTION_SETTLES, self.network.call(&address, ask)).await {
-            Ok(Ok(Answer::Copies(reports))) => reports
-                .into_iter()
-                .find(|r| &r.group == group)
-                .and_then(|r| r.last_log),
-            _ => None,
-        }
+        Err(last)
     }
 
     /// Whether node `node` (at `address`) leads `group` (the metadata group when `None`).

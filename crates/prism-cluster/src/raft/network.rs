@@ -461,6 +461,8 @@ pub(crate) struct Reception {
     transfer: String,
     vote: Vote<u64>,
     snapshot: Box<ShardSnapshot>,
+    /// Names the reception in the group's catch-up counts.
+    ticket: u64,
 }
 
 pub(crate) type ReceptionSlot = Arc<tokio::sync::Mutex<Option<Reception>>>;
@@ -791,12 +793,13 @@ async fn store_chunk<C: GroupConfig>(
             Ok(snapshot) => {
                 // The transfer it replaces is dropped, and its directory removed, off the
                 // async workers.
+                let ticket = snapshots.reception_started(slot.is_some());
                 let replaced = slot.replace(Reception {
                     transfer,
                     vote,
                     snapshot,
+                    ticket,
                 });
-                snapshots.reception_started(replaced.is_some());
                 if let Some(replaced) = replaced {
                     drop_off_workers(replaced);
                 }
@@ -805,6 +808,7 @@ async fn store_chunk<C: GroupConfig>(
         }
     }
     let reception = slot.as_ref().expect("set above");
+    let ticket = reception.ticket;
     let Some(target) = inside(reception.snapshot.dir(), &path) else {
         return refused(format!(
             "snapshot file path {path:?} is not a plain relative path"
@@ -826,7 +830,7 @@ async fn store_chunk<C: GroupConfig>(
     .await;
     match written {
         Ok(()) => {
-            snapshots.received(length);
+            snapshots.received(ticket, length);
             encode(&RaftReply::ChunkStored)
         }
         Err(e) => refused(format!("cannot store snapshot file {path}: {e}")),
@@ -871,14 +875,14 @@ async fn install<C: GroupConfig>(
     };
     if let Some(problem) = problem {
         tracing::warn!(%problem, "a snapshot transfer was refused; the leader sends it again");
-        snapshots.reception_ended(false);
+        snapshots.reception_ended(reception.ticket, false);
         drop_off_workers(reception);
         return refused(problem);
     }
     // A newer leader may have appeared while the files travelled.
     let known = raft.metrics().borrow().vote;
     if vote < known {
-        snapshots.reception_ended(false);
+        snapshots.reception_ended(reception.ticket, false);
         drop_off_workers(reception);
         return encode(&RaftReply::HigherVote(known));
     }
@@ -887,6 +891,7 @@ async fn install<C: GroupConfig>(
     // After a crash in between, the state machine opens from this snapshot (the log no
     // longer holds what it covers).
     let store = snapshots.clone();
+    let ticket = reception.ticket;
     let received = reception.snapshot;
     let current = meta.clone();
     // Off the async workers: making it current may remove the snapshot it replaces.
@@ -902,7 +907,7 @@ async fn install<C: GroupConfig>(
     let published = match published {
         Ok(published) => published,
         Err(e) => {
-            snapshots.reception_ended(false);
+            snapshots.reception_ended(ticket, false);
             return refused(format!("cannot keep the received snapshot: {e}"));
         }
     };
@@ -911,7 +916,13 @@ async fn install<C: GroupConfig>(
         snapshot: Box::new(published),
     };
     let installed = raft.install_full_snapshot(vote, snapshot).await;
-    snapshots.reception_ended(installed.is_ok());
+    // openraft answers Ok without installing to a newer leader's vote.
+    snapshots.reception_ended(
+        ticket,
+        installed
+            .as_ref()
+            .is_ok_and(|response| response.vote <= vote),
+    );
     match installed {
         Ok(response) => encode(&RaftReply::Snapshot(response)),
         Err(e) => refused(e),

@@ -111,7 +111,19 @@ pub struct SnapshotStore {
     dir: PathBuf,
     current: Mutex<Option<(Meta, Arc<SnapshotFiles>)>>,
     next_id: AtomicU64,
-    catch_up: Mutex<SnapshotCatchUp>,
+    receiving: Mutex<Receiving>,
+}
+
+/// How long a reception may go without a chunk before it no longer counts as under way.
+pub const RECEPTION_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The reception under way, and the counts so far.
+#[derive(Debug, Default)]
+struct Receiving {
+    ticket: u64,
+    bytes: Option<u64>,
+    last_chunk: Option<std::time::Instant>,
+    catch_up: SnapshotCatchUp,
 }
 
 impl SnapshotStore {
@@ -161,7 +173,7 @@ impl SnapshotStore {
             dir: dir.to_path_buf(),
             current: Mutex::new(None),
             next_id: AtomicU64::new(0),
-            catch_up: Mutex::default(),
+            receiving: Mutex::default(),
         };
         if let Some((meta, path)) = newest {
             store.set_current(meta, store.handle(path));
@@ -219,35 +231,57 @@ impl SnapshotStore {
     /// that an install overtook): then `snapshot` goes with its last handle instead. The one
     /// replaced goes when its last reader does. Deleting may cost a directory removal: call
     /// it off the async workers.
-    /// A reception starts; `replacing` one that never finished.
-    pub fn reception_started(&self, replacing: bool) {
-        let mut catch_up = self.catch_up.lock();
-        catch_up.receiving_bytes = Some(0);
-        catch_up.failed += u64::from(replacing);
+    /// A reception starts, `replacing` one that never finished; the ticket names it in the
+    /// calls that follow, so that a late end of an older one changes nothing.
+    pub fn reception_started(&self, replacing: bool) -> u64 {
+        let mut receiving = self.receiving.lock();
+        receiving.ticket += 1;
+        receiving.bytes = Some(0);
+        receiving.last_chunk = Some(std::time::Instant::now());
+        receiving.catch_up.failed += u64::from(replacing);
+        receiving.ticket
     }
 
-    /// `bytes` more of the reception arrived.
-    pub fn received(&self, bytes: u64) {
-        if let Some(so_far) = self.catch_up.lock().receiving_bytes.as_mut() {
-            *so_far += bytes;
+    /// `bytes` more of reception `ticket` arrived.
+    pub fn received(&self, ticket: u64, bytes: u64) {
+        let mut receiving = self.receiving.lock();
+        if receiving.ticket == ticket {
+            if let Some(so_far) = receiving.bytes.as_mut() {
+                *so_far += bytes;
+            }
+            receiving.last_chunk = Some(std::time::Instant::now());
         }
     }
 
-    /// The reception ended: installed, or refused.
-    pub fn reception_ended(&self, installed: bool) {
-        let mut catch_up = self.catch_up.lock();
-        catch_up.receiving_bytes = None;
+    /// Reception `ticket` ended: installed, or refused.
+    pub fn reception_ended(&self, ticket: u64, installed: bool) {
+        let mut receiving = self.receiving.lock();
         if installed {
-            catch_up.installed += 1;
+            receiving.catch_up.installed += 1;
         } else {
-            catch_up.failed += 1;
+            receiving.catch_up.failed += 1;
+        }
+        if receiving.ticket == ticket {
+            receiving.bytes = None;
+            receiving.last_chunk = None;
         }
     }
 
+    /// The copy's catch-up by snapshot. A reception no chunk reached for
+    /// [`RECEPTION_IDLE`] is not reported as under way: its leader gave it up (it lost
+    /// leadership, or the copy caught up from the log).
     pub fn catch_up(&self) -> SnapshotCatchUp {
-        *self.catch_up.lock()
+        let receiving = self.receiving.lock();
+        let live = receiving
+            .last_chunk
+            .is_some_and(|at| at.elapsed() < RECEPTION_IDLE);
+        SnapshotCatchUp {
+            receiving_bytes: receiving.bytes.filter(|_| live),
+            ..receiving.catch_up
+        }
     }
 
+    /// Makes `snapshot` the group's current one.
     pub fn set_current(&self, meta: Meta, snapshot: ShardSnapshot) {
         let mut current = self.current.lock();
         if current
