@@ -385,9 +385,10 @@ mod tests {
             names.of_route(&Method::DELETE, "/collections/{name}/documents/{id}"),
             ["refresh"]
         );
-        assert!(names
-            .of_route(&Method::GET, "/collections/{name}/documents/{id}")
-            .is_empty());
+        assert_eq!(
+            names.of_route(&Method::GET, "/collections/{name}/documents/{id}"),
+            ["consistency", "consistency_token"]
+        );
         assert!(names
             .of_route(&Method::POST, "/collections/{name}/search")
             .is_empty());

@@ -2022,6 +2022,8 @@ impl ClusterNode {
     ) -> Result<(), RpcError> {
         let until = (Instant::now() + PROMOTION_BARRIER).min(deadline);
         let name = group.map_or("the metadata".to_string(), ToString::to_string);
+        // The last progress the leader reported: what a refusal names.
+        let mut seen: (Option<u64>, Option<u64>) = (None, None);
         loop {
             let (held, holds) = match group {
                 None => {
@@ -2034,8 +2036,11 @@ impl ClusterNode {
                 Some(group) => match self.progress_of(group, voters, until).await {
                     Ok((leader, _, _)) if leader == target => return Ok(()),
                     Ok((_, last_log, matched)) => {
-                        (last_log, matched.get(&target).copied().flatten())
+                        seen = (last_log, matched.get(&target).copied().flatten());
+                        seen
                     }
+                    // The leader answered before: the refusal below names what it said.
+                    Err(_) if seen.0.is_some() && Instant::now() >= until => seen,
                     Err(e) if Instant::now() >= until => {
                         return Err(RpcError::Unavailable(format!(
                             "the leader of {name} did not say how far node {target} has caught \
@@ -2077,7 +2082,11 @@ impl ClusterNode {
     ) -> Result<(u64, Option<u64>, BTreeMap<u64, Option<u64>>), RpcError> {
         let mut last = RpcError::Unavailable(format!("no copy of {group} leads it"));
         let mut round = 0usize;
-        while Instant::now() < deadline {
+        // At least one attempt, even past the deadline: a local leader answers at once.
+        loop {
+            if round > 0 && Instant::now() >= deadline {
+                return Err(last);
+            }
             let candidates = self.candidates(group, copies);
             let Some(&target) = candidates.get(round % candidates.len().max(1)) else {
                 return Err(last);
@@ -2123,7 +2132,6 @@ impl ClusterNode {
                 }
             }
         }
-        Err(last)
     }
 
     /// Whether node `node` (at `address`) leads `group` (the metadata group when `None`).
