@@ -165,6 +165,13 @@ fn a_minority_partition_is_read_only_and_converges_after_healing() {
     // stopped their election timers while cut off, depose no one).
     cluster.net.heal();
     cluster.wait_for_members(5);
+    for via in &minority {
+        wait_until(
+            Duration::from_secs(10),
+            "the minority to see the majority again",
+            || (unreachable_seen_by(&cluster, *via)? == 0).then_some(()),
+        );
+    }
     let total = cluster.wait_in_sync("docs", 2, 2, 5);
     for via in 0..5 {
         ledger.check(&cluster, via);
