@@ -1044,6 +1044,15 @@ impl ClusterNode {
         order
     }
 
+    /// [`Self::candidates`] without the nodes the liveness driver suspects (this node stays).
+    fn live_candidates(&self, group: &GroupId, copies: &[u64]) -> Vec<u64> {
+        let suspected = self.host.suspected();
+        self.candidates(group, copies)
+            .into_iter()
+            .filter(|n| *n == self.id || !suspected.contains(n))
+            .collect()
+    }
+
     /// Proposes `ops` to `group`'s leader until it answers, following leader hints, until
     /// `deadline`. Only a proposal that reached a leader and was not refused can be unknown.
     async fn propose_to_shard(
@@ -1065,12 +1074,7 @@ impl ClusterNode {
             }
             // A suspected node is not asked: a call there would wait out its time-out, and
             // one sent there may have been delivered.
-            let suspected = self.host.suspected();
-            let candidates: Vec<u64> = self
-                .candidates(group, copies)
-                .into_iter()
-                .filter(|n| *n == self.id || !suspected.contains(n))
-                .collect();
+            let candidates = self.live_candidates(group, copies);
             if candidates.is_empty() {
                 last_refusal = format!("every copy of {group} is unreachable");
                 tokio::time::sleep(Duration::from_millis(25)).await;
@@ -1508,12 +1512,7 @@ impl ClusterNode {
                     "no leader of {group} confirmed a read index in time: {last}"
                 )));
             }
-            let suspected = self.host.suspected();
-            let candidates: Vec<u64> = self
-                .candidates(group, copies)
-                .into_iter()
-                .filter(|n| *n == self.id || !suspected.contains(n))
-                .collect();
+            let candidates = self.live_candidates(group, copies);
             if candidates.is_empty() {
                 last = format!("every copy of {group} is unreachable");
                 tokio::time::sleep(Duration::from_millis(25)).await;
